@@ -1,0 +1,100 @@
+"""The ``vividhead`` command line: ``curate`` here; ``card``, ``publish``, ``infer`` from their packages."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Build talking-head datasets and serve streaming talking-head models.")
+
+@app.callback()
+def _root() -> None:
+    """vividhead: curate talking-head datasets, publish them, and serve streaming models."""
+
+
+# Packages that add subcommands with a ``register(app)`` function.
+SUBCOMMAND_MODULES = ("datasets_card.cli", "inference.cli")
+
+
+def summary_table(stats: dict) -> Table:
+    """A rich table of a run: inputs, clips kept, rejects by stage and reason, hours kept, wall time."""
+    table = Table(title="vividhead curate", show_lines=False)
+    table.add_column("stage")
+    table.add_column("in", justify="right")
+    table.add_column("out", justify="right")
+    table.add_column("rejected (reason: count)")
+    table.add_column("seconds", justify="right")
+    for name, s in stats["stages"].items():
+        reasons = ", ".join(f"{r}: {n}" for r, n in s["dropped"].items()) or "-"
+        table.add_row(name, str(s["in"]), str(s["out"]), reasons, f"{s['seconds']:.1f}")
+    table.caption = (
+        f"inputs {stats['inputs']} (skipped as done: {stats['skipped_inputs']}) | clips kept {stats['clips_kept']} | "
+        f"hours kept {stats['hours_kept']:.4f} | shards {len(stats['shards'])} | wall {stats['wall_s']:.1f} s"
+    )
+    return table
+
+
+def curate(
+    inputs: List[str] = typer.Argument(..., help="Files, folders, globs, URLs (file://, s3://, http(s)://) or URL lists (.csv/.jsonl/.parquet)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output folder or s3:// prefix."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config, one section per stage."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join ('auto'); default: $RAY_ADDRESS or a local in-process Ray."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Curate raw talking-head videos into WebDataset shards with a Parquet manifest."""
+    from rich.progress import Progress
+
+    from curation.config import ConfigError, load_config
+    from curation.inputs import InputError
+    from curation.pipeline import run_curation
+    from curation.weights import WeightsNotFound
+
+    console = Console(stderr=True)
+    try:
+        cfg = load_config(config)
+        with Progress(console=console, disable=quiet, transient=True) as progress:
+            task = progress.add_task("inputs", total=None)
+            result = run_curation(
+                inputs, output, cfg, ray_address,
+                on_input_done=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except (ConfigError, InputError, WeightsNotFound) as exc:
+        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2)
+    except OSError as exc:
+        console.print(f"[red]error:[/red] output {output!r} is not writable: {exc}", highlight=False)
+        raise typer.Exit(2)
+    Console().print(summary_table(result.stats))
+
+
+app.command("curate")(curate)
+
+
+def _register_subcommands() -> None:
+    for module in SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(app)
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    """Entry point of the ``vividhead`` script."""
+    logging.basicConfig(level=logging.WARNING)
+    app()
+
+
+def curate_main() -> None:
+    """Entry point of ``python -m curation``: the ``curate`` command alone."""
+    logging.basicConfig(level=logging.WARNING)
+    typer.run(curate)

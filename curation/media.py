@@ -1,0 +1,209 @@
+"""FFmpeg, ffprobe and PyAV helpers shared by the stages.
+
+Every external call has a timeout and runs without a shell (arguments as a list). Failures raise
+:class:`curation.stage.MediaError` with a reason code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import av
+import numpy as np
+
+from curation.stage import MediaError
+
+FFMPEG = os.environ.get("VIVIDHEAD_FFMPEG", "ffmpeg")
+FFPROBE = os.environ.get("VIVIDHEAD_FFPROBE", "ffprobe")
+
+
+def run_tool(args: Sequence[str], timeout_s: float, reason: str = "ffmpeg_failed") -> bytes:
+    """Run an FFmpeg-family command (no shell) and return its stdout.
+
+    Raises:
+        MediaError: ``<tool>_timeout`` when it runs past ``timeout_s`` seconds (the process is
+            killed), ``reason`` when it exits non-zero (detail: last stderr line).
+    """
+    tool = Path(args[0]).name
+    try:
+        proc = subprocess.run(list(args), capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaError(f"{tool}_timeout", f"{tool} ran over {timeout_s:g} s") from exc
+    except FileNotFoundError as exc:
+        raise RuntimeError(f"{tool} is not installed (apt-get install ffmpeg)") from exc
+    if proc.returncode != 0:
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise MediaError(reason, lines[-1][:300] if lines else f"exit code {proc.returncode}")
+    return proc.stdout
+
+
+def ffprobe(path: str | Path, timeout_s: float = 60.0) -> dict:
+    """ffprobe ``path`` and return its JSON (``format`` and ``streams``).
+
+    Raises:
+        MediaError: ``unreadable`` when ffprobe cannot parse the file, ``ffprobe_timeout``.
+    """
+    out = run_tool(
+        [FFPROBE, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+        timeout_s,
+        reason="unreadable",
+    )
+    return json.loads(out or b"{}")
+
+
+def file_md5(path: str | Path, chunk_bytes: int = 8 << 20) -> str:
+    """Hex MD5 of a file's bytes, read in chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_bytes), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_remote(url: str) -> bool:
+    """True for ``s3://``, ``http(s)://`` and other fsspec URLs (``file://`` is local)."""
+    return "://" in url and not url.startswith("file://")
+
+
+def local_path_of(url: str) -> str:
+    """Strip ``file://`` from a local URL."""
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+def fetch_remote(
+    url: str,
+    cache_dir: str | Path,
+    max_bytes: int,
+    timeout_s: float,
+    storage_options: Optional[dict] = None,
+) -> Path:
+    """Download ``url`` with fsspec into ``cache_dir`` (node-local), once; return the local path.
+
+    The download goes to a temp file renamed on success, so a cached file is always complete.
+
+    Raises:
+        MediaError: ``download_failed`` (not found, unreachable host, HTTP error), ``too_large``
+            (over ``max_bytes``), ``download_timeout`` (over ``timeout_s`` seconds).
+    """
+    import fsspec
+
+    name = hashlib.sha256(url.encode()).hexdigest()[:32] + Path(url.split("?")[0]).suffix[:8]
+    dest = Path(cache_dir) / "inputs" / name
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    options = dict(storage_options or {})
+    if url.startswith(("http://", "https://")):
+        import aiohttp
+
+        options.setdefault("client_kwargs", {}).setdefault("timeout", aiohttp.ClientTimeout(total=timeout_s))
+    deadline = time.monotonic() + timeout_s
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as out, fsspec.open(url, "rb", **options) as src:
+            total = 0
+            while chunk := src.read(4 << 20):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise MediaError("too_large", f"over {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise MediaError("download_timeout", f"over {timeout_s:g} s")
+                out.write(chunk)
+        os.replace(tmp, dest)
+    except MediaError:
+        raise
+    except Exception as exc:  # fsspec/aiohttp/botocore raise many types for one cause
+        raise MediaError("download_failed", f"{type(exc).__name__}: {exc}"[:300]) from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return dest
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str = "vividhead-") -> Iterator[Path]:
+    """A temporary directory removed on exit, whatever happens."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _open(video: bytes | str | Path):
+    try:
+        return av.open(io.BytesIO(video) if isinstance(video, (bytes, bytearray)) else str(video))
+    except av.error.FFmpegError as exc:
+        raise MediaError("decode_failed", str(exc)[:300]) from exc
+
+
+def first_frame(video: bytes | str | Path) -> np.ndarray:
+    """Decode the first video frame.
+
+    Args:
+        video: encoded video bytes or a path.
+
+    Returns:
+        frame: uint8 [H, W, 3] RGB.
+
+    Raises:
+        MediaError: ``decode_failed``.
+    """
+    with contextlib.closing(_open(video)) as container:
+        try:
+            for frame in container.decode(video=0):
+                return frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as exc:
+            raise MediaError("decode_failed", str(exc)[:300]) from exc
+    raise MediaError("decode_failed", "no video frame")
+
+
+def iter_frames(
+    video: bytes | str | Path,
+    every_n: int = 1,
+    size: Optional[tuple[int, int]] = None,
+    fmt: str = "rgb24",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode every ``every_n``-th frame, optionally resized by FFmpeg's scaler.
+
+    Args:
+        video: encoded video bytes or a path.
+        every_n: keep frames 0, n, 2n, ... (frame indices in decode order).
+        size: (width, height) in pixels to scale to, or None for the native size.
+        fmt: ``rgb24`` (uint8 [H, W, 3]) or ``gray`` (uint8 [H, W]).
+
+    Yields:
+        (frame index, frame array).
+
+    Raises:
+        MediaError: ``decode_failed``.
+    """
+    kwargs = {"width": size[0], "height": size[1]} if size else {}
+    with contextlib.closing(_open(video)) as container:
+        try:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i % every_n == 0:
+                    yield i, frame.to_ndarray(format=fmt, **kwargs)
+        except av.error.FFmpegError as exc:
+            raise MediaError("decode_failed", str(exc)[:300]) from exc
+
+
+def count_video_frames(path: str | Path, timeout_s: float = 60.0) -> int:
+    """Number of video packets (= frames for H.264 without B-frame reordering issues) via ffprobe."""
+    out = run_tool(
+        [FFPROBE, "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+         "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
+        timeout_s,
+        reason="unreadable",
+    )
+    return int(out.decode().strip().split(",")[0] or 0)

@@ -1,0 +1,143 @@
+"""face: one dominant face on the first frame, and a 512x512 face-centred crop (FlashHead 2.1.2).
+
+Reasons: ``no_face``, ``multiple_faces``, ``face_too_small``, ``crop_out_of_frame``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from curation.config import FaceConfig
+from curation.face_detector import FaceBox, FaceDetector
+from curation.media import FFMPEG, first_frame, run_tool, temp_dir
+from curation.records import Row
+from curation.stage import MediaError, Stage
+from curation import weights
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square crop in source pixels; may extend past the frame by ``pad_px`` (black padding).
+
+    Attributes:
+        x0, y0: top-left corner in pixels (may be negative when padded).
+        size: side in pixels.
+        pad_px: largest distance the square extends past the frame, in pixels.
+    """
+
+    x0: int
+    y0: int
+    size: int
+    pad_px: int
+
+    def as_list(self) -> list[int]:
+        """``[x0, y0, x1, y1]`` in source pixels."""
+        return [self.x0, self.y0, self.x0 + self.size, self.y0 + self.size]
+
+
+def select_face(faces: list[FaceBox], cfg: FaceConfig) -> FaceBox:
+    """The single dominant face.
+
+    Args:
+        faces: detections sorted by area, largest first.
+
+    Raises:
+        MediaError: ``no_face``; ``multiple_faces`` when a second face reaches
+            ``cfg.dominance_ratio`` of the largest face's area; ``face_too_small`` under ``cfg.min_face_px``.
+    """
+    if not faces:
+        raise MediaError("no_face", "no face on the first frame")
+    main = faces[0]
+    if len(faces) > 1 and faces[1].area >= cfg.dominance_ratio * main.area:
+        raise MediaError("multiple_faces", f"{len(faces)} faces, second is {faces[1].area / main.area:.2f} of the first")
+    if main.size < cfg.min_face_px:
+        raise MediaError("face_too_small", f"face {main.size:.0f} px < {cfg.min_face_px} px")
+    return main
+
+
+def plan_crop(face: FaceBox, width: int, height: int, cfg: FaceConfig) -> CropBox:
+    """A square of side ``face.size / face_share`` centred on the face.
+
+    A square that leaves the frame is shifted back inside when it fits (the face stays inside it);
+    otherwise it is padded when ``cfg.allow_pad`` and the padding is at most ``max_pad_share`` of
+    its side.
+
+    Args:
+        width, height: frame size in pixels.
+
+    Raises:
+        MediaError: ``crop_out_of_frame``.
+    """
+    size = int(round(face.size / cfg.face_share))
+    cx, cy = face.center
+    x0, y0 = int(round(cx - size / 2)), int(round(cy - size / 2))
+    if size <= width:
+        x0 = min(max(x0, 0), width - size)
+    if size <= height:
+        y0 = min(max(y0, 0), height - size)
+    pad = max(0, -x0, -y0, x0 + size - width, y0 + size - height)
+    if pad and (not cfg.allow_pad or pad > cfg.max_pad_share * size):
+        raise MediaError("crop_out_of_frame", f"crop {size} px needs {pad} px of padding in a {width}x{height} frame")
+    return CropBox(x0, y0, size, pad)
+
+
+def crop_video(video: bytes, box: CropBox, width: int, height: int, cfg: FaceConfig) -> bytes:
+    """Crop (with black padding where needed) and scale an encoded clip to ``out_size_px`` square.
+
+    Args:
+        video: H.264 MP4 bytes of size ``width`` x ``height`` pixels.
+
+    Returns:
+        H.264 MP4 bytes, ``out_size_px`` x ``out_size_px``, same frames and frame rate.
+
+    Raises:
+        MediaError: ``ffmpeg_failed``, ``ffmpeg_timeout``.
+    """
+    left, top = max(0, -box.x0), max(0, -box.y0)
+    right, bottom = max(0, box.x0 + box.size - width), max(0, box.y0 + box.size - height)
+    filters = []
+    if left or top or right or bottom:
+        filters.append(f"pad={width + left + right}:{height + top + bottom}:{left}:{top}:black")
+    filters.append(f"crop={box.size}:{box.size}:{box.x0 + left}:{box.y0 + top}")
+    filters.append(f"scale={cfg.out_size_px}:{cfg.out_size_px}:flags=lanczos,setsar=1")
+    with temp_dir() as tmp:
+        src, dst = tmp / "in.mp4", tmp / "out.mp4"
+        src.write_bytes(video)
+        run_tool(
+            [FFMPEG, "-nostdin", "-v", "error", "-y", "-i", str(src), "-vf", ",".join(filters),
+             "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf), "-pix_fmt", "yuv420p",
+             "-movflags", "+faststart", "-an", str(dst)],
+            cfg.timeout_s,
+        )
+        return dst.read_bytes()
+
+
+class FaceStage(Stage):
+    """Detects the face on the clip's first frame and replaces ``video_bytes`` with the crop."""
+
+    name = "face"
+
+    def __init__(self, cfg: FaceConfig) -> None:
+        super().__init__(cfg)
+        self._detector: Optional[FaceDetector] = None
+
+    def weights(self):
+        return [("face_mediapipe_detector", self.cfg.weights_path)]
+
+    def setup(self) -> None:
+        path = weights.resolve("face_mediapipe_detector", self.cfg.weights_path)
+        self._detector = FaceDetector(path, self.cfg.min_confidence)
+
+    def process(self, row: Row) -> list[Row]:
+        frame = first_frame(row["video_bytes"])
+        height, width = frame.shape[:2]
+        faces = self._detector.detect(frame)
+        row["num_faces"] = len(faces)
+        face = select_face(faces, self.cfg)
+        row.update(face_px=round(face.size, 2), face_score=round(face.score, 4))
+        box = plan_crop(face, width, height, self.cfg)
+        row.update(crop_box=box.as_list(), pad_px=box.pad_px)
+        row["video_bytes"] = crop_video(row["video_bytes"], box, width, height, self.cfg)
+        return [row]

@@ -1,0 +1,134 @@
+"""scene_split: shots from PySceneDetect (or given timestamps), cut into 5-50 s clips (FlashHead 2.1.1).
+
+Rows with ``start_s``/``end_s`` are cut exactly there. Otherwise PySceneDetect's ``AdaptiveDetector``
+finds shots. Shots longer than ``max_clip_s`` are split into equal windows; shots shorter than
+``min_clip_s`` become rejected clip rows (``too_short``). With ``frames_4k_plus_1`` each clip is
+shortened to 4k+1 frames at the output frame rate, the Wan VAE's temporal chunking.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from curation.config import SceneSplitConfig
+from curation.records import Row, clip_id_for, new_row, reject
+from curation.stage import MediaError, Stage
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """One planned clip: ``[start_s, start_s + num_frames / fps)`` in source seconds.
+
+    ``too_short`` marks a shot that cannot make a clip of ``min_clip_s`` seconds.
+    """
+
+    start_s: float
+    end_s: float
+    num_frames: int
+    too_short: bool = False
+
+
+def detect_shots(path: str | Path, cfg: SceneSplitConfig) -> list[tuple[float, float]]:
+    """Shot boundaries of a video with PySceneDetect.
+
+    Returns:
+        ``[(start_s, end_s), ...]`` in seconds, covering the whole video; one shot when no cut.
+
+    Raises:
+        MediaError: ``decode_failed`` when PySceneDetect cannot open or decode the video.
+    """
+    from scenedetect import AdaptiveDetector, ContentDetector, SceneManager, open_video
+
+    try:
+        video = open_video(str(path), backend="pyav")
+        manager = SceneManager()
+        if cfg.detector == "adaptive":
+            manager.add_detector(AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=cfg.min_scene_len_frames))
+        else:
+            manager.add_detector(ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_len_frames))
+        manager.detect_scenes(video)
+        scenes = manager.get_scene_list(start_in_scene=True)
+        duration = video.duration.get_seconds() if video.duration else 0.0
+    except MediaError:
+        raise
+    except Exception as exc:  # PySceneDetect wraps PyAV/OpenCV errors in several types
+        raise MediaError("decode_failed", f"scene detection: {type(exc).__name__}: {exc}"[:300]) from exc
+    shots = [(s.get_seconds(), e.get_seconds()) for s, e in scenes]
+    return shots or [(0.0, duration)]
+
+
+def plan_clips(shots: list[tuple[float, float]], cfg: SceneSplitConfig, fps: float) -> list[ClipPlan]:
+    """Cut shots into clips of ``min_clip_s`` to ``max_clip_s`` seconds.
+
+    Args:
+        shots: ``[(start_s, end_s)]`` in seconds.
+        fps: output frame rate (frames per second), used for frame counts.
+
+    Returns:
+        One :class:`ClipPlan` per clip, in time order; short shots are kept as ``too_short`` plans.
+    """
+    plans: list[ClipPlan] = []
+    for start, end in shots:
+        length = end - start
+        frames_total = int(math.floor(length * fps + 1e-6))
+        if length + 1e-6 < cfg.min_clip_s or frames_total < 1:
+            plans.append(ClipPlan(start, end, max(frames_total, 0), too_short=True))
+            continue
+        n_windows = max(1, math.ceil(length / cfg.max_clip_s - 1e-9))
+        window_frames = frames_total // n_windows
+        for w in range(n_windows):
+            w_start = start + w * window_frames / fps
+            n = window_frames
+            if cfg.frames_4k_plus_1:
+                n = ((n - 1) // 4) * 4 + 1
+            if n / fps + 1e-6 < cfg.min_clip_s:
+                plans.append(ClipPlan(w_start, w_start + window_frames / fps, n, too_short=True))
+            else:
+                plans.append(ClipPlan(w_start, w_start + n / fps, n))
+    return plans
+
+
+class SceneSplitStage(Stage):
+    """One input row in, one row per planned clip out."""
+
+    name = "scene_split"
+    fans_out = True
+
+    def __init__(self, cfg: SceneSplitConfig, fps: float) -> None:
+        super().__init__(cfg)
+        self.fps = fps
+
+    def process(self, row: Row) -> list[Row]:
+        duration = row["source_duration_s"]
+        if row.get("start_s") is not None or row.get("end_s") is not None:
+            start = max(0.0, float(row.get("start_s") or 0.0))
+            end = min(duration, float(row["end_s"])) if row.get("end_s") is not None else duration
+            if end <= start:
+                raise MediaError("bad_timestamps", f"start {start:.2f} s >= end {end:.2f} s")
+            shots = [(start, end)]
+        elif not self.cfg.enabled or self.cfg.detector == "none":
+            shots = [(0.0, duration)]
+        else:
+            shots = detect_shots(row["local_path"], self.cfg)
+        plans = plan_clips(shots, self.cfg, self.fps)
+        out = []
+        for i, plan in enumerate(plans):
+            clip = new_row(**{k: v for k, v in row.items() if k not in ("status", "stage", "reason", "detail")})
+            clip.update(
+                clip_index=i,
+                clip_id=clip_id_for(row["source_id"], i),
+                start_s=round(plan.start_s, 6),
+                end_s=round(plan.end_s, 6),
+                duration_s=round(plan.end_s - plan.start_s, 6),
+                num_frames=plan.num_frames,
+                rows_of_input=len(plans),
+                timings=row["timings"] if i == 0 else "{}",
+            )
+            if plan.too_short:
+                reject(clip, self.name, "too_short", f"{plan.end_s - plan.start_s:.2f} s < {self.cfg.min_clip_s:g} s")
+            out.append(clip)
+        return out

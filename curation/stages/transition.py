@@ -1,0 +1,112 @@
+"""transition: optical-flow detection of abrupt transitions inside a clip (FlashHead 2.1.2).
+
+For each pair of consecutive frames (grayscale, downscaled), dense Farneback optical flow warps the
+next frame back onto the current one. Motion (head turns, gestures) is explained by the flow and
+leaves a small residual; a hard cut is not, and leaves a large one. A frame pair is a transition when
+its residual exceeds ``min_residual`` grey levels and ``min_spike_ratio`` times the median residual
+of its neighbours, so gradual fades (small, steady residuals) do not fire.
+
+Reason: ``abrupt_transition``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from curation.config import TransitionConfig
+from curation.media import iter_frames
+from curation.records import Row
+from curation.stage import MediaError, Stage
+
+
+@dataclass(frozen=True)
+class TransitionScore:
+    """Result of :func:`transition_score`.
+
+    Attributes:
+        residuals: float32 [T-1] flow-warp residual per consecutive frame pair (grey levels, 0-255).
+        spike_ratios: float32 [T-1] residual / (median residual of the neighbours + 1).
+        frame: index of the frame after the strongest transition candidate.
+        is_transition: whether any pair passes both thresholds.
+    """
+
+    residuals: np.ndarray
+    spike_ratios: np.ndarray
+    frame: int
+    is_transition: bool
+
+    @property
+    def score(self) -> float:
+        """Largest residual among pairs whose spike ratio passes (else the largest residual)."""
+        return float(self.residuals.max()) if len(self.residuals) else 0.0
+
+
+def flow_residuals(frames: list[np.ndarray]) -> np.ndarray:
+    """Flow-warp residual for each consecutive pair.
+
+    Args:
+        frames: uint8 [H, W] grayscale frames, all the same size.
+
+    Returns:
+        float32 [T-1]: mean absolute difference between frame t and frame t+1 warped by the
+        Farneback flow from t to t+1, in grey levels.
+    """
+    if len(frames) < 2:
+        return np.zeros(0, np.float32)
+    h, w = frames[0].shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    out = np.empty(len(frames) - 1, np.float32)
+    for i, (a, b) in enumerate(zip(frames[:-1], frames[1:])):
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        warped = cv2.remap(b, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out[i] = np.mean(np.abs(warped.astype(np.float32) - a.astype(np.float32)))
+    return out
+
+
+def transition_score(frames: list[np.ndarray], cfg: TransitionConfig) -> TransitionScore:
+    """Find abrupt transitions in a clip.
+
+    Args:
+        frames: uint8 [H, W] grayscale frames in order.
+
+    Returns:
+        :class:`TransitionScore`.
+    """
+    res = flow_residuals(frames)
+    k = cfg.context_frames
+    ratios = np.zeros_like(res)
+    for i in range(len(res)):
+        neighbours = np.concatenate([res[max(0, i - k) : i], res[i + 1 : i + 1 + k]])
+        ratios[i] = res[i] / ((np.median(neighbours) if len(neighbours) else 0.0) + 1.0)
+    hits = (res > cfg.min_residual) & (ratios > cfg.min_spike_ratio)
+    idx = int(np.argmax(np.where(hits, res, -1.0))) if hits.any() else (int(np.argmax(res)) if len(res) else 0)
+    return TransitionScore(res, ratios, idx + 1, bool(hits.any()))
+
+
+def clip_transition_score(video: bytes | str, cfg: TransitionConfig) -> TransitionScore:
+    """Decode a clip (grayscale, ``analysis_size_px`` square) and score it with :func:`transition_score`.
+
+    Raises:
+        MediaError: ``decode_failed``.
+    """
+    size = (cfg.analysis_size_px, cfg.analysis_size_px)
+    frames = [f for _, f in iter_frames(video, size=size, fmt="gray")]
+    if not frames:
+        raise MediaError("decode_failed", "no frame decoded")
+    return transition_score(frames, cfg)
+
+
+class TransitionStage(Stage):
+    """Rejects clips with an abrupt transition; records the residual and the frame index."""
+
+    name = "transition"
+
+    def process(self, row: Row) -> list[Row]:
+        result = clip_transition_score(row["video_bytes"], self.cfg)
+        row.update(transition_score=round(result.score, 3), transition_frame=result.frame)
+        if result.is_transition:
+            raise MediaError("abrupt_transition", f"residual {result.score:.1f} at frame {result.frame}")
+        return [row]

@@ -1,0 +1,182 @@
+"""write: kept clips into WebDataset shards, every row into the Parquet manifest, resumably.
+
+Layout under ``OUT``::
+
+    shards/{shard:05d}.tar       <key>.mp4 (512x512, 25 fps), <key>.wav (16 kHz mono), <key>.json
+    _parts/part-{part:05d}.parquet  manifest rows of the inputs finished in that part (the marker)
+    manifest.parquet             all parts, one row per input and per clip
+    stats.json                   per-stage counts and seconds
+
+Inputs are written whole: an input's rows (all its clips) go into one part, and a part is written
+only after its shard. On restart, inputs listed in finished parts are skipped, shards no part
+refers to (a run killed between the two writes) are removed, and numbering continues.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections import defaultdict
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.records import KEPT, MANIFEST_SCHEMA, SAMPLE_JSON_EXCLUDE, Row, manifest_table
+from curation.storage import Storage
+
+SHARD_DIR = "shards"
+PART_DIR = "_parts"
+
+
+def to_py(value: Any) -> Any:
+    """numpy/Arrow scalars and arrays (as Ray Data returns them) -> plain Python values."""
+    if isinstance(value, np.ndarray):
+        return [to_py(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [to_py(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN from pandas-style nulls
+        return None
+    return value
+
+
+def sample_json(row: Row, fps: float, sample_rate_hz: int) -> dict:
+    """The ``<key>.json`` of a kept clip: every manifest column but routing state, plus units."""
+    meta = {k: to_py(row.get(k)) for k in MANIFEST_SCHEMA.names if k not in SAMPLE_JSON_EXCLUDE}
+    meta.update(fps=fps, sample_rate=sample_rate_hz)
+    return meta
+
+
+def write_tar(path: str, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    """Write a WebDataset tar: for each ``(key, {ext: bytes})`` members ``<key>.<ext>`` in order.
+
+    Member metadata is fixed (mtime 0, uid/gid 0) so identical inputs give identical shards.
+    """
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(data))
+
+
+class ShardWriter:
+    """Driver-side, streaming writer of shards and manifest parts.
+
+    Args:
+        storage: the output root.
+        samples_per_shard: a shard is closed once it holds at least this many kept clips.
+        fps / sample_rate_hz: written into each sample's ``.json``.
+
+    Raises:
+        OSError: the output is not writable (checked at start-up by :meth:`prepare`).
+    """
+
+    def __init__(self, storage: Storage, samples_per_shard: int, fps: float, sample_rate_hz: int) -> None:
+        self.storage = storage
+        self.samples_per_shard = samples_per_shard
+        self.fps = fps
+        self.sample_rate_hz = sample_rate_hz
+        self._incomplete: dict[str, list[Row]] = defaultdict(list)
+        self._pending: list[Row] = []
+        self._pending_kept = 0
+        self._next_part = 0
+        self._next_shard = 0
+        self.parts_written: list[str] = []
+
+    # -- resume -----------------------------------------------------------------------------
+    def prepare(self) -> pa.Table:
+        """Check the output is writable, clean up after a killed run, and return finished rows.
+
+        Returns:
+            The manifest rows of every finished part (empty table on a fresh output).
+        """
+        probe = ".write-check"
+        self.storage.write_bytes(probe, b"ok")
+        self.storage.remove(probe)
+        self.storage.clean_temps(PART_DIR)
+        self.storage.clean_temps(SHARD_DIR)
+        parts = [n for n in self.storage.list(PART_DIR) if n.startswith("part-") and n.endswith(".parquet")]
+        tables = [pq.read_table(io.BytesIO(self.storage.read_bytes(f"{PART_DIR}/{n}"))) for n in parts]
+        done = pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in tables]) if tables else MANIFEST_SCHEMA.empty_table()
+        referenced = {int(s) for s in done.column("shard").to_pylist() if s is not None}
+        for name in self.storage.list(SHARD_DIR):
+            if name.endswith(".tar") and name[:-4].isdigit() and int(name[:-4]) not in referenced:
+                self.storage.remove(f"{SHARD_DIR}/{name}")  # written by a run killed before its part
+        self._next_part = max((int(n[5:10]) for n in parts), default=-1) + 1
+        self._next_shard = max(referenced, default=-1) + 1
+        return done
+
+    # -- streaming ----------------------------------------------------------------------------
+    def add(self, row: Row) -> bool:
+        """Take one finished row; an input is queued for a shard once all its rows arrived.
+
+        Returns:
+            True when this row completed its input.
+        """
+        rows = self._incomplete[row["input_id"]]
+        rows.append(row)
+        if len(rows) >= int(row.get("rows_of_input") or 1):
+            del self._incomplete[row["input_id"]]
+            rows.sort(key=lambda r: to_py(r.get("clip_index")) if r.get("clip_index") is not None else -1)
+            self._pending.extend(rows)
+            self._pending_kept += sum(r["status"] == KEPT for r in rows)
+            if self._pending_kept >= self.samples_per_shard:
+                self.flush()
+            return True
+        return False
+
+    def flush(self) -> None:
+        """Write the queued inputs: their shard (if any clip is kept), then their manifest part."""
+        if not self._pending:
+            return
+        kept = [r for r in self._pending if r["status"] == KEPT]
+        if kept:
+            shard = self._next_shard
+            samples = []
+            for r in kept:
+                r["shard"], r["key"] = shard, r["clip_id"]
+                members = {"mp4": bytes(r["video_bytes"]), "wav": bytes(r["audio_bytes"])}
+                for ext, data in sorted((r.get("extra_members") or {}).items()):
+                    members[ext] = bytes(data)
+                members["json"] = json.dumps(sample_json(r, self.fps, self.sample_rate_hz), sort_keys=True).encode()
+                samples.append((r["clip_id"], members))
+            rel = f"{SHARD_DIR}/{shard:05d}.tar"
+            fd, tmp = self.storage.local_temp(rel)
+            os.close(fd)
+            write_tar(tmp, samples)
+            self.storage.put_file(tmp, rel)
+            self._next_shard += 1
+        rows = [{k: to_py(r.get(k)) for k in MANIFEST_SCHEMA.names} for r in self._pending]
+        buf = io.BytesIO()
+        pq.write_table(manifest_table(rows), buf)
+        rel = f"{PART_DIR}/part-{self._next_part:05d}.parquet"
+        self.storage.write_bytes(rel, buf.getvalue())
+        self.parts_written.append(rel)
+        self._next_part += 1
+        self._pending, self._pending_kept = [], 0
+
+    def close(self) -> None:
+        """Flush what is queued. Raises ``RuntimeError`` if an input never received all its rows."""
+        if self._incomplete:
+            missing = ", ".join(sorted(self._incomplete)[:5])
+            raise RuntimeError(f"{len(self._incomplete)} inputs did not receive all their rows: {missing}")
+        self.flush()
+
+    # -- final outputs --------------------------------------------------------------------------
+    def write_manifest(self) -> pa.Table:
+        """Concatenate all parts into ``manifest.parquet`` (atomic) and return it."""
+        parts = [n for n in self.storage.list(PART_DIR) if n.startswith("part-") and n.endswith(".parquet")]
+        tables = [pq.read_table(io.BytesIO(self.storage.read_bytes(f"{PART_DIR}/{n}"))).cast(MANIFEST_SCHEMA) for n in parts]
+        table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.storage.write_bytes("manifest.parquet", buf.getvalue())
+        return table

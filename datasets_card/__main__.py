@@ -1,0 +1,3 @@
+from datasets_card.cli import main
+
+main()

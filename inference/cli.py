@@ -1,0 +1,134 @@
+"""``vividhead infer`` (file to file) and ``vividhead serve`` (WebSocket) commands.
+
+The lead wires them into the main CLI through :func:`register` (``curation/cli.py`` imports
+``inference.cli`` and calls ``register(app)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from training.models.configs import VARIANTS, get_variant
+
+
+def _dtype(name: str):
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name not in table:
+        raise typer.BadParameter(f"dtype must be one of {sorted(table)}")
+    return table[name]
+
+
+def load_models(
+    variant: str,
+    checkpoint_dir: Optional[Path],
+    vae_path: Optional[Path],
+    wav2vec_dir: Optional[Path],
+    random_weights: bool,
+    device: str,
+    dtype: str,
+    compile_models: bool = False,
+):
+    """Build :class:`inference.pipeline.FlashHeadModels` from CLI options.
+
+    With ``checkpoint_dir`` (the upstream ``SoulX-FlashHead-1_3B`` folder) the DiT comes from
+    ``<dir>/Model_Pro`` or ``<dir>/Model_Lite``, the VAE from ``--vae`` or ``<dir>/VAE_Wan/Wan2.1_VAE.pth``
+    / ``<dir>/VAE_LTX``, Wav2Vec from ``--wav2vec-dir``.
+
+    Raises:
+        typer.BadParameter: missing paths without ``--random-weights``.
+    """
+    from diffusers.utils import logging as dlog
+
+    from inference.pipeline import FlashHeadModels
+
+    dlog.set_verbosity_error()
+    v = get_variant(variant)
+    if random_weights:
+        models = FlashHeadModels.random(v, device=device, dtype=_dtype(dtype))
+    else:
+        if checkpoint_dir is None or wav2vec_dir is None:
+            raise typer.BadParameter("--checkpoint-dir and --wav2vec-dir are required (or --random-weights)")
+        if vae_path is None:
+            vae_path = checkpoint_dir / ("VAE_LTX" if v.vae.value == "ltx" else "VAE_Wan/Wan2.1_VAE.pth")
+        models = FlashHeadModels.from_pretrained(
+            v, checkpoint_dir / v.checkpoint_subdir, vae_path, wav2vec_dir, device=device, dtype=_dtype(dtype)
+        )
+    if compile_models:
+        models.compile()
+    return models
+
+
+def infer(
+    image: Path = typer.Option(..., "--image", help="Reference portrait (any size; resized and centre-cropped)."),
+    audio: Path = typer.Option(..., "--audio", help="Speech file (any rate; resampled to 16 kHz mono)."),
+    out: Path = typer.Option(..., "--out", help="Output .mp4 (H.264 + AAC)."),
+    variant: str = typer.Option("pro", help=f"One of {sorted(VARIANTS)}."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help="Upstream SoulX-FlashHead-1_3B folder."),
+    vae: Optional[Path] = typer.Option(None, "--vae", help="VAE checkpoint (default: inside --checkpoint-dir)."),
+    wav2vec_dir: Optional[Path] = typer.Option(None, help="Local wav2vec2-base-960h folder."),
+    random_weights: bool = typer.Option(False, help="Random weights (smoke tests, speed)."),
+    device: str = typer.Option("cuda", help="cuda / cpu."),
+    dtype: str = typer.Option("bf16", help="bf16 / fp16 / fp32."),
+    seed: int = typer.Option(42),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the DiT and VAE."),
+) -> None:
+    """Generate a talking-head video from a reference image and a speech file, chunk by chunk."""
+    from tqdm import tqdm
+
+    from inference.media import Mp4Writer, read_audio, read_image
+    from inference.pipeline import StreamingSession
+
+    models = load_models(variant, checkpoint_dir, vae, wav2vec_dir, random_weights, device, dtype, compile)
+    cfg = models.variant.streaming
+    ref = read_image(image)
+    speech = read_audio(audio, cfg.sample_rate_hz)
+    session = StreamingSession(models, ref, seed=seed)
+    n_chunks = -(-len(speech) // cfg.samples_per_chunk)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = Mp4Writer(str(out), cfg.fps, cfg.width_px, cfg.height_px, audio=speech, sample_rate_hz=cfg.sample_rate_hz)
+    try:
+        with tqdm(total=n_chunks, unit="chunk", desc="infer") as bar:
+            for start in range(0, len(speech), cfg.samples_per_chunk):
+                for frames in session.feed(speech[start : start + cfg.samples_per_chunk]):
+                    writer.write(frames)
+                    bar.update(1)
+            for frames in session.flush():
+                writer.write(frames)
+                bar.update(1)
+    finally:
+        writer.close()
+    typer.echo(f"wrote {writer.frames} frames ({writer.frames / cfg.fps:.2f} s) to {out}")
+
+
+def serve(
+    image: Path = typer.Option(..., "--image", help="Reference portrait for every session."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8765),
+    variant: str = typer.Option("pro"),
+    checkpoint_dir: Optional[Path] = typer.Option(None),
+    vae: Optional[Path] = typer.Option(None, "--vae"),
+    wav2vec_dir: Optional[Path] = typer.Option(None),
+    random_weights: bool = typer.Option(False),
+    device: str = typer.Option("cuda"),
+    dtype: str = typer.Option("bf16"),
+    compile: bool = typer.Option(False, "--compile"),
+) -> None:
+    """Serve live sessions over WebSocket: s16le 16 kHz PCM in, H.264 MP4 chunks out."""
+    import asyncio
+
+    from inference.media import read_image
+    from inference.server import serve_forever
+
+    models = load_models(variant, checkpoint_dir, vae, wav2vec_dir, random_weights, device, dtype, compile)
+    asyncio.run(serve_forever(models, read_image(image), host, port))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``infer`` and ``serve`` to the ``vividhead`` Typer app."""
+    app.command("infer")(infer)
+    app.command("serve")(serve)

@@ -1,0 +1,385 @@
+"""Streaming SoulX-FlashHead inference: PCM chunks in, uint8 frame chunks out.
+
+Per chunk (FlashHead report §3.3; LiveTalk §2.3; public ``FlashHeadPipeline.generate``):
+
+1. **audio** -- push the new ``new_frames * 640`` samples into the 8 s Temporal Audio Context Cache,
+   re-encode the whole buffer with Wav2Vec, cut windows for the chunk's ``frame_num`` frames;
+2. **DiT** -- 4 flow-matching steps at timesteps 1000/750/500/250 shifted with ``s = 5``, no CFG;
+   before each step (and after the last) the motion latents overwrite the first latent slots;
+   ``x_0 = x_t - t v``, ``x_{t'} = (1 - t') x_0 + t' eps`` (fresh noise, as the DMD-distilled
+   upstream sampler);
+3. **decode** -- VAE-decode all ``frame_num`` frames, colour-correct to the reference image;
+4. **encode** -- VAE-encode the last ``motion_frames`` decoded frames as the next chunk's motion
+   latents;
+5. emit frames ``motion_frames..frame_num-1`` (``new_frames`` of them).
+
+Cold start: the motion latent of chunk 0 is the first latent frame of the reference latent (the
+reference frame alone, FlashHead §3.1). Every chunk emits exactly ``samples / 640`` frames, so
+audio and video never drift; the state (ring buffer, motion latents, RNG) has a fixed size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inference.audio_cache import TemporalAudioContextCache
+from inference.color import match_colors, reference_lab_stats
+from training.models.audio_encoder import Wav2VecFeatures
+from training.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
+from training.models.flashhead import FlashHeadTransformer, load_flashhead_transformer
+from training.models.vae import VideoVAE, build_vae, load_vae
+
+
+def shift_timestep(t: float, shift: float, num_timesteps: int = 1000) -> float:
+    """Flow-matching timestep shift ``t' = s t / (1 + (s - 1) t)`` on the 0..``num_timesteps`` scale
+    (public ``timestep_transform``; SD3 / Wan ``shift``)."""
+    u = t / num_timesteps
+    return shift * u / (1 + (shift - 1) * u) * num_timesteps
+
+
+def preprocess_reference(image: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Resize (shorter side, bilinear) and centre-crop a reference image.
+
+    Args:
+        image: uint8 ``[H0, W0, 3]`` RGB.
+        height, width: target size in pixels.
+
+    Returns:
+        float32 ``[1, 3, 1, height, width]`` in [-1, 1].
+
+    Raises:
+        ValueError: not an RGB uint8 image.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()  # [1, 3, H0, W0]
+    h0, w0 = x.shape[2:]
+    scale = max(height / h0, width / w0)
+    nh, nw = max(height, round(h0 * scale)), max(width, round(w0 * scale))
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    x = x[:, :, top : top + height, left : left + width]
+    return (x / 127.5 - 1.0).clamp(-1, 1)[:, :, None]
+
+
+def pcm_to_float(pcm: np.ndarray | bytes) -> np.ndarray:
+    """Mono PCM to float32 in [-1, 1]: ``bytes`` are s16le; int16 arrays are scaled by 1/32768;
+    float arrays are taken as they are.
+
+    Raises:
+        ValueError: odd byte count, multi-dimensional or non-numeric input.
+    """
+    if isinstance(pcm, (bytes, bytearray, memoryview)):
+        if len(pcm) % 2:
+            raise ValueError("s16le PCM needs an even number of bytes")
+        pcm = np.frombuffer(pcm, dtype="<i2")
+    arr = np.asarray(pcm)
+    if arr.ndim != 1:
+        raise ValueError(f"mono PCM must be 1-D, got shape {arr.shape}")
+    if arr.dtype == np.int16:
+        return arr.astype(np.float32) / 32768.0
+    if np.issubdtype(arr.dtype, np.floating):
+        return arr.astype(np.float32, copy=False)
+    raise ValueError(f"unsupported PCM dtype {arr.dtype}")
+
+
+@dataclass
+class FlashHeadModels:
+    """The weights shared by all sessions: DiT, VAE, Wav2Vec, on one device.
+
+    Attributes:
+        variant: shapes and chunk geometry.
+        transformer: :class:`FlashHeadTransformer` (``dtype``).
+        vae: :class:`VideoVAE` (``dtype``).
+        audio_encoder: :class:`Wav2VecFeatures` (float32).
+        device, dtype: where / in what precision the DiT and VAE run.
+    """
+
+    variant: FlashHeadVariant
+    transformer: FlashHeadTransformer
+    vae: VideoVAE
+    audio_encoder: Wav2VecFeatures
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def random(
+        cls, variant: FlashHeadVariant, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> "FlashHeadModels":
+        """Random weights with the variant's real shapes (tiny VAE / Wav2Vec for ``tiny-*`` variants).
+
+        Used by CPU tests and by the speed benchmark (speed does not depend on weight values).
+        """
+        torch.manual_seed(seed)
+        tiny = variant.name.startswith("tiny")
+        dev = torch.device(device)
+        with dev:
+            transformer = FlashHeadTransformer.from_config_dataclass(variant.transformer)
+            vae = build_vae(variant.vae, tiny=tiny)
+            if tiny:
+                audio = Wav2VecFeatures.tiny()
+            else:
+                from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+                audio = Wav2VecFeatures(Wav2Vec2Model(Wav2Vec2Config()))  # wav2vec2-base shapes
+        return cls(
+            variant,
+            transformer.to(dev, dtype).eval().requires_grad_(False),
+            vae.to(dev, dtype).eval().requires_grad_(False),
+            audio.to(dev).eval().requires_grad_(False),
+            dev,
+            dtype,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        variant: FlashHeadVariant,
+        transformer_dir: str | Path,
+        vae_path: str | Path,
+        wav2vec_dir: str | Path,
+        device: str = "cuda",
+        dtype: torch.dtype = torch.bfloat16,
+        vae_config: dict | None = None,
+    ) -> "FlashHeadModels":
+        """Load released weights from local paths with strict key matching.
+
+        Args:
+            transformer_dir: upstream ``Model_Pro`` / ``Model_Lite`` folder.
+            vae_path: Wan2.1 VAE (``VAE_Wan/Wan2.1_VAE.pth`` or a diffusers folder) / LTX VAE folder.
+            wav2vec_dir: local ``wav2vec2-base-960h`` folder.
+
+        Raises:
+            FileNotFoundError, KeyError: see the loaders.
+        """
+        dev = torch.device(device)
+        transformer = load_flashhead_transformer(transformer_dir, dtype=dtype, device=dev)
+        vae = load_vae(variant.vae, vae_path, config=vae_config).to(dev, dtype)
+        audio = Wav2VecFeatures.from_pretrained(wav2vec_dir).to(dev)
+        return cls(variant, transformer, vae, audio, dev, dtype)
+
+    def compile(self, mode: str | None = None) -> None:
+        """``torch.compile`` the DiT forward and the VAE decode/encode in place (static shapes)."""
+        self.transformer.forward = torch.compile(self.transformer.forward, mode=mode, dynamic=False)
+        self.vae.decode = torch.compile(self.vae.decode, mode=mode, dynamic=False)
+        self.vae.encode = torch.compile(self.vae.encode, mode=mode, dynamic=False)
+
+
+@dataclass
+class ChunkTimings:
+    """Seconds spent in each stage of the last chunk (synchronised only if ``profile=True``)."""
+
+    audio: float = 0.0
+    dit: float = 0.0
+    decode: float = 0.0
+    encode: float = 0.0
+    other: float = 0.0
+    total: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class StreamingSession:
+    """One talking-head stream: PCM chunks in, uint8 ``[N, H, W, 3]`` frame chunks out.
+
+    The heavy weights live in :class:`FlashHeadModels` and are shared; this object holds the
+    per-session state of fixed size: audio ring buffer, pending PCM (< one chunk), motion latents,
+    reference latent and RNG.
+
+    Args:
+        models: shared weights.
+        reference_image: uint8 ``[H, W, 3]`` RGB.
+        seed: noise seed.
+        streaming: chunk geometry (default: the variant's).
+        profile: synchronise the device around stages to fill :attr:`timings`.
+
+    Example::
+
+        session = StreamingSession(models, ref)
+        for pcm in microphone():            # any chunk size
+            for frames in session.feed(pcm):   # uint8 [28, 512, 512, 3] (Pro)
+                show(frames)
+        for frames in session.flush():
+            show(frames)
+    """
+
+    def __init__(
+        self,
+        models: FlashHeadModels,
+        reference_image: np.ndarray,
+        seed: int = 42,
+        streaming: StreamingConfig | None = None,
+        profile: bool = False,
+    ) -> None:
+        self.models = models
+        self.cfg = streaming or models.variant.streaming
+        self.profile = profile
+        cfg, tcfg, dev = self.cfg, models.variant.transformer, models.device
+        vae = models.vae
+        if (cfg.frame_num - 1) % vae.temporal_stride or (cfg.motion_frames - 1) % vae.temporal_stride:
+            raise ValueError("frame_num and motion_frames must be 1 + k * temporal stride")
+        self.latent_frames = (cfg.frame_num - 1) // vae.temporal_stride + 1
+        self.latent_hw = (cfg.height_px // vae.spatial_stride, cfg.width_px // vae.spatial_stride)
+        self.audio_cache = TemporalAudioContextCache(
+            models.audio_encoder, cfg.sample_rate_hz, cfg.fps, cfg.cache_seconds, cfg.frame_num,
+            tcfg.audio_window, device=dev,
+        )
+        self.generator = torch.Generator(device=dev).manual_seed(seed)
+        self.seed = seed
+        ts = [shift_timestep(t, cfg.shift) for t in cfg.timesteps] + [0.0]
+        self.timesteps = [torch.tensor([t], device=dev, dtype=torch.float32) for t in ts]
+        ref = preprocess_reference(reference_image, cfg.height_px, cfg.width_px).to(dev)
+        self.ref_stats = reference_lab_stats(ref)
+        with torch.no_grad():
+            # Reference latent: the reference frame repeated over the whole chunk (public code).
+            self.ref_latent = vae.encode(ref.to(models.dtype).expand(-1, -1, cfg.frame_num, -1, -1).contiguous())
+        self._pending = np.zeros(cfg.samples_per_chunk, dtype=np.float32)
+        self._pending_len = 0
+        self._ready: deque[np.ndarray] = deque()
+        self.timings = ChunkTimings()
+        self.reset()
+
+    # -- state ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Cold start: silence in the audio cache, motion latent = first reference latent frame."""
+        self.audio_cache.reset()
+        self.motion_latents = self.ref_latent[:, :, :1].clone()
+        self._pending_len = 0
+        self._ready.clear()
+        self.samples_received = 0
+        self.frames_emitted = 0
+        self.chunks_done = 0
+        self.generator.manual_seed(self.seed)
+
+    # -- public API -----------------------------------------------------------------------------
+    def feed(self, pcm: np.ndarray | bytes) -> Iterator[np.ndarray]:
+        """Add PCM (see :func:`pcm_to_float`) and return an iterator over the frame chunks that are
+        now complete. The samples are split into chunks at once; generation happens as the iterator
+        is consumed, each chunk yielded as soon as it is decoded (chunks of an unconsumed iterator
+        are generated by the next ``feed``/``flush``).
+
+        Yields:
+            uint8 ``[new_frames, H, W, 3]`` RGB frames (28 for Pro, 24 for Lite).
+        """
+        samples = pcm_to_float(pcm)
+        self.samples_received += samples.shape[0]
+        return self._drain(samples)
+
+    def flush(self) -> Iterator[np.ndarray]:
+        """Finish the stream: pad the pending samples with silence to one chunk and emit only the
+        frames they cover (``ceil(pending / 640)``), so frames out == ``ceil(samples in / 640)``."""
+        out = list(self._generate_ready())
+        if self._pending_len == 0:
+            return iter(out)
+        n_frames = -(-self._pending_len // self.cfg.samples_per_frame)
+        self._pending[self._pending_len :] = 0.0
+        self._pending_len = 0
+        out.append(self._run_chunk(self._pending)[:n_frames])
+        return iter(out)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _drain(self, samples: np.ndarray) -> Iterator[np.ndarray]:
+        # Split eagerly (so samples are never lost if the iterator is dropped), generate lazily.
+        spc = self.cfg.samples_per_chunk
+        i = 0
+        while i < samples.shape[0]:
+            take = min(spc - self._pending_len, samples.shape[0] - i)
+            self._pending[self._pending_len : self._pending_len + take] = samples[i : i + take]
+            self._pending_len += take
+            i += take
+            if self._pending_len == spc:
+                self._ready.append(self._pending.copy())
+                self._pending_len = 0
+        return self._generate_ready()
+
+    def _generate_ready(self) -> Iterator[np.ndarray]:
+        while self._ready:
+            yield self._run_chunk(self._ready.popleft())
+
+    def _sync(self) -> float:
+        if self.profile and self.models.device.type == "cuda":
+            torch.cuda.synchronize(self.models.device)
+        return time.perf_counter()
+
+    @torch.no_grad()
+    def generate_latents(self, context: torch.Tensor) -> torch.Tensor:
+        """Four-step flow-matching sampling of one chunk.
+
+        Args:
+            context: float32 ``[1, frame_num, W, L, D]`` audio windows.
+
+        Returns:
+            ``[1, C, latent_frames, h, w]`` latents (model dtype) with motion latents in front.
+        """
+        m, dt = self.models, self.models.dtype
+        c = self.ref_latent.shape[1]
+        shape = (1, c, self.latent_frames, *self.latent_hw)
+        x = torch.randn(shape, generator=self.generator, device=m.device, dtype=torch.float32).to(dt)
+        n_m = self.motion_latents.shape[2]
+        ctx = context.to(dt)
+        for i in range(len(self.timesteps) - 1):
+            x[:, :, :n_m] = self.motion_latents
+            v = m.transformer(x, self.timesteps[i], ctx, self.ref_latent)
+            t_i, t_next = self.timesteps[i] / 1000.0, self.timesteps[i + 1] / 1000.0
+            x0 = x.float() - v.float() * t_i
+            eps = torch.randn(shape, generator=self.generator, device=m.device, dtype=torch.float32)
+            x = ((1 - t_next) * x0 + t_next * eps).to(dt)
+        x[:, :, :n_m] = self.motion_latents
+        return x
+
+    @torch.no_grad()
+    def _run_chunk(self, samples: np.ndarray) -> np.ndarray:
+        cfg, vae = self.cfg, self.models.vae
+        t0 = self._sync()
+        self.audio_cache.push(samples)
+        context = self.audio_cache.context()
+        t1 = self._sync()
+        latents = self.generate_latents(context)
+        t2 = self._sync()
+        video = vae.decode(latents)  # [1, 3, frame_num, H, W] in [-1, 1]
+        if cfg.color_correction_strength > 0:
+            video = match_colors(video, self.ref_stats, cfg.color_correction_strength)
+        t3 = self._sync()
+        self.motion_latents = vae.encode(video[:, :, -cfg.motion_frames :].contiguous())
+        t4 = self._sync()
+        new = video[0, :, cfg.motion_frames :]  # [3, new_frames, H, W]
+        frames = ((new.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)
+        out = frames.cpu().numpy()
+        t5 = time.perf_counter()
+        self.timings = ChunkTimings(audio=t1 - t0, dit=t2 - t1, decode=t3 - t2, encode=t4 - t3, other=t5 - t4, total=t5 - t0)
+        self.chunks_done += 1
+        self.frames_emitted += out.shape[0]
+        return out
+
+
+def state_nbytes(session: StreamingSession) -> int:
+    """Bytes held by a session's mutable state (ring buffer, pending PCM, motion latents): constant
+    over the stream; used by the constant-memory test."""
+    n = session.audio_cache.buffer._buf.nbytes + session._pending.nbytes
+    n += session.motion_latents.numel() * session.motion_latents.element_size()
+    return n
+
+
+def default_dtype_for(device: str) -> torch.dtype:
+    """bf16 on CUDA, float32 on CPU."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+__all__ = [
+    "ChunkTimings",
+    "FlashHeadModels",
+    "StreamingSession",
+    "VAEKind",
+    "default_dtype_for",
+    "pcm_to_float",
+    "preprocess_reference",
+    "shift_timestep",
+    "state_nbytes",
+]

@@ -1,0 +1,150 @@
+"""Tests for datasets_card/card.py and the `card` command."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import typer
+from huggingface_hub import DatasetCard
+from typer.testing import CliRunner
+
+from datasets_card.card import CardOptions, size_category, validate_card, write_card
+from datasets_card.cli import register
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_metadata_parses_back_with_huggingface_hub(out_dir):
+    res = write_card(out_dir)
+    card = DatasetCard.load(res.readme, repo_type="dataset")
+    d = card.data.to_dict()
+    assert d["license"] == "other" and d["license_name"] == "vividhead-source-terms"
+    assert d["task_categories"] == ["image-to-video"]
+    assert d["size_categories"] == ["n<1K"]
+    assert d["language"] == ["de", "en", "zh"]  # "unknown lang" is not an ISO code: body only
+    assert d["pretty_name"] == "VividHead" and "talking-head" in d["tags"]
+    assert d["configs"] == [
+        {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "shards/*.tar"}]},
+        {"config_name": "manifest", "data_files": [{"split": "train", "path": "manifest.parquet"}]},
+    ]
+    assert res.metadata == d
+    validate_card(res.readme.read_text())
+
+
+def test_validate_card_rejects_incomplete_metadata():
+    with pytest.raises(ValueError, match="no task_categories"):
+        validate_card("---\nlicense: mit\nsize_categories: [n<1K]\nconfigs: [{config_name: a, data_files: x}]\n---\nbody")
+    with pytest.raises(ValueError, match="license_name"):
+        validate_card("---\nlicense: other\ntask_categories: [image-to-video]\nsize_categories: [n<1K]\n"
+                      "configs: [{config_name: a, data_files: x}]\n---\nbody")
+
+
+def test_size_categories():
+    assert [size_category(n) for n in (0, 999, 1000, 330_000, 5_000_000)] == [
+        "n<1K", "n<1K", "1K<n<10K", "100K<n<1M", "1M<n<10M"]
+
+
+def test_totals_funnel_and_reasons(out_dir):
+    text = write_card(out_dir).readme.read_text()
+    assert "| clips | 5 |" in text
+    assert "| hours | 0.00 |" in text and "| frames | 45 |" in text
+    assert "| speakers | 4 (distinct source videos; no speaker ids) |" in text
+    assert "| languages | 4 (de, en, unknown lang, zh) |" in text
+    assert "| pipeline version | 0.1.0 |" in text and "| pipeline wall time | 1.50 h |" in text
+    assert "| dedup | 7 | 6 | 1 | `duplicate_md5` 1 | 0.2 |" in text
+    assert "| face | 9 | 7 | 2 | `multiple_faces` 1, `no_face` 1 | 4.0 |" in text
+    assert "| lipsync | 7 | 5 | 2 | `lse_c_below_min` 2 | 8.5 |" in text
+    assert "| lipsync | `lse_c_below_min` | 2 |" in text
+    # Null scores are counted as null, not as zeros.
+    assert "| SyncNet confidence LSE-C (`lse_c`) | 4 | 1 | 5.20 | 7.00 | 6.83 | 8.10 |" in text
+    assert "| Speech share (`speech_share`) | 4 | 1 | 0.60 | 0.75 | 0.75 | 0.90 |" in text
+    assert "min_lse_c: 3.0" in text and "## Ethics and licence" in text
+    assert "without the rights holder's permission" in text
+
+
+def test_charts_exist_and_are_embedded(out_dir):
+    res = write_card(out_dir)
+    text = res.readme.read_text()
+    linked = re.findall(r"!\[[^\]]*\]\((card/[^)]+\.png)\)", text)
+    assert sorted(linked) == sorted(p.relative_to(out_dir).as_posix() for p in res.charts)
+    assert {Path(p).stem for p in linked} == {"funnel", "duration_s", "lse_c", "lse_d", "face_px", "speech_share",
+                                              "language"}
+    for p in res.charts:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"Software" not in data and b"matplotlib" not in data  # no version stamp
+        assert int.from_bytes(data[16:20], "big") == 640  # 6.4 in at 100 dpi
+
+
+def test_card_is_byte_identical_across_runs(out_dir, tmp_path):
+    first = write_card(out_dir)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("manifest.parquet", "stats.json"):
+        shutil.copy(out_dir / name, copy / name)
+    second = write_card(copy)
+    assert first.readme.read_bytes() == second.readme.read_bytes()
+    assert [p.name for p in first.charts] == [p.name for p in second.charts]
+    for a, b in zip(first.charts, second.charts):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    again = write_card(out_dir)  # overwrite in place
+    assert again.readme.read_bytes() == first.readme.read_bytes()
+
+
+def test_card_without_scores_says_no_data(out_dir):
+    table = pq.read_table(out_dir / "manifest.parquet")
+    import pyarrow as pa
+
+    for col in ("lse_c", "lse_d"):
+        i = table.column_names.index(col)
+        table = table.set_column(i, col, pa.nulls(table.num_rows, pa.float64()))
+    pq.write_table(table, out_dir / "manifest.parquet")
+    text = write_card(out_dir).readme.read_text()
+    assert "| SyncNet confidence LSE-C (`lse_c`) | 0 | 5 | n/a | n/a | n/a | n/a |" in text
+
+
+def test_card_options_license(out_dir):
+    res = write_card(out_dir, CardOptions(license="cc-by-4.0", pretty_name="Tiny"))
+    d = DatasetCard.load(res.readme).data.to_dict()
+    assert d["license"] == "cc-by-4.0" and "license_name" not in d and d["pretty_name"] == "Tiny"
+
+
+def test_card_command(out_dir, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(_app(), ["card", str(out_dir), "--pretty-name", "VividHead-mini"])
+    assert res.exit_code == 0, res.output
+    assert "5 clips" in res.output and "4 speakers" in res.output
+    assert (out_dir / "README.md").read_text().startswith("---\n")
+    res = runner.invoke(_app(), ["card", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "manifest.parquet" in res.output
+
+
+def test_card_configs_load_with_datasets(out_dir, tmp_path):
+    import datasets
+
+    from training.data import hf_features
+
+    write_card(out_dir)
+    manifest = datasets.load_dataset(str(out_dir), "manifest", split="train", cache_dir=str(tmp_path / "c1"))
+    assert manifest.num_rows == pq.read_metadata(out_dir / "manifest.parquet").num_rows
+    shards = sorted(str(p) for p in (out_dir / "shards").glob("*.tar"))
+    clips = datasets.load_dataset(str(out_dir), "default", split="train", cache_dir=str(tmp_path / "c2"),
+                                  features=hf_features(shards))
+    assert sorted(clips["__key__"]) == ["spk_a-0000", "spk_a-0001", "spk_b-0000", "spk_c-0000", "spk_d-0000"]
+
+
+def test_card_validates_on_the_hub_when_online(out_dir):
+    from huggingface_hub import get_token
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not get_token():
+        pytest.skip("no Hugging Face token (HF_TOKEN or `hf auth login`): Hub YAML validation not run")
+    DatasetCard(write_card(out_dir).readme.read_text()).validate(repo_type="dataset")

@@ -1,0 +1,183 @@
+"""Video VAEs of the FlashHead family, on diffusers' ``AutoencoderKLWan`` (Pro, 14B) and
+``AutoencoderKLLTXVideo`` (Lite), with the latent normalisation the DiT was trained on.
+
+Both wrappers take and return videos ``[B, 3, T, H, W]`` in ``[-1, 1]`` and normalised latents
+``[B, C, T', H', W']`` (``(mu - mean) / std``, per channel), using the posterior mean (no sampling),
+so encode/decode are deterministic. Upstream (``flash_head/wan/modules/vae.py``,
+``flash_head/ltx_video/ltx_vae.py``) normalises the same way; its LTX wrapper samples the
+posterior, which we do not.
+
+Checkpoints: diffusers-format state dicts load directly; original-format ones (``Wan2.1_VAE.pth``,
+LTX-Video ``VAE_LTX``) are converted with diffusers' own single-file converters
+(``convert_wan_vae_to_diffusers``, ``convert_ltx_vae_checkpoint_to_diffusers``) and then loaded
+with strict key matching.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLLTXVideo, AutoencoderKLWan
+from torch import nn
+
+from training.models.configs import VAEKind
+from training.models.flashhead import load_state_dict_file, load_strict
+
+
+class VideoVAE(nn.Module):
+    """Common interface: ``encode(video) -> latents``, ``decode(latents) -> video``.
+
+    Attributes:
+        latent_channels: ``C`` of the latents.
+        temporal_stride, spatial_stride: compression factors (frames ``T = stride * (T' - 1) + 1``).
+    """
+
+    latent_channels: int
+    temporal_stride: int
+    spatial_stride: int
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class WanVAE(VideoVAE):
+    """Wan2.1 VAE (4x8x8, 16 channels) with Wan's per-channel latent mean/std.
+
+    Args:
+        model: a diffusers ``AutoencoderKLWan``.
+    """
+
+    def __init__(self, model: AutoencoderKLWan) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.latent_channels = cfg.z_dim
+        self.temporal_stride = 2 ** sum(cfg.temperal_downsample)
+        self.spatial_stride = 2 ** (len(cfg.dim_mult) - 1)
+        self.register_buffer("mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """``video: [B, 3, 1+4k, H, W]`` in [-1, 1] -> normalised latents ``[B, 16, 1+k, H/8, W/8]``
+        (float32 statistics, returned in the VAE dtype)."""
+        dtype = self.model.dtype
+        mu = self.model.encode(video.to(dtype)).latent_dist.mode()
+        return ((mu.float() - self.mean) / self.std).to(dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """``latents: [B, 16, T', h, w]`` -> video ``[B, 3, 1+4(T'-1), 8h, 8w]`` clamped to [-1, 1]."""
+        dtype = self.model.dtype
+        z = (latents.float() * self.std + self.mean).to(dtype)
+        return self.model.decode(z, return_dict=False)[0].clamp(-1, 1)
+
+
+class LTXVAE(VideoVAE):
+    """LTX-Video VAE (8x32x32, 128 channels) with its per-channel statistics.
+
+    Args:
+        model: a diffusers ``AutoencoderKLLTXVideo`` (``latents_mean`` / ``latents_std`` buffers).
+    """
+
+    def __init__(self, model: AutoencoderKLLTXVideo) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.latent_channels = cfg.latent_channels
+        self.temporal_stride = model.temporal_compression_ratio
+        self.spatial_stride = model.spatial_compression_ratio
+
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            self.model.latents_mean.float().view(1, -1, 1, 1, 1),
+            self.model.latents_std.float().view(1, -1, 1, 1, 1),
+        )
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """``video: [B, 3, 1+8k, H, W]`` in [-1, 1] -> normalised latents ``[B, 128, 1+k, H/32, W/32]``."""
+        dtype = self.model.dtype
+        mu = self.model.encode(video.to(dtype)).latent_dist.mode()
+        mean, std = self._stats()
+        return ((mu.float() - mean) / std).to(dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """``latents: [B, 128, T', h, w]`` -> video ``[B, 3, 1+8(T'-1), 32h, 32w]`` in [-1, 1]."""
+        dtype = self.model.dtype
+        mean, std = self._stats()
+        z = (latents.float() * std + mean).to(dtype)
+        temb = None
+        if self.model.config.timestep_conditioning:
+            temb = torch.zeros(z.shape[0], device=z.device, dtype=dtype)
+        return self.model.decode(z, temb=temb, return_dict=False)[0].clamp(-1, 1)
+
+
+TINY_WAN_VAE_KWARGS = dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+TINY_LTX_VAE_KWARGS = dict(
+    latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+    layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+)
+
+
+def build_vae(kind: VAEKind, tiny: bool = False, config: dict | None = None) -> VideoVAE:
+    """Random-init VAE of a kind (shapes real unless ``tiny``); ``config`` overrides diffusers kwargs.
+
+    Raises:
+        ValueError: unknown kind.
+    """
+    kind = VAEKind(kind)
+    kwargs = dict(TINY_WAN_VAE_KWARGS if kind is VAEKind.WAN else TINY_LTX_VAE_KWARGS) if tiny else {}
+    kwargs.update(config or {})
+    if kind is VAEKind.WAN:
+        return WanVAE(AutoencoderKLWan(**kwargs))
+    return LTXVAE(AutoencoderKLLTXVideo(**kwargs))
+
+
+def _is_diffusers_wan(keys: set[str]) -> bool:
+    return any(k.startswith("encoder.down_blocks.") or k.startswith("quant_conv.") for k in keys)
+
+
+def load_vae(kind: VAEKind, path: str | Path, config: dict | None = None) -> VideoVAE:
+    """Load a VAE checkpoint (file or folder) with strict key matching.
+
+    ``path`` may be a diffusers folder (``config.json`` + safetensors: config read from it), a
+    diffusers-format state dict, or an original-format checkpoint (``Wan2.1_VAE.pth``; LTX-Video
+    VAE safetensors with or without the ``vae.`` prefix), which is converted with diffusers'
+    single-file converters. ``config`` overrides the diffusers constructor kwargs (needed for
+    LTX-Video versions other than diffusers' default 0.9.0 layout).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        KeyError: keys do not match after conversion.
+    """
+    import json
+
+    from diffusers.loaders import single_file_utils as sfu
+
+    kind = VAEKind(kind)
+    p = Path(path)
+    kwargs = {}
+    if p.is_dir() and (p / "config.json").exists():
+        raw = json.loads((p / "config.json").read_text())
+        if "_class_name" in raw:  # diffusers config
+            kwargs = {k: v for k, v in raw.items() if not k.startswith("_")}
+    kwargs.update(config or {})
+    sd = load_state_dict_file(p)
+    vae = build_vae(kind, config=kwargs)
+    target = vae.model
+    expected = set(target.state_dict())
+    if set(sd) != expected:
+        if kind is VAEKind.WAN and not _is_diffusers_wan(set(sd)):
+            sd = sfu.convert_wan_vae_to_diffusers(dict(sd))
+        elif kind is VAEKind.LTX:
+            sd = {(k if k.startswith("vae.") else f"vae.{k}"): v for k, v in sd.items()}
+            sd = sfu.convert_ltx_vae_checkpoint_to_diffusers(sd)
+    load_strict(target, sd)
+    return vae.eval().requires_grad_(False)
