@@ -9,7 +9,9 @@ columns; a rejected row keeps flowing (untouched) to the manifest with its ``sta
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+import tarfile
 from typing import Any, Optional
 
 import pyarrow as pa
@@ -125,3 +127,34 @@ def manifest_table(rows: list[Row]) -> pa.Table:
     """Rows -> Arrow table with exactly :data:`MANIFEST_SCHEMA` (missing columns are null)."""
     columns = {name: [r.get(name) for r in rows] for name in MANIFEST_SCHEMA.names}
     return pa.table(columns, schema=MANIFEST_SCHEMA)
+
+
+def add_member(row: Row, ext: str, data: bytes) -> None:
+    """Attach an extra sample member ``<key>.<ext>`` (e.g. ``wav2vec.npy``) to a clip row.
+
+    Members travel as one bytes column (an in-memory tar: no pickling, fixed Arrow type) and are
+    written into the shard by the ``write`` stage.
+
+    Raises:
+        ValueError: ``ext`` is not made of ``[A-Za-z0-9_.-]`` or is a reserved member (mp4/wav/json).
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", ext) or ext in ("mp4", "wav", "json"):
+        raise ValueError(f"invalid sample member extension {ext!r}")
+    members = members_of(row)
+    members[ext] = bytes(data)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, payload in sorted(members.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    row["extra_members"] = buf.getvalue()
+
+
+def members_of(row: Row) -> dict[str, bytes]:
+    """The extra members attached with :func:`add_member`, as ``{ext: bytes}``."""
+    packed = row.get("extra_members")
+    if not packed:
+        return {}
+    with tarfile.open(fileobj=io.BytesIO(bytes(packed)), mode="r") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}

@@ -281,7 +281,9 @@ class StreamingSession:
         n_frames = -(-self._pending_len // self.cfg.samples_per_frame)
         self._pending[self._pending_len :] = 0.0
         self._pending_len = 0
-        out.append(self._run_chunk(self._pending)[:n_frames])
+        frames = self._run_chunk(self._pending)
+        self.frames_emitted -= frames.shape[0] - n_frames
+        out.append(frames[:n_frames])
         return iter(out)
 
     # -- internals ------------------------------------------------------------------------------

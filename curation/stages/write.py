@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.records import KEPT, MANIFEST_SCHEMA, SAMPLE_JSON_EXCLUDE, Row, manifest_table
+from curation.records import KEPT, MANIFEST_SCHEMA, SAMPLE_JSON_EXCLUDE, Row, manifest_table, members_of
 from curation.storage import Storage
 
 SHARD_DIR = "shards"
@@ -144,7 +144,7 @@ class ShardWriter:
             for r in kept:
                 r["shard"], r["key"] = shard, r["clip_id"]
                 members = {"mp4": bytes(r["video_bytes"]), "wav": bytes(r["audio_bytes"])}
-                for ext, data in sorted((r.get("extra_members") or {}).items()):
+                for ext, data in sorted(members_of(r).items()):
                     members[ext] = bytes(data)
                 members["json"] = json.dumps(sample_json(r, self.fps, self.sample_rate_hz), sort_keys=True).encode()
                 samples.append((r["clip_id"], members))

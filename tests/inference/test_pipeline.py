@@ -83,7 +83,17 @@ def test_color_roundtrip_and_matching():
         match_colors(video, stats, 1.5)
 
 
-def test_pro_session_chunks_cold_start_and_determinism(tiny_pro, ref_image, speech):
+def test_pro_session_real_tiny_wan_vae(tiny_pro, ref_image, speech):
+    """One chunk through the real (tiny) diffusers Wan VAE: shapes and motion re-encode."""
+    s = StreamingSession(tiny_pro, ref_image, seed=7)
+    assert s.ref_latent.shape == (1, 4, 9, 4, 4)
+    out = list(s.feed(speech[:17920]))
+    assert [o.shape for o in out] == [(28, 32, 32, 3)] and out[0].dtype == np.uint8
+    assert s.motion_latents.shape == (1, 4, 2, 4, 4)  # 5 motion frames -> 2 latent frames
+
+
+def test_pro_session_chunks_cold_start_and_determinism(tiny_pro_fast_vae, ref_image, speech):
+    tiny_pro = tiny_pro_fast_vae
     cfg = tiny_pro.variant.streaming
     assert (cfg.new_frames, cfg.samples_per_chunk) == (28, 17920)
     s = StreamingSession(tiny_pro, ref_image, seed=7)
@@ -107,8 +117,8 @@ def test_pro_session_chunks_cold_start_and_determinism(tiny_pro, ref_image, spee
     assert torch.equal(s2.motion_latents, s2.ref_latent[:, :, :1]) and s2.frames_emitted == 0
 
 
-def test_motion_latents_overwrite_first_slots(tiny_pro, ref_image):
-    s = StreamingSession(tiny_pro, ref_image)
+def test_motion_latents_overwrite_first_slots(tiny_pro_fast_vae, ref_image):
+    s = StreamingSession(tiny_pro_fast_vae, ref_image)
     s.motion_latents = torch.randn(1, 4, 2, 4, 4)
     ctx = torch.randn(1, 33, 5, 2, 16)
     lat = s.generate_latents(ctx)
@@ -116,9 +126,10 @@ def test_motion_latents_overwrite_first_slots(tiny_pro, ref_image):
     assert torch.equal(lat[:, :, :2], s.motion_latents)
 
 
-def test_audio_changes_the_video(tiny_pro, ref_image, speech):
-    a = list(StreamingSession(tiny_pro, ref_image, seed=1).feed(speech[:17920]))[0]
-    b = list(StreamingSession(tiny_pro, ref_image, seed=1).feed(np.zeros(17920, np.int16)))[0]
+def test_audio_changes_the_video(tiny_pro_fast_vae, ref_image, speech):
+    m = tiny_pro_fast_vae
+    a = list(StreamingSession(m, ref_image, seed=1).feed(speech[:17920]))[0]
+    b = list(StreamingSession(m, ref_image, seed=1).feed(np.zeros(17920, np.int16)))[0]
     assert not np.array_equal(a, b)
 
 
