@@ -139,7 +139,9 @@ def build_metadata(totals: dict[str, Any], options: CardOptions) -> DatasetCardD
     """The card's YAML header as ``huggingface_hub.DatasetCardData``.
 
     Includes licence, task categories, size category, languages (valid ISO codes only), tags and
-    two ``configs``: ``default`` (the WebDataset shards, ``shards/*.tar``) and ``manifest``.
+    one ``configs`` entry, ``default``: the WebDataset shards ``shards/*.tar``. (``datasets`` picks one
+    builder for all configs of a repo from the first config's files, so the Parquet manifest cannot be
+    a second config; it is loaded with ``load_dataset("parquet", data_files=...)``.)
     """
     kwargs: dict[str, Any] = {
         "pretty_name": options.pretty_name,
@@ -158,7 +160,6 @@ def build_metadata(totals: dict[str, Any], options: CardOptions) -> DatasetCardD
             kwargs["license_link"] = options.license_link
     kwargs["configs"] = [
         {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "shards/*.tar"}]},
-        {"config_name": "manifest", "data_files": [{"split": "train", "path": "manifest.parquet"}]},
     ]
     return DatasetCardData(**kwargs)
 
@@ -238,7 +239,8 @@ def render_readme(manifest: pa.Table, stats: dict[str, Any], chart_names: dict[s
         "640 samples per frame), `<key>.json` (metadata and scores), optionally `<key>.wav2vec.npy` "
         "(float16 [frames, layers, dim], row t = video frame t) and `<key>.mask.*`.")
     add("- `manifest.parquet`: one row per input and per clip with `status` (kept/rejected), the rejecting `stage` "
-        "and `reason`, timings and every score. Load it with the `manifest` config.")
+        "and `reason`, timings and every score. "
+        "Load it with `datasets.load_dataset(\"parquet\", data_files=\"hf://datasets/ORG/NAME/manifest.parquet\")`.")
     add("- `stats.json`: per-stage counts, drop reasons and seconds, and the pipeline config.")
     add("")
     add("```python")

@@ -34,7 +34,6 @@ def test_metadata_parses_back_with_huggingface_hub(out_dir):
     assert d["pretty_name"] == "VividHead" and "talking-head" in d["tags"]
     assert d["configs"] == [
         {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "shards/*.tar"}]},
-        {"config_name": "manifest", "data_files": [{"split": "train", "path": "manifest.parquet"}]},
     ]
     assert res.metadata == d
     validate_card(res.readme.read_text())
@@ -134,7 +133,8 @@ def test_card_configs_load_with_datasets(out_dir, tmp_path):
     from training.data import hf_features
 
     write_card(out_dir)
-    manifest = datasets.load_dataset(str(out_dir), "manifest", split="train", cache_dir=str(tmp_path / "c1"))
+    manifest = datasets.load_dataset("parquet", data_files=str(out_dir / "manifest.parquet"), split="train",
+                                     cache_dir=str(tmp_path / "c1"))
     assert manifest.num_rows == pq.read_metadata(out_dir / "manifest.parquet").num_rows
     shards = sorted(str(p) for p in (out_dir / "shards").glob("*.tar"))
     clips = datasets.load_dataset(str(out_dir), "default", split="train", cache_dir=str(tmp_path / "c2"),
