@@ -216,6 +216,226 @@ class TransitionConfig(StageConfig):
 
 
 @dataclass(frozen=True)
+class OcclusionConfig(StageConfig):
+    """Hand-over-face filter from DWPose whole-body keypoints via rtmlib (FlashHead section 2.1.2).
+
+    Attributes:
+        det_weights_path / pose_weights_path: explicit ONNX paths of the person detector (registry
+            ``person_yolox_nano``) and the whole-body pose model (registry ``dwpose_ll_ucoco_384``).
+        det_input_px: square YOLOX input side in pixels (416 for YOLOX-nano).
+        pose_input_w_px / pose_input_h_px: pose model input (288x384 for DWPose-l 384).
+        person_min_score: YOLOX person score threshold; with no person found the whole frame is
+            used as the person box (the clip is a face-centred crop).
+        sample_fps: frames analysed per second of video.
+        hand_min_score: a hand keypoint counts when its SimCC score is above this.
+        face_min_score: face keypoints used for the face box need at least this score.
+        min_hand_keypoints: hand keypoints inside the face box that make a frame occluded.
+        face_box_margin: the face box (bounds of the confident face keypoints) is grown by this
+            share of its side on every side.
+        max_hand_over_face_share: reject ``hand_over_face`` when the share of occluded sampled
+            frames exceeds this.
+    """
+
+    det_weights_path: Optional[str] = None
+    pose_weights_path: Optional[str] = None
+    det_input_px: int = 416
+    pose_input_w_px: int = 288
+    pose_input_h_px: int = 384
+    person_min_score: float = 0.5
+    sample_fps: float = 2.0
+    hand_min_score: float = 0.5
+    face_min_score: float = 0.5
+    min_hand_keypoints: int = 1
+    face_box_margin: float = 0.1
+    max_hand_over_face_share: float = 0.1
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        _check(self.det_input_px >= 32, f"{section}.det_input_px", "must be >= 32")
+        _check(self.pose_input_w_px >= 16 and self.pose_input_h_px >= 16, f"{section}.pose_input_w_px", "pose input must be >= 16 px")
+        _check(0 <= self.person_min_score <= 1, f"{section}.person_min_score", "must be in [0, 1]")
+        _check(self.sample_fps > 0, f"{section}.sample_fps", "must be > 0")
+        _check(self.min_hand_keypoints >= 1, f"{section}.min_hand_keypoints", "must be >= 1")
+        _check(self.face_box_margin >= 0, f"{section}.face_box_margin", "must be >= 0")
+        _check(0 <= self.max_hand_over_face_share <= 1, f"{section}.max_hand_over_face_share", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class SpeechConfig(StageConfig):
+    """Speech presence from Silero VAD (snakers4/silero-vad): share of the clip that is speech.
+
+    Attributes:
+        weights_path: a Silero VAD ONNX file (e.g. ``vad_silero_v5.onnx``) run with onnxruntime;
+            ``None`` uses the model shipped inside the ``silero-vad`` package (TorchScript).
+        threshold: speech probability threshold per 32 ms window (``get_speech_timestamps``).
+        min_speech_duration_ms / min_silence_duration_ms / speech_pad_ms: segment post-processing
+            of ``silero_vad.get_speech_timestamps`` (its defaults).
+        min_speech_share: reject ``no_speech`` below this share of the clip (0-1); ``None`` = off.
+    """
+
+    weights_path: Optional[str] = None
+    threshold: float = 0.5
+    min_speech_duration_ms: int = 250
+    min_silence_duration_ms: int = 100
+    speech_pad_ms: int = 30
+    min_speech_share: Optional[float] = 0.5
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        _check(0 < self.threshold < 1, f"{section}.threshold", "must be in (0, 1)")
+        _check(self.min_speech_duration_ms >= 0, f"{section}.min_speech_duration_ms", "must be >= 0")
+        _check(self.min_silence_duration_ms >= 0, f"{section}.min_silence_duration_ms", "must be >= 0")
+        _check(self.speech_pad_ms >= 0, f"{section}.speech_pad_ms", "must be >= 0")
+        _check(self.min_speech_share is None or 0 <= self.min_speech_share <= 1, f"{section}.min_speech_share", "must be in [0, 1] or null")
+
+
+@dataclass(frozen=True)
+class SyncNetConfig(StageConfig):
+    """SyncNet lip-sync scores LSE-C / LSE-D / AV offset (FlashHead section 2.1.2).
+
+    Attributes:
+        weights_path: explicit path of ``syncnet_v2.model``; else the registry (``syncnet_v2``).
+        detector_weights_path: explicit path of the MediaPipe face detector; else the registry.
+        min_confidence: face detector score threshold for the face track.
+        min_face_share: reject ``no_face_track`` when fewer frames (share) have a face.
+        crop_scale: face crop context around the box (0.4 in syncnet_python).
+        vshift_frames: offsets searched on each side, in video frames (15 in the LSE protocol).
+        batch_size: 5-frame windows per forward pass.
+        min_lse_c: reject ``low_sync_confidence`` below this LSE-C; ``None`` = off.
+        max_lse_d: reject ``high_sync_distance`` above this LSE-D; ``None`` = off.
+        max_abs_av_offset_frames: reject ``av_offset`` when |offset| exceeds this many frames
+            (1 frame = 40 ms at 25 fps); ``None`` = off.
+    """
+
+    weights_path: Optional[str] = None
+    detector_weights_path: Optional[str] = None
+    min_confidence: float = 0.5
+    min_face_share: float = 0.5
+    crop_scale: float = 0.4
+    vshift_frames: int = 15
+    batch_size: int = 20
+    min_lse_c: Optional[float] = 3.0
+    max_lse_d: Optional[float] = None
+    max_abs_av_offset_frames: Optional[int] = 3
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        _check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
+        _check(0 <= self.min_face_share <= 1, f"{section}.min_face_share", "must be in [0, 1]")
+        _check(self.crop_scale >= 0, f"{section}.crop_scale", "must be >= 0")
+        _check(self.vshift_frames >= 1, f"{section}.vshift_frames", "must be >= 1")
+        _check(self.batch_size >= 1, f"{section}.batch_size", "must be >= 1")
+        _check(self.max_lse_d is None or self.max_lse_d > 0, f"{section}.max_lse_d", "must be > 0 or null")
+        _check(
+            self.max_abs_av_offset_frames is None or 0 <= self.max_abs_av_offset_frames <= self.vshift_frames,
+            f"{section}.max_abs_av_offset_frames",
+            "must be in [0, vshift_frames] or null",
+        )
+
+
+@dataclass(frozen=True)
+class ASDConfig(StageConfig):
+    """Light-ASD active-speaker score (Liao et al., CVPR 2023): mean per-frame speaking logit.
+
+    Mainly a speaking-activity signal, only weakly a lip-sync signal.
+
+    Attributes:
+        weights: registry name of the checkpoint: ``lightasd_ava`` (AVA-ActiveSpeaker pre-training,
+            default) or ``lightasd_talkset`` (TalkSet fine-tuning).
+        weights_path: explicit checkpoint path (overrides the registry lookup of ``weights``).
+        detector_weights_path: explicit path of the MediaPipe face detector; else the registry.
+        min_confidence: face detector score threshold for the face track.
+        min_face_share: reject ``no_face_track`` when fewer frames (share) have a face.
+        crop_scale: face crop context around the box (0.4 in the authors' evaluation).
+        min_asd_score: reject ``not_speaking`` below this mean logit; ``None`` = off.
+    """
+
+    weights: Literal["lightasd_ava", "lightasd_talkset"] = "lightasd_ava"
+    weights_path: Optional[str] = None
+    detector_weights_path: Optional[str] = None
+    min_confidence: float = 0.5
+    min_face_share: float = 0.5
+    crop_scale: float = 0.4
+    min_asd_score: Optional[float] = 0.0
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        _check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
+        _check(0 <= self.min_face_share <= 1, f"{section}.min_face_share", "must be in [0, 1]")
+        _check(self.crop_scale >= 0, f"{section}.crop_scale", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class FaceMaskConfig(StageConfig):
+    """Per-frame face and lip masks from MediaPipe FaceLandmarker (annotation, never rejects).
+
+    Attributes:
+        weights_path: explicit path of the ``.task`` bundle (registry ``face_mediapipe_landmarker``).
+        min_confidence: face detection / presence / tracking confidence of the landmarker.
+        store_landmarks: also store the 478 landmarks per frame in ``<key>.mask.npz``.
+    """
+
+    weights_path: Optional[str] = None
+    min_confidence: float = 0.5
+    store_landmarks: bool = True
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        _check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class AudioFeaturesConfig(StageConfig):
+    """Wav2Vec 2.0 multi-layer features at the video frame rate (annotation, never rejects).
+
+    Attributes:
+        weights: registry name of the transformers model folder (``wav2vec2_base_960h``).
+        weights_path: a local transformers folder (``save_pretrained`` layout) used instead.
+        normalize: zero-mean / unit-variance the waveform first (wav2vec2-base-960h's extractor).
+    """
+
+    weights: str = "wav2vec2_base_960h"
+    weights_path: Optional[str] = None
+    normalize: bool = True
+
+
+@dataclass(frozen=True)
+class AttributesConfig(StageConfig):
+    """Spoken language and apparent gender / age band / ethnicity (annotation, never rejects).
+
+    Each annotator has a switch, a registry name and an optional explicit local folder (the
+    transformers ``save_pretrained`` layout). ``ethnicity`` has no registry default: no public
+    FairFace race classifier could be verified here, so it needs ``ethnicity_weights_path``.
+
+    Attributes:
+        language: Whisper language identification on the first ``language_max_s`` seconds.
+        gender / age / ethnicity: image classifiers on the face crop of ``face_frames`` frames
+            spread over the clip (probabilities averaged).
+    """
+
+    language: bool = True
+    language_weights: str = "whisper_small"
+    language_weights_path: Optional[str] = None
+    language_max_s: float = 30.0
+    gender: bool = True
+    gender_weights: str = "face_gender_fairface_vit"
+    gender_weights_path: Optional[str] = None
+    age: bool = True
+    age_weights: str = "face_age_fairface_vit"
+    age_weights_path: Optional[str] = None
+    ethnicity: bool = False
+    ethnicity_weights_path: Optional[str] = None
+    face_frames: int = 3
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        _check(0 < self.language_max_s <= 30, f"{section}.language_max_s", "must be in (0, 30] (Whisper's window)")
+        _check(self.face_frames >= 1, f"{section}.face_frames", "must be >= 1")
+        _check(not self.ethnicity or bool(self.ethnicity_weights_path), f"{section}.ethnicity_weights_path",
+               "required when ethnicity is enabled (no registry default)")
+
+
+@dataclass(frozen=True)
 class WriteConfig(StageConfig):
     """WebDataset shard writing. A shard closes once it holds ``samples_per_shard`` kept clips."""
 
@@ -252,6 +472,13 @@ SECTIONS: dict[str, type] = {
     "face": FaceConfig,
     "face_visibility": FaceVisibilityConfig,
     "transition": TransitionConfig,
+    "occlusion": OcclusionConfig,
+    "speech": SpeechConfig,
+    "syncnet": SyncNetConfig,
+    "asd": ASDConfig,
+    "face_mask": FaceMaskConfig,
+    "audio_features": AudioFeaturesConfig,
+    "attributes": AttributesConfig,
     "write": WriteConfig,
 }
 
@@ -268,6 +495,13 @@ class CurateConfig:
     face: FaceConfig = field(default_factory=FaceConfig)
     face_visibility: FaceVisibilityConfig = field(default_factory=FaceVisibilityConfig)
     transition: TransitionConfig = field(default_factory=TransitionConfig)
+    occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
+    syncnet: SyncNetConfig = field(default_factory=SyncNetConfig)
+    asd: ASDConfig = field(default_factory=ASDConfig)
+    face_mask: FaceMaskConfig = field(default_factory=FaceMaskConfig)
+    audio_features: AudioFeaturesConfig = field(default_factory=AudioFeaturesConfig)
+    attributes: AttributesConfig = field(default_factory=AttributesConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
 
     def __post_init__(self) -> None:

@@ -79,6 +79,12 @@ class FaceDetector:
                 boxes.append(FaceBox(b.origin_x, b.origin_y, b.origin_x + b.width, b.origin_y + b.height, float(score)))
         return sorted(boxes, key=lambda f: f.area, reverse=True)
 
+    def __enter__(self) -> "FaceDetector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         """Release the MediaPipe graph."""
         if self._detector is not None:

@@ -29,6 +29,9 @@ from curation.stages.normalize import NormalizeStage
 from curation.stages.probe import ProbeStage
 from curation.stages.scene_split import SceneSplitStage
 from curation.stages.transition import TransitionStage
+from curation.stages.occlusion import OcclusionStage
+from curation.stages.face_mask import FaceMaskStage
+from curation.stages.audio_features import AudioFeaturesStage
 from curation.stages.write import ShardWriter
 from curation.stats import stage_stats
 from curation.storage import Storage
@@ -45,6 +48,9 @@ def build_clip_stages(cfg: CurateConfig) -> list[Stage]:
         FaceStage(cfg.face),
         FaceVisibilityStage(cfg.face_visibility, fps),
         TransitionStage(cfg.transition),
+        OcclusionStage(cfg.occlusion, fps),
+        FaceMaskStage(cfg.face_mask),
+        AudioFeaturesStage(cfg.audio_features, fps),
     ]
 
 

@@ -63,6 +63,11 @@ MANIFEST_SCHEMA = pa.schema(
         ("gender", pa.string()),
         ("age_band", pa.string()),
         ("ethnicity", pa.string()),
+        # Share of frames in which FaceLandmarker found a face (face_mask stage).
+        ("face_mask_share", pa.float64()),
+        # JSON object {annotator: reason code} for annotations that failed on a kept clip
+        # (``face_mask``, ``audio_features``, ``language``, ``gender``, ``age``, ``ethnicity``).
+        ("annotation_errors", pa.string()),
         ("shard", pa.int32()),
         ("key", pa.string()),
         ("timings", pa.string()),
@@ -158,3 +163,16 @@ def members_of(row: Row) -> dict[str, bytes]:
         return {}
     with tarfile.open(fileobj=io.BytesIO(bytes(packed)), mode="r") as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def note_annotation_error(row: Row, annotator: str, reason: str) -> None:
+    """Record that ``annotator`` failed on a kept clip: ``annotation_errors[annotator] = reason``.
+
+    Annotations never reject a clip; the annotation stays null and the reason lands in the
+    manifest column ``annotation_errors`` (a JSON object, null when nothing failed).
+    """
+    import json
+
+    errors = json.loads(row.get("annotation_errors") or "{}")
+    errors[annotator] = reason[:200]
+    row["annotation_errors"] = json.dumps(errors, sort_keys=True)

@@ -2,7 +2,8 @@
 
 Resolution order for a name: an explicit path (from the stage config), the folder named by
 ``VIVIDHEAD_WEIGHTS_DIR``, the local cache (``$VIVIDHEAD_CACHE`` or ``~/.cache/vividhead/weights``),
-then a download from the official URL, checked against its SHA-256. Offline with none of these,
+then a download from the official URL, checked against its SHA-256 (skipped when
+``VIVIDHEAD_OFFLINE=1``, as ``HF_HUB_OFFLINE`` does for the Hub). Offline with none of these,
 :func:`resolve` raises :class:`WeightsNotFound` naming the file and where to put it.
 """
 
@@ -67,6 +68,151 @@ register(
 )
 
 
+# --- lip-sync and active-speaker stages (issue 3) ----------------------------------------------
+register(
+    WeightSpec(
+        name="syncnet_v2",
+        filename="syncnet_v2.model",
+        url="http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",
+        sha256=None,  # the publisher gives none, and the file could not be fetched here to hash it
+        licence="MIT (joonson/syncnet_python); trained on BBC broadcast video (LRS2), research use",
+        source="SyncNet, Chung and Zisserman, 'Out of time', ACCV 2016 workshops; joonson/syncnet_python download_model.sh",
+    )
+)
+register(
+    WeightSpec(
+        name="lightasd_ava",
+        filename="asd_lightasd_pretrain_AVA.model",
+        url="https://raw.githubusercontent.com/Junhua-Liao/Light-ASD/ed38c232de5efe0261dbd68627c0ade7cdfe14eb/weight/pretrain_AVA_CVPR.model",
+        sha256="d44bc3ea7baa8e0946fa3921311714a630ed8b90a1928fab0dbe30d918909317",
+        licence="MIT (Junhua-Liao/Light-ASD); trained on AVA-ActiveSpeaker",
+        source="Light-ASD, Liao et al., CVPR 2023, weight/pretrain_AVA_CVPR.model",
+    )
+)
+register(
+    WeightSpec(
+        name="lightasd_talkset",
+        filename="asd_lightasd_finetuning_TalkSet.model",
+        url="https://raw.githubusercontent.com/Junhua-Liao/Light-ASD/ed38c232de5efe0261dbd68627c0ade7cdfe14eb/weight/finetuning_TalkSet.model",
+        sha256="efc375833887eefa9d209dc92810e18519b04c3c73ea35a549f2a7f40b7d94d5",
+        licence="MIT (Junhua-Liao/Light-ASD); fine-tuned on TalkSet (from VoxCeleb2 and LRS3)",
+        source="Light-ASD, Liao et al., CVPR 2023, weight/finetuning_TalkSet.model",
+    )
+)
+
+
+# --- occlusion and annotation stages (issue 4) -------------------------------------------------
+# Entries whose URL starts with ``hf://`` are Hugging Face Hub repositories (a folder, not a file):
+# ``filename`` is the folder looked up in $VIVIDHEAD_WEIGHTS_DIR and the cache; otherwise the local
+# Hugging Face cache is tried, then the Hub (see :func:`resolve`). The Hub gives no SHA-256 per
+# repository, so those entries have ``sha256=None``.
+register(
+    WeightSpec(
+        name="person_yolox_nano",
+        filename="person_yolox_nano_416.onnx",
+        url="https://github.com/opencv/opencv_zoo/raw/349a43db25a7ae722f7c6a9e1061435ddd185868/models/object_detection_yolox/yolox_nano.onnx",
+        sha256="c789161ed43c8269fcd4e67c67eeeb4e80c622da2eb296a20bc6007bd18a0b7d",
+        licence="Apache-2.0",
+        source="YOLOX-nano (Megvii) as exported by opencv/opencv_zoo; raw 416x416 COCO-80 head, no NMS",
+    )
+)
+register(
+    WeightSpec(
+        name="dwpose_ll_ucoco_384",
+        filename="dw-ll_ucoco_384.onnx",
+        url="https://huggingface.co/yzd-v/DWPose/resolve/main/dw-ll_ucoco_384.onnx",
+        sha256=None,  # not published; the file (about 134 MB) could not be fetched here to hash it
+        licence="Apache-2.0",
+        source="DWPose-l whole-body (133 COCO-WholeBody keypoints, 288x384 SimCC), Yang et al. ICCV 2023 workshop, IDEA-Research/DWPose",
+    )
+)
+register(
+    WeightSpec(
+        name="face_mediapipe_landmarker",
+        filename="face_mediapipe_landmarker.task",
+        url="https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task",
+        # SHA-256 of the bundle our fixtures carry (mbird1258/Eye-Focus-Mapping, unchanged Google bundle).
+        sha256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+        licence="Apache-2.0",
+        source="MediaPipe FaceLandmarker bundle (478 landmarks), google-ai-edge/mediapipe",
+    )
+)
+register(
+    WeightSpec(
+        name="wav2vec2_base_960h",
+        filename="wav2vec2-base-960h",
+        url="hf://facebook/wav2vec2-base-960h",
+        sha256=None,
+        licence="Apache-2.0",
+        source="wav2vec 2.0 base fine-tuned on LibriSpeech 960 h (Baevski et al. 2020), the encoder of the public FlashHead code",
+    )
+)
+register(
+    WeightSpec(
+        name="whisper_small",
+        filename="whisper-small",
+        url="hf://openai/whisper-small",
+        sha256=None,
+        licence="Apache-2.0",
+        source="Whisper small, multilingual (Radford et al. 2022); used for spoken-language identification",
+    )
+)
+register(
+    WeightSpec(
+        name="face_gender_fairface_vit",
+        filename="fairface_gender_image_detection",
+        url="hf://dima806/fairface_gender_image_detection",
+        sha256=None,
+        licence="Apache-2.0",
+        source="ViT image classifier fine-tuned on FairFace gender labels (dima806)",
+    )
+)
+register(
+    WeightSpec(
+        name="face_age_fairface_vit",
+        filename="vit-age-classifier",
+        url="hf://nateraw/vit-age-classifier",
+        sha256=None,
+        licence="not stated by the publisher (FairFace labels are CC-BY-4.0); check before commercial use",
+        source="ViT image classifier fine-tuned on FairFace age bands (nateraw)",
+    )
+)
+
+
+def is_hub_repo(name: str) -> bool:
+    """True when the registry entry ``name`` is a Hugging Face Hub repository (a folder)."""
+    return REGISTRY[name].url.startswith("hf://")
+
+
+def _resolve_hub(spec: WeightSpec, explicit: Optional[str], download: bool) -> Path:
+    """Folder of a ``hf://`` entry: explicit folder, weights dir, cache, local HF cache, then the Hub."""
+    repo_id = spec.url[len("hf://") :]
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_dir():
+            raise WeightsNotFound(f"{spec.filename}: configured folder {path} does not exist")
+        return path
+    for root in ([Path(os.environ["VIVIDHEAD_WEIGHTS_DIR"])] if os.environ.get("VIVIDHEAD_WEIGHTS_DIR") else []) + [cache_dir()]:
+        if (root / spec.filename / "config.json").is_file():
+            return root / spec.filename
+    where = (
+        f"put the Hugging Face folder {spec.filename}/ (from {repo_id}) in $VIVIDHEAD_WEIGHTS_DIR "
+        f"(now {os.environ.get('VIVIDHEAD_WEIGHTS_DIR') or 'unset'}) or {cache_dir()}, "
+        f"or set the stage's *weights_path* to a local folder"
+    )
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        if not download:
+            raise WeightsNotFound(f"{spec.filename} not found offline: {where}") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as exc:
+        raise WeightsNotFound(f"{spec.filename} not found and download failed ({type(exc).__name__}): {where}") from exc
+
+
 def cache_dir() -> Path:
     """The weights cache folder."""
     root = os.environ.get("VIVIDHEAD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vividhead")
@@ -87,14 +233,18 @@ def resolve(name: str, explicit: Optional[str] = None, download: bool = True, ti
 
     Args:
         name: registry name.
-        explicit: a path given in the config; used as is when set.
-        download: try the official URL when nothing is found locally.
+        explicit: a path given in the config; used as is when set (a folder for ``hf://`` entries,
+            whose lookup goes weights dir, cache, local Hugging Face cache, then the Hub).
+        download: try the official URL when nothing is found locally (never when
+            ``VIVIDHEAD_OFFLINE=1``).
 
     Raises:
         KeyError: unknown registry name.
         WeightsNotFound: no local copy, and the download failed or its checksum did not match.
     """
     spec = REGISTRY[name]
+    if spec.url.startswith("hf://"):
+        return _resolve_hub(spec, explicit, download)
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -111,7 +261,7 @@ def resolve(name: str, explicit: Optional[str] = None, download: bool = True, ti
         f"put {spec.filename} in $VIVIDHEAD_WEIGHTS_DIR (now {os.environ.get('VIVIDHEAD_WEIGHTS_DIR') or 'unset'}) "
         f"or {cache_dir()}, or set weights_path in the stage config; official URL: {spec.url}"
     )
-    if not download:
+    if not download or os.environ.get("VIVIDHEAD_OFFLINE", "0") not in ("", "0"):
         raise WeightsNotFound(f"{spec.filename} not found offline: {where}")
     dest = cache_dir() / spec.filename
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -349,6 +349,9 @@ def write_card(out: str | Path, options: CardOptions = CardOptions()) -> CardRes
         ValueError: if the generated card fails :func:`validate_card`.
     """
     out = Path(out)
+    for name in ("manifest.parquet", "stats.json"):
+        if not (out / name).is_file():
+            raise FileNotFoundError(f"{out / name} not found (the curation pipeline writes it)")
     manifest = pq.read_table(out / "manifest.parquet")
     stats = json.loads((out / "stats.json").read_text())
     chart_dir = out / "card"

@@ -17,6 +17,10 @@ WEIGHTS_DIR = FIXTURES / "weights"
 # Set before Ray starts so its workers inherit it.
 os.environ.setdefault("VIVIDHEAD_WEIGHTS_DIR", str(WEIGHTS_DIR))
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# No test may reach the internet: weights and Hub models resolve from local paths only.
+os.environ.setdefault("VIVIDHEAD_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 if not VIDEO_DIR.is_dir():  # pragma: no cover - CI always has ../shared
     pytest.exit(f"test fixtures not found at {FIXTURES} (clone with ../shared beside the repo)", returncode=2)

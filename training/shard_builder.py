@@ -87,8 +87,8 @@ def encode_clip(video: str | Path, max_frames: int = 121, gop: int = 25, size: i
             check=True,
         )
         probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-             "stream=nb_read_frames", "-of", "csv=p=0", str(mp4)],
+            ["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0", "-show_entries",
+             "stream=nb_read_packets", "-of", "csv=p=0", str(mp4)],
             check=True, capture_output=True, text=True,
         )
         have = int(probe.stdout.strip())
@@ -106,7 +106,8 @@ def encode_clip(video: str | Path, max_frames: int = 121, gop: int = 25, size: i
             )
             mp4 = cut
         subprocess.run(
-            ["ffmpeg", "-v", "error", "-y", "-i", str(video), "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE),
+            ["ffmpeg", "-v", "error", "-y", "-i", str(video), "-t", f"{n / FPS + 0.5:.3f}", "-vn", "-ac", "1",
+             "-ar", str(SAMPLE_RATE),
              "-c:a", "pcm_s16le", str(wav)],
             check=True,
         )

@@ -61,8 +61,8 @@ def plan_crop(face: FaceBox, width: int, height: int, cfg: FaceConfig) -> CropBo
     """A square of side ``face.size / face_share`` centred on the face.
 
     A square that leaves the frame is shifted back inside when it fits (the face stays inside it);
-    otherwise it is padded when ``cfg.allow_pad`` and the padding is at most ``max_pad_share`` of
-    its side.
+    a square larger than the frame is centred on it and padded, when ``cfg.allow_pad`` and the
+    padding on each side is at most ``max_pad_share`` of its side.
 
     Args:
         width, height: frame size in pixels.
@@ -73,10 +73,10 @@ def plan_crop(face: FaceBox, width: int, height: int, cfg: FaceConfig) -> CropBo
     size = int(round(face.size / cfg.face_share))
     cx, cy = face.center
     x0, y0 = int(round(cx - size / 2)), int(round(cy - size / 2))
-    if size <= width:
-        x0 = min(max(x0, 0), width - size)
-    if size <= height:
-        y0 = min(max(y0, 0), height - size)
+    # Inside the frame when it fits; else centred on the frame, which splits the padding evenly
+    # and still holds the whole face (the face is inside the frame).
+    x0 = min(max(x0, 0), width - size) if size <= width else (width - size) // 2
+    y0 = min(max(y0, 0), height - size) if size <= height else (height - size) // 2
     pad = max(0, -x0, -y0, x0 + size - width, y0 + size - height)
     if pad and (not cfg.allow_pad or pad > cfg.max_pad_share * size):
         raise MediaError("crop_out_of_frame", f"crop {size} px needs {pad} px of padding in a {width}x{height} frame")

@@ -124,7 +124,7 @@ def test_card_command(out_dir, tmp_path):
     assert "5 clips" in res.output and "4 speakers" in res.output
     assert (out_dir / "README.md").read_text().startswith("---\n")
     res = runner.invoke(_app(), ["card", str(tmp_path / "empty")])
-    assert res.exit_code == 2 and "manifest.parquet" in res.output
+    assert res.exit_code == 2 and "manifest.parquet not found" in " ".join(res.output.replace("│", " ").split())
 
 
 def test_card_configs_load_with_datasets(out_dir, tmp_path):

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+# ``tests/training/`` (no __init__) would shadow the real ``training`` package as a namespace package
+# when pytest runs as ``.venv/bin/pytest`` (repo root not on sys.path); ``python -m pytest`` is fine.
+_REPO = str(Path(__file__).resolve().parents[2])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
 
 import numpy as np
 import pytest
@@ -57,10 +64,34 @@ def tiny_lite() -> FlashHeadModels:
     return FlashHeadModels.random(TINY_LITE, seed=0)
 
 
+class FrameEnergyEncoder(torch.nn.Module):
+    """Cheap stand-in for Wav2Vec with the same contract ``(audio [1, N], S) -> [1, S, L, D]``: per-frame
+    RMS and mean of the waveform, tiled. Used only by the 100-chunk test."""
+
+    def __init__(self, layers: int, channels: int) -> None:
+        super().__init__()
+        self.layers, self.channels = layers, channels
+
+    def forward(self, audio, num_frames):
+        frames = audio.reshape(1, num_frames, -1)
+        feat = torch.stack([frames.pow(2).mean(-1).sqrt(), frames.mean(-1)], -1)  # [1, S, 2]
+        return feat.repeat(1, 1, self.channels // 2)[:, :, None].expand(-1, -1, self.layers, -1).contiguous()
+
+
 @pytest.fixture(scope="session")
 def tiny_pro_fast_vae(tiny_pro) -> FlashHeadModels:
     return FlashHeadModels(
         tiny_pro.variant, tiny_pro.transformer, PoolVAE(TINY_PRO.transformer.out_dim), tiny_pro.audio_encoder,
+        tiny_pro.device, tiny_pro.dtype,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_pro_fast(tiny_pro) -> FlashHeadModels:
+    """Real tiny DiT with stand-in VAE and audio encoder (for the 100-chunk test)."""
+    c = TINY_PRO.transformer
+    return FlashHeadModels(
+        tiny_pro.variant, tiny_pro.transformer, PoolVAE(c.out_dim), FrameEnergyEncoder(c.audio_layers, c.audio_channels),
         tiny_pro.device, tiny_pro.dtype,
     )
 

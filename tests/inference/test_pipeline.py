@@ -154,10 +154,10 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def test_100_chunks_exact_alignment_constant_memory(tiny_pro_fast_vae, ref_image):
+def test_100_chunks_exact_alignment_constant_memory(tiny_pro_fast, ref_image):
     """Frames out == samples in / 640 after every chunk over 100 chunks fed in irregular pieces,
     with constant session state and bounded RSS growth."""
-    s = StreamingSession(tiny_pro_fast_vae, ref_image, seed=3)
+    s = StreamingSession(tiny_pro_fast, ref_image, seed=3)
     rng = np.random.RandomState(0)
     total = 100 * 17920
     pcm = (rng.randn(total) * 3000).astype(np.int16)

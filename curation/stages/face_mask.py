@@ -1,0 +1,232 @@
+"""face_mask: per-frame face and lip masks and the 478 face landmarks of each kept clip (annotation).
+
+MediaPipe Tasks ``FaceLandmarker`` (478-point face mesh) runs on every frame of the 512x512 clip in
+VIDEO mode (a fresh tracker per clip). The face mask is the filled face-oval polygon, the lip mask
+the filled outer-lip polygon (mouth interior included). Everything goes into one sample member
+``<key>.mask.npz`` (``numpy.savez_compressed``):
+
+* ``face``, ``lips``: uint8 ``[T, H, ceil(W / 8)]``, the bool ``[T, H, W]`` masks bit-packed along
+  the width (``numpy.packbits(..., axis=-1)``); read back with :func:`decode_masks`.
+* ``landmarks``: float16 ``[T, 478, 3]``: x, y normalised to [0, 1] of the frame width / height,
+  z MediaPipe's relative depth (same scale as x); NaN for frames without a face.
+* ``present``: bool ``[T]``, frames where a face was found.
+* ``size``: int32 ``[2]`` = ``(H, W)`` in pixels.
+
+The stage never rejects: when the landmarker finds no face in any frame (or decoding fails) the
+member is not written and ``annotation_errors["face_mask"]`` holds the reason. The manifest column
+``face_mask_share`` is the share of frames with a face.
+
+Source: Kartynnik et al., "Real-time Facial Surface Geometry from Monocular Video on Mobile GPUs"
+(2019); google-ai-edge/mediapipe ``face_landmarker.task``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from curation import weights
+from curation.config import FaceMaskConfig
+from curation.media import iter_frames
+from curation.records import Row, add_member, note_annotation_error
+from curation.stage import MediaError, Stage
+
+NUM_LANDMARKS = 478
+# Ordered polygons over the MediaPipe face mesh (the loops of FACEMESH_FACE_OVAL and the outer ring
+# of FACEMESH_LIPS).
+FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
+OUTER_LIPS = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185]
+MEMBER = "mask.npz"
+
+
+@dataclass
+class FaceMasks:
+    """Masks and landmarks of one clip.
+
+    Attributes:
+        face, lips: bool [T, H, W].
+        landmarks: float32 [T, 478, 3] (x, y in [0, 1] of width/height; z relative depth), NaN
+            where ``present`` is False.
+        present: bool [T].
+    """
+
+    face: np.ndarray
+    lips: np.ndarray
+    landmarks: np.ndarray
+    present: np.ndarray
+
+    @property
+    def share(self) -> float:
+        """Share of frames with a face, in [0, 1]."""
+        return float(self.present.mean()) if len(self.present) else 0.0
+
+
+def polygon_mask(landmarks: np.ndarray, indices: list[int], size: tuple[int, int]) -> np.ndarray:
+    """Filled polygon through ``landmarks[indices]``.
+
+    Args:
+        landmarks: float [478, >=2], x and y normalised to [0, 1].
+        indices: landmark indices in polygon order.
+        size: (H, W) of the mask in pixels.
+
+    Returns:
+        bool [H, W].
+    """
+    h, w = size
+    pts = np.round(landmarks[indices, :2] * (w, h)).astype(np.int32)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [pts], 1)
+    return mask.astype(bool)
+
+
+class FaceLandmarks:
+    """MediaPipe Tasks ``FaceLandmarker`` (one face, VIDEO mode) from a ``.task`` bundle.
+
+    Args:
+        model_path: the bundle (registry ``face_mediapipe_landmarker``).
+        min_confidence: detection, presence and tracking confidence.
+    """
+
+    def __init__(self, model_path: str | Path, min_confidence: float = 0.5) -> None:
+        self.model_path = str(model_path)
+        self.min_confidence = min_confidence
+
+    def track(self, frames) -> tuple[np.ndarray, np.ndarray]:
+        """Landmarks of every frame of one clip, with a fresh tracker.
+
+        Args:
+            frames: iterable of uint8 [H, W, 3] RGB frames in order (25 fps assumed for timestamps;
+                only their order matters).
+
+        Returns:
+            landmarks float32 [T, 478, 3] (NaN where no face) and present bool [T].
+        """
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=self.model_path),
+            running_mode=vision.RunningMode.VIDEO,
+            num_faces=1,
+            min_face_detection_confidence=self.min_confidence,
+            min_face_presence_confidence=self.min_confidence,
+            min_tracking_confidence=self.min_confidence,
+        )
+        out, present = [], []
+        with vision.FaceLandmarker.create_from_options(options) as landmarker:
+            for i, frame in enumerate(frames):
+                image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+                result = landmarker.detect_for_video(image, i * 40)
+                if result.face_landmarks:
+                    pts = result.face_landmarks[0]
+                    out.append(np.array([(p.x, p.y, p.z) for p in pts], np.float32))
+                    present.append(True)
+                else:
+                    out.append(np.full((NUM_LANDMARKS, 3), np.nan, np.float32))
+                    present.append(False)
+        if not out:
+            return np.zeros((0, NUM_LANDMARKS, 3), np.float32), np.zeros(0, bool)
+        return np.stack(out), np.array(present)
+
+
+def face_masks(video: bytes | str, landmarker: FaceLandmarks) -> FaceMasks:
+    """Face and lip masks of every frame of a clip.
+
+    Args:
+        video: encoded clip (the 512x512 crop).
+
+    Returns:
+        :class:`FaceMasks` with T = number of decoded frames.
+
+    Raises:
+        MediaError: ``decode_failed`` (also when no frame decodes).
+    """
+    size = None
+
+    def frames():
+        nonlocal size
+        for _, frame in iter_frames(video):
+            size = frame.shape[:2]
+            yield frame
+
+    landmarks, present = landmarker.track(frames())
+    if size is None:
+        raise MediaError("decode_failed", "no frame decoded")
+    t = len(present)
+    face = np.zeros((t, *size), bool)
+    lips = np.zeros((t, *size), bool)
+    for i in np.flatnonzero(present):
+        face[i] = polygon_mask(landmarks[i], FACE_OVAL, size)
+        lips[i] = polygon_mask(landmarks[i], OUTER_LIPS, size)
+    return FaceMasks(face, lips, landmarks, present)
+
+
+def encode_masks(masks: FaceMasks, store_landmarks: bool = True) -> bytes:
+    """The ``<key>.mask.npz`` member (see the module docstring for the arrays)."""
+    t, h, w = masks.face.shape
+    arrays = {
+        "face": np.packbits(masks.face, axis=-1),
+        "lips": np.packbits(masks.lips, axis=-1),
+        "present": masks.present.astype(bool),
+        "size": np.array([h, w], np.int32),
+    }
+    if store_landmarks:
+        arrays["landmarks"] = masks.landmarks.astype(np.float16)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def decode_masks(data: bytes) -> dict[str, np.ndarray]:
+    """Read a ``<key>.mask.npz`` member back.
+
+    Returns:
+        ``face``, ``lips``: bool [T, H, W]; ``present``: bool [T]; ``landmarks``: float16
+        [T, 478, 3] when stored.
+    """
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        h, w = (int(v) for v in z["size"])
+        out = {
+            "face": np.unpackbits(z["face"], axis=-1, count=w).astype(bool),
+            "lips": np.unpackbits(z["lips"], axis=-1, count=w).astype(bool),
+            "present": z["present"],
+        }
+        if "landmarks" in z:
+            out["landmarks"] = z["landmarks"]
+    return out
+
+
+class FaceMaskStage(Stage):
+    """Attaches ``<key>.mask.npz`` (face and lip masks, landmarks) to each kept clip; never rejects."""
+
+    name = "face_mask"
+
+    def __init__(self, cfg: FaceMaskConfig) -> None:
+        super().__init__(cfg)
+        self._landmarker: Optional[FaceLandmarks] = None
+
+    def weights(self):
+        return [("face_mediapipe_landmarker", self.cfg.weights_path)]
+
+    def setup(self) -> None:
+        path = weights.resolve("face_mediapipe_landmarker", self.cfg.weights_path)
+        self._landmarker = FaceLandmarks(path, self.cfg.min_confidence)
+
+    def process(self, row: Row) -> list[Row]:
+        try:
+            masks = face_masks(row["video_bytes"], self._landmarker)
+        except MediaError as exc:
+            note_annotation_error(row, self.name, exc.reason)
+            return [row]
+        row["face_mask_share"] = round(masks.share, 4)
+        if not masks.present.any():
+            note_annotation_error(row, self.name, "no_face_landmarks")
+            return [row]
+        add_member(row, MEMBER, encode_masks(masks, self.cfg.store_landmarks))
+        return [row]
