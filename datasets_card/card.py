@@ -184,9 +184,36 @@ def validate_card(text: str) -> DatasetCardData:
     return data
 
 
+#: Stage order of the curation pipeline, used when stats.json does not give one (it is written with
+#: sorted keys). ``curation.config.SECTIONS`` is the source of truth when importable.
+PIPELINE_ORDER = ("probe", "dedup", "scene_split", "normalize", "face", "face_visibility", "transition",
+                  "occlusion", "speech", "syncnet", "asd", "face_mask", "audio_features", "attributes", "write")
+
+
+def stage_order(stats: dict[str, Any]) -> list[str]:
+    """The stages of ``stats["stages"]`` in pipeline order.
+
+    Uses ``stats["stage_order"]`` when present, else the curation config's section order (or
+    :data:`PIPELINE_ORDER`); stages it does not know follow in their stats.json order.
+    """
+    names = list((stats.get("stages") or {}).keys())
+    known = stats.get("stage_order")
+    if not known:
+        try:
+            from curation.config import SECTIONS
+
+            known = list(SECTIONS)
+        except ImportError:  # pragma: no cover - datasets_card used without curation
+            known = list(PIPELINE_ORDER)
+    rank = {name: i for i, name in enumerate(known)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
+
 def _funnel_rows(stats: dict[str, Any]) -> list[tuple[str, int, int, dict[str, int], float | None]]:
     rows = []
-    for name, st in (stats.get("stages") or {}).items():
+    stages = stats.get("stages") or {}
+    for name in stage_order(stats):
+        st = stages[name]
         dropped = {str(k): int(v) for k, v in (st.get("dropped") or {}).items()}
         rows.append((name, int(st.get("in", 0)), int(st.get("out", 0)), dropped, st.get("seconds")))
     return rows

@@ -280,12 +280,23 @@ def decode_frames(
 
 
 def _to_unit_range(frames_u8: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 [..., H, W, 3] -> ``dtype`` [..., 3, H, W] in [-1, 1] (x / 127.5 - 1)."""
+    """uint8 [..., H, W, 3] -> ``dtype`` [..., 3, H, W] in [-1, 1] (x / 127.5 - 1).
+
+    ``dtype=torch.uint8`` only moves the channels: values stay in [0, 255].
+    """
     src = torch.from_numpy(frames_u8)
     src = src.movedim(-1, -3)  # [..., H, W, 3] -> [..., 3, H, W]
     out = torch.empty(src.shape, dtype=dtype)
     out.copy_(src)
+    if dtype == torch.uint8:
+        return out
     return out.div_(127.5).sub_(1.0)
+
+
+def to_unit_range(frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 frames in [0, 255] (any shape, e.g. a ``dtype=torch.uint8`` batch moved to the GPU) ->
+    ``dtype`` in [-1, 1], exactly as the loader's float output (x / 127.5 - 1)."""
+    return frames.to(dtype).div_(127.5).sub_(1.0)
 
 
 def read_audio_context(wav: bytes, end_sample: int, num_samples: int) -> tuple[torch.Tensor, int]:
@@ -478,6 +489,8 @@ class ClipWindowDataset(IterableDataset):
         rank / world_size: override the DDP rank (default: ``torch.distributed`` or RANK/WORLD_SIZE).
         storage_options: fsspec options for remote shards and manifest.
         dtype: dtype of ``frames`` and ``reference`` (float32; bfloat16/float16 halve memory).
+            ``torch.uint8`` keeps the decoded values in [0, 255] (4x less memory and inter-process
+            copying); convert on the GPU with :func:`to_unit_range`.
         decode_threads: PyAV decoder threads per worker.
         handler: webdataset error handler (``wds.reraise_exception`` or ``wds.warn_and_continue``).
 
@@ -555,7 +568,11 @@ class ClipWindowDataset(IterableDataset):
         return None if self.keys is None else len(self.keys)
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that seeds shard order, shuffling and windows (call before each epoch)."""
+        """Set the epoch that seeds shard order, shuffling and windows (call before each epoch).
+
+        DataLoader workers get a copy of the dataset when an epoch's iterator starts, so this has no
+        effect on ``persistent_workers=True`` loaders (use ``resampled=True`` with those).
+        """
         self.epoch = int(epoch)
 
     # -- pipeline ------------------------------------------------------------------------------
@@ -601,6 +618,12 @@ class ClipWindowDataset(IterableDataset):
             stages[0].epoch = self.epoch - 1  # ResampledShards increments before use
         else:
             urls = list(self.urls)
+            if len(urls) < world_size * num_workers:
+                warnings.warn(
+                    f"{len(urls)} shards for {world_size} ranks x {num_workers} workers: some get no data "
+                    "(use resampled=True or more shards)",
+                    stacklevel=2,
+                )
             if self.shuffle_shards:
                 # Same permutation on every rank and worker, so the splits stay disjoint.
                 random.Random(wds.utils.make_seed(self.seed, self.epoch)).shuffle(urls)
@@ -779,4 +802,5 @@ __all__ = [
     "register_fsspec_scheme",
     "select_clips",
     "shard_index",
+    "to_unit_range",
 ]

@@ -223,5 +223,6 @@ def write_stats(out: str | Path, stages: dict[str, dict[str, Any]], config: dict
                 wall_s: float = 12.5) -> Path:
     """Write ``OUT/stats.json`` ({"stages": ..., "config": ..., "version": ..., "wall_s": ...})."""
     path = Path(out) / "stats.json"
-    path.write_text(json.dumps({"stages": stages, "config": config, "version": version, "wall_s": wall_s}, indent=2))
+    stats = {"stages": stages, "config": config, "version": version, "wall_s": wall_s}
+    path.write_text(json.dumps(stats, indent=2, sort_keys=True))  # sorted, like curation/pipeline.py
     return path

@@ -23,16 +23,17 @@ KEPT = [
 REJECTED = [
     {"input_id": "nature", "source_id": "nature", "stage": "face", "reason": "no_face"},
     {"input_id": "slides", "source_id": "slides", "stage": "face", "reason": "multiple_faces"},
-    {"input_id": "spk_e", "source_id": "spk_e", "clip_id": "spk_e-0000", "stage": "lipsync",
+    {"input_id": "spk_e", "source_id": "spk_e", "clip_id": "spk_e-0000", "stage": "syncnet",
      "reason": "lse_c_below_min", "lse_c": 1.2, "duration_s": 6.6},
-    {"input_id": "spk_e", "source_id": "spk_e", "clip_id": "spk_e-0001", "stage": "lipsync",
+    {"input_id": "spk_e", "source_id": "spk_e", "clip_id": "spk_e-0001", "stage": "syncnet",
      "reason": "lse_c_below_min", "lse_c": 0.4, "duration_s": 5.0},
 ]
-STAGES = {
+STAGES = {  # written with sorted keys, as curation/pipeline.py does
+    "probe": {"in": 8, "out": 7, "dropped": {"no_audio": 1}, "seconds": 0.5},
     "dedup": {"in": 7, "out": 6, "dropped": {"duplicate_md5": 1}, "seconds": 0.2},
-    "segmentation": {"in": 6, "out": 9, "dropped": {}, "seconds": 3.25},
+    "scene_split": {"in": 6, "out": 9, "dropped": {}, "seconds": 3.25},
     "face": {"in": 9, "out": 7, "dropped": {"no_face": 1, "multiple_faces": 1}, "seconds": 4.0},
-    "lipsync": {"in": 7, "out": 5, "dropped": {"lse_c_below_min": 2}, "seconds": 8.5},
+    "syncnet": {"in": 7, "out": 5, "dropped": {"lse_c_below_min": 2}, "seconds": 8.5},
 }
 CONFIG = {"segmentation": {"detector": "adaptive", "min_s": 5.0, "max_s": 50.0},
           "lipsync": {"min_lse_c": 3.0, "max_lse_d": 9.0}, "output": {"size": 512, "fps": 25}}
@@ -52,4 +53,18 @@ def out_dir(clip_bytes, tmp_path) -> Path:
     clips = [EncodedClip(src, mp4, wav, n, scores) for src, scores in KEPT]
     out = write_output(tmp_path / "out", clips, clips_per_shard=2, rejected=REJECTED, wav2vec_shape=None)
     write_stats(out, STAGES, CONFIG, version="0.1.0", wall_s=5400.0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def carded_dir(clip_bytes, tmp_path_factory) -> Path:
+    """A curation output with its card already written once (read-only for tests)."""
+    from datasets_card.card import write_card
+
+    mp4, wav, n = clip_bytes
+    clips = [EncodedClip(src, mp4, wav, n, scores) for src, scores in KEPT]
+    out = write_output(tmp_path_factory.mktemp("carded") / "out", clips, clips_per_shard=2, rejected=REJECTED,
+                       wav2vec_shape=None)
+    write_stats(out, STAGES, CONFIG, version="0.1.0", wall_s=5400.0)
+    write_card(out)
     return out

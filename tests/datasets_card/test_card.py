@@ -23,9 +23,9 @@ def _app() -> typer.Typer:
     return app
 
 
-def test_metadata_parses_back_with_huggingface_hub(out_dir):
-    res = write_card(out_dir)
-    card = DatasetCard.load(res.readme, repo_type="dataset")
+def test_metadata_parses_back_with_huggingface_hub(carded_dir):
+    readme = carded_dir / "README.md"
+    card = DatasetCard.load(readme, repo_type="dataset")
     d = card.data.to_dict()
     assert d["license"] == "other" and d["license_name"] == "vividhead-source-terms"
     assert d["task_categories"] == ["image-to-video"]
@@ -35,8 +35,7 @@ def test_metadata_parses_back_with_huggingface_hub(out_dir):
     assert d["configs"] == [
         {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "shards/*.tar"}]},
     ]
-    assert res.metadata == d
-    validate_card(res.readme.read_text())
+    assert validate_card(readme.read_text()).to_dict() == d
 
 
 def test_validate_card_rejects_incomplete_metadata():
@@ -47,22 +46,37 @@ def test_validate_card_rejects_incomplete_metadata():
                       "configs: [{config_name: a, data_files: x}]\n---\nbody")
 
 
+def test_stage_order():
+    from datasets_card.card import stage_order
+
+    stages = {k: {} for k in ("dedup", "face", "my_new_stage", "probe", "write")}
+    assert stage_order({"stages": stages}) == ["probe", "dedup", "face", "write", "my_new_stage"]
+    assert stage_order({"stages": stages, "stage_order": ["write", "face"]}) == [
+        "write", "face", "dedup", "my_new_stage", "probe"]
+
+
 def test_size_categories():
     assert [size_category(n) for n in (0, 999, 1000, 330_000, 5_000_000)] == [
         "n<1K", "n<1K", "1K<n<10K", "100K<n<1M", "1M<n<10M"]
 
 
-def test_totals_funnel_and_reasons(out_dir):
-    text = write_card(out_dir).readme.read_text()
+def test_totals_funnel_and_reasons(carded_dir):
+    text = (carded_dir / "README.md").read_text()
     assert "| clips | 5 |" in text
     assert "| hours | 0.00 |" in text and "| frames | 45 |" in text
     assert "| speakers | 4 (distinct source videos; no speaker ids) |" in text
     assert "| languages | 4 (de, en, unknown lang, zh) |" in text
     assert "| pipeline version | 0.1.0 |" in text and "| pipeline wall time | 1.50 h |" in text
-    assert "| dedup | 7 | 6 | 1 | `duplicate_md5` 1 | 0.2 |" in text
-    assert "| face | 9 | 7 | 2 | `multiple_faces` 1, `no_face` 1 | 4.0 |" in text
-    assert "| lipsync | 7 | 5 | 2 | `lse_c_below_min` 2 | 8.5 |" in text
-    assert "| lipsync | `lse_c_below_min` | 2 |" in text
+    section = text.split("## Filtering funnel")[1].split("![")[0]
+    funnel = [line for line in section.splitlines() if re.match(r"\| [a-z_]+ \| \d", line)]
+    assert funnel == [  # pipeline order, although stats.json has sorted keys
+        "| probe | 8 | 7 | 1 | `no_audio` 1 | 0.5 |",
+        "| dedup | 7 | 6 | 1 | `duplicate_md5` 1 | 0.2 |",
+        "| scene_split | 6 | 9 | 0 | - | 3.2 |",
+        "| face | 9 | 7 | 2 | `multiple_faces` 1, `no_face` 1 | 4.0 |",
+        "| syncnet | 7 | 5 | 2 | `lse_c_below_min` 2 | 8.5 |",
+    ]
+    assert "| syncnet | `lse_c_below_min` | 2 |" in text and "| face | `no_face` | 1 |" in text
     # Null scores are counted as null, not as zeros.
     assert "| SyncNet confidence LSE-C (`lse_c`) | 4 | 1 | 5.20 | 7.00 | 6.83 | 8.10 |" in text
     assert "| Speech share (`speech_share`) | 4 | 1 | 0.60 | 0.75 | 0.75 | 0.90 |" in text
@@ -70,33 +84,30 @@ def test_totals_funnel_and_reasons(out_dir):
     assert "without the rights holder's permission" in text
 
 
-def test_charts_exist_and_are_embedded(out_dir):
-    res = write_card(out_dir)
-    text = res.readme.read_text()
+def test_charts_exist_and_are_embedded(carded_dir):
+    text = (carded_dir / "README.md").read_text()
     linked = re.findall(r"!\[[^\]]*\]\((card/[^)]+\.png)\)", text)
-    assert sorted(linked) == sorted(p.relative_to(out_dir).as_posix() for p in res.charts)
+    charts = sorted((carded_dir / "card").glob("*.png"))
+    assert sorted(linked) == [p.relative_to(carded_dir).as_posix() for p in charts]
     assert {Path(p).stem for p in linked} == {"funnel", "duration_s", "lse_c", "lse_d", "face_px", "speech_share",
                                               "language"}
-    for p in res.charts:
+    for p in charts:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         assert b"Software" not in data and b"matplotlib" not in data  # no version stamp
         assert int.from_bytes(data[16:20], "big") == 640  # 6.4 in at 100 dpi
 
 
-def test_card_is_byte_identical_across_runs(out_dir, tmp_path):
-    first = write_card(out_dir)
+def test_card_is_byte_identical_across_runs(carded_dir, tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()
     for name in ("manifest.parquet", "stats.json"):
-        shutil.copy(out_dir / name, copy / name)
-    second = write_card(copy)
-    assert first.readme.read_bytes() == second.readme.read_bytes()
-    assert [p.name for p in first.charts] == [p.name for p in second.charts]
-    for a, b in zip(first.charts, second.charts):
-        assert a.read_bytes() == b.read_bytes(), a.name
-    again = write_card(out_dir)  # overwrite in place
-    assert again.readme.read_bytes() == first.readme.read_bytes()
+        shutil.copy(carded_dir / name, copy / name)
+    second = write_card(copy)  # a fresh run from the manifest and stats alone
+    assert second.readme.read_bytes() == (carded_dir / "README.md").read_bytes()
+    assert sorted(p.name for p in second.charts) == sorted(p.name for p in (carded_dir / "card").glob("*.png"))
+    for p in second.charts:
+        assert p.read_bytes() == (carded_dir / "card" / p.name).read_bytes(), p.name
 
 
 def test_card_without_scores_says_no_data(out_dir):
@@ -127,12 +138,12 @@ def test_card_command(out_dir, tmp_path):
     assert res.exit_code == 2 and "manifest.parquet not found" in " ".join(res.output.replace("│", " ").split())
 
 
-def test_card_configs_load_with_datasets(out_dir, tmp_path):
+def test_card_configs_load_with_datasets(carded_dir, tmp_path):
     import datasets
 
     from training.data import hf_features
 
-    write_card(out_dir)
+    out_dir = carded_dir
     manifest = datasets.load_dataset("parquet", data_files=str(out_dir / "manifest.parquet"), split="train",
                                      cache_dir=str(tmp_path / "c1"))
     assert manifest.num_rows == pq.read_metadata(out_dir / "manifest.parquet").num_rows
@@ -142,9 +153,9 @@ def test_card_configs_load_with_datasets(out_dir, tmp_path):
     assert sorted(clips["__key__"]) == ["spk_a-0000", "spk_a-0001", "spk_b-0000", "spk_c-0000", "spk_d-0000"]
 
 
-def test_card_validates_on_the_hub_when_online(out_dir):
+def test_card_validates_on_the_hub_when_online(carded_dir):
     from huggingface_hub import get_token
 
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not get_token():
         pytest.skip("no Hugging Face token (HF_TOKEN or `hf auth login`): Hub YAML validation not run")
-    DatasetCard(write_card(out_dir).readme.read_text()).validate(repo_type="dataset")
+    DatasetCard((carded_dir / "README.md").read_text()).validate(repo_type="dataset")

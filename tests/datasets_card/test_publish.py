@@ -31,9 +31,11 @@ EXPECTED = [
 ]
 
 
-@pytest.fixture
-def carded(out_dir):
-    write_card(out_dir)
+@pytest.fixture(scope="module")
+def carded(carded_dir):
+    out_dir = carded_dir
+    if (out_dir / "tmp").exists():
+        return out_dir
     # Files that must never be published.
     (out_dir / "tmp").mkdir()
     (out_dir / "tmp" / "scratch.mp4").write_bytes(b"x")

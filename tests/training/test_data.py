@@ -256,6 +256,18 @@ def test_brace_pattern_and_dtype(out_dir):
     assert s.frames.dtype == torch.bfloat16 and s.reference.dtype == torch.bfloat16
 
 
+def test_uint8_frames_convert_like_the_float_output(out_dir):
+    from training.data import to_unit_range
+
+    kw = dict(num_frames=5, num_motion_frames=1, shuffle_buffer=0, seed=4)
+    url = [str(out_dir / "shards" / "00001.tar")]
+    as_u8 = next(iter(ClipWindowDataset(url, dtype=torch.uint8, **kw)))
+    as_f32 = next(iter(ClipWindowDataset(url, **kw)))
+    assert as_u8.frames.dtype == torch.uint8 and as_u8.frames.shape == (5, 3, 512, 512)
+    assert torch.equal(to_unit_range(as_u8.frames), as_f32.frames)
+    assert torch.equal(to_unit_range(as_u8.reference), as_f32.reference)
+
+
 def test_missing_wav2vec_gives_none(encoded, tmp_path):
     out = write_output(tmp_path / "out", encoded[:1], wav2vec_shape=None)
     s = next(iter(ClipWindowDataset(shard_urls(out), num_frames=5, num_motion_frames=1)))
