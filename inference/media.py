@@ -71,6 +71,7 @@ class Mp4Writer:
             self.audio = self.container.add_stream("aac", rate=sample_rate_hz)
             self.audio.layout = "mono"
         self.frames = 0
+        self.fps = fps
 
     def write(self, frames: np.ndarray) -> None:
         """Append uint8 ``[N, H, W, 3]`` RGB frames."""
@@ -84,7 +85,7 @@ class Mp4Writer:
         for packet in self.video.encode():
             self.container.mux(packet)
         if self.audio is not None:
-            n = min(len(self.audio_data), int(round(self.frames / float(self.video.rate) * self.sample_rate_hz)))
+            n = min(len(self.audio_data), int(round(self.frames / self.fps * self.sample_rate_hz)))
             pcm = self.audio_data[:n]
             step = 1024
             for i in range(0, n, step):

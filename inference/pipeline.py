@@ -60,7 +60,7 @@ def preprocess_reference(image: np.ndarray, height: int, width: int) -> torch.Te
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()  # [1, 3, H0, W0]
+    x = torch.from_numpy(np.ascontiguousarray(image).copy()).permute(2, 0, 1)[None].float()  # [1, 3, H0, W0]
     h0, w0 = x.shape[2:]
     scale = max(height / h0, width / w0)
     nh, nw = max(height, round(h0 * scale)), max(width, round(w0 * scale))
@@ -166,11 +166,14 @@ class FlashHeadModels:
         audio = Wav2VecFeatures.from_pretrained(wav2vec_dir).to(dev)
         return cls(variant, transformer, vae, audio, dev, dtype)
 
-    def compile(self, mode: str | None = None) -> None:
-        """``torch.compile`` the DiT forward and the VAE decode/encode in place (static shapes)."""
+    def compile(self, mode: str | None = None, vae: bool = False) -> None:
+        """``torch.compile`` the DiT forward (and, if ``vae``, the VAE decode/encode) in place, static
+        shapes; enables cuDNN autotuning for the VAE's 3D convolutions."""
+        torch.backends.cudnn.benchmark = True
         self.transformer.forward = torch.compile(self.transformer.forward, mode=mode, dynamic=False)
-        self.vae.decode = torch.compile(self.vae.decode, mode=mode, dynamic=False)
-        self.vae.encode = torch.compile(self.vae.encode, mode=mode, dynamic=False)
+        if vae:
+            self.vae.decode = torch.compile(self.vae.decode, mode=mode, dynamic=False)
+            self.vae.encode = torch.compile(self.vae.encode, mode=mode, dynamic=False)
 
 
 @dataclass
@@ -346,12 +349,15 @@ class StreamingSession:
         latents = self.generate_latents(context)
         t2 = self._sync()
         video = vae.decode(latents)  # [1, 3, frame_num, H, W] in [-1, 1]
+        # Only frames motion_frames.. are emitted or re-encoded (the last motion_frames lie inside),
+        # so the leading motion frames are neither colour-corrected nor copied out.
+        video = video[:, :, cfg.motion_frames :]
         if cfg.color_correction_strength > 0:
             video = match_colors(video, self.ref_stats, cfg.color_correction_strength)
         t3 = self._sync()
         self.motion_latents = vae.encode(video[:, :, -cfg.motion_frames :].contiguous())
         t4 = self._sync()
-        new = video[0, :, cfg.motion_frames :]  # [3, new_frames, H, W]
+        new = video[0]  # [3, new_frames, H, W]
         frames = ((new.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)
         out = frames.cpu().numpy()
         t5 = time.perf_counter()

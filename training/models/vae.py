@@ -38,9 +38,11 @@ class VideoVAE(nn.Module):
     spatial_stride: int
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """``video: [B, 3, T, H, W]`` in [-1, 1] -> normalised latents ``[B, C, T', H', W']``."""
         raise NotImplementedError
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """Normalised latents ``[B, C, T', H', W']`` -> video ``[B, 3, T, H, W]`` in [-1, 1]."""
         raise NotImplementedError
 
 

@@ -1,0 +1,313 @@
+"""Streaming-inference speed of SoulX-FlashHead against stock diffusers parts, same process, same GPU.
+
+Random weights (speed does not depend on values; shapes are the released ones).
+
+Single GPU (Pro 1.3B 512x512, Lite 1.3B + LTX VAE, 14B DiT/VAE at 720x416)::
+
+    python benchmarks/inference.py --suite single --out bench.json
+
+Sequence-parallel 14B DiT step (xfuser Ulysses x Ring when importable, else plain Ulysses)::
+
+    torchrun --nproc-per-node 4 benchmarks/inference.py --suite sp --variant 14b
+
+Each figure is printed with the matching stock-diffusers figure and the ratio stock / ours
+(> 1 = we are faster). Stock parts: ``WanTransformer3DModel`` (Wan2.1-T2V-1.3B / 14B config, 512 text
+tokens), ``AutoencoderKLWan``, ``AutoencoderKLLTXVideo``, all bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.models.configs import LIVETALK_14B, get_variant  # noqa: E402
+from training.models.flashhead import FlashHeadTransformer  # noqa: E402
+
+RESULTS: list[dict] = []
+
+
+def log(**row) -> None:
+    """Record one figure and print it as a JSON line."""
+    RESULTS.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def sync() -> None:
+    """Wait for the GPU (no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench(fn, warmup: int = 3, iters: int = 10) -> float:
+    """Median seconds of ``fn()`` (device-synchronised), after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def build_on(dev, dtype, fn):
+    """Construct a module directly on ``dev`` in ``dtype`` (a 14B model would take minutes on CPU)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else old)
+    try:
+        with torch.device(dev):
+            return fn().to(dev, dtype).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def stock_wan_dit(variant, dev, dtype):
+    """Stock diffusers ``WanTransformer3DModel`` with the variant's backbone shapes (random init)."""
+    from diffusers import WanTransformer3DModel
+
+    c = variant.transformer
+    return build_on(dev, dtype, lambda: WanTransformer3DModel(
+        patch_size=c.patch_size, num_attention_heads=c.num_heads, attention_head_dim=c.dim // c.num_heads,
+        in_channels=c.out_dim, out_channels=c.out_dim, text_dim=4096, freq_dim=256, ffn_dim=c.ffn_dim,
+        num_layers=c.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+    ))
+
+
+def dit_inputs(variant, dev, dtype):
+    """Seeded ``(x, y, context, t)`` of one chunk: latents ``[1, C, F, H, W]``, audio windows
+    ``[1, 33, 5, 12, 768]``, timestep ``[1]``."""
+    c, s = variant.transformer, variant.streaming
+    f = (s.frame_num - 1) // c.vae_stride[0] + 1
+    h, w = s.height_px // c.vae_stride[1], s.width_px // c.vae_stride[2]
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(1, c.out_dim, f, h, w, device=dev, generator=g).to(dtype)
+    y = torch.randn(1, c.out_dim, f, h, w, device=dev, generator=g).to(dtype)
+    ctx = torch.randn(1, s.frame_num, c.audio_window, c.audio_layers, c.audio_channels, device=dev, generator=g).to(dtype)
+    t = torch.tensor([937.5], device=dev)
+    return x, y, ctx, t
+
+
+@torch.no_grad()
+def bench_dit(variant, dev, dtype, compile_modes=("eager", "compiled"), stock=True, iters=10):
+    """One denoising step of our DiT and of stock WanTransformer3DModel, eager and compiled."""
+    x, y, ctx, t = dit_inputs(variant, dev, dtype)
+    out = {}
+    ours = build_on(dev, dtype, lambda: FlashHeadTransformer.from_config_dataclass(variant.transformer))
+    for mode in compile_modes:
+        fn = torch.compile(ours) if mode == "compiled" else ours
+        t0 = time.perf_counter()
+        sec = bench(lambda: fn(x, t, ctx, y), warmup=3, iters=iters)
+        out[("ours", mode)] = sec
+        log(figure=f"dit_step_{mode}", variant=variant.name, who="ours", ms=sec * 1e3,
+            setup_s=time.perf_counter() - t0 - sec * (iters + 3))
+    del ours
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if stock:
+        model = stock_wan_dit(variant, dev, dtype)
+        text = torch.randn(1, 512, 4096, device=dev, dtype=dtype)
+        for mode in compile_modes:
+            fn = torch.compile(model) if mode == "compiled" else model
+            sec = bench(lambda: fn(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False), iters=iters)
+            out[("stock", mode)] = sec
+            log(figure=f"dit_step_{mode}", variant=variant.name, who="stock", ms=sec * 1e3,
+                ratio_stock_over_ours=sec / out[("ours", mode)])
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out
+
+
+@torch.no_grad()
+def bench_vae(variant, dev, dtype, iters=5):
+    """Stock diffusers VAE decode of one chunk and encode of the motion frames (our wrapper adds
+    only the latent normalisation, so 'ours' without compile == stock; 'ours compiled' is the
+    torch.compile'd decode/encode with cudnn.benchmark)."""
+    from training.models.vae import build_vae
+
+    s = variant.streaming
+    vae = build_on(dev, dtype, lambda: build_vae(variant.vae, tiny=variant.name.startswith("tiny")))
+    f = (s.frame_num - 1) // vae.temporal_stride + 1
+    z = torch.randn(1, vae.latent_channels, f, s.height_px // vae.spatial_stride, s.width_px // vae.spatial_stride,
+                    device=dev, dtype=dtype)
+    motion = torch.rand(1, 3, s.motion_frames, s.height_px, s.width_px, device=dev, dtype=dtype) * 2 - 1
+    res = {}
+    dec = bench(lambda: vae.decode(z), warmup=2, iters=iters)
+    enc = bench(lambda: vae.encode(motion), warmup=2, iters=iters)
+    log(figure="vae_decode_chunk", variant=variant.name, who="stock", ms=dec * 1e3, frames=s.frame_num)
+    log(figure="vae_encode_motion", variant=variant.name, who="stock", ms=enc * 1e3, frames=s.motion_frames)
+    res["stock_decode"], res["stock_encode"] = dec, enc
+    return res
+
+
+@torch.no_grad()
+def bench_pipeline(variant, dev, dtype, stock_chunk_s: float | None, n_chunks: int = 12, compile_models=True,
+                   compile_vae=False):
+    """Sustained FPS and first-frame latency of the streaming session (random weights)."""
+    from inference.pipeline import FlashHeadModels, StreamingSession
+
+    torch.backends.cudnn.benchmark = True
+    models = FlashHeadModels.random(variant, device=str(dev), dtype=dtype)
+    if compile_models:
+        models.compile(vae=compile_vae)
+    cfg = variant.streaming
+    ref = (np.random.RandomState(0).rand(cfg.height_px, cfg.width_px, 3) * 255).astype(np.uint8)
+    rng = np.random.RandomState(1)
+    pcm = (rng.randn(cfg.samples_per_chunk * (n_chunks + 3)) * 3000).astype(np.int16)
+    # warm-up session: compilation / autotuning / cudnn benchmarking stay out of the numbers
+    t0 = time.perf_counter()
+    warm = StreamingSession(models, ref, profile=False)
+    for _ in warm.feed(pcm[: cfg.samples_per_chunk * 3]):
+        pass
+    sync()
+    warm_s = time.perf_counter() - t0
+    del warm
+    session = StreamingSession(models, ref, profile=False)
+    sync()
+    spc = cfg.samples_per_chunk
+    t0 = time.perf_counter()
+    first = next(iter(session.feed(pcm[:spc])))
+    sync()
+    first_s = time.perf_counter() - t0
+    assert first.shape == (cfg.new_frames, cfg.height_px, cfg.width_px, 3)
+    t0 = time.perf_counter()
+    frames = 0
+    for i in range(1, n_chunks):
+        for out in session.feed(pcm[i * spc : (i + 1) * spc]):
+            frames += out.shape[0]
+    sync()
+    sustained = frames / (time.perf_counter() - t0)
+    # per-stage breakdown (synchronised) over a few more chunks
+    session.profile = True
+    stages = []
+    for i in range(n_chunks, n_chunks + 3):
+        for _ in session.feed(pcm[i * spc : (i + 1) * spc]):
+            stages.append(dataclasses.asdict(session.timings))
+    brk = {k: statistics.median(s[k] for s in stages) * 1e3 for k in ("audio", "dit", "decode", "encode", "other", "total")}
+    stock_fps = cfg.new_frames / stock_chunk_s if stock_chunk_s else None
+    log(figure="pipeline", variant=variant.name, who="ours", compile_dit=compile_models, compile_vae=compile_vae,
+        sustained_fps=sustained, first_frames_s=first_s,
+        warmup_s=warm_s, breakdown_ms=brk, stock_fps=stock_fps,
+        ratio_ours_over_stock_fps=(sustained / stock_fps) if stock_fps else None,
+        peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None)
+    del models, session
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def suite_single(args) -> None:
+    """One GPU: DiT step, VAE, pipeline for each variant (``--part`` narrows it)."""
+    dev = torch.device(args.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    log(figure="device", name=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
+        date=time.strftime("%Y-%m-%d"))
+    for name in args.variants:
+        variant = get_variant(name)
+        if args.part == "pipeline":
+            # stock parts eager only (no compile time), then the compiled pipeline
+            dit = bench_dit(variant, dev, dtype, compile_modes=("eager",))
+            vae = bench_vae(variant, dev, dtype)
+            stock_chunk = 4 * dit[("stock", "eager")] + vae["stock_decode"] + vae["stock_encode"]
+            bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile,
+                           compile_vae=args.compile_vae)
+            continue
+        if args.part == "vae":
+            bench_vae(variant, dev, dtype, iters=3)
+            continue
+        if variant is LIVETALK_14B:
+            bench_dit(variant, dev, dtype, compile_modes=("eager", "compiled") if not args.no_compile else ("eager",),
+                      stock=True, iters=5)
+            bench_vae(variant, dev, dtype, iters=3)
+            continue
+        dit = bench_dit(variant, dev, dtype, compile_modes=("eager", "compiled") if not args.no_compile else ("eager",))
+        vae = bench_vae(variant, dev, dtype)
+        stock_chunk = 4 * dit[("stock", "eager")] + vae["stock_decode"] + vae["stock_encode"]
+        log(figure="stock_pipeline_estimate", variant=name, chunk_ms=stock_chunk * 1e3,
+            fps=variant.streaming.new_frames / stock_chunk, note="4 x stock DiT step (eager) + stock VAE decode + encode")
+        bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile, compile_vae=args.compile_vae)
+
+
+def suite_sp(args) -> None:
+    """Under torchrun: the DiT step with sequence parallelism over all ranks, checked against the
+    same model on one GPU (relative error logged)."""
+    from inference.parallel import enable_sequence_parallel, init_distributed
+
+    backend = init_distributed(ulysses_degree=args.ulysses, ring_degree=args.ring, use_xfuser=not args.no_xfuser)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    dev, dtype = torch.device("cuda", torch.cuda.current_device()), torch.bfloat16
+    variant = get_variant(args.variants[0])
+    torch.manual_seed(0)  # same random weights on every rank
+    model = build_on(dev, dtype, lambda: FlashHeadTransformer.from_config_dataclass(variant.transformer))
+    x, y, ctx, t = dit_inputs(variant, dev, dtype)
+    rel_err = None
+    if world > 1:
+        from inference.parallel import disable_sequence_parallel
+
+        with torch.no_grad():
+            ref = model(x, t, ctx, y).float()
+            backend = enable_sequence_parallel(model, backend)
+            try:
+                sp_out = model(x, t, ctx, y).float()
+            except Exception as exc:  # xfuser attention failing at run time: say so, fall back
+                print(f"[rank {rank}] xfuser attention failed ({type(exc).__name__}: {exc}); plain Ulysses", flush=True)
+                disable_sequence_parallel(model)
+                backend = enable_sequence_parallel(model, "ulysses")
+                sp_out = model(x, t, ctx, y).float()
+            rel_err = ((sp_out - ref).norm() / ref.norm()).item()
+            del ref, sp_out
+    with torch.no_grad():
+        for mode in ("eager",) if args.no_compile else ("eager", "compiled"):
+            fn = torch.compile(model) if mode == "compiled" else model
+            torch.distributed.barrier()
+            sec = bench(lambda: fn(x, t, ctx, y), warmup=3, iters=5)
+            if rank == 0:
+                proc = model.blocks[0].self_attn.processor
+                log(figure=f"dit_step_{mode}", variant=variant.name, who="ours", gpus=world, backend=backend,
+                    ulysses=args.ulysses or world // args.ring if backend == "xfuser" else world,
+                    ring=args.ring if backend == "xfuser" else 1,
+                    attn=getattr(proc, "attn_type", type(proc).__name__),
+                    ms=sec * 1e3, rel_err_vs_1gpu=rel_err, device=torch.cuda.get_device_name())
+    torch.distributed.destroy_process_group()
+
+
+def main() -> None:
+    """CLI entry point (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=["single", "sp"], default="single")
+    p.add_argument("--variants", nargs="+", default=["pro", "lite"])
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--no-xfuser", action="store_true")
+    p.add_argument("--ulysses", type=int, default=None, help="sp suite: Ulysses degree (default world / ring)")
+    p.add_argument("--ring", type=int, default=1, help="sp suite: Ring degree")
+    p.add_argument("--part", choices=["all", "pipeline", "vae"], default="all",
+                   help="single suite: everything, only the streaming pipeline, or only the VAE")
+    p.add_argument("--compile-vae", action="store_true", help="also torch.compile the VAE in the pipeline")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run with tiny-* variants")
+    args = p.parse_args()
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    try:
+        suite_single(args) if args.suite == "single" else suite_sp(args)
+    finally:
+        if args.out and int(os.environ.get("RANK", 0)) == 0:
+            args.out.write_text(json.dumps(RESULTS, indent=1))
+
+
+if __name__ == "__main__":
+    main()

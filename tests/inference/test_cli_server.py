@@ -1,0 +1,118 @@
+"""End-to-end tests: ``vividhead infer`` on fixture media and the WebSocket server with a real
+loopback client (tiny random-weight models)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import typer
+from typer.testing import CliRunner
+
+from inference.cli import register
+from inference.media import count_video_frames
+from inference.server import FlashHeadServer
+
+FIXTURES = Path(os.environ.get("VIVIDHEAD_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
+
+
+def test_register_adds_commands():
+    app = typer.Typer()
+    register(app)
+    names = {c.name for c in app.registered_commands}
+    assert {"infer", "serve"} <= names
+
+
+def test_infer_cli_writes_aligned_mp4(tmp_path):
+    image = FIXTURES / "media" / "image" / "face_frontal_happy_256.png"
+    speech = FIXTURES / "media" / "audio" / "speech_retalking1_44k.wav"
+    if not image.exists() or not speech.exists():
+        pytest.skip("shared fixtures missing")
+    # 1.3 s excerpt of real 44.1 kHz speech: exercises resampling and a partial last chunk
+    data, sr = sf.read(str(speech), dtype="float32", always_2d=True)
+    clip = tmp_path / "clip.wav"
+    sf.write(str(clip), data[: int(1.3 * sr)], sr)
+    out = tmp_path / "out.mp4"
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, [
+        "infer", "--image", str(image), "--audio", str(clip), "--out", str(out),
+        "--variant", "tiny-lite", "--random-weights", "--device", "cpu", "--dtype", "fp32",
+    ])
+    assert result.exit_code == 0, result.output
+    n_samples = int(1.3 * sr) * 16000 // sr  # what resample_poly returns (within one sample)
+    expected = -(-n_samples // 640)
+    assert abs(count_video_frames(out) - expected) <= 1
+    import av
+
+    with av.open(str(out)) as c:
+        assert len(c.streams.audio) == 1 and c.streams.video[0].width == 64
+
+
+def test_infer_cli_requires_weights(tmp_path):
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["infer", "--image", "x.png", "--audio", "y.wav", "--out", str(tmp_path / "o.mp4"),
+                                      "--device", "cpu"])
+    assert result.exit_code != 0
+
+
+def test_websocket_server_loopback(tiny_pro_fast_vae, ref_image, speech):
+    """A real websockets client on loopback: PCM in, MP4 chunks out, errors for bad messages,
+    flush and reset, and a second concurrent connection with its own session."""
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image)
+    pcm = speech[: 17920 + 1000].astype("<i2")
+
+    async def recv_video(ws):
+        meta = json.loads(await ws.recv())
+        assert meta["type"] == "video", meta
+        data = await ws.recv()
+        assert isinstance(data, bytes)
+        return meta, data
+
+    async def scenario():
+        async with serve(server.handler, "127.0.0.1", 0) as srv:
+            port = srv.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}") as ws, connect(f"ws://127.0.0.1:{port}") as other:
+                ready = json.loads(await ws.recv())
+                assert ready["type"] == "ready" and ready["samples_per_chunk"] == 17920
+                assert json.loads(await other.recv())["type"] == "ready"
+
+                # bad messages: answered with errors, session survives
+                await ws.send(b"\x01\x02\x03")
+                assert json.loads(await ws.recv())["type"] == "error"
+                await ws.send("{not json")
+                assert json.loads(await ws.recv())["type"] == "error"
+                await ws.send(json.dumps({"type": "dance"}))
+                err = json.loads(await ws.recv())
+                assert err["type"] == "error" and "dance" in err["message"]
+
+                # one chunk in two pieces, plus a tail
+                await ws.send(pcm[:9000].tobytes())
+                await ws.send(pcm[9000:].tobytes())
+                meta, data = await recv_video(ws)
+                assert (meta["index"], meta["first_frame"], meta["frames"]) == (0, 0, 28)
+                assert count_video_frames(data) == 28
+
+                await ws.send(json.dumps({"type": "flush"}))
+                meta, data = await recv_video(ws)
+                assert (meta["first_frame"], meta["frames"]) == (28, 2) and count_video_frames(data) == 2
+                done = json.loads(await ws.recv())
+                assert done == {"type": "flushed", "frames_total": 30}
+
+                # the other connection has its own session state
+                await other.send(json.dumps({"type": "flush"}))
+                assert json.loads(await other.recv()) == {"type": "flushed", "frames_total": 0}
+
+                await ws.send(json.dumps({"type": "reset"}))
+                assert json.loads(await ws.recv())["type"] == "reset"
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=300))
