@@ -56,6 +56,7 @@ def curate(
     from curation.config import ConfigError, load_config
     from curation.inputs import InputError
     from curation.pipeline import run_curation
+    from curation.storage import StorageError
     from curation.weights import WeightsNotFound
 
     console = Console(stderr=True)
@@ -69,6 +70,11 @@ def curate(
             )
     except (ConfigError, InputError, WeightsNotFound) as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2)
+    except StorageError as exc:  # a write that failed mid-run: the message names the file
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2)
     except OSError as exc:
         console.print(f"[red]error:[/red] output {output!r} is not writable: {exc}", highlight=False)

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from curation.media import is_remote
 from curation.records import Row, new_row
+from curation.storage import options_for
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
 LIST_EXTENSIONS = (".csv", ".jsonl", ".parquet")
@@ -58,7 +59,7 @@ def read_url_list(path: str, storage_options: Optional[dict] = None) -> list[dic
     """
     suffix = Path(urlparse(path).path if "://" in path else path).suffix.lower()
     try:
-        with fsspec.open(path, "rb", **(storage_options or {})) as f:
+        with fsspec.open(path, "rb", **options_for(path, storage_options)) as f:
             data = f.read()
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read URL list ({exc})") from exc
@@ -96,7 +97,7 @@ def _expand_one(arg: str, storage_options: Optional[dict]) -> list[dict]:
         return read_url_list(arg, storage_options)
     if is_remote(arg):
         if any(c in arg for c in "*?[") or arg.endswith("/"):
-            fs, root = fsspec.core.url_to_fs(arg, **(storage_options or {}))
+            fs, root = fsspec.core.url_to_fs(arg, **options_for(arg, storage_options))
             paths = fs.glob(root) if any(c in root for c in "*?[") else fs.find(root)
             proto = arg.split("://", 1)[0]
             return [{"url": f"{proto}://{p}"} for p in sorted(paths) if p.lower().endswith(VIDEO_EXTENSIONS)]

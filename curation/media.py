@@ -16,12 +16,15 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import av
 import numpy as np
 
 from curation.stage import MediaError
+
+if TYPE_CHECKING:
+    from curation.storage import RetryPolicy
 
 FFMPEG = os.environ.get("VIVIDHEAD_FFMPEG", "ffmpeg")
 FFPROBE = os.environ.get("VIVIDHEAD_FFPROBE", "ffprobe")
@@ -86,48 +89,98 @@ def fetch_remote(
     max_bytes: int,
     timeout_s: float,
     storage_options: Optional[dict] = None,
+    retry: Optional["RetryPolicy"] = None,
 ) -> Path:
     """Download ``url`` with fsspec into ``cache_dir`` (node-local), once; return the local path.
 
     The download goes to a temp file renamed on success, so a cached file is always complete.
+    ``http(s)`` is read as one streamed GET (no range requests); the ``Content-Length`` is checked
+    before the body when the server sends one. Transient errors (connection reset, timeout, HTTP
+    429/5xx, S3 throttling) restart the download with exponential backoff (``retry``, default
+    :data:`curation.storage.DEFAULT_RETRY`) while ``timeout_s`` allows.
+
+    Args:
+        max_bytes: size limit in bytes.
+        timeout_s: limit in seconds for the whole download, retries and waits included.
 
     Raises:
-        MediaError: ``download_failed`` (not found, unreachable host, HTTP error), ``too_large``
-            (over ``max_bytes``), ``download_timeout`` (over ``timeout_s`` seconds).
+        MediaError: ``download_failed`` (not found, permission, HTTP 4xx, bad URL),
+            ``storage_unavailable`` (transient errors on every attempt), ``too_large`` (over
+            ``max_bytes``), ``download_timeout`` (over ``timeout_s`` seconds).
     """
-    import fsspec
+    from curation.storage import DEFAULT_RETRY, describe, is_transient, options_for
 
-    name = hashlib.sha256(url.encode()).hexdigest()[:32] + Path(url.split("?")[0]).suffix[:8]
+    retry = retry or DEFAULT_RETRY
+    name = hashlib.sha256(url.encode()).hexdigest()[:32] + _safe_suffix(url)
     dest = Path(cache_dir) / "inputs" / name
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    options = dict(storage_options or {})
-    if url.startswith(("http://", "https://")):
+    options = options_for(url, storage_options)
+    is_http = url.startswith(("http://", "https://"))
+    if is_http:
         import aiohttp
 
-        options.setdefault("client_kwargs", {}).setdefault("timeout", aiohttp.ClientTimeout(total=timeout_s))
+        client_kwargs = dict(options.get("client_kwargs") or {})
+        client_kwargs.setdefault("timeout", aiohttp.ClientTimeout(total=timeout_s, sock_read=timeout_s))
+        options["client_kwargs"] = client_kwargs
     deadline = time.monotonic() + timeout_s
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as out, fsspec.open(url, "rb", **options) as src:
-            total = 0
-            while chunk := src.read(4 << 20):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise MediaError("too_large", f"over {max_bytes} bytes")
-                if time.monotonic() > deadline:
-                    raise MediaError("download_timeout", f"over {timeout_s:g} s")
-                out.write(chunk)
+        for attempt in range(1, retry.attempts + 1):
+            try:
+                _download(url, tmp, options, max_bytes, deadline, timeout_s)
+                break
+            except MediaError:
+                raise
+            except Exception as exc:  # fsspec/aiohttp/botocore raise many types for one cause
+                if time.monotonic() >= deadline:
+                    raise MediaError("download_timeout", f"over {timeout_s:g} s ({describe(exc)})"[:300]) from exc
+                if not is_transient(exc):
+                    raise MediaError("download_failed", describe(exc)) from exc
+                if attempt >= retry.attempts:
+                    raise MediaError("storage_unavailable", f"{retry.attempts} attempts: {describe(exc)}"[:300]) from exc
+                delay = min(retry.delay_s(attempt), max(0.0, deadline - time.monotonic()))
+                time.sleep(delay)
         os.replace(tmp, dest)
-    except MediaError:
-        raise
-    except Exception as exc:  # fsspec/aiohttp/botocore raise many types for one cause
-        raise MediaError("download_failed", f"{type(exc).__name__}: {exc}"[:300]) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return dest
+
+
+def _safe_suffix(url: str) -> str:
+    """The URL's file extension if it is short and plain (``.mp4``), else ``""``."""
+    suffix = Path(url.split("?")[0].split("#")[0]).suffix[:8]
+    return suffix if suffix[1:].isalnum() else ""
+
+
+def _download(url: str, tmp: str, options: dict, max_bytes: int, deadline: float, timeout_s: float) -> None:
+    """One download attempt of ``url`` into ``tmp`` (truncated first).
+
+    Raises:
+        MediaError: ``too_large``, ``download_timeout``; other exceptions as fsspec raises them.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    # http(s): a streamed GET; ``size`` given so fsspec skips its HEAD/GET size probe (one request
+    # per attempt; the stream file does not use it).
+    extra = {"block_size": 0, "size": 1} if url.startswith(("http://", "https://")) else {}
+    with open(tmp, "wb") as out, fs.open(path, "rb", **extra) as src:
+        headers = getattr(getattr(src, "r", None), "headers", None) or {}
+        length = headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            raise MediaError("too_large", f"Content-Length {length} > {max_bytes} bytes")
+        total = 0
+        while chunk := src.read(1 << 20):
+            total += len(chunk)
+            if total > max_bytes:
+                raise MediaError("too_large", f"over {max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise MediaError("download_timeout", f"over {timeout_s:g} s")
+            out.write(chunk)
 
 
 @contextlib.contextmanager

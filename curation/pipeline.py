@@ -30,11 +30,15 @@ from curation.stages.probe import ProbeStage
 from curation.stages.scene_split import SceneSplitStage
 from curation.stages.transition import TransitionStage
 from curation.stages.occlusion import OcclusionStage
+from curation.stages.speech import SpeechStage
+from curation.stages.syncnet import SyncNetStage
+from curation.stages.asd import ASDStage
 from curation.stages.face_mask import FaceMaskStage
 from curation.stages.audio_features import AudioFeaturesStage
+from curation.stages.attributes import AttributesStage
 from curation.stages.write import ShardWriter
 from curation.stats import stage_stats
-from curation.storage import Storage
+from curation.storage import Storage, redact
 
 log = logging.getLogger("vividhead.curation")
 
@@ -49,8 +53,12 @@ def build_clip_stages(cfg: CurateConfig) -> list[Stage]:
         FaceVisibilityStage(cfg.face_visibility, fps),
         TransitionStage(cfg.transition),
         OcclusionStage(cfg.occlusion, fps),
+        SpeechStage(cfg.speech),
+        SyncNetStage(cfg.syncnet),
+        ASDStage(cfg.asd),
         FaceMaskStage(cfg.face_mask),
         AudioFeaturesStage(cfg.audio_features, fps),
+        AttributesStage(cfg.attributes),
     ]
 
 
@@ -150,14 +158,13 @@ def run_curation(
         _init_ray(ray_address)
         ray.data.DataContext.get_current().enable_progress_bars = False
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        from curation.ray_adapter import apply_stage
+        from curation.ray_adapter import apply_stage, apply_stages
 
         probed = sorted(apply_stage(ds, probe).take_all(), key=lambda r: order[r["input_id"]])
         if cfg.dedup.enabled:
             probed = dedup.process_all(probed, previous)
         ds = ray.data.from_items(probed, override_num_blocks=len(probed))
-        for stage in clip_stages:
-            ds = apply_stage(ds, stage)
+        ds = apply_stages(ds, clip_stages)
         finished = 0
         for row in ds.iter_rows():
             if writer.add(dict(row)):
@@ -174,9 +181,10 @@ def run_curation(
         "hours_kept": round(sum(d or 0.0 for d, s in zip(manifest.column("duration_s").to_pylist(), manifest.column("status").to_pylist()) if s == KEPT) / 3600.0, 6),
         "shards": sorted({s for s in manifest.column("shard").to_pylist() if s is not None}),
         "stages": stage_stats(manifest, stage_order(cfg)),
+        "stage_order": stage_order(cfg),
         "wall_s": round(time.perf_counter() - wall_start, 3),
         "skipped_inputs": len(rows) - len(todo),
-        "config": cfg.to_dict(),
+        "config": redact(cfg.to_dict()),  # no credentials in stats.json
     }
     storage.write_bytes("stats.json", json.dumps(stats, indent=2, sort_keys=True).encode())
     return RunResult(manifest, stats, len(rows) - len(todo))

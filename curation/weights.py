@@ -75,7 +75,7 @@ register(
         filename="syncnet_v2.model",
         url="http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",
         sha256=None,  # the publisher gives none, and the file could not be fetched here to hash it
-        licence="MIT (joonson/syncnet_python); trained on BBC broadcast video (LRS2), research use",
+        licence="MIT (joonson/syncnet_python, which distributes the weights); trained on BBC television broadcasts",
         source="SyncNet, Chung and Zisserman, 'Out of time', ACCV 2016 workshops; joonson/syncnet_python download_model.sh",
     )
 )

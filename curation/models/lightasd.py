@@ -153,6 +153,20 @@ class LightASD(nn.Module):
         self.lossAV = _Head()
         self.lossV = _Head()
 
+    def visual_frontend(self, video: torch.Tensor) -> torch.Tensor:
+        """Gray face crops float32 ``[B, T, 112, 112]`` (0-255) -> ``[B, T, 128]``."""
+        return self.model.visualEncoder(((video / 255.0 - self.MEAN) / self.STD).unsqueeze(1))
+
+    def audio_frontend(self, audio: torch.Tensor) -> torch.Tensor:
+        """MFCC float32 ``[B, 4T, 13]`` (100 Hz) -> ``[B, T, 128]``."""
+        return self.model.audioEncoder(audio.unsqueeze(1).transpose(2, 3))
+
+    def backend_logits(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """Audio-visual backend and ``lossAV`` head on MFCC ``[B, 4T, 13]`` and visual
+        embeddings ``[B, T, 128]`` -> speaking logit per frame, float32 ``[B*T]``."""
+        x = self.model.GRU(self.audio_frontend(audio) + visual).reshape(-1, 128)
+        return self.lossAV.FC(x)[:, 1]
+
     def speaking_logits(self, audio: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
         """Per-frame speaking logit of the audio-visual backend.
 
@@ -163,10 +177,7 @@ class LightASD(nn.Module):
         Returns:
             float32 ``[B*T]``: ``lossAV.FC`` output column 1 (the authors' evaluation score).
         """
-        a = self.model.audioEncoder(audio.unsqueeze(1).transpose(2, 3))           # [B, T, 128]
-        v = self.model.visualEncoder(((video / 255.0 - self.MEAN) / self.STD).unsqueeze(1))  # [B, T, 128]
-        x = self.model.GRU(a + v).reshape(-1, 128)
-        return self.lossAV.FC(x)[:, 1]
+        return self.backend_logits(audio, self.visual_frontend(video))
 
 
 def load_lightasd(path: str | Path, device: str | torch.device = "cpu") -> LightASD:

@@ -99,9 +99,11 @@ class AudioFeaturesStage(Stage):
         self._device = "cpu"
 
     def weights(self):
+        """The configured Wav2Vec 2.0 registry entry (a Hub folder) or explicit folder."""
         return [(self.cfg.weights, self.cfg.weights_path)]
 
     def setup(self) -> None:
+        """Load the encoder once (CUDA when ``num_gpus > 0`` and available, else CPU)."""
         import torch
 
         self._device = "cuda" if self.cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -109,6 +111,7 @@ class AudioFeaturesStage(Stage):
         self._encoder = load_wav2vec(path, self.cfg.normalize, self._device)
 
     def process(self, row: Row) -> list[Row]:
+        """Attach ``wav2vec.npy``; failures go to ``annotation_errors``."""
         try:
             audio, sr = read_pcm16(row["audio_bytes"])
             num_frames = row.get("num_frames") or int(round(len(audio) * self.fps / sr))

@@ -108,7 +108,8 @@ def crop_video(video: bytes, box: CropBox, width: int, height: int, cfg: FaceCon
         run_tool(
             [FFMPEG, "-nostdin", "-v", "error", "-y", "-i", str(src), "-vf", ",".join(filters),
              "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf), "-pix_fmt", "yuv420p",
-             "-movflags", "+faststart", "-an", str(dst)],
+             # a key frame every second: trainers seek to random windows (docs/benchmarks.md)
+             "-g", str(cfg.keyframe_interval_frames), "-movflags", "+faststart", "-an", str(dst)],
             cfg.timeout_s,
         )
         return dst.read_bytes()

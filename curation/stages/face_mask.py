@@ -47,24 +47,32 @@ MEMBER = "mask.npz"
 
 @dataclass
 class FaceMasks:
-    """Masks and landmarks of one clip.
+    """Masks and landmarks of one clip; masks are kept bit-packed (a 50 s clip unpacked is 650 MB).
 
     Attributes:
-        face, lips: bool [T, H, W].
+        face_bits, lips_bits: uint8 [T, H, ceil(W / 8)], bool [T, H, W] masks packed along the
+            width with ``numpy.packbits(..., axis=-1)``.
         landmarks: float32 [T, 478, 3] (x, y in [0, 1] of width/height; z relative depth), NaN
             where ``present`` is False.
         present: bool [T].
+        size: (H, W) in pixels.
     """
 
-    face: np.ndarray
-    lips: np.ndarray
+    face_bits: np.ndarray
+    lips_bits: np.ndarray
     landmarks: np.ndarray
     present: np.ndarray
+    size: tuple[int, int]
 
     @property
     def share(self) -> float:
         """Share of frames with a face, in [0, 1]."""
         return float(self.present.mean()) if len(self.present) else 0.0
+
+    @classmethod
+    def from_masks(cls, face: np.ndarray, lips: np.ndarray, landmarks: np.ndarray, present: np.ndarray) -> "FaceMasks":
+        """Build from bool [T, H, W] masks."""
+        return cls(np.packbits(face, axis=-1), np.packbits(lips, axis=-1), landmarks, present, tuple(face.shape[1:]))
 
 
 def polygon_mask(landmarks: np.ndarray, indices: list[int], size: tuple[int, int]) -> np.ndarray:
@@ -158,21 +166,21 @@ def face_masks(video: bytes | str, landmarker: FaceLandmarks) -> FaceMasks:
     landmarks, present = landmarker.track(frames())
     if size is None:
         raise MediaError("decode_failed", "no frame decoded")
-    t = len(present)
-    face = np.zeros((t, *size), bool)
-    lips = np.zeros((t, *size), bool)
+    t, (h, w) = len(present), size
+    face = np.zeros((t, h, (w + 7) // 8), np.uint8)
+    lips = np.zeros_like(face)
     for i in np.flatnonzero(present):
-        face[i] = polygon_mask(landmarks[i], FACE_OVAL, size)
-        lips[i] = polygon_mask(landmarks[i], OUTER_LIPS, size)
-    return FaceMasks(face, lips, landmarks, present)
+        face[i] = np.packbits(polygon_mask(landmarks[i], FACE_OVAL, size), axis=-1)
+        lips[i] = np.packbits(polygon_mask(landmarks[i], OUTER_LIPS, size), axis=-1)
+    return FaceMasks(face, lips, landmarks, present, (h, w))
 
 
 def encode_masks(masks: FaceMasks, store_landmarks: bool = True) -> bytes:
     """The ``<key>.mask.npz`` member (see the module docstring for the arrays)."""
-    t, h, w = masks.face.shape
+    h, w = masks.size
     arrays = {
-        "face": np.packbits(masks.face, axis=-1),
-        "lips": np.packbits(masks.lips, axis=-1),
+        "face": masks.face_bits,
+        "lips": masks.lips_bits,
         "present": masks.present.astype(bool),
         "size": np.array([h, w], np.int32),
     }
@@ -212,13 +220,16 @@ class FaceMaskStage(Stage):
         self._landmarker: Optional[FaceLandmarks] = None
 
     def weights(self):
+        """The FaceLandmarker ``.task`` bundle."""
         return [("face_mediapipe_landmarker", self.cfg.weights_path)]
 
     def setup(self) -> None:
+        """Resolve the bundle (a fresh landmarker is created per clip, on CPU)."""
         path = weights.resolve("face_mediapipe_landmarker", self.cfg.weights_path)
         self._landmarker = FaceLandmarks(path, self.cfg.min_confidence)
 
     def process(self, row: Row) -> list[Row]:
+        """Attach ``mask.npz`` and fill ``face_mask_share``; failures go to ``annotation_errors``."""
         try:
             masks = face_masks(row["video_bytes"], self._landmarker)
         except MediaError as exc:

@@ -231,10 +231,15 @@ class OcclusionStage(Stage):
         self._estimator: Optional[WholeBodyEstimator] = None
 
     def weights(self):
+        """YOLOX-nano person detector and the DWPose whole-body model."""
         return [("person_yolox_nano", self.cfg.det_weights_path), ("dwpose_ll_ucoco_384", self.cfg.pose_weights_path)]
 
     def setup(self) -> None:
-        device = "cuda" if self.cfg.num_gpus > 0 else "cpu"
+        """Load both ONNX models (onnxruntime CUDA when ``num_gpus > 0`` and available, else CPU)."""
+        import onnxruntime as ort
+
+        gpu = self.cfg.num_gpus > 0 and "CUDAExecutionProvider" in ort.get_available_providers()
+        device = "cuda" if gpu else "cpu"
         self._estimator = WholeBodyEstimator(
             str(weights.resolve("person_yolox_nano", self.cfg.det_weights_path)),
             str(weights.resolve("dwpose_ll_ucoco_384", self.cfg.pose_weights_path)),
@@ -245,6 +250,7 @@ class OcclusionStage(Stage):
         )
 
     def process(self, row: Row) -> list[Row]:
+        """Fill ``hand_over_face_share``; raise ``MediaError('hand_over_face')`` over the threshold."""
         result = hand_over_face_share(row["video_bytes"], self._estimator, self.fps, self.cfg)
         row["hand_over_face_share"] = round(result.share, 4)
         if result.share > self.cfg.max_hand_over_face_share:

@@ -1,6 +1,7 @@
 """probe: ffprobe every input, hash its bytes, and reject unusable files.
 
-Reasons: ``not_found``, ``download_failed``, ``download_timeout``, ``too_large``, ``unreadable``,
+Reasons: ``not_found``, ``download_failed``, ``storage_unavailable`` (transient errors on every
+retry), ``download_timeout``, ``too_large``, ``unreadable``,
 ``ffprobe_timeout``, ``no_video``, ``no_audio``, ``zero_duration``, ``too_short``.
 """
 
@@ -51,7 +52,9 @@ def probe_media(path: str | Path, cfg: ProbeConfig) -> ProbeResult:
         MediaError: ``not_found``, ``unreadable``, ``ffprobe_timeout``, ``no_video``, ``no_audio``
             (when ``cfg.require_audio``), ``zero_duration``, ``too_short`` (under ``cfg.min_duration_s``).
     """
-    if not os.path.isfile(path):
+    # Any existing path is an input, not only regular files: a FIFO or device that blocks is cut
+    # by ffprobe's timeout (``ffprobe_timeout``) instead of stalling the job.
+    if not os.path.exists(path) or os.path.isdir(path):
         raise MediaError("not_found", f"no such file: {Path(path).name}")
     info = ffprobe(path, cfg.timeout_s)
     streams = info.get("streams", [])

@@ -14,6 +14,8 @@ refers to (a run killed between the two writes) are removed, and numbering conti
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
@@ -26,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.records import KEPT, MANIFEST_SCHEMA, SAMPLE_JSON_EXCLUDE, Row, manifest_table, members_of
-from curation.storage import Storage
+from curation.storage import Storage, StorageError, describe
 
 SHARD_DIR = "shards"
 PART_DIR = "_parts"
@@ -134,7 +136,13 @@ class ShardWriter:
         return False
 
     def flush(self) -> None:
-        """Write the queued inputs: their shard (if any clip is kept), then their manifest part."""
+        """Write the queued inputs: their shard (if any clip is kept), then their manifest part.
+
+        Raises:
+            StorageError: a write failed (disk full, permission, upload retries used up). Nothing
+                half-written stays behind: the temp file is removed, and a shard whose part could
+                not be written is removed too, so a rerun redoes those inputs.
+        """
         if not self._pending:
             return
         kept = [r for r in self._pending if r["status"] == KEPT]
@@ -148,17 +156,31 @@ class ShardWriter:
                     members[ext] = bytes(data)
                 members["json"] = json.dumps(sample_json(r, self.fps, self.sample_rate_hz), sort_keys=True).encode()
                 samples.append((r["clip_id"], members))
-            rel = f"{SHARD_DIR}/{shard:05d}.tar"
-            fd, tmp = self.storage.local_temp(rel)
+            shard_rel = f"{SHARD_DIR}/{shard:05d}.tar"
+            fd, tmp = self.storage.local_temp(shard_rel)
             os.close(fd)
-            write_tar(tmp, samples)
-            self.storage.put_file(tmp, rel)
+            try:
+                write_tar(tmp, samples)
+            except BaseException as exc:  # disk full, quota, interrupt: never leave a half tar
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                if isinstance(exc, OSError):
+                    raise StorageError(exc.errno or errno.EIO, f"write {self.storage.url.rstrip('/')}/{shard_rel} failed: {describe(exc)}") from exc
+                raise
+            self.storage.put_file(tmp, shard_rel)  # removes tmp, raises StorageError
             self._next_shard += 1
         rows = [{k: to_py(r.get(k)) for k in MANIFEST_SCHEMA.names} for r in self._pending]
         buf = io.BytesIO()
         pq.write_table(manifest_table(rows), buf)
         rel = f"{PART_DIR}/part-{self._next_part:05d}.parquet"
-        self.storage.write_bytes(rel, buf.getvalue())
+        try:
+            self.storage.write_bytes(rel, buf.getvalue())
+        except BaseException:
+            if kept:  # the shard has no part: remove it now (a rerun would, too) and redo the inputs
+                with contextlib.suppress(Exception):
+                    self.storage.remove(shard_rel)
+                self._next_shard -= 1
+            raise
         self.parts_written.append(rel)
         self._next_part += 1
         self._pending, self._pending_kept = [], 0

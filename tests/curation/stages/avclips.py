@@ -29,7 +29,7 @@ TALK_CLIPS = sorted(p.name for p in VIDEO_DIR.glob("talk_*.mp4"))
 
 
 @functools.lru_cache(maxsize=None)
-def clip_row(name: str, seconds: float = 8.0) -> dict:
+def clip_row(name: str, seconds: float = 3.0) -> dict:
     """A kept clip row (``video_bytes`` 512x512 face crop, ``audio_bytes`` WAV) for a fixture video."""
     src = VIDEO_DIR / name
     duration = float(ffprobe(src)["format"]["duration"])
@@ -38,7 +38,23 @@ def clip_row(name: str, seconds: float = 8.0) -> dict:
     row = new_row(input_id=name, source_id=name, video_bytes=clip.video, audio_bytes=clip.audio, num_frames=frames)
     face = FaceStage(FaceConfig(weights_path=str(WEIGHTS_DIR / "face_mediapipe_detector.tflite")))
     face.setup()
-    return face.process(row)[0]
+    try:
+        return face.process(row)[0]
+    finally:
+        close_detectors(face)
+
+
+def close_detectors(*stages) -> None:
+    """Close the MediaPipe detectors that stages opened in ``setup()``.
+
+    A MediaPipe detector left to the garbage collector at interpreter exit can block pytest's
+    shutdown (its ``__del__`` waits on a dispatcher that is already gone), so tests close them.
+    """
+    for stage in stages:
+        det = getattr(stage, "_detector", None)
+        if det is not None:
+            det.close()
+            stage._detector = None
 
 
 def wav_bytes(pcm: np.ndarray, sr: int = 16000) -> bytes:
