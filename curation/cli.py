@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 

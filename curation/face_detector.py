@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+
+#: Registry name of the MediaPipe face detector model (:mod:`curation.weights`).
+WEIGHTS_NAME = "face_mediapipe_detector"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,18 @@ class FaceDetector:
         )
         self._detector = vision.FaceDetector.create_from_options(options)
         self.min_confidence = min_confidence
+
+    @classmethod
+    def load(cls, weights_path: Optional[str] = None, min_confidence: float = 0.5) -> "FaceDetector":
+        """Build the detector from the weights registry (``weights_path`` first, then
+        ``$VIVIDHEAD_WEIGHTS_DIR``, the cache, the official URL).
+
+        Raises:
+            curation.weights.WeightsNotFound: the model file is not available.
+        """
+        from curation import weights
+
+        return cls(weights.resolve(WEIGHTS_NAME, weights_path), min_confidence)
 
     def detect(self, frame: np.ndarray) -> list[FaceBox]:
         """Faces in one frame, largest first.

@@ -11,8 +11,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import pyarrow as pa
@@ -20,7 +19,7 @@ import pyarrow as pa
 from curation import __version__, weights
 from curation.config import CurateConfig, ConfigError
 from curation.inputs import expand_inputs
-from curation.records import KEPT, Row
+from curation.records import KEPT
 from curation.stage import GlobalStage, Stage
 from curation.stages.dedup import DedupStage
 from curation.stages.face import FaceStage

@@ -28,7 +28,7 @@ import torch
 from curation import weights
 from curation.audio_io import mfcc_100hz, read_pcm16
 from curation.config import ASDConfig
-from curation.face_detector import FaceDetector
+from curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
 from curation.face_track import detect_track, face_crops
 from curation.models import stage_device
 from curation.models.lightasd import LightASD, load_lightasd
@@ -214,13 +214,12 @@ class ASDStage(Stage):
         self._device = "cpu"
 
     def weights(self):
-        return [(self.cfg.weights, self.cfg.weights_path), ("face_mediapipe_detector", self.cfg.detector_weights_path)]
+        return [(self.cfg.weights, self.cfg.weights_path), (FACE_WEIGHTS, self.cfg.detector_weights_path)]
 
     def setup(self) -> None:
         self._device = stage_device(self.cfg.num_gpus, self.name)
         self._model = load_lightasd(weights.resolve(self.cfg.weights, self.cfg.weights_path), self._device)
-        det_path = weights.resolve("face_mediapipe_detector", self.cfg.detector_weights_path)
-        self._detector = FaceDetector(det_path, self.cfg.min_confidence)
+        self._detector = FaceDetector.load(self.cfg.detector_weights_path, self.cfg.min_confidence)
 
     def process(self, row: Row) -> list[Row]:
         s = score_asd(row["video_bytes"], row["audio_bytes"], self._model, self._detector, self.cfg, self._device)

@@ -30,7 +30,7 @@ import numpy as np
 from curation import weights
 from curation.audio_io import read_pcm16
 from curation.config import AttributesConfig
-from curation.face_detector import FaceDetector
+from curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
 from curation.media import iter_frames
 from curation.records import Row, note_annotation_error
 from curation.stage import MediaError, Stage
@@ -203,7 +203,7 @@ class AttributesStage(Stage):
                 if name:  # ethnicity has no registry entry: its explicit folder is checked in setup
                     out.append((name, path))
         if face_on:
-            out.append(("face_mediapipe_detector", None))
+            out.append((FACE_WEIGHTS, None))
         return out
 
     def setup(self) -> None:
@@ -222,7 +222,7 @@ class AttributesStage(Stage):
                     raise weights.WeightsNotFound(f"attributes.{attr}_weights_path: folder {path} does not exist")
                 self._face[attr] = FaceAttributeClassifier(path, device)
         if self._face:
-            self._detector = FaceDetector(weights.resolve("face_mediapipe_detector"), 0.5)
+            self._detector = FaceDetector.load(None, 0.5)
 
     def process(self, row: Row) -> list[Row]:
         """Fill the attribute columns; failures go to ``annotation_errors``."""

@@ -6,15 +6,13 @@ Reasons: ``no_face``, ``multiple_faces``, ``face_too_small``, ``crop_out_of_fram
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from curation.config import FaceConfig
-from curation.face_detector import FaceBox, FaceDetector
+from curation.face_detector import FaceBox, FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
 from curation.media import FFMPEG, first_frame, run_tool, temp_dir
 from curation.records import Row
 from curation.stage import MediaError, Stage
-from curation import weights
 
 
 @dataclass(frozen=True)
@@ -125,11 +123,10 @@ class FaceStage(Stage):
         self._detector: Optional[FaceDetector] = None
 
     def weights(self):
-        return [("face_mediapipe_detector", self.cfg.weights_path)]
+        return [(FACE_WEIGHTS, self.cfg.weights_path)]
 
     def setup(self) -> None:
-        path = weights.resolve("face_mediapipe_detector", self.cfg.weights_path)
-        self._detector = FaceDetector(path, self.cfg.min_confidence)
+        self._detector = FaceDetector.load(self.cfg.weights_path, self.cfg.min_confidence)
 
     def process(self, row: Row) -> list[Row]:
         frame = first_frame(row["video_bytes"])

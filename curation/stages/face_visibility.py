@@ -8,11 +8,10 @@ from __future__ import annotations
 from typing import Optional
 
 from curation.config import FaceVisibilityConfig
-from curation.face_detector import FaceDetector
+from curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
 from curation.media import iter_frames
 from curation.records import Row
 from curation.stage import MediaError, Stage
-from curation import weights
 
 
 def missing_face_share(video: bytes, detector: FaceDetector, fps: float, sample_fps: float) -> float:
@@ -49,11 +48,10 @@ class FaceVisibilityStage(Stage):
         self._detector: Optional[FaceDetector] = None
 
     def weights(self):
-        return [("face_mediapipe_detector", self.cfg.weights_path)]
+        return [(FACE_WEIGHTS, self.cfg.weights_path)]
 
     def setup(self) -> None:
-        path = weights.resolve("face_mediapipe_detector", self.cfg.weights_path)
-        self._detector = FaceDetector(path, self.cfg.min_confidence)
+        self._detector = FaceDetector.load(self.cfg.weights_path, self.cfg.min_confidence)
 
     def process(self, row: Row) -> list[Row]:
         share = missing_face_share(row["video_bytes"], self._detector, self.fps, self.cfg.sample_fps)

@@ -8,11 +8,9 @@ shortened to 4k+1 frames at the output frame rate, the Wan VAE's temporal chunki
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from curation.config import SceneSplitConfig
 from curation.records import Row, clip_id_for, new_row, reject

@@ -21,7 +21,7 @@ import json
 import os
 import tarfile
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
