@@ -132,10 +132,10 @@ def bench_dit(variant, dev, dtype, compile_modes=("eager", "compiled"), stock=Tr
 
 
 @torch.no_grad()
-def bench_vae(variant, dev, dtype, iters=5):
-    """Stock diffusers VAE decode of one chunk and encode of the motion frames (our wrapper adds
-    only the latent normalisation, so 'ours' without compile == stock; 'ours compiled' is the
-    torch.compile'd decode/encode with cudnn.benchmark)."""
+def bench_vae(variant, dev, dtype, iters=5, accelerated=True):
+    """Stock diffusers VAE decode of one chunk and encode of the motion frames and, for the Wan VAE
+    (``accelerated``), the same through :meth:`WanVAE.accelerate` in the same process, with its max
+    and mean absolute difference to stock."""
     from training.models.vae import build_vae
 
     s = variant.streaming
@@ -150,39 +150,59 @@ def bench_vae(variant, dev, dtype, iters=5):
     log(figure="vae_decode_chunk", variant=variant.name, who="stock", ms=dec * 1e3, frames=s.frame_num)
     log(figure="vae_encode_motion", variant=variant.name, who="stock", ms=enc * 1e3, frames=s.motion_frames)
     res["stock_decode"], res["stock_encode"] = dec, enc
+    if accelerated and hasattr(vae, "accelerate"):  # Wan: our accelerated execution, same process
+        import copy
+
+        ref_dec = vae.decode(z).float()
+        fast = copy.deepcopy(vae)
+        fast.accelerate(compile_norms=dev.type == "cuda")
+        torch.backends.cudnn.benchmark = True
+        fdec = bench(lambda: fast.decode(z), warmup=3, iters=iters)
+        fenc = bench(lambda: fast.encode(motion), warmup=3, iters=iters)
+        err = (fast.decode(z).float() - ref_dec).abs()
+        log(figure="vae_decode_chunk", variant=variant.name, who="ours (accelerated)", ms=fdec * 1e3,
+            ratio_stock_over_ours=dec / fdec, max_abs_diff=err.max().item(), mean_abs_diff=err.mean().item())
+        log(figure="vae_encode_motion", variant=variant.name, who="ours (accelerated)", ms=fenc * 1e3,
+            ratio_stock_over_ours=enc / fenc)
+        del fast
     return res
 
 
 @torch.no_grad()
 def bench_pipeline(variant, dev, dtype, stock_chunk_s: float | None, n_chunks: int = 12, compile_models=True,
-                   compile_vae=False):
-    """Sustained FPS and first-frame latency of the streaming session (random weights)."""
+                   fast_vae=True, cuda_graphs=False):
+    """Sustained FPS and first-frame latency of the streaming session (random weights), with
+    :meth:`FlashHeadModels.optimize` applied; first frames also with ``fast_start``."""
     from inference.pipeline import FlashHeadModels, StreamingSession
 
     torch.backends.cudnn.benchmark = True
     models = FlashHeadModels.random(variant, device=str(dev), dtype=dtype)
-    if compile_models:
-        models.compile(vae=compile_vae)
+    applied = models.optimize(compile_dit=compile_models, cuda_graphs=cuda_graphs, fast_vae=fast_vae)
     cfg = variant.streaming
+    fast_cfg = dataclasses.replace(cfg, fast_start=True)
     ref = (np.random.RandomState(0).rand(cfg.height_px, cfg.width_px, 3) * 255).astype(np.uint8)
     rng = np.random.RandomState(1)
-    pcm = (rng.randn(cfg.samples_per_chunk * (n_chunks + 3)) * 3000).astype(np.int16)
-    # warm-up session: compilation / autotuning / cudnn benchmarking stay out of the numbers
+    spc = cfg.samples_per_chunk
+    pcm = (rng.randn(spc * (n_chunks + 4)) * 3000).astype(np.int16)
+    # warm-up sessions (both chunk lengths): compilation / autotuning / cudnn benchmarking stay out
     t0 = time.perf_counter()
-    warm = StreamingSession(models, ref, profile=False)
-    for _ in warm.feed(pcm[: cfg.samples_per_chunk * 3]):
-        pass
+    for streaming in (fast_cfg, cfg):
+        warm = StreamingSession(models, ref, streaming=streaming)
+        for _ in warm.feed(pcm[: spc * 3]):
+            pass
     sync()
     warm_s = time.perf_counter() - t0
     del warm
-    session = StreamingSession(models, ref, profile=False)
-    sync()
-    spc = cfg.samples_per_chunk
-    t0 = time.perf_counter()
-    first = next(iter(session.feed(pcm[:spc])))
-    sync()
-    first_s = time.perf_counter() - t0
-    assert first.shape == (cfg.new_frames, cfg.height_px, cfg.width_px, 3)
+    first = {}
+    for name, streaming in (("fast_start", fast_cfg), ("standard", cfg)):
+        session = StreamingSession(models, ref, profile=False, streaming=streaming)
+        sync()
+        t0 = time.perf_counter()
+        out = next(iter(session.feed(pcm[:spc])))
+        sync()
+        first[name] = time.perf_counter() - t0
+        assert out.shape == (streaming.chunk_frames(0)[1], cfg.height_px, cfg.width_px, 3)
+    # `session` is the standard one, one chunk in
     t0 = time.perf_counter()
     frames = 0
     for i in range(1, n_chunks):
@@ -198,8 +218,8 @@ def bench_pipeline(variant, dev, dtype, stock_chunk_s: float | None, n_chunks: i
             stages.append(dataclasses.asdict(session.timings))
     brk = {k: statistics.median(s[k] for s in stages) * 1e3 for k in ("audio", "dit", "decode", "encode", "other", "total")}
     stock_fps = cfg.new_frames / stock_chunk_s if stock_chunk_s else None
-    log(figure="pipeline", variant=variant.name, who="ours", compile_dit=compile_models, compile_vae=compile_vae,
-        sustained_fps=sustained, first_frames_s=first_s,
+    log(figure="pipeline", variant=variant.name, who="ours", optimize=applied,
+        sustained_fps=sustained, first_frames_s=first["standard"], first_frames_fast_start_s=first["fast_start"],
         warmup_s=warm_s, breakdown_ms=brk, stock_fps=stock_fps,
         ratio_ours_over_stock_fps=(sustained / stock_fps) if stock_fps else None,
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None)
@@ -223,7 +243,7 @@ def suite_single(args) -> None:
             vae = bench_vae(variant, dev, dtype)
             stock_chunk = 4 * dit[("stock", "eager")] + vae["stock_decode"] + vae["stock_encode"]
             bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile,
-                           compile_vae=args.compile_vae)
+                           fast_vae=not args.stock_vae, cuda_graphs=args.cuda_graphs)
             continue
         if args.part == "vae":
             bench_vae(variant, dev, dtype, iters=3)
@@ -238,7 +258,8 @@ def suite_single(args) -> None:
         stock_chunk = 4 * dit[("stock", "eager")] + vae["stock_decode"] + vae["stock_encode"]
         log(figure="stock_pipeline_estimate", variant=name, chunk_ms=stock_chunk * 1e3,
             fps=variant.streaming.new_frames / stock_chunk, note="4 x stock DiT step (eager) + stock VAE decode + encode")
-        bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile, compile_vae=args.compile_vae)
+        bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile,
+                       fast_vae=not args.stock_vae, cuda_graphs=args.cuda_graphs)
 
 
 def suite_sp(args) -> None:
@@ -295,7 +316,8 @@ def main() -> None:
     p.add_argument("--ring", type=int, default=1, help="sp suite: Ring degree")
     p.add_argument("--part", choices=["all", "pipeline", "vae"], default="all",
                    help="single suite: everything, only the streaming pipeline, or only the VAE")
-    p.add_argument("--compile-vae", action="store_true", help="also torch.compile the VAE in the pipeline")
+    p.add_argument("--stock-vae", action="store_true", help="pipeline: run the VAE as stock diffusers does")
+    p.add_argument("--cuda-graphs", action="store_true", help="pipeline: CUDA graphs for the compiled DiT")
     p.add_argument("--out", type=Path)
     p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run with tiny-* variants")
     args = p.parse_args()

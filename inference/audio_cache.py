@@ -125,17 +125,27 @@ class TemporalAudioContextCache:
         """Append new PCM (float32 ``[N]`` in [-1, 1])."""
         self.buffer.push(samples)
 
-    def context(self) -> torch.Tensor:
+    def context(self, frame_num: int | None = None) -> torch.Tensor:
         """Encode the whole buffer and cut the windows of the last ``frame_num`` frames.
+
+        Args:
+            frame_num: frames of this chunk (default: the constructor's; a shorter first chunk
+                passes its own).
 
         Returns:
             float32 ``[1, frame_num, audio_window, L, D]`` on ``device``.
+
+        Raises:
+            ValueError: ``frame_num`` longer than the cache.
         """
+        frame_num = self.frame_num if frame_num is None else frame_num
+        if not 0 < frame_num <= self.cache_frames:
+            raise ValueError(f"frame_num {frame_num} outside 1..{self.cache_frames}")
         self.buffer.view(self._scratch)
         self._host[0].copy_(torch.from_numpy(self._scratch))
         audio = self._host.to(self.device, non_blocking=True)
         feats = self.encoder(audio, self.cache_frames)  # [1, S, L, D]
-        return frame_windows(feats, self.cache_frames - self.frame_num, self.cache_frames, self.audio_window)
+        return frame_windows(feats, self.cache_frames - frame_num, self.cache_frames, self.audio_window)
 
     def reset(self) -> None:
         """Back to silence."""

@@ -6,6 +6,8 @@ The lead wires them into the main CLI through :func:`register` (``curation/cli.p
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +34,7 @@ def load_models(
     device: str,
     dtype: str,
     compile_models: bool = False,
+    cuda_graphs: bool = False,
 ):
     """Build :class:`inference.pipeline.FlashHeadModels` from CLI options.
 
@@ -59,7 +62,7 @@ def load_models(
             v, checkpoint_dir / v.checkpoint_subdir, vae_path, wav2vec_dir, device=device, dtype=_dtype(dtype)
         )
     if compile_models:
-        models.compile()
+        models.optimize(cuda_graphs=cuda_graphs)
     return models
 
 
@@ -75,7 +78,9 @@ def infer(
     device: str = typer.Option("cuda", help="cuda / cpu."),
     dtype: str = typer.Option("bf16", help="bf16 / fp16 / fp32."),
     seed: int = typer.Option(42),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the DiT and VAE."),
+    compile: bool = typer.Option(False, "--compile", help="Fast path: compiled DiT, accelerated VAE (GPU)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="With --compile: CUDA graphs for the DiT."),
+    fast_start: bool = typer.Option(False, "--fast-start", help="Short first chunk (lower first-frame latency)."),
 ) -> None:
     """Generate a talking-head video from a reference image and a speech file, chunk by chunk."""
     from tqdm import tqdm
@@ -83,23 +88,24 @@ def infer(
     from inference.media import Mp4Writer, read_audio, read_image
     from inference.pipeline import StreamingSession
 
-    models = load_models(variant, checkpoint_dir, vae, wav2vec_dir, random_weights, device, dtype, compile)
-    cfg = models.variant.streaming
+    models = load_models(variant, checkpoint_dir, vae, wav2vec_dir, random_weights, device, dtype, compile,
+                         cuda_graphs)
+    cfg = dataclasses.replace(models.variant.streaming, fast_start=fast_start)
     ref = read_image(image)
     speech = read_audio(audio, cfg.sample_rate_hz)
-    session = StreamingSession(models, ref, seed=seed)
-    n_chunks = -(-len(speech) // cfg.samples_per_chunk)
+    session = StreamingSession(models, ref, seed=seed, streaming=cfg)
+    n_frames = -(-len(speech) // cfg.samples_per_frame)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = Mp4Writer(str(out), cfg.fps, cfg.width_px, cfg.height_px, audio=speech, sample_rate_hz=cfg.sample_rate_hz)
     try:
-        with tqdm(total=n_chunks, unit="chunk", desc="infer") as bar:
+        with tqdm(total=n_frames, unit="frame", desc="infer") as bar:
             for start in range(0, len(speech), cfg.samples_per_chunk):
                 for frames in session.feed(speech[start : start + cfg.samples_per_chunk]):
                     writer.write(frames)
-                    bar.update(1)
+                    bar.update(frames.shape[0])
             for frames in session.flush():
                 writer.write(frames)
-                bar.update(1)
+                bar.update(frames.shape[0])
     finally:
         writer.close()
     typer.echo(f"wrote {writer.frames} frames ({writer.frames / cfg.fps:.2f} s) to {out}")
@@ -116,7 +122,8 @@ def serve(
     random_weights: bool = typer.Option(False),
     device: str = typer.Option("cuda"),
     dtype: str = typer.Option("bf16"),
-    compile: bool = typer.Option(False, "--compile"),
+    compile: bool = typer.Option(False, "--compile", help="Fast path: compiled DiT, accelerated VAE (GPU)."),
+    fast_start: bool = typer.Option(False, "--fast-start", help="Short first chunk (lower first-frame latency)."),
 ) -> None:
     """Serve live sessions over WebSocket: s16le 16 kHz PCM in, H.264 MP4 chunks out."""
     import asyncio
@@ -125,7 +132,8 @@ def serve(
     from inference.server import serve_forever
 
     models = load_models(variant, checkpoint_dir, vae, wav2vec_dir, random_weights, device, dtype, compile)
-    asyncio.run(serve_forever(models, read_image(image), host, port))
+    streaming = dataclasses.replace(models.variant.streaming, fast_start=fast_start)
+    asyncio.run(serve_forever(models, read_image(image), host, port, streaming=streaming))
 
 
 def register(app: typer.Typer) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from inference.media import encode_mp4_bytes
 from inference.pipeline import FlashHeadModels, StreamingSession
+from training.models.configs import StreamingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,17 @@ class FlashHeadServer:
         models: shared weights.
         reference_image: uint8 ``[H, W, 3]``.
         seed: noise seed of every session.
+        streaming: chunk geometry of every session (default: the variant's), e.g. with ``fast_start``.
     """
 
-    def __init__(self, models: FlashHeadModels, reference_image: np.ndarray, seed: int = 42) -> None:
+    def __init__(
+        self, models: FlashHeadModels, reference_image: np.ndarray, seed: int = 42,
+        streaming: StreamingConfig | None = None,
+    ) -> None:
         self.models = models
         self.reference_image = reference_image
         self.seed = seed
+        self.streaming = streaming or models.variant.streaming
         self._lock = threading.Lock()
 
     def _run(self, fn, *args):
@@ -52,9 +58,10 @@ class FlashHeadServer:
 
     async def handler(self, ws) -> None:
         """Serve one WebSocket connection until it closes."""
-        cfg = self.models.variant.streaming
+        cfg = self.streaming
         session = await asyncio.to_thread(
-            self._run, lambda: StreamingSession(self.models, self.reference_image, seed=self.seed)
+            self._run,
+            lambda: StreamingSession(self.models, self.reference_image, seed=self.seed, streaming=cfg),
         )
         await ws.send(json.dumps({
             "type": "ready", "sample_rate": cfg.sample_rate_hz, "fps": cfg.fps, "format": "s16le",
@@ -92,11 +99,14 @@ class FlashHeadServer:
                 await ws.send(json.dumps({"type": reply, "frames_total": session.frames_emitted}))
 
 
-async def serve_forever(models: FlashHeadModels, reference_image: np.ndarray, host: str, port: int) -> None:
-    """Run the server until cancelled."""
+async def serve_forever(
+    models: FlashHeadModels, reference_image: np.ndarray, host: str, port: int,
+    streaming: StreamingConfig | None = None,
+) -> None:
+    """Run the server until cancelled (``streaming``: see :class:`FlashHeadServer`)."""
     from websockets.asyncio.server import serve
 
-    server = FlashHeadServer(models, reference_image)
+    server = FlashHeadServer(models, reference_image, streaming=streaming)
     async with serve(server.handler, host, port, max_size=2**24) as ws_server:
         logger.info("serving on ws://%s:%d", host, port)
         await ws_server.serve_forever()

@@ -90,6 +90,10 @@ def test_pro_session_real_tiny_wan_vae(tiny_pro, ref_image, speech):
     assert s.ref_latent.shape == (1, 4, 9, 4, 4)
     out = list(s.feed(speech[:17920]))
     assert [o.shape for o in out] == [(28, 32, 32, 3)] and out[0].dtype == np.uint8
+    # the 5 motion frames are kept decoded and encoded when the next chunk starts
+    assert s._motion_video.shape == (1, 3, 5, 32, 32)
+    out = list(s.feed(speech[17920 : 2 * 17920]))
+    assert [o.shape for o in out] == [(28, 32, 32, 3)]
     assert s.motion_latents.shape == (1, 4, 2, 4, 4)  # 5 motion frames -> 2 latent frames
 
 
@@ -138,9 +142,9 @@ def test_lite_session_emits_24_frames(tiny_lite, ref_image, speech):
     cfg = tiny_lite.variant.streaming
     assert (cfg.motion_frames, cfg.new_frames) == (9, 24)
     s = StreamingSession(tiny_lite, ref_image)
-    out = list(s.feed(speech[: cfg.samples_per_chunk]))
-    assert [o.shape for o in out] == [(24, 64, 64, 3)]
-    assert s.motion_latents.shape == (1, 8, 2, 2, 2)
+    out = list(s.feed(speech[: 2 * cfg.samples_per_chunk]))
+    assert [o.shape for o in out] == [(24, 64, 64, 3)] * 2
+    assert s.motion_latents.shape == (1, 8, 2, 2, 2)  # 9 motion frames -> 2 LTX latent frames
 
 
 def test_unconsumed_iterator_loses_no_audio(tiny_pro_fast_vae, ref_image, speech):
@@ -175,9 +179,11 @@ def test_100_chunks_exact_alignment_constant_memory(tiny_pro_fast, ref_image):
         for chunk in s.feed(pcm[start:end]):
             frames += chunk.shape[0]
             assert chunk.shape == (28, 32, 32, 3)
-            if s.chunks_done == 1:  # after cold start the motion latents have their steady size
+            # chunk 2 encodes chunk 1's motion frames: from then on the state has its steady size
+            if s.chunks_done == 2:
                 state0 = state_nbytes(s)
-            assert state_nbytes(s) == state0
+            if s.chunks_done >= 2:
+                assert state_nbytes(s) == state0
             if s.chunks_done in (20, 100):
                 rss.append(_rss_bytes())
         fed += end - start
@@ -186,3 +192,41 @@ def test_100_chunks_exact_alignment_constant_memory(tiny_pro_fast, ref_image):
     assert fed == total and frames == total // 640 == 2800 and s.chunks_done == 100
     assert s.audio_cache.buffer.total_samples == total
     assert rss[1] - rss[0] < 32 * 2**20, f"RSS grew by {(rss[1] - rss[0]) / 2**20:.1f} MiB"
+
+
+def test_fast_start_short_first_chunk_keeps_alignment(tiny_pro_fast_vae, ref_image, speech):
+    """fast_start: chunk 0 generates 5 frames (2 latent frames) and emits 4 for 2560 samples; its
+    5 decoded frames are the next chunk's motion frames; frames out == ceil(samples / 640)."""
+    cfg = dataclasses.replace(tiny_pro_fast_vae.variant.streaming, fast_start=True)
+    assert cfg.chunk_frames(0) == (5, 4) and cfg.chunk_frames(1) == (33, 28)
+    s = StreamingSession(tiny_pro_fast_vae, ref_image, seed=7, streaming=cfg)
+    n = 2560 + 17920 + 1000
+    out = []
+    for piece in np.array_split(speech[:n], 5):
+        out += list(s.feed(piece))
+    assert [o.shape[0] for o in out] == [4, 28]
+    assert s.audio_cache.buffer.total_samples == 2560 + 17920
+    out += list(s.flush())
+    assert sum(o.shape[0] for o in out) == -(-n // 640) == s.frames_emitted
+    # the same stream without fast_start differs in chunking but not in total frame count
+    plain = StreamingSession(tiny_pro_fast_vae, ref_image, seed=7)
+    frames = sum(o.shape[0] for o in plain.feed(speech[:n])) + sum(o.shape[0] for o in plain.flush())
+    assert frames == s.frames_emitted
+
+
+def test_fast_start_first_chunk_runs_the_dit_on_two_latent_frames(tiny_pro_fast_vae, ref_image, speech):
+    cfg = dataclasses.replace(tiny_pro_fast_vae.variant.streaming, fast_start=True)
+    s = StreamingSession(tiny_pro_fast_vae, ref_image, seed=7, streaming=cfg)
+    shapes = []
+    real = s.generate_latents
+
+    def spy(context):
+        lat = real(context)
+        shapes.append((context.shape[1], lat.shape[2]))
+        return lat
+
+    s.generate_latents = spy
+    list(s.feed(speech[: 2560 + 17920]))
+    assert shapes == [(5, 2), (33, 9)]
+    # chunk 1's motion latents are the encoded 5 frames of chunk 0 (2 latent frames)
+    assert s.motion_latents.shape[2] == 2

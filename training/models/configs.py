@@ -90,6 +90,11 @@ class StreamingConfig:
         timesteps: flow-matching timesteps on the 0..1000 scale before the shift.
         shift: timestep shift ``t' = s t / (1 + (s - 1) t)``.
         color_correction_strength: 0..1 blend of Lab mean/std transfer to the reference image.
+        fast_start: latency option (not in the papers): the first chunk after a cold start
+            generates only ``motion_frames`` frames (the reference latent frame + one latent frame)
+            and emits ``motion_frames - 1`` of them, which are exactly the next chunk's motion
+            frames; later chunks are unchanged. Cuts the time to the first frames by the ratio of
+            chunk lengths at the cost of one short chunk the model was not trained on.
     """
 
     frame_num: int = 33
@@ -102,6 +107,7 @@ class StreamingConfig:
     timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     shift: float = 5.0
     color_correction_strength: float = 1.0
+    fast_start: bool = False
 
     def __post_init__(self) -> None:
         if self.sample_rate_hz % self.fps:
@@ -127,6 +133,14 @@ class StreamingConfig:
     def samples_per_chunk(self) -> int:
         """Audio samples consumed per chunk (Pro 17920)."""
         return self.new_frames * self.samples_per_frame
+
+    def chunk_frames(self, index: int) -> tuple[int, int]:
+        """``(frames generated, frames emitted)`` of chunk ``index`` (0 = first after a cold start):
+        ``(frame_num, new_frames)``, or ``(motion_frames, motion_frames - 1)`` for chunk 0 with
+        ``fast_start``."""
+        if self.fast_start and index == 0:
+            return self.motion_frames, self.motion_frames - 1
+        return self.frame_num, self.new_frames
 
     @property
     def cache_samples(self) -> int:

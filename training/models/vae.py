@@ -62,20 +62,34 @@ class WanVAE(VideoVAE):
         self.spatial_stride = 2 ** (len(cfg.dim_mult) - 1)
         self.register_buffer("mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
+        self.memory_format = torch.contiguous_format
+
+    def accelerate(self, compile_norms: bool = True) -> dict[str, int]:
+        """Channels-last execution, time-only causal padding and fused RMS norm + SiLU
+        (:func:`training.models.wan_vae_fast.accelerate_wan_vae`); same weights and math.
+
+        Returns:
+            counts of rewritten modules.
+        """
+        from training.models.wan_vae_fast import accelerate_wan_vae
+
+        self.memory_format = torch.channels_last_3d
+        return accelerate_wan_vae(self.model, compile_norms=compile_norms)
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """``video: [B, 3, 1+4k, H, W]`` in [-1, 1] -> normalised latents ``[B, 16, 1+k, H/8, W/8]``
         (float32 statistics, returned in the VAE dtype)."""
         dtype = self.model.dtype
-        mu = self.model.encode(video.to(dtype)).latent_dist.mode()
+        video = video.to(dtype).contiguous(memory_format=self.memory_format)
+        mu = self.model.encode(video).latent_dist.mode()
         return ((mu.float() - self.mean) / self.std).to(dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """``latents: [B, 16, T', h, w]`` -> video ``[B, 3, 1+4(T'-1), 8h, 8w]`` clamped to [-1, 1]."""
         dtype = self.model.dtype
-        z = (latents.float() * self.std + self.mean).to(dtype)
+        z = (latents.float() * self.std + self.mean).to(dtype).contiguous(memory_format=self.memory_format)
         return self.model.decode(z, return_dict=False)[0].clamp(-1, 1)
 
 
