@@ -4,13 +4,28 @@ Launched with ``torchrun --nproc-per-node N``: every rank holds the whole model,
 is split into N shards (``FlashHeadTransformer.sp_rank/sp_world``), self-attention runs through a
 sequence-parallel processor and the head's output is all-gathered.
 
-Two processors:
+Processors:
 
-* :class:`XFuserUSPProcessor` -- xfuser's ``xFuserLongContextAttention`` (hybrid Ulysses x Ring,
-  yunchang kernels). xfuser has no CPU path and is imported lazily, only here.
+* :class:`XFuserUSPProcessor` -- xfuser's ``xFuserLongContextAttention`` (hybrid Ulysses x Ring:
+  yunchang's all-to-all, our padding-aware :func:`ring_attention`). xfuser has no CPU path and is
+  imported lazily, only here.
 * :class:`UlyssesProcessor` -- plain DeepSpeed-Ulysses with two ``all_to_all`` per attention
   (sequence shards <-> head shards), for when xfuser is not installed; needs
   ``num_heads % world == 0``.
+* :class:`TorchUSPProcessor` -- the same hybrid Ulysses x Ring in plain PyTorch (explicit groups from
+  :func:`usp_groups`), so the ring path runs (and is tested) on CPU with gloo.
+
+Padding: ``FlashHeadTransformer`` pads the token sequence to a multiple of the world size (10530
+tokens at 720x416x33 -> 10532 on 4 ranks). The padded tokens would be keys of every query; the
+processors drop them from the keys (the real length comes from a forward pre-hook that
+:func:`enable_sequence_parallel` installs), so the result equals the unsharded model's. The ring
+(:func:`ring_attention`) merges blocks with a float32 log-sum-exp and PyTorch's flash kernel (no
+``flash_attn`` needed); it replaces xfuser's ``xdit_ring_flash_attn_func`` inside
+``xFuserLongContextAttention`` (whose TORCH kernels keep the LSE in bf16 and know no padding).
+
+:func:`make_parallel_models` turns :class:`~inference.pipeline.FlashHeadModels` into a
+sequence-parallel DiT plus :class:`~inference.parallel_vae.ParallelWanVAE`: every rank runs the same
+``StreamingSession`` on the same inputs and gets the same frames.
 
 The audio cross-attention stays local: each shard attends to the audio tokens of the latent frames
 its tokens belong to (block-diagonal mask, see ``DiTAudioBlock``).
@@ -18,6 +33,7 @@ its tokens belong to (block-diagonal mask, see ``DiTAudioBlock``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -36,6 +52,11 @@ class UlyssesProcessor:
     def __init__(self, group=None) -> None:
         self.group = group
         self.world = dist.get_world_size(group)
+        # real (unpadded) tokens of the full sequence; set per forward by the pre-hook of
+        # enable_sequence_parallel; None = no padding to drop
+        self.seq_len: int | None = None
+        g = group if group is not None else dist.group.WORLD
+        self._members = [dist.get_global_rank(g, i) for i in range(self.world)]
 
     def _seq_to_head(self, x: torch.Tensor) -> torch.Tensor:
         b, s, h, d = x.shape
@@ -56,7 +77,10 @@ class UlyssesProcessor:
     def __call__(self, q, k, v, attn_mask=None):
         if attn_mask is not None:
             raise ValueError("Ulysses self-attention takes no mask")
+        per = q.shape[1]
         q, k, v = (self._seq_to_head(t) for t in (q, k, v))
+        keep = block_keep(self._members, per, self.seq_len, k.device)
+        k, v = _select_keys(k, keep), _select_keys(v, keep)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
         return self._head_to_seq(o.contiguous())
 
@@ -75,21 +99,38 @@ def _patch_yunchang_for_xfuser() -> None:
 
 
 class XFuserUSPProcessor:
-    """xfuser hybrid Ulysses x Ring attention (``xFuserLongContextAttention``), ``[B, S/P, H, d]`` in/out."""
+    """xfuser hybrid Ulysses x Ring attention (``xFuserLongContextAttention``), ``[B, S/P, H, d]`` in/out.
 
-    def __init__(self) -> None:
+    xfuser does the Ulysses all-to-alls over its Ulysses group; the ring over its Ring group is
+    :func:`ring_attention` (padding-aware, float32 LSE merge, PyTorch flash kernel, so it works
+    without ``flash_attn``; xfuser's own ring with ``AttnType.TORCH_*`` casts the LSE to bf16, and
+    ``TORCH_MATH``/``TORCH_CUDNN`` return a zero LSE, which is wrong for ring > 1).
+
+    Args:
+        ulysses_group, ring_group: explicit groups (from :func:`usp_groups`); default: the groups of
+            xfuser's ``initialize_model_parallel``.
+    """
+
+    def __init__(self, ulysses_group=None, ring_group=None) -> None:
         _patch_yunchang_for_xfuser()
         from xfuser.core.long_ctx_attention import xFuserLongContextAttention
         from yunchang.kernels import AttnType
 
-        try:
-            import flash_attn  # noqa: F401
+        self.attn = xFuserLongContextAttention(attn_type=AttnType.TORCH_FLASH)
+        if ulysses_group is not None:
+            self.attn.ulysses_pg, self.attn.ring_pg = ulysses_group, ring_group
+        self.attn_type = "TORCH_FLASH+fp32-lse-ring"
+        self.seq_len: int | None = None  # real tokens; set per forward by enable_sequence_parallel's hook
+        self._table = gathered_rank_table(self.attn.ulysses_pg, self.attn.ring_pg)
+        self._index_cache: dict = {}
+        self.attn.ring_attn_fn = self._ring
 
-            attn_type = AttnType.FA
-        except ImportError:
-            attn_type = AttnType.TORCH_FLASH
-        self.attn_type = attn_type.name
-        self.attn = xFuserLongContextAttention(attn_type=attn_type)
+    def _ring(self, q, k, v, *, group=None, softmax_scale=None, **_ignored):
+        """Called by ``xFuserLongContextAttention.forward`` in place of xfuser's ring function with
+        the Ulysses-gathered ``[B, U*S/P, H/U, d]`` q/k/v."""
+        per = q.shape[1] // len(self._table[0])
+        keep = _table_keep(self._table, per, self.seq_len, q.device, self._index_cache)
+        return ring_attention(q, k, v, group, keep, softmax_scale)
 
     def __call__(self, q, k, v, attn_mask=None):
         if attn_mask is not None:
@@ -122,33 +163,51 @@ def init_distributed(ulysses_degree: int | None = None, ring_degree: int = 1, us
     return "ulysses"
 
 
-def enable_sequence_parallel(model: FlashHeadTransformer, backend: str) -> str:
+def enable_sequence_parallel(model: FlashHeadTransformer, backend: str, groups: tuple | None = None) -> str:
     """Shard ``model``'s token sequence over the default process group.
 
+    Also installs a forward pre-hook that tells the processor how many tokens are real, so the
+    padding of the sequence to a multiple of the world size does not change the result.
+
     Args:
-        backend: ``"xfuser"`` or ``"ulysses"`` (from :func:`init_distributed`).
+        backend: ``"xfuser"`` or ``"ulysses"`` (from :func:`init_distributed`), or ``"torch-usp"``
+            (:class:`TorchUSPProcessor`, needs ``groups``).
+        groups: optional ``(ulysses_group, ring_group)`` from :func:`usp_groups` (Ulysses x Ring
+            degrees other than xfuser's initialised ones); with ``"ulysses"`` it selects
+            ``"torch-usp"``.
 
     Returns:
-        the backend actually used (``"ulysses"`` if xfuser's attention could not be built).
+        the backend actually used (``"ulysses"``, or ``"torch-usp"`` when ``groups`` are given, if
+        xfuser's attention could not be built).
 
     Raises:
-        ValueError: unknown backend, or heads not divisible by the world size for Ulysses.
+        ValueError: unknown backend, or heads not divisible by the Ulysses degree.
     """
     world, rank = dist.get_world_size(), dist.get_rank()
     if backend == "xfuser":
         try:
-            proc = XFuserUSPProcessor()
-        except Exception as exc:  # broken xfuser/yunchang pairing: say so, fall back
-            print(f"[rank {rank}] xfuser attention unavailable ({type(exc).__name__}: {exc}); plain Ulysses", flush=True)
-            backend = "ulysses"
-    if backend == "ulysses":
+            proc = XFuserUSPProcessor(*(groups or ()))
+        except Exception as exc:  # noqa: BLE001 -- broken xfuser/yunchang pairing: say so, fall back
+            fb = "torch-usp" if groups is not None else "ulysses"
+            print(f"[rank {rank}] xfuser attention unavailable ({type(exc).__name__}: {exc}); {fb}", flush=True)
+            backend = fb
+    if backend == "ulysses" and groups is not None:
+        backend = "torch-usp"
+    if backend == "torch-usp":
+        if groups is None:
+            raise ValueError("backend 'torch-usp' needs groups=(ulysses_group, ring_group)")
+        if model.config.num_heads % dist.get_world_size(groups[0]):
+            raise ValueError(f"{model.config.num_heads} heads not divisible by Ulysses degree {dist.get_world_size(groups[0])}")
+        proc = TorchUSPProcessor(*groups)
+    elif backend == "ulysses":
         if model.config.num_heads % world:
             raise ValueError(f"{model.config.num_heads} heads not divisible by {world} ranks")
         proc = UlyssesProcessor()
-    elif backend != "xfuser":
+    elif backend not in ("xfuser", "torch-usp"):
         raise ValueError(f"unknown backend {backend!r}")
     model.set_attention_processor(proc)
     model.sp_rank, model.sp_world = rank, world
+    _install_seq_len_hook(model)
 
     def gather(x: torch.Tensor) -> torch.Tensor:
         """All-gather ``[B, S/P, C]`` shards along the sequence -> ``[B, S, C]``."""
@@ -166,3 +225,285 @@ def disable_sequence_parallel(model: FlashHeadTransformer) -> None:
 
     model.set_attention_processor(SDPAProcessor())
     model.sp_rank, model.sp_world, model.sp_gather = 0, 1, None
+    hook = model.__dict__.pop("_sp_seq_len_hook", None)
+    if hook is not None:
+        hook.remove()
+
+
+# ----------------------------------------------------------------------------------------------
+# Hybrid Ulysses x Ring without xfuser, padding-aware ring, and the streaming-session helper
+# ----------------------------------------------------------------------------------------------
+def usp_groups(ulysses: int, ring: int) -> tuple:
+    """New Ulysses and Ring process groups over the default group, in yunchang's
+    ``use_ulysses_low`` layout (the one xfuser uses): Ulysses groups are runs of ``ulysses``
+    consecutive ranks, Ring groups take every ``ulysses``-th rank. Collective: every rank must call
+    it with the same arguments, in the same order relative to other group creations.
+
+    Returns:
+        ``(ulysses_group, ring_group)`` that this rank belongs to.
+
+    Raises:
+        ValueError: ``ulysses * ring`` differs from the world size.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if ulysses < 1 or ring < 1 or ulysses * ring != world:
+        raise ValueError(f"ulysses {ulysses} x ring {ring} != world size {world}")
+    u_pg = r_pg = None
+    for i in range(ring):
+        ranks = list(range(i * ulysses, (i + 1) * ulysses))
+        g = dist.new_group(ranks)
+        if rank in ranks:
+            u_pg = g
+    for i in range(ulysses):
+        ranks = list(range(i, world, ulysses))
+        g = dist.new_group(ranks)
+        if rank in ranks:
+            r_pg = g
+    return u_pg, r_pg
+
+
+def _collective_device(group) -> torch.device:
+    """Where tensors for a collective on ``group`` must live (CUDA for NCCL, else CPU)."""
+    if torch.cuda.is_available() and "nccl" in str(dist.get_backend(group)).lower():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gathered_rank_table(ulysses_group, ring_group) -> list[list[int]]:
+    """Layout of the Ulysses-gathered sequences around a ring.
+
+    After the Ulysses all-to-all, ring rank ``o`` of this rank's ring group holds the concatenation
+    of the sequence shards of the global ranks ``table[o]`` (its Ulysses group, in group-rank
+    order). Collective over ``ring_group`` (one small all-gather).
+
+    Returns:
+        ``[R][U]`` global ranks (``R`` ring size, ``U`` Ulysses size).
+    """
+    ug = ulysses_group if ulysses_group is not None else dist.group.WORLD
+    u = dist.get_world_size(ug)
+    members = [dist.get_global_rank(ug, i) for i in range(u)]
+    r = dist.get_world_size(ring_group)
+    if r == 1:
+        return [members]
+    mine = torch.tensor(members, dtype=torch.int64, device=_collective_device(ring_group))
+    parts = [torch.empty_like(mine) for _ in range(r)]
+    dist.all_gather(parts, mine, group=ring_group)
+    return [p.tolist() for p in parts]
+
+
+def block_keep(members: list[int], per: int, seq_len: int | None, device=None):
+    """Which keys of a gathered block are real tokens (not sequence padding).
+
+    The block is the concatenation of the shards of global ranks ``members``, ``per`` tokens each;
+    rank ``g``'s shard holds global positions ``[g * per, (g + 1) * per)`` and positions
+    ``>= seq_len`` are padding (``FlashHeadTransformer`` pads at the end).
+
+    Returns:
+        ``None`` (all real, or ``seq_len`` unknown), an ``int`` ``n`` (the first ``n`` keys are real;
+        0 = none), or an int64 index tensor on ``device`` (real keys elsewhere than a prefix).
+    """
+    if seq_len is None:
+        return None
+    valid = [max(0, min(per, seq_len - g * per)) for g in members]
+    if all(n == per for n in valid):
+        return None
+    j = 0
+    while valid[j] == per:
+        j += 1
+    if not any(valid[j + 1 :]):
+        return j * per + valid[j]
+    idx = [torch.arange(i * per, i * per + n) for i, n in enumerate(valid) if n]
+    return torch.cat(idx).to(device)
+
+
+def _table_keep(table: list[list[int]], per: int, seq_len: int | None, device, cache: dict) -> list | None:
+    """:func:`block_keep` for every ring rank's block (``None`` if nothing is padding), cached."""
+    key = (per, seq_len, str(device))
+    if key not in cache:
+        keeps = [block_keep(row, per, seq_len, device) for row in table]
+        cache.clear()
+        cache[key] = None if all(kp is None for kp in keeps) else keeps
+    return cache[key]
+
+
+def _select_keys(x: torch.Tensor, keep) -> torch.Tensor:
+    """``x: [B, S, H, d]`` restricted along ``S`` by a :func:`block_keep` result."""
+    if keep is None:
+        return x
+    if isinstance(keep, int):
+        return x[:, :keep]
+    return x.index_select(1, keep)
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None):
+    """Non-causal attention that also returns the log-sum-exp of the scores.
+
+    Args:
+        q: ``[B, S_q, H, d]``; k, v: ``[B, S_k, H, d]``.
+        scale: softmax scale (default ``d ** -0.5``).
+
+    Returns:
+        ``(out [B, S_q, H, d]`` in ``q.dtype``, ``lse`` float32 ``[B, H, S_q])``. CUDA fp16/bf16 uses
+        PyTorch's flash kernel (``aten._scaled_dot_product_flash_attention``); otherwise float32 math.
+    """
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, False, False, scale=scale)[:2]
+        return out.transpose(1, 2), lse
+    sc = scale if scale is not None else q.shape[-1] ** -0.5
+    s = torch.matmul(qt.float(), kt.float().transpose(-1, -2)) * sc
+    lse = torch.logsumexp(s, dim=-1)
+    out = torch.matmul(torch.exp(s - lse[..., None]), vt.float())
+    return out.transpose(1, 2).to(q.dtype), lse
+
+
+def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group=None, keep: list | None = None,
+                   scale: float | None = None) -> torch.Tensor:
+    """Ring attention (non-causal): local queries attend to the keys/values of every rank of
+    ``group``; the K/V blocks travel around the ring by P2P (``batch_isend_irecv``, overlapped with
+    the attention of the block in hand) and the partial results are merged with a float32
+    log-sum-exp.
+
+    Args:
+        q, k, v: ``[B, S_l, H, d]``, the same shape on every rank.
+        group: the ring (default: the world).
+        keep: per ring rank ``o``, which keys of the block that started on rank ``o`` are real (a
+            :func:`block_keep` result); ``None``: all.
+        scale: softmax scale (default ``d ** -0.5``).
+
+    Returns:
+        ``[B, S_l, H, d]`` in ``q.dtype``.
+
+    Raises:
+        RuntimeError: every key is padding.
+    """
+    g = group if group is not None else dist.group.WORLD
+    world, rank = dist.get_world_size(g), dist.get_rank(g)
+    if world == 1:  # Ulysses only: one block, no merge
+        sel = None if keep is None else keep[0]
+        if isinstance(sel, int) and sel == 0:
+            raise RuntimeError("ring attention: every key is padding")
+        return attention_with_lse(q, _select_keys(k, sel), _select_keys(v, sel), scale)[0]
+    send_to, recv_from = dist.get_global_rank(g, (rank + 1) % world), dist.get_global_rank(g, (rank - 1) % world)
+    k, v = k.contiguous(), v.contiguous()
+    out = lse = None
+    for step in range(world):
+        reqs = None
+        if step + 1 < world:
+            nk, nv = torch.empty_like(k), torch.empty_like(v)
+            reqs = dist.batch_isend_irecv([
+                dist.P2POp(dist.isend, k, send_to, g), dist.P2POp(dist.isend, v, send_to, g),
+                dist.P2POp(dist.irecv, nk, recv_from, g), dist.P2POp(dist.irecv, nv, recv_from, g),
+            ])
+        sel = None if keep is None else keep[(rank - step) % world]
+        kb, vb = _select_keys(k, sel), _select_keys(v, sel)
+        if kb.shape[1]:
+            bo, bl = attention_with_lse(q, kb, vb, scale)
+            bo, bl = bo.float(), bl.transpose(1, 2).unsqueeze(-1)  # [B, S, H, d], [B, S, H, 1]
+            if out is None:
+                out, lse = bo, bl
+            else:
+                new = torch.logaddexp(lse, bl)
+                out = out * torch.exp(lse - new) + bo * torch.exp(bl - new)
+                lse = new
+        if reqs is not None:
+            for r in reqs:
+                r.wait()
+            k, v = nk, nv
+    if out is None:
+        raise RuntimeError("ring attention: every key is padding")
+    return out.to(q.dtype)
+
+
+class TorchUSPProcessor:
+    """Hybrid Ulysses x Ring attention in plain PyTorch (no xfuser), ``[B, S/P, H, d]`` in/out.
+
+    Ulysses all-to-all over ``ulysses_group`` (as :class:`UlyssesProcessor`), then
+    :func:`ring_attention` over ``ring_group``, padding keys dropped. Runs on CPU with gloo.
+    Construction is collective over ``ring_group``.
+
+    Args:
+        ulysses_group, ring_group: from :func:`usp_groups`.
+    """
+
+    def __init__(self, ulysses_group, ring_group) -> None:
+        self.ulysses = UlyssesProcessor(ulysses_group)
+        self.ring_group = ring_group
+        self.seq_len: int | None = None  # real tokens; set per forward by enable_sequence_parallel's hook
+        self._table = gathered_rank_table(ulysses_group, ring_group)
+        self._index_cache: dict = {}
+
+    @torch.compiler.disable
+    def __call__(self, q, k, v, attn_mask=None):
+        if attn_mask is not None:
+            raise ValueError("USP self-attention takes no mask")
+        per, u = q.shape[1], self.ulysses.world
+        if u > 1:
+            q, k, v = (self.ulysses._seq_to_head(t) for t in (q, k, v))
+        keep = _table_keep(self._table, per, self.seq_len, q.device, self._index_cache)
+        o = ring_attention(q, k, v, self.ring_group, keep)
+        return self.ulysses._head_to_seq(o.contiguous()) if u > 1 else o
+
+
+def _install_seq_len_hook(model: FlashHeadTransformer) -> None:
+    """Forward pre-hook on ``model`` that sets ``seq_len`` (real tokens ``F*H*W / prod(patch)`` of
+    the input ``x [B, C, F, H, W]``) on every self-attention processor that has that attribute;
+    replaces a hook installed before."""
+
+    def hook(mod, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        pt, ph, pw = mod.config.patch_size
+        n = (x.shape[2] // pt) * (x.shape[3] // ph) * (x.shape[4] // pw)
+        for blk in mod.blocks:
+            proc = blk.self_attn.processor
+            if hasattr(proc, "seq_len"):
+                proc.seq_len = n
+
+    old = model.__dict__.pop("_sp_seq_len_hook", None)
+    if old is not None:
+        old.remove()
+    model.__dict__["_sp_seq_len_hook"] = model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def sp_backend_name(model: FlashHeadTransformer) -> str:
+    """Name of the attention in use: ``"xfuser"``, ``"torch-usp"``, ``"ulysses"`` or ``"sdpa"``."""
+    proc = model.blocks[0].self_attn.processor
+    return {XFuserUSPProcessor: "xfuser", TorchUSPProcessor: "torch-usp", UlyssesProcessor: "ulysses"}.get(
+        type(proc), "sdpa")
+
+
+def make_parallel_models(models, backend: str, groups: tuple | None = None, parallel_vae: bool = True,
+                         halo: int | None = None, vae_group=None):
+    """Sequence-parallel view of :class:`~inference.pipeline.FlashHeadModels` for a multi-rank
+    ``StreamingSession``: every rank builds the same models (same seed), calls this, and runs the
+    same session on the same inputs (seed, reference, PCM); all ranks then return identical frames
+    and rank 0 emits them.
+
+    The DiT is made sequence-parallel in place (:func:`enable_sequence_parallel`; the transformer
+    object is shared with ``models``); a Wan VAE is wrapped in
+    :class:`~inference.parallel_vae.ParallelWanVAE` (rows split over ``vae_group``, all-gathered);
+    other VAEs stay as they are.
+
+    Args:
+        models: built on this rank's device.
+        backend: see :func:`enable_sequence_parallel`.
+        groups: optional ``(ulysses_group, ring_group)`` (:func:`usp_groups`).
+        parallel_vae: wrap the VAE (False: every rank decodes the whole frame).
+        halo: ``ParallelWanVAE`` halo in latent rows (default: its own).
+        vae_group: process group of the VAE split (default: the world).
+
+    Returns:
+        a new ``FlashHeadModels`` (same transformer, audio encoder, device, dtype; VAE wrapped).
+
+    Raises:
+        ValueError: see :func:`enable_sequence_parallel`.
+    """
+    enable_sequence_parallel(models.transformer, backend, groups)
+    vae = models.vae
+    if parallel_vae:
+        from inference.parallel_vae import ParallelWanVAE
+        from training.models.vae import WanVAE
+
+        if isinstance(vae, WanVAE):
+            vae = ParallelWanVAE(vae, group=vae_group, **({} if halo is None else {"halo": halo}))
+    return dataclasses.replace(models, vae=vae)

@@ -102,6 +102,7 @@ class FlashHeadModels:
         vae: :class:`VideoVAE` (``dtype``).
         audio_encoder: :class:`Wav2VecFeatures` (float32).
         device, dtype: where / in what precision the DiT and VAE run.
+        cuda_graphs: the DiT replays CUDA graphs (set by :meth:`optimize`).
     """
 
     variant: FlashHeadVariant
@@ -110,6 +111,7 @@ class FlashHeadModels:
     audio_encoder: Wav2VecFeatures
     device: torch.device
     dtype: torch.dtype
+    cuda_graphs: bool = False
 
     @classmethod
     def random(
@@ -190,6 +192,7 @@ class FlashHeadModels:
         if compile_dit:
             mode = "reduce-overhead" if cuda_graphs else None
             self.transformer.forward = torch.compile(self.transformer.forward, mode=mode, dynamic=False)
+            self.cuda_graphs = cuda_graphs
             applied["dit"] = mode or "compiled"
         vae = getattr(self.vae, "vae", self.vae)  # a ParallelWanVAE wraps a WanVAE as .vae
         if fast_vae and isinstance(vae, WanVAE):
@@ -371,6 +374,8 @@ class StreamingSession:
         ctx = context.to(dt)
         for i in range(len(self.timesteps) - 1):
             x[:, :, :n_m] = self.motion_latents
+            if m.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's v is consumed
             v = m.transformer(x, self.timesteps[i], ctx, ref_latent)
             t_i, t_next = self.timesteps[i] / 1000.0, self.timesteps[i + 1] / 1000.0
             x0 = x.float() - v.float() * t_i

@@ -362,10 +362,14 @@ class FlashHeadTransformer(ModelMixin, ConfigMixin):
             if cross_attn is not None:
                 blk.cross_attn.set_processor(cross_attn)
 
+    @torch.compiler.disable
     def _rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Eager and cached per grid (a streaming session alternates at most two chunk lengths):
+        # tensors created inside a CUDA-graph replay must not be kept across replays.
         key = (grid, str(device))
         if key not in self._rope_cache:
-            self._rope_cache.clear()
+            if len(self._rope_cache) >= 4:
+                self._rope_cache.pop(next(iter(self._rope_cache)))
             self._rope_cache[key] = rope_freqs_3d(self.config.dim // self.config.num_heads, grid, device)
         return self._rope_cache[key]
 
@@ -396,12 +400,14 @@ class FlashHeadTransformer(ModelMixin, ConfigMixin):
         if context.shape[1] != 1 + cfg.vae_stride[0] * (f - 1):
             raise ValueError(f"context has {context.shape[1]} video frames for {f} latent frames")
         dtype = self.patch_embedding.weight.dtype
+        grid = (f // pt, h // ph, w // pw)
+        rope = self._rope(grid, x.device)  # first: the eager call splits the compiled graph here
 
         # 1. Patch & position embedding: [B, 2C, F, H, W] -> [B, S, dim]
         tokens = self.patch_embedding(torch.cat([x, y], dim=1).to(dtype))
-        grid = tuple(tokens.shape[2:])
+        if tuple(tokens.shape[2:]) != grid:
+            raise ValueError(f"latent grid {tuple(x.shape[2:])} not divisible by patch {cfg.patch_size}")
         tokens = tokens.flatten(2).transpose(1, 2)
-        rope = self._rope(grid, x.device)
 
         # 2. Timestep embedding (upstream casts t to the model dtype before the sinusoid)
         t = timestep.to(dtype).expand(b)
