@@ -5,6 +5,7 @@
   vs :func:`training.models.wan_vae_fast.accelerate_wan_vae` (frame-batched 2D convolutions);
   max abs difference of the outputs against stock.
 * LTX-Video VAE decode/encode: stock vs channels_last_3d vs ``torch.compile``.
+* ``--parts vae_profile``: where the accelerated Wan VAE decode spends its GPU time (kernel classes).
 * Scaled-dot-product attention at the DiT's shapes: PyTorch's default choice vs each backend.
 * DiT step: ``torch.compile`` default vs cuDNN attention vs CUDA graphs
   (``reduce-overhead``). (``max-autotune`` was tried: its GEMM autotuning alone took
@@ -100,6 +101,41 @@ def part_vae(dev, dtype) -> None:
             if vae is not base:
                 del vae
             torch.cuda.empty_cache()
+
+
+@torch.no_grad()
+def part_vae_profile(dev, dtype) -> None:
+    """Where the accelerated Wan VAE decode (512x512x33) spends its GPU time: kernel classes from
+    ``torch.profiler`` (convolution / elementwise+norm / copy+cat+pad / other), top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from training.models.vae import build_vae
+
+    torch.manual_seed(0)
+    vae = build_vae("wan").to(dev, dtype).eval()
+    vae.accelerate(compile_norms=True)
+    torch.backends.cudnn.benchmark = True
+    z = torch.randn(1, 16, 9, 64, 64, device=dev, dtype=dtype)
+    for _ in range(3):
+        vae.decode(z)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        vae.decode(z)
+        torch.cuda.synchronize()
+    rows = [(e.key, e.device_time_total, e.count) for e in prof.key_averages()
+            if e.device_time_total > 0 and not e.key.startswith(("cudaLaunch", "cudaDevice"))]
+    total = sum(r[1] for r in rows)
+    classes: dict[str, float] = {}
+    for key, t, _ in rows:
+        k = key.lower()
+        cls = ("conv" if any(w in k for w in ("conv", "cudnn", "implicit", "xmma", "sm90", "gemm", "wgrad", "dgrad"))
+               else "copy/cat/pad" if any(w in k for w in ("copy", "cat", "pad", "memcpy", "memset"))
+               else "fused norm (triton)" if "triton" in k
+               else "elementwise/other")
+        classes[cls] = classes.get(cls, 0.0) + t
+    log(part="vae_profile", total_gpu_ms=total / 1e3,
+        share={k: round(v / total, 3) for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
+        top=[{"kernel": k[:90], "ms": round(t / 1e3, 2), "calls": c} for k, t, c in sorted(rows, key=lambda r: -r[1])[:12]])
 
 
 @torch.no_grad()
@@ -216,6 +252,7 @@ def main() -> None:
     for part in args.parts:
         t0 = time.perf_counter()
         {"vae": lambda: part_vae(dev, dtype), "ltx": lambda: part_ltx(dev, dtype),
+         "vae_profile": lambda: part_vae_profile(dev, dtype),
          "sdpa": lambda: part_sdpa(dev, dtype), "dit": lambda: part_dit(dev, dtype, args.dit_variants)}[part]()
         log(part=f"{part}_done", seconds=time.perf_counter() - t0)
 

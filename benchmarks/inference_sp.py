@@ -101,37 +101,9 @@ def bench(fn, dev: torch.device, warmup: int = 1, iters: int = 5) -> float:
 
 
 def build_models(variant: FlashHeadVariant, dev: torch.device, dtype: torch.dtype, seed: int) -> FlashHeadModels:
-    """Random-weight models built directly on ``dev`` (DiT and VAE in ``dtype``, Wav2Vec in float32);
-    a 14B DiT built on the CPU would take minutes. Same ``seed`` -> same weights on every rank."""
-    from training.models.audio_encoder import Wav2VecFeatures
-    from training.models.flashhead import FlashHeadTransformer
-    from training.models.vae import build_vae
-
-    tiny = variant.name.startswith("tiny")
-    torch.manual_seed(seed)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(dev):
-            transformer = FlashHeadTransformer.from_config_dataclass(variant.transformer)
-            vae = build_vae(variant.vae, tiny=tiny)
-    finally:
-        torch.set_default_dtype(old)
-    with torch.device(dev):
-        if tiny:
-            audio = Wav2VecFeatures.tiny()
-        else:
-            from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-            audio = Wav2VecFeatures(Wav2Vec2Model(Wav2Vec2Config()))  # wav2vec2-base shapes
-    return FlashHeadModels(
-        variant,
-        transformer.to(dev, dtype).eval().requires_grad_(False),
-        vae.to(dev, dtype).eval().requires_grad_(False),
-        audio.to(dev).eval().requires_grad_(False),
-        dev,
-        dtype,
-    )
+    """Random-weight models built directly on ``dev`` (:meth:`FlashHeadModels.random`: DiT and VAE
+    in ``dtype``, Wav2Vec in float32). Same ``seed`` -> same weights on every rank."""
+    return FlashHeadModels.random(variant, device=str(dev), dtype=dtype, seed=seed)
 
 
 def dit_inputs(models: FlashHeadModels, seed: int = 0):

@@ -124,9 +124,17 @@ class FlashHeadModels:
         torch.manual_seed(seed)
         tiny = variant.name.startswith("tiny")
         dev = torch.device(device)
+        old_dtype = torch.get_default_dtype()
+        # DiT and VAE are built directly in ``dtype`` on ``dev`` (a 14B DiT in float32 on the CPU
+        # would take minutes and twice the memory); Wav2Vec stays float32.
+        torch.set_default_dtype(dtype)
+        try:
+            with dev:
+                transformer = FlashHeadTransformer.from_config_dataclass(variant.transformer)
+                vae = build_vae(variant.vae, tiny=tiny)
+        finally:
+            torch.set_default_dtype(old_dtype)
         with dev:
-            transformer = FlashHeadTransformer.from_config_dataclass(variant.transformer)
-            vae = build_vae(variant.vae, tiny=tiny)
             if tiny:
                 audio = Wav2VecFeatures.tiny()
             else:
