@@ -216,7 +216,8 @@ class ParallelWanVAE(VideoVAE):
         s = spans[rank]
         z = latents[:, :, :, s.lo : s.hi].float() * self.vae.std + self.vae.mean
         with self._mid_attention(model.decoder.mid_block, spans, rank):
-            out = model.decode(z.to(model.dtype).contiguous(), return_dict=False)[0]
+            z = z.to(model.dtype).contiguous(memory_format=self.vae.memory_format)
+            out = model.decode(z, return_dict=False)[0]
         out = out[:, :, :, (s.start - s.lo) * k : (s.stop - s.lo) * k]
         return _all_gather_rows(out, [(p.stop - p.start) * k for p in spans], self.group).clamp(-1, 1)
 
@@ -238,7 +239,7 @@ class ParallelWanVAE(VideoVAE):
         self._check(h, world)
         spans = _spans(h, world, self.halo)
         s = spans[rank]
-        x = video[:, :, :, s.lo * k : s.hi * k].to(model.dtype).contiguous()
+        x = video[:, :, :, s.lo * k : s.hi * k].to(model.dtype).contiguous(memory_format=self.vae.memory_format)
         with self._mid_attention(model.encoder.mid_block, spans, rank):
             mu = model.encode(x).latent_dist.mode()
         mu = mu[:, :, :, s.start - s.lo : s.stop - s.lo]
