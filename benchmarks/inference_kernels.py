@@ -2,7 +2,8 @@
 
 * Wan2.1 VAE decode (9 latent frames -> 33 frames) and encode (5 frames) at 512x512 and 720x416:
   stock diffusers ``AutoencoderKLWan`` vs stock + ``cudnn.benchmark`` vs stock in channels_last_3d
-  vs :func:`training.models.wan_vae_fast.accelerate_wan_vae` (frame-batched 2D convolutions);
+  vs :func:`training.models.wan_vae_fast.accelerate_wan_vae` (channels-last, time-only causal
+  padding, fused RMS norm + SiLU);
   max abs difference of the outputs against stock.
 * LTX-Video VAE decode/encode: stock vs channels_last_3d vs ``torch.compile``.
 * ``--parts vae_profile``: where the accelerated Wan VAE decode spends its GPU time (kernel classes).
@@ -76,7 +77,7 @@ def part_vae(dev, dtype) -> None:
         t_enc = bench(lambda: base.encode(video))
         log(part="wan_vae", variant="stock", hw=[h, w], decode_ms=t_dec * 1e3, encode_ms=t_enc * 1e3)
         torch.backends.cudnn.benchmark = True
-        for name in ("cudnn_benchmark", "channels_last_3d", "frames_conv2d"):
+        for name in ("cudnn_benchmark", "channels_last_3d", "accelerated"):
             vae = base
             zz, vv = z, video
             if name != "cudnn_benchmark":

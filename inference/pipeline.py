@@ -215,7 +215,8 @@ class FlashHeadModels:
 
 @dataclass
 class ChunkTimings:
-    """Seconds spent in each stage of the last chunk (synchronised only if ``profile=True``)."""
+    """Seconds spent in each stage of the last chunk (synchronised only if ``profile=True``);
+    ``encode`` is the previous chunk's motion-frame encode, which runs at the start of this one."""
 
     audio: float = 0.0
     dit: float = 0.0
@@ -265,7 +266,6 @@ class StreamingSession:
         vae = models.vae
         if (cfg.frame_num - 1) % vae.temporal_stride or (cfg.motion_frames - 1) % vae.temporal_stride:
             raise ValueError("frame_num and motion_frames must be 1 + k * temporal stride")
-        self.latent_frames = (cfg.frame_num - 1) // vae.temporal_stride + 1
         self.latent_hw = (cfg.height_px // vae.spatial_stride, cfg.width_px // vae.spatial_stride)
         self.audio_cache = TemporalAudioContextCache(
             models.audio_encoder, cfg.sample_rate_hz, cfg.fps, cfg.cache_seconds, cfg.frame_num,

@@ -13,8 +13,8 @@ convolution arithmetic but memory traffic around it:
   scale, gamma, bias, SiLU); here it is one fused kernel (``torch.compile`` of a small
   shape-dynamic function; eager fallback with the same math where compilation is off).
 
-(Rewriting the 3D convolutions as sums of frame-batched 2D convolutions was measured too: 1.12x on
-decode but 0.74x on encode, so it is not used.)
+(A prototype rewriting the 3D convolutions as sums of frame-batched 2D convolutions was measured
+too: 1.12x on decode but 0.74x on encode, so it was dropped.)
 
 :func:`accelerate_wan_vae` applies all of this in place, per module instance (no global patching).
 Numerics: the RMS norm is applied in float32 before the cast (stock casts first), so bf16 outputs
