@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 
 def normalised_clip(path: Path):
     """(video bytes, audio bytes, num_frames) of the whole clip, as the normalize stage makes them."""
-    from curation.config import NormalizeConfig
-    from curation.media import count_video_frames
-    from curation.stages.normalize import normalize_clip
+    from vividhead.curation.config import NormalizeConfig
+    from vividhead.curation.media import count_video_frames
+    from vividhead.curation.stages.normalize import normalize_clip
 
     n = count_video_frames(path)
     clip = normalize_clip(path, 0.0, n, NormalizeConfig())
@@ -94,7 +94,7 @@ def build_models(tmp: Path) -> dict[str, str]:
 
 def time_stage(stage, row: dict, repeats: int) -> tuple[list[float], list[float]]:
     """Wall seconds and process CPU seconds (all threads) of ``stage.process`` on copies of ``row``."""
-    from curation.stage import MediaError
+    from vividhead.curation.stage import MediaError
 
     stage.setup()
     walls, cpus = [], []
@@ -122,12 +122,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from curation.config import AttributesConfig, AudioFeaturesConfig, FaceMaskConfig, OcclusionConfig
-    from curation.records import new_row
-    from curation.stages.attributes import AttributesStage
-    from curation.stages.audio_features import AudioFeaturesStage
-    from curation.stages.face_mask import FaceMaskStage
-    from curation.stages.occlusion import OcclusionStage
+    from vividhead.curation.config import AttributesConfig, AudioFeaturesConfig, FaceMaskConfig, OcclusionConfig
+    from vividhead.curation.records import new_row
+    from vividhead.curation.stages.attributes import AttributesStage
+    from vividhead.curation.stages.audio_features import AudioFeaturesStage
+    from vividhead.curation.stages.face_mask import FaceMaskStage
+    from vividhead.curation.stages.occlusion import OcclusionStage
 
     video, audio, frames = normalised_clip(args.clip)
     seconds = frames / 25.0

@@ -50,8 +50,8 @@ def main() -> None:
 
     import ray
 
-    from curation.config import load_config
-    from curation.pipeline import run_curation
+    from vividhead.curation.config import load_config
+    from vividhead.curation.pipeline import run_curation
 
     paths = sorted(p for p in Path(args.inputs).rglob("*") if p.suffix.lower() in (".mp4", ".mkv", ".mov", ".webm"))
     video_s = sum(ffprobe_duration(p) for p in paths)

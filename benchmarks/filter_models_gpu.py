@@ -35,13 +35,13 @@ except ImportError:
 import numpy as np
 import torch
 print("torch", torch.__version__, torch.cuda.get_device_name(0))
-from curation.models.lightasd import load_lightasd
-from curation.models.syncnet import SyncNet
-from curation.stages.asd import asd_scores, visual_embeddings
-from curation.stages.syncnet import lipsync_from_crops
-from curation.audio_io import mfcc_100hz
-from curation.config import SpeechConfig
-from curation.stages.speech import load_vad, speech_share
+from vividhead.curation.models.lightasd import load_lightasd
+from vividhead.curation.models.syncnet import SyncNet
+from vividhead.curation.stages.asd import asd_scores, visual_embeddings
+from vividhead.curation.stages.syncnet import lipsync_from_crops
+from vividhead.curation.audio_io import mfcc_100hz
+from vividhead.curation.config import SpeechConfig
+from vividhead.curation.stages.speech import load_vad, speech_share
 
 rng = np.random.default_rng(0)
 T = 250  # 10 s at 25 fps

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import torch
 
-from curation.config import ASDConfig, FaceConfig, NormalizeConfig, SpeechConfig, SyncNetConfig
-from curation.media import ffprobe, iter_frames
-from curation.models.syncnet import SyncNet
-from curation.records import new_row
-from curation.stages.asd import ASDStage
-from curation.stages.face import FaceStage
-from curation.stages.normalize import normalize_clip
-from curation.stages.speech import SpeechStage
-from curation.stages.syncnet import SyncNetStage
+from vividhead.curation.config import ASDConfig, FaceConfig, NormalizeConfig, SpeechConfig, SyncNetConfig
+from vividhead.curation.media import ffprobe, iter_frames
+from vividhead.curation.models.syncnet import SyncNet
+from vividhead.curation.records import new_row
+from vividhead.curation.stages.asd import ASDStage
+from vividhead.curation.stages.face import FaceStage
+from vividhead.curation.stages.normalize import normalize_clip
+from vividhead.curation.stages.speech import SpeechStage
+from vividhead.curation.stages.syncnet import SyncNetStage
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"

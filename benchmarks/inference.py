@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.models.configs import LIVETALK_14B, get_variant  # noqa: E402
-from training.models.flashhead import FlashHeadTransformer  # noqa: E402
+from vividhead.training.models.configs import LIVETALK_14B, get_variant  # noqa: E402
+from vividhead.training.models.flashhead import FlashHeadTransformer  # noqa: E402
 
 RESULTS: list[dict] = []
 
@@ -136,7 +136,7 @@ def bench_vae(variant, dev, dtype, iters=5, accelerated=True):
     """Stock diffusers VAE decode of one chunk and encode of the motion frames and, for the Wan VAE
     (``accelerated``), the same through :meth:`WanVAE.accelerate` in the same process, with its max
     and mean absolute difference to stock."""
-    from training.models.vae import build_vae
+    from vividhead.training.models.vae import build_vae
 
     s = variant.streaming
     vae = build_on(dev, dtype, lambda: build_vae(variant.vae, tiny=variant.name.startswith("tiny")))
@@ -173,7 +173,7 @@ def bench_pipeline(variant, dev, dtype, stock_chunk_s: float | None, n_chunks: i
                    fast_vae=True, cuda_graphs=False):
     """Sustained FPS and first-frame latency of the streaming session (random weights), with
     :meth:`FlashHeadModels.optimize` applied; first frames also with ``fast_start``."""
-    from inference.pipeline import FlashHeadModels, StreamingSession
+    from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
 
     torch.backends.cudnn.benchmark = True
     models = FlashHeadModels.random(variant, device=str(dev), dtype=dtype)
@@ -265,7 +265,7 @@ def suite_single(args) -> None:
 def suite_sp(args) -> None:
     """Under torchrun: the DiT step with sequence parallelism over all ranks, checked against the
     same model on one GPU (relative error logged)."""
-    from inference.parallel import enable_sequence_parallel, init_distributed
+    from vividhead.inference.parallel import enable_sequence_parallel, init_distributed
 
     backend = init_distributed(ulysses_degree=args.ulysses, ring_degree=args.ring, use_xfuser=not args.no_xfuser)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -276,7 +276,7 @@ def suite_sp(args) -> None:
     x, y, ctx, t = dit_inputs(variant, dev, dtype)
     rel_err = None
     if world > 1:
-        from inference.parallel import disable_sequence_parallel
+        from vividhead.inference.parallel import disable_sequence_parallel
 
         with torch.no_grad():
             ref = model(x, t, ctx, y).float()

@@ -2,7 +2,7 @@
 
 * Wan2.1 VAE decode (9 latent frames -> 33 frames) and encode (5 frames) at 512x512 and 720x416:
   stock diffusers ``AutoencoderKLWan`` vs stock + ``cudnn.benchmark`` vs stock in channels_last_3d
-  vs :func:`training.models.wan_vae_fast.accelerate_wan_vae` (channels-last, time-only causal
+  vs :func:`vividhead.training.models.wan_vae_fast.accelerate_wan_vae` (channels-last, time-only causal
   padding, fused RMS norm + SiLU);
   max abs difference of the outputs against stock.
 * LTX-Video VAE decode/encode: stock vs channels_last_3d vs ``torch.compile``.
@@ -62,8 +62,8 @@ def bench(fn, warmup: int = 2, iters: int = 5) -> float:
 @torch.no_grad()
 def part_vae(dev, dtype) -> None:
     """Wan VAE variants (decode 9 latent frames, encode 5 frames)."""
-    from training.models.vae import build_vae
-    from training.models.wan_vae_fast import accelerate_wan_vae
+    from vividhead.training.models.vae import build_vae
+    from vividhead.training.models.wan_vae_fast import accelerate_wan_vae
 
     torch.manual_seed(0)
     base = build_vae("wan").to(dev, dtype).eval()
@@ -110,7 +110,7 @@ def part_vae_profile(dev, dtype) -> None:
     ``torch.profiler`` (convolution / elementwise+norm / copy+cat+pad / other), top kernels."""
     from torch.profiler import ProfilerActivity, profile
 
-    from training.models.vae import build_vae
+    from vividhead.training.models.vae import build_vae
 
     torch.manual_seed(0)
     vae = build_vae("wan").to(dev, dtype).eval()
@@ -142,7 +142,7 @@ def part_vae_profile(dev, dtype) -> None:
 @torch.no_grad()
 def part_ltx(dev, dtype) -> None:
     """LTX VAE decode (5 latent frames -> 33) / encode (9 frames) variants at 512x512."""
-    from training.models.vae import build_vae
+    from vividhead.training.models.vae import build_vae
 
     torch.manual_seed(0)
     vae = build_vae("ltx").to(dev, dtype).eval()
@@ -204,8 +204,8 @@ def part_dit(dev, dtype, variants) -> None:
     bi = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bi)
     build_on, dit_inputs = bi.build_on, bi.dit_inputs
-    from training.models.configs import get_variant
-    from training.models.flashhead import FlashHeadTransformer
+    from vividhead.training.models.configs import get_variant
+    from vividhead.training.models.flashhead import FlashHeadTransformer
 
     for vname in variants:
         variant = get_variant(vname)

@@ -54,8 +54,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.pipeline import FlashHeadModels, StreamingSession
-from training.models.configs import FlashHeadVariant, get_variant
+from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
+from vividhead.training.models.configs import FlashHeadVariant, get_variant
 
 
 class Recorder:
@@ -296,7 +296,7 @@ def run(args) -> None:
             if u * r != world:
                 raise SystemExit(f"ulysses {u} x ring {r} != {world} ranks")
         if cuda:
-            from inference.parallel import init_distributed
+            from vividhead.inference.parallel import init_distributed
 
             backend = init_distributed(ulysses_degree=first[0], ring_degree=first[1], use_xfuser=not args.no_xfuser)
         else:
@@ -337,7 +337,7 @@ def run(args) -> None:
                 optimize=applied, build_s=build_s, **res)
         return
 
-    from inference.parallel import make_parallel_models, sp_backend_name, usp_groups
+    from vividhead.inference.parallel import make_parallel_models, sp_backend_name, usp_groups
 
     plain_vae = models.vae
     applied = None

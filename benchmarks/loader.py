@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
-from training.data import ClipWindowDataset, collate_clip_windows, decode_frames, plan_window  # noqa: E402
+from vividhead.training.data import ClipWindowDataset, collate_clip_windows, decode_frames, plan_window  # noqa: E402
 
 FIXTURE_VIDEOS = ("talk_retalking_face2.mp4", "talk_retalking_face3.mp4", "talk_retalking_face5.mp4",
                   "talk_hdtf_aoc_512.mp4", "talk_hdtf_katiehill_512.mp4", "talk_retalking_face1.mp4")
@@ -42,7 +42,7 @@ FIXTURE_VIDEOS = ("talk_retalking_face2.mp4", "talk_retalking_face3.mp4", "talk_
 def build(out: Path, fixtures: Path, max_frames: int, gop: int, wav2vec: tuple[int, int] | None,
           videos: tuple[str, ...] = FIXTURE_VIDEOS) -> Path:
     """Encode fixture talking-head videos into a curation-format output (shards of 2 clips)."""
-    from training.shard_builder import EncodedClip, encode_clip, write_output
+    from vividhead.training.shard_builder import EncodedClip, encode_clip, write_output
 
     clips = []
     for name in videos:

@@ -41,7 +41,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm")
 
 def fast_config_dict() -> dict:
     """probe, dedup off, scene_split without detection, normalize, write; every other stage off."""
-    from curation.config import SECTIONS
+    from vividhead.curation.config import SECTIONS
 
     raw = {name: {"enabled": False} for name in SECTIONS if name not in ("run", "probe", "scene_split", "normalize", "write")}
     raw["scene_split"] = {"detector": "none"}
@@ -53,8 +53,8 @@ def child(args: argparse.Namespace) -> None:
     import ray
     import yaml
 
-    from curation.config import config_from_dict
-    from curation.pipeline import run_curation
+    from vividhead.curation.config import config_from_dict
+    from vividhead.curation.pipeline import run_curation
 
     os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})
     raw = fast_config_dict() if args.config == "fast" else yaml.safe_load(Path(args.config).read_text()) or {}

@@ -1,6 +1,6 @@
-"""``python -m curation INPUT... --output OUT`` is ``vividhead curate`` (works under ``ray job submit``)."""
+"""``python -m vividhead.curation INPUT... --output OUT`` is ``vividhead curate`` (works under ``ray job submit``)."""
 
-from curation.cli import curate_main
+from vividhead.curation.cli import curate_main
 
 if __name__ == "__main__":
     curate_main()

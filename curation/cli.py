@@ -1,9 +1,7 @@
-"""The ``vividhead`` command line: ``curate`` here; ``card``, ``publish``, ``infer`` from their packages."""
+"""``vividhead curate``: registered on the root command by :func:`register` (see :mod:`vividhead.cli`)."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 from pathlib import Path
 from typing import List, Optional
@@ -11,16 +9,6 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Build talking-head datasets and serve streaming talking-head models.")
-
-@app.callback()
-def _root() -> None:
-    """vividhead: curate talking-head datasets, publish them, and serve streaming models."""
-
-
-# Packages that add subcommands with a ``register(app)`` function.
-SUBCOMMAND_MODULES = ("datasets_card.cli", "inference.cli")
 
 
 def summary_table(stats: dict) -> Table:
@@ -51,11 +39,11 @@ def curate(
     """Curate raw talking-head videos into WebDataset shards with a Parquet manifest."""
     from rich.progress import Progress
 
-    from curation.config import ConfigError, load_config
-    from curation.inputs import InputError
-    from curation.pipeline import run_curation
-    from curation.storage import StorageError
-    from curation.weights import WeightsNotFound
+    from vividhead.curation.config import ConfigError, load_config
+    from vividhead.curation.inputs import InputError
+    from vividhead.curation.pipeline import run_curation
+    from vividhead.curation.storage import StorageError
+    from vividhead.curation.weights import WeightsNotFound
 
     console = Console(stderr=True)
     try:
@@ -80,25 +68,12 @@ def curate(
     Console().print(summary_table(result.stats))
 
 
-app.command("curate")(curate)
-
-
-def _register_subcommands() -> None:
-    for module in SUBCOMMAND_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).register(app)
-
-
-_register_subcommands()
-
-
-def main() -> None:
-    """Entry point of the ``vividhead`` script."""
-    logging.basicConfig(level=logging.WARNING)
-    app()
+def register(app: typer.Typer) -> None:
+    """Add ``curate`` to the ``vividhead`` Typer app."""
+    app.command("curate")(curate)
 
 
 def curate_main() -> None:
-    """Entry point of ``python -m curation``: the ``curate`` command alone."""
+    """Entry point of ``python -m vividhead.curation``: the ``curate`` command alone."""
     logging.basicConfig(level=logging.WARNING)
     typer.run(curate)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-#: Registry name of the MediaPipe face detector model (:mod:`curation.weights`).
+#: Registry name of the MediaPipe face detector model (:mod:`vividhead.curation.weights`).
 WEIGHTS_NAME = "face_mediapipe_detector"
 
 
@@ -70,7 +70,7 @@ class FaceDetector:
         Raises:
             curation.weights.WeightsNotFound: the model file is not available.
         """
-        from curation import weights
+        from vividhead.curation import weights
 
         return cls(weights.resolve(WEIGHTS_NAME, weights_path), min_confidence)
 

@@ -20,9 +20,9 @@ from urllib.parse import urlparse
 import fsspec
 import pyarrow.parquet as pq
 
-from curation.media import is_remote
-from curation.records import Row, new_row
-from curation.storage import options_for
+from vividhead.curation.media import is_remote
+from vividhead.curation.records import Row, new_row
+from vividhead.curation.storage import options_for
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
 LIST_EXTENSIONS = (".csv", ".jsonl", ".parquet")

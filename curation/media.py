@@ -1,7 +1,7 @@
 """FFmpeg, ffprobe and PyAV helpers shared by the stages.
 
 Every external call has a timeout and runs without a shell (arguments as a list). Failures raise
-:class:`curation.stage.MediaError` with a reason code.
+:class:`vividhead.curation.stage.MediaError` with a reason code.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 import av
 import numpy as np
 
-from curation.stage import MediaError
+from vividhead.curation.stage import MediaError
 
 if TYPE_CHECKING:
-    from curation.storage import RetryPolicy
+    from vividhead.curation.storage import RetryPolicy
 
 FFMPEG = os.environ.get("VIVIDHEAD_FFMPEG", "ffmpeg")
 FFPROBE = os.environ.get("VIVIDHEAD_FFPROBE", "ffprobe")
@@ -97,7 +97,7 @@ def fetch_remote(
     ``http(s)`` is read as one streamed GET (no range requests); the ``Content-Length`` is checked
     before the body when the server sends one. Transient errors (connection reset, timeout, HTTP
     429/5xx, S3 throttling) restart the download with exponential backoff (``retry``, default
-    :data:`curation.storage.DEFAULT_RETRY`) while ``timeout_s`` allows.
+    :data:`vividhead.curation.storage.DEFAULT_RETRY`) while ``timeout_s`` allows.
 
     Args:
         max_bytes: size limit in bytes.
@@ -108,7 +108,7 @@ def fetch_remote(
             ``storage_unavailable`` (transient errors on every attempt), ``too_large`` (over
             ``max_bytes``), ``download_timeout`` (over ``timeout_s`` seconds).
     """
-    from curation.storage import DEFAULT_RETRY, describe, is_transient, options_for
+    from vividhead.curation.storage import DEFAULT_RETRY, describe, is_transient, options_for
 
     retry = retry or DEFAULT_RETRY
     name = hashlib.sha256(url.encode()).hexdigest()[:32] + _safe_suffix(url)

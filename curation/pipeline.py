@@ -16,28 +16,28 @@ from typing import Callable, Optional, Sequence
 
 import pyarrow as pa
 
-from curation import __version__, weights
-from curation.config import CurateConfig, ConfigError
-from curation.inputs import expand_inputs
-from curation.records import KEPT
-from curation.stage import GlobalStage, Stage
-from curation.stages.dedup import DedupStage
-from curation.stages.face import FaceStage
-from curation.stages.face_visibility import FaceVisibilityStage
-from curation.stages.normalize import NormalizeStage
-from curation.stages.probe import ProbeStage
-from curation.stages.scene_split import SceneSplitStage
-from curation.stages.transition import TransitionStage
-from curation.stages.occlusion import OcclusionStage
-from curation.stages.speech import SpeechStage
-from curation.stages.syncnet import SyncNetStage
-from curation.stages.asd import ASDStage
-from curation.stages.face_mask import FaceMaskStage
-from curation.stages.audio_features import AudioFeaturesStage
-from curation.stages.attributes import AttributesStage
-from curation.stages.write import ShardWriter
-from curation.stats import stage_stats
-from curation.storage import Storage, redact
+from vividhead.curation import __version__, weights
+from vividhead.curation.config import CurateConfig, ConfigError
+from vividhead.curation.inputs import expand_inputs
+from vividhead.curation.records import KEPT
+from vividhead.curation.stage import GlobalStage, Stage
+from vividhead.curation.stages.dedup import DedupStage
+from vividhead.curation.stages.face import FaceStage
+from vividhead.curation.stages.face_visibility import FaceVisibilityStage
+from vividhead.curation.stages.normalize import NormalizeStage
+from vividhead.curation.stages.probe import ProbeStage
+from vividhead.curation.stages.scene_split import SceneSplitStage
+from vividhead.curation.stages.transition import TransitionStage
+from vividhead.curation.stages.occlusion import OcclusionStage
+from vividhead.curation.stages.speech import SpeechStage
+from vividhead.curation.stages.syncnet import SyncNetStage
+from vividhead.curation.stages.asd import ASDStage
+from vividhead.curation.stages.face_mask import FaceMaskStage
+from vividhead.curation.stages.audio_features import AudioFeaturesStage
+from vividhead.curation.stages.attributes import AttributesStage
+from vividhead.curation.stages.write import ShardWriter
+from vividhead.curation.stats import stage_stats
+from vividhead.curation.storage import Storage, redact
 
 log = logging.getLogger("vividhead.curation")
 
@@ -83,7 +83,7 @@ class RunResult:
     """What a run produced.
 
     Attributes:
-        manifest: the full manifest (this run and earlier ones), :data:`curation.records.MANIFEST_SCHEMA`.
+        manifest: the full manifest (this run and earlier ones), :data:`vividhead.curation.records.MANIFEST_SCHEMA`.
         stats: the content of ``stats.json``.
         skipped_inputs: inputs already finished by an earlier run (resume).
     """
@@ -116,7 +116,7 @@ def run_curation(
     """Curate ``inputs`` into WebDataset shards under ``output``.
 
     Args:
-        inputs: INPUT arguments (files, folders, globs, URLs, URL lists); see :mod:`curation.inputs`.
+        inputs: INPUT arguments (files, folders, globs, URLs, URL lists); see :mod:`vividhead.curation.inputs`.
         output: output root, a local folder or an fsspec URL (``s3://bucket/prefix``).
         ray_address: ``None`` for an in-process local Ray (or ``$RAY_ADDRESS``), ``auto`` or
             ``ray://host:port`` to join a cluster. An already initialised Ray is reused.
@@ -157,7 +157,7 @@ def run_curation(
         _init_ray(ray_address)
         ray.data.DataContext.get_current().enable_progress_bars = False
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        from curation.ray_adapter import apply_stage, apply_stages
+        from vividhead.curation.ray_adapter import apply_stage, apply_stages
 
         probed = sorted(apply_stage(ds, probe).take_all(), key=lambda r: order[r["input_id"]])
         if cfg.dedup.enabled:

@@ -1,9 +1,9 @@
 """The one place where stages meet Ray Data.
 
-A :class:`~curation.stage.Stage` becomes a ``Dataset.flat_map``: stages with a ``setup`` (models)
+A :class:`~vividhead.curation.stage.Stage` becomes a ``Dataset.flat_map``: stages with a ``setup`` (models)
 run in an actor pool (``ActorPoolStrategy``) so the model loads once per actor; others run as
 tasks. Resources come from the stage's config (``num_cpus``, ``num_gpus``, ``workers``). Rejected
-rows pass through untouched; a :class:`~curation.stage.MediaError` becomes a rejection; any other
+rows pass through untouched; a :class:`~vividhead.curation.stage.MediaError` becomes a rejection; any other
 exception is a bug and fails the dataset.
 """
 
@@ -17,8 +17,8 @@ from typing import Sequence
 
 import ray.data
 
-from curation.records import KEPT, Row, reject
-from curation.stage import MediaError, Stage
+from vividhead.curation.records import KEPT, Row, reject
+from vividhead.curation.stage import MediaError, Stage
 
 
 def run_stage(stage: Stage, row: Row) -> list[Row]:

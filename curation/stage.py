@@ -1,6 +1,6 @@
 """The stage contract: a cheap picklable object, a ``setup`` that loads models, a per-row ``process``.
 
-Stage code never imports Ray; :mod:`curation.ray_adapter` turns stages into Ray Data operators.
+Stage code never imports Ray; :mod:`vividhead.curation.ray_adapter` turns stages into Ray Data operators.
 A stage file holds a pure function (the method) and a small :class:`Stage` subclass around it.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import abc
 from typing import ClassVar, Sequence
 
-from curation.config import StageConfig
-from curation.records import Row
+from vividhead.curation.config import StageConfig
+from vividhead.curation.records import Row
 
 
 class MediaError(Exception):

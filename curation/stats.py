@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from curation.records import KEPT
+from vividhead.curation.records import KEPT
 
 #: Stages that see one row per input; later stages see one row per clip.
 INPUT_LEVEL = ("probe", "dedup", "scene_split")

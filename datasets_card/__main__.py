@@ -1,3 +1,3 @@
-from datasets_card.cli import main
+from vividhead.datasets_card.cli import main
 
 main()

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from datasets_card import charts
+from vividhead.datasets_card import charts
 
 #: Manifest columns drawn as distributions: (column, title, x label).
 DISTRIBUTIONS = (
@@ -200,7 +200,7 @@ def stage_order(stats: dict[str, Any]) -> list[str]:
     known = stats.get("stage_order")
     if not known:
         try:
-            from curation.config import SECTIONS
+            from vividhead.curation.config import SECTIONS
 
             known = list(SECTIONS)
         except ImportError:  # pragma: no cover - datasets_card used without curation
@@ -271,7 +271,7 @@ def render_readme(manifest: pa.Table, stats: dict[str, Any], chart_names: dict[s
     add("- `stats.json`: per-stage counts, drop reasons and seconds, and the pipeline config.")
     add("")
     add("```python")
-    add("from training.data import ClipWindowDataset, ClipFilter  # vividhead")
+    add("from vividhead.training.data import ClipWindowDataset, ClipFilter  # vividhead")
     add("ds = ClipWindowDataset.from_output_dir(\"hf://datasets/ORG/NAME\", clip_filter=ClipFilter(min_lse_c=6.0))")
     add("```")
     add("")

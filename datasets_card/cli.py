@@ -1,6 +1,6 @@
 """``vividhead card`` and ``vividhead publish``: register them on the main Typer app.
 
-``curation/cli.py`` calls :func:`register`; ``python -m datasets_card`` runs them standalone.
+``curation/cli.py`` calls :func:`register`; ``python -m vividhead.datasets_card`` runs them standalone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def card(
     license_link: str = typer.Option(None, help="Licence URL when --license other."),
 ) -> None:
     """Write OUT/README.md (Hub dataset card) and OUT/card/*.png from the manifest and stats."""
-    from datasets_card.card import CardOptions, write_card
+    from vividhead.datasets_card.card import CardOptions, write_card
 
     try:
         res = write_card(out, CardOptions(pretty_name=pretty_name, license=license, license_name=license_name,
@@ -45,7 +45,7 @@ def publish(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded and where; upload nothing."),
 ) -> None:
     """Upload shards, manifest, stats and card to a Hub dataset repo (resumable: re-run to resume)."""
-    from datasets_card.publish import hub_url, publish as do_publish
+    from vividhead.datasets_card.publish import hub_url, publish as do_publish
 
     try:
         items = do_publish(out, repo_id, private=private, dry_run=dry_run)
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
-    """Standalone entry point: ``python -m datasets_card {card,publish} ...``."""
+    """Standalone entry point: ``python -m vividhead.datasets_card {card,publish} ...``."""
     app = typer.Typer(help="vividhead dataset card and Hub publishing", no_args_is_help=True)
     register(app)
     app()

@@ -88,7 +88,7 @@ class TemporalAudioContextCache:
 
     Args:
         encoder: callable ``(audio [1, N] float32, num_frames) -> [1, S, L, D]``
-            (:class:`training.models.audio_encoder.Wav2VecFeatures`).
+            (:class:`vividhead.training.models.audio_encoder.Wav2VecFeatures`).
         sample_rate_hz, fps: audio and video rates (``sample_rate_hz % fps == 0``).
         cache_seconds: ``T_max`` (8 s).
         frame_num: video frames per chunk (33).

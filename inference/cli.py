@@ -1,8 +1,5 @@
-"""``vividhead infer`` (file to file) and ``vividhead serve`` (WebSocket) commands.
-
-The lead wires them into the main CLI through :func:`register` (``curation/cli.py`` imports
-``inference.cli`` and calls ``register(app)``).
-"""
+"""``vividhead infer`` (file to file) and ``vividhead serve`` (WebSocket) commands, registered on
+the root command by :func:`register` (see :mod:`vividhead.cli`)."""
 
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from training.models.configs import VARIANTS, get_variant
+from vividhead.training.models.configs import VARIANTS, get_variant
 
 
 def _dtype(name: str):
@@ -36,7 +33,7 @@ def load_models(
     compile_models: bool = False,
     cuda_graphs: bool = False,
 ):
-    """Build :class:`inference.pipeline.FlashHeadModels` from CLI options.
+    """Build :class:`vividhead.inference.pipeline.FlashHeadModels` from CLI options.
 
     With ``checkpoint_dir`` (the upstream ``SoulX-FlashHead-1_3B`` folder) the DiT comes from
     ``<dir>/Model_Pro`` or ``<dir>/Model_Lite``, the VAE from ``--vae`` or ``<dir>/VAE_Wan/Wan2.1_VAE.pth``
@@ -47,7 +44,7 @@ def load_models(
     """
     from diffusers.utils import logging as dlog
 
-    from inference.pipeline import FlashHeadModels
+    from vividhead.inference.pipeline import FlashHeadModels
 
     dlog.set_verbosity_error()
     v = get_variant(variant)
@@ -85,8 +82,8 @@ def infer(
     """Generate a talking-head video from a reference image and a speech file, chunk by chunk."""
     from tqdm import tqdm
 
-    from inference.media import Mp4Writer, read_audio, read_image
-    from inference.pipeline import StreamingSession
+    from vividhead.inference.media import Mp4Writer, read_audio, read_image
+    from vividhead.inference.pipeline import StreamingSession
 
     models = load_models(variant, checkpoint_dir, vae, wav2vec_dir, random_weights, device, dtype, compile,
                          cuda_graphs)
@@ -128,8 +125,8 @@ def serve(
     """Serve live sessions over WebSocket: s16le 16 kHz PCM in, H.264 MP4 chunks out."""
     import asyncio
 
-    from inference.media import read_image
-    from inference.server import serve_forever
+    from vividhead.inference.media import read_image
+    from vividhead.inference.server import serve_forever
 
     models = load_models(variant, checkpoint_dir, vae, wav2vec_dir, random_weights, device, dtype, compile)
     streaming = dataclasses.replace(models.variant.streaming, fast_start=fast_start)

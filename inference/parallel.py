@@ -23,8 +23,8 @@ processors drop them from the keys (the real length comes from a forward pre-hoo
 ``flash_attn`` needed); it replaces xfuser's ``xdit_ring_flash_attn_func`` inside
 ``xFuserLongContextAttention`` (whose TORCH kernels keep the LSE in bf16 and know no padding).
 
-:func:`make_parallel_models` turns :class:`~inference.pipeline.FlashHeadModels` into a
-sequence-parallel DiT plus :class:`~inference.parallel_vae.ParallelWanVAE`: every rank runs the same
+:func:`make_parallel_models` turns :class:`~vividhead.inference.pipeline.FlashHeadModels` into a
+sequence-parallel DiT plus :class:`~vividhead.inference.parallel_vae.ParallelWanVAE`: every rank runs the same
 ``StreamingSession`` on the same inputs and gets the same frames.
 
 The audio cross-attention stays local: each shard attends to the audio tokens of the latent frames
@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from training.models.flashhead import FlashHeadTransformer
+from vividhead.training.models.flashhead import FlashHeadTransformer
 
 
 class UlyssesProcessor:
@@ -221,7 +221,7 @@ def enable_sequence_parallel(model: FlashHeadTransformer, backend: str, groups: 
 
 def disable_sequence_parallel(model: FlashHeadTransformer) -> None:
     """Back to single-device attention (e.g. to compute a reference on one rank)."""
-    from training.models.flashhead import SDPAProcessor
+    from vividhead.training.models.flashhead import SDPAProcessor
 
     model.set_attention_processor(SDPAProcessor())
     model.sp_rank, model.sp_world, model.sp_gather = 0, 1, None
@@ -474,14 +474,14 @@ def sp_backend_name(model: FlashHeadTransformer) -> str:
 
 def make_parallel_models(models, backend: str, groups: tuple | None = None, parallel_vae: bool = True,
                          halo: int | None = None, vae_group=None):
-    """Sequence-parallel view of :class:`~inference.pipeline.FlashHeadModels` for a multi-rank
+    """Sequence-parallel view of :class:`~vividhead.inference.pipeline.FlashHeadModels` for a multi-rank
     ``StreamingSession``: every rank builds the same models (same seed), calls this, and runs the
     same session on the same inputs (seed, reference, PCM); all ranks then return identical frames
     and rank 0 emits them.
 
     The DiT is made sequence-parallel in place (:func:`enable_sequence_parallel`; the transformer
     object is shared with ``models``); a Wan VAE is wrapped in
-    :class:`~inference.parallel_vae.ParallelWanVAE` (rows split over ``vae_group``, all-gathered);
+    :class:`~vividhead.inference.parallel_vae.ParallelWanVAE` (rows split over ``vae_group``, all-gathered);
     other VAEs stay as they are.
 
     Args:
@@ -501,8 +501,8 @@ def make_parallel_models(models, backend: str, groups: tuple | None = None, para
     enable_sequence_parallel(models.transformer, backend, groups)
     vae = models.vae
     if parallel_vae:
-        from inference.parallel_vae import ParallelWanVAE
-        from training.models.vae import WanVAE
+        from vividhead.inference.parallel_vae import ParallelWanVAE
+        from vividhead.training.models.vae import WanVAE
 
         if isinstance(vae, WanVAE):
             vae = ParallelWanVAE(vae, group=vae_group, **({} if halo is None else {"halo": halo}))

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inference.audio_cache import TemporalAudioContextCache
-from inference.color import match_colors, reference_lab_stats
-from training.models.audio_encoder import Wav2VecFeatures
-from training.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
-from training.models.flashhead import FlashHeadTransformer, load_flashhead_transformer
-from training.models.vae import VideoVAE, build_vae, load_vae
+from vividhead.inference.audio_cache import TemporalAudioContextCache
+from vividhead.inference.color import match_colors, reference_lab_stats
+from vividhead.training.models.audio_encoder import Wav2VecFeatures
+from vividhead.training.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
+from vividhead.training.models.flashhead import FlashHeadTransformer, load_flashhead_transformer
+from vividhead.training.models.vae import VideoVAE, build_vae, load_vae
 
 
 def shift_timestep(t: float, shift: float, num_timesteps: int = 1000) -> float:
@@ -187,13 +187,13 @@ class FlashHeadModels:
                 Lite's 1280 tokens (2x per step on an H100), not at Pro's 9216. Replays share output
                 buffers, so keep one session per process generating at a time.
             fast_vae: Wan VAE: channels-last execution with fused RMS norm + SiLU
-                (:meth:`training.models.vae.WanVAE.accelerate`); LTX VAE: ``torch.compile`` of
+                (:meth:`vividhead.training.models.vae.WanVAE.accelerate`); LTX VAE: ``torch.compile`` of
                 decode/encode (2.6x / 2.8x on an H100; channels-last makes it slower).
 
         Returns:
             what was applied, e.g. ``{"dit": "reduce-overhead", "vae": "wan-accelerated"}``.
         """
-        from training.models.vae import LTXVAE, WanVAE
+        from vividhead.training.models.vae import LTXVAE, WanVAE
 
         torch.backends.cudnn.benchmark = True
         applied = {}

@@ -25,9 +25,9 @@ import threading
 
 import numpy as np
 
-from inference.media import encode_mp4_bytes
-from inference.pipeline import FlashHeadModels, StreamingSession
-from training.models.configs import StreamingConfig
+from vividhead.inference.media import encode_mp4_bytes
+from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
+from vividhead.training.models.configs import StreamingConfig
 
 logger = logging.getLogger(__name__)
 

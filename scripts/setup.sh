@@ -13,5 +13,5 @@ fi
 .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
 echo "torch==2.13.0" > .venv/constraints.txt
 export PIP_CONSTRAINT="$PWD/.venv/constraints.txt"
-.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[curation,train,serve,test]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import torch, ray, scenedetect, mediapipe, webdataset; assert torch.__version__.startswith('2.13.0'), torch.__version__"

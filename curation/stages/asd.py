@@ -3,8 +3,8 @@
 Follows the authors' evaluation (``Junhua-Liao/Light-ASD`` ``Columbia_test.py``):
 
 1. A smoothed face track over every frame, cropped with scale 0.4 and padding 110 to 224 x 224
-   (:mod:`curation.face_track`), converted to gray, centre 112 x 112 kept.
-2. 13 MFCCs at 100 Hz (:func:`curation.audio_io.mfcc_100hz`), trimmed to a multiple of 4;
+   (:mod:`vividhead.curation.face_track`), converted to gray, centre 112 x 112 kept.
+2. 13 MFCCs at 100 Hz (:func:`vividhead.curation.audio_io.mfcc_100hz`), trimmed to a multiple of 4;
    ``n = min(mfcc_steps // 4, frames)`` video frames are scored.
 3. For each chunk length ``d`` in :data:`DURATIONS_S` seconds, the clip is cut into consecutive
    chunks of ``25 d`` frames (``100 d`` MFCC steps); each chunk runs through the audio and visual
@@ -25,15 +25,15 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from curation import weights
-from curation.audio_io import mfcc_100hz, read_pcm16
-from curation.config import ASDConfig
-from curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
-from curation.face_track import detect_track, face_crops
-from curation.models import stage_device
-from curation.models.lightasd import LightASD, load_lightasd
-from curation.records import Row
-from curation.stage import MediaError, Stage
+from vividhead.curation import weights
+from vividhead.curation.audio_io import mfcc_100hz, read_pcm16
+from vividhead.curation.config import ASDConfig
+from vividhead.curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_track import detect_track, face_crops
+from vividhead.curation.models import stage_device
+from vividhead.curation.models.lightasd import LightASD, load_lightasd
+from vividhead.curation.records import Row
+from vividhead.curation.stage import MediaError, Stage
 
 #: Chunk lengths (seconds) whose scores are averaged. The authors' script writes
 #: ``{1,1,1,2,2,2,3,3,4,5,6}``, a Python set literal, which is {1, 2, 3, 4, 5, 6}.

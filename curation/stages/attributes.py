@@ -27,13 +27,13 @@ from typing import Optional
 
 import numpy as np
 
-from curation import weights
-from curation.audio_io import read_pcm16
-from curation.config import AttributesConfig
-from curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
-from curation.media import iter_frames
-from curation.records import Row, note_annotation_error
-from curation.stage import MediaError, Stage
+from vividhead.curation import weights
+from vividhead.curation.audio_io import read_pcm16
+from vividhead.curation.config import AttributesConfig
+from vividhead.curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.media import iter_frames
+from vividhead.curation.records import Row, note_annotation_error
+from vividhead.curation.stage import MediaError, Stage
 
 SAMPLE_RATE = 16000
 

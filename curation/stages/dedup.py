@@ -7,9 +7,9 @@ runs of the same job (``previous``) count as first.
 
 from __future__ import annotations
 
-from curation.config import DedupConfig
-from curation.records import KEPT, Row, reject
-from curation.stage import GlobalStage
+from vividhead.curation.config import DedupConfig
+from vividhead.curation.records import KEPT, Row, reject
+from vividhead.curation.stage import GlobalStage
 
 
 def find_duplicates(rows: list[Row], previous: list[Row], cfg: DedupConfig) -> dict[int, tuple[str, str]]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from curation.config import FaceConfig
-from curation.face_detector import FaceBox, FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
-from curation.media import FFMPEG, first_frame, run_tool, temp_dir
-from curation.records import Row
-from curation.stage import MediaError, Stage
+from vividhead.curation.config import FaceConfig
+from vividhead.curation.face_detector import FaceBox, FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.media import FFMPEG, first_frame, run_tool, temp_dir
+from vividhead.curation.records import Row
+from vividhead.curation.stage import MediaError, Stage
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from curation import weights
-from curation.config import FaceMaskConfig
-from curation.media import iter_frames
-from curation.records import Row, add_member, note_annotation_error
-from curation.stage import MediaError, Stage
+from vividhead.curation import weights
+from vividhead.curation.config import FaceMaskConfig
+from vividhead.curation.media import iter_frames
+from vividhead.curation.records import Row, add_member, note_annotation_error
+from vividhead.curation.stage import MediaError, Stage
 
 NUM_LANDMARKS = 478
 # Ordered polygons over the MediaPipe face mesh (the loops of FACEMESH_FACE_OVAL and the outer ring

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from curation.config import FaceVisibilityConfig
-from curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
-from curation.media import iter_frames
-from curation.records import Row
-from curation.stage import MediaError, Stage
+from vividhead.curation.config import FaceVisibilityConfig
+from vividhead.curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.media import iter_frames
+from vividhead.curation.records import Row
+from vividhead.curation.stage import MediaError, Stage
 
 
 def missing_face_share(video: bytes, detector: FaceDetector, fps: float, sample_fps: float) -> float:

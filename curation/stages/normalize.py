@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from curation.config import NormalizeConfig
-from curation.media import FFMPEG, count_video_frames, run_tool, temp_dir
-from curation.records import Row
-from curation.stage import MediaError, Stage
+from vividhead.curation.config import NormalizeConfig
+from vividhead.curation.media import FFMPEG, count_video_frames, run_tool, temp_dir
+from vividhead.curation.records import Row
+from vividhead.curation.stage import MediaError, Stage
 
 
 @dataclass(frozen=True)

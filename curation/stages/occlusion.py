@@ -20,11 +20,11 @@ from typing import Optional
 
 import numpy as np
 
-from curation import weights
-from curation.config import OcclusionConfig
-from curation.media import iter_frames
-from curation.records import Row
-from curation.stage import MediaError, Stage
+from vividhead.curation import weights
+from vividhead.curation.config import OcclusionConfig
+from vividhead.curation.media import iter_frames
+from vividhead.curation.records import Row
+from vividhead.curation.stage import MediaError, Stage
 
 # COCO-WholeBody keypoint layout (133 points), as DWPose and RTMW output it.
 NUM_KEYPOINTS = 133

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from curation.config import ProbeConfig
-from curation.media import fetch_remote, ffprobe, file_md5, is_remote, local_path_of
-from curation.records import Row
-from curation.stage import MediaError, Stage
+from vividhead.curation.config import ProbeConfig
+from vividhead.curation.media import fetch_remote, ffprobe, file_md5, is_remote, local_path_of
+from vividhead.curation.records import Row
+from vividhead.curation.stage import MediaError, Stage
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation.config import SceneSplitConfig
-from curation.records import Row, clip_id_for, new_row, reject
-from curation.stage import MediaError, Stage
+from vividhead.curation.config import SceneSplitConfig
+from vividhead.curation.records import Row, clip_id_for, new_row, reject
+from vividhead.curation.stage import MediaError, Stage
 
 
 @dataclass(frozen=True)

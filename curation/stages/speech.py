@@ -14,10 +14,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from curation.audio_io import read_pcm16
-from curation.config import SpeechConfig
-from curation.records import Row
-from curation.stage import MediaError, Stage
+from vividhead.curation.audio_io import read_pcm16
+from vividhead.curation.config import SpeechConfig
+from vividhead.curation.records import Row
+from vividhead.curation.stage import MediaError, Stage
 
 #: Silero VAD's native sample rate here (it also supports 8 kHz).
 VAD_SAMPLE_RATE = 16000

@@ -4,8 +4,8 @@ The protocol is the one behind the LSE-C / LSE-D numbers in the literature (``jo
 ``SyncNetInstance.evaluate``, reused by the Wav2Lip evaluation):
 
 1. A smoothed face track over every frame; each frame is cropped around the face (crop scale 0.4,
-   see :mod:`curation.face_track`) to 224 x 224 BGR.
-2. 13 MFCCs at 100 Hz from the 16 kHz audio (:func:`curation.audio_io.mfcc_100hz`).
+   see :mod:`vividhead.curation.face_track`) to 224 x 224 BGR.
+2. 13 MFCCs at 100 Hz from the 16 kHz audio (:func:`vividhead.curation.audio_io.mfcc_100hz`).
 3. For each start frame ``i`` (``W = min(frames, samples // 640) - 5`` windows), a 5-frame lip
    window ``frames[i:i+5]`` and a 20-step MFCC window ``mfcc[4i:4i+20]`` are embedded by SyncNet.
 4. ``d[i, j]`` = Euclidean distance between lip embedding ``i`` and audio embedding ``i + j - v``
@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from curation import weights
-from curation.audio_io import mfcc_100hz, read_pcm16
-from curation.config import SyncNetConfig
-from curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
-from curation.face_track import detect_track, face_crops
-from curation.models import stage_device
-from curation.models.syncnet import SyncNet, load_syncnet
-from curation.records import Row
-from curation.stage import MediaError, Stage
+from vividhead.curation import weights
+from vividhead.curation.audio_io import mfcc_100hz, read_pcm16
+from vividhead.curation.config import SyncNetConfig
+from vividhead.curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_track import detect_track, face_crops
+from vividhead.curation.models import stage_device
+from vividhead.curation.models.syncnet import SyncNet, load_syncnet
+from vividhead.curation.records import Row
+from vividhead.curation.stage import MediaError, Stage
 
 #: Video frames per SyncNet window and MFCC steps per video frame (25 fps video, 100 Hz MFCC).
 WINDOW_FRAMES = 5

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from curation.config import TransitionConfig
-from curation.media import iter_frames
-from curation.records import Row
-from curation.stage import MediaError, Stage
+from vividhead.curation.config import TransitionConfig
+from vividhead.curation.media import iter_frames
+from vividhead.curation.records import Row
+from vividhead.curation.stage import MediaError, Stage
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.records import KEPT, MANIFEST_SCHEMA, SAMPLE_JSON_EXCLUDE, Row, manifest_table, members_of
-from curation.storage import Storage, StorageError, describe
+from vividhead.curation.records import KEPT, MANIFEST_SCHEMA, SAMPLE_JSON_EXCLUDE, Row, manifest_table, members_of
+from vividhead.curation.storage import Storage, StorageError, describe
 
 SHARD_DIR = "shards"
 PART_DIR = "_parts"

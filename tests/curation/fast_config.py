@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from curation.config import SECTIONS, CurateConfig, config_from_dict
+from vividhead.curation.config import SECTIONS, CurateConfig, config_from_dict
 
 REQUIRED = ("run", "probe", "dedup", "scene_split", "normalize", "write")
 
@@ -37,6 +37,6 @@ def fast_config(**sections: dict[str, Any]) -> CurateConfig:
 
 
 def write_fast_config(path: Path, **sections: dict[str, Any]) -> Path:
-    """:func:`fast_config_dict` as a YAML file at ``path`` (for ``python -m curation --config``)."""
+    """:func:`fast_config_dict` as a YAML file at ``path`` (for ``python -m vividhead.curation --config``)."""
     path.write_text(yaml.safe_dump(fast_config_dict(**sections), sort_keys=False))
     return path

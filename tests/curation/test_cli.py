@@ -30,6 +30,6 @@ def test_missing_weights_offline_fail_at_startup(tmp_path, video_dir):
 
 
 def test_vividhead_help_lists_curate():
-    proc = subprocess.run([sys.executable, "-c", "from curation.cli import main; main()", "--help"],
+    proc = subprocess.run([sys.executable, "-c", "from vividhead.cli import main; main()", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "curate" in proc.stdout

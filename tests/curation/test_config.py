@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from curation.config import ConfigError, CurateConfig, config_from_dict, load_config
+from vividhead.curation.config import ConfigError, CurateConfig, config_from_dict, load_config
 
 
 def test_defaults_are_valid_and_frozen():

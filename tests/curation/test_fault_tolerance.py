@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 import ray.cloudpickle
 
-from curation.config import ProbeConfig, StageConfig
-from curation.inputs import expand_inputs
-from curation.records import new_row
-from curation.stage import Stage
-from curation.stages.probe import ProbeStage
-from curation.stages.write import ShardWriter
-from curation.storage import Storage, StorageError
+from vividhead.curation.config import ProbeConfig, StageConfig
+from vividhead.curation.inputs import expand_inputs
+from vividhead.curation.records import new_row
+from vividhead.curation.stage import Stage
+from vividhead.curation.stages.probe import ProbeStage
+from vividhead.curation.stages.write import ShardWriter
+from vividhead.curation.storage import Storage, StorageError
 from fast_config import write_fast_config
 from netutil import descendants, kill_pids
 
@@ -151,7 +151,7 @@ def _rows(n: int) -> list[dict]:
 def test_worker_killed_during_a_stage_is_retried_and_nothing_is_lost(ray_local, tmp_path, stage_cls):
     import ray.data
 
-    from curation.ray_adapter import apply_stage, needs_actor
+    from vividhead.curation.ray_adapter import apply_stage, needs_actor
 
     marker = tmp_path / "died"
     stage = stage_cls(StageConfig(workers=1), str(marker))
@@ -167,7 +167,7 @@ def test_worker_killed_during_a_stage_is_retried_and_nothing_is_lost(ray_local, 
 def test_a_row_that_kills_every_worker_fails_the_job_instead_of_hanging(ray_local, tmp_path):
     import ray.data
 
-    from curation.ray_adapter import ACTOR_MAX_RESTARTS, apply_stage
+    from vividhead.curation.ray_adapter import ACTOR_MAX_RESTARTS, apply_stage
 
     assert 0 < ACTOR_MAX_RESTARTS < 10
     stage = DieOnceActor(StageConfig(workers=1), str(tmp_path / "died"), always=True)
@@ -183,7 +183,7 @@ def test_a_row_that_kills_every_worker_fails_the_job_instead_of_hanging(ray_loca
 def test_hanging_ffprobe_is_cut_by_its_timeout_and_other_inputs_finish(ray_local, tmp_path, video_dir):
     import ray.data
 
-    from curation.ray_adapter import apply_stage
+    from vividhead.curation.ray_adapter import apply_stage
 
     fifo = tmp_path / "stuck.mp4"
     os.mkfifo(fifo)  # ffprobe blocks opening a FIFO nobody writes to
@@ -203,9 +203,9 @@ def test_hanging_ffprobe_is_cut_by_its_timeout_and_other_inputs_finish(ray_local
 _EFBIG_SCRIPT = textwrap.dedent(
     """
     import resource, signal, sys
-    from curation.records import new_row
-    from curation.stages.write import ShardWriter
-    from curation.storage import Storage, StorageError
+    from vividhead.curation.records import new_row
+    from vividhead.curation.stages.write import ShardWriter
+    from vividhead.curation.storage import Storage, StorageError
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of a signal
     writer = ShardWriter(Storage(sys.argv[1]), 1, 25.0, 16000)
@@ -262,8 +262,8 @@ def test_disk_full_mid_run_stops_the_cli_with_one_clear_line(ray_local, tmp_path
     the shard, the first shard and its part intact, no temp file, no second shard."""
     from typer.testing import CliRunner
 
-    import curation.stages.write as write_mod
-    from curation.cli import app
+    import vividhead.curation.stages.write as write_mod
+    from vividhead.curation.cli import app
 
     calls = []
     real_write_tar = write_mod.write_tar

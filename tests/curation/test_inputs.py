@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.inputs import InputError, expand_inputs, source_id_from_url
-from curation.records import clip_id_for, safe_key
+from vividhead.curation.inputs import InputError, expand_inputs, source_id_from_url
+from vividhead.curation.records import clip_id_for, safe_key
 
 
 def test_directory_glob_and_file_inputs(video_dir):

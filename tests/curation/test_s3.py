@@ -21,10 +21,10 @@ import fsspec  # noqa: E402
 import s3fs  # noqa: E402
 import webdataset as wds  # noqa: E402
 
-from curation.media import fetch_remote  # noqa: E402
-from curation.pipeline import run_curation  # noqa: E402
-from curation.stage import MediaError  # noqa: E402
-from curation.storage import RetryPolicy, Storage, StorageError, is_transient, register_webdataset_scheme  # noqa: E402
+from vividhead.curation.media import fetch_remote  # noqa: E402
+from vividhead.curation.pipeline import run_curation  # noqa: E402
+from vividhead.curation.stage import MediaError  # noqa: E402
+from vividhead.curation.storage import RetryPolicy, Storage, StorageError, is_transient, register_webdataset_scheme  # noqa: E402
 from fast_config import fast_config  # noqa: E402
 from netutil import QuietHandler, http_server, moto_server  # noqa: E402
 
@@ -281,7 +281,7 @@ def test_transient_error_classification():
 
 
 def test_storage_options_reach_only_the_protocols_they_are_for():
-    from curation.storage import options_for
+    from vividhead.curation.storage import options_for
 
     flat = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
     assert options_for("s3://b/k.mp4", flat) == flat

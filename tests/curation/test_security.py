@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from curation.media import fetch_remote
-from curation.pipeline import run_curation
-from curation.stage import MediaError
-from curation.storage import RetryPolicy
+from vividhead.curation.media import fetch_remote
+from vividhead.curation.pipeline import run_curation
+from vividhead.curation.stage import MediaError
+from vividhead.curation.storage import RetryPolicy
 from fast_config import fast_config
 from netutil import QuietHandler, http_server
 
@@ -230,7 +230,7 @@ def test_weights_are_loaded_without_code_execution():
 
 
 def test_credentials_in_storage_options_never_reach_stats():
-    from curation.storage import redact
+    from vividhead.curation.storage import redact
 
     options = {"key": "AKIAEXAMPLE", "secret": "s3cr3t", "token": "t0k3n",
                "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "aws_secret_access_key": "s3cr3t"},

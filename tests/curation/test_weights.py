@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from curation import weights
+from vividhead.curation import weights
 
 
 def test_resolution_order(tmp_path, monkeypatch, weights_dir):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.shard_builder import EncodedClip, encode_clip, write_output, write_stats
+from vividhead.training.shard_builder import EncodedClip, encode_clip, write_output, write_stats
 
 FIXTURES = Path(os.environ.get("VIVIDHEAD_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 
@@ -59,7 +59,7 @@ def out_dir(clip_bytes, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def carded_dir(clip_bytes, tmp_path_factory) -> Path:
     """A curation output with its card already written once (read-only for tests)."""
-    from datasets_card.card import write_card
+    from vividhead.datasets_card.card import write_card
 
     mp4, wav, n = clip_bytes
     clips = [EncodedClip(src, mp4, wav, n, scores) for src, scores in KEPT]

@@ -13,8 +13,8 @@ import typer
 from huggingface_hub import DatasetCard
 from typer.testing import CliRunner
 
-from datasets_card.card import CardOptions, size_category, validate_card, write_card
-from datasets_card.cli import register
+from vividhead.datasets_card.card import CardOptions, size_category, validate_card, write_card
+from vividhead.datasets_card.cli import register
 
 
 def _app() -> typer.Typer:
@@ -47,7 +47,7 @@ def test_validate_card_rejects_incomplete_metadata():
 
 
 def test_stage_order():
-    from datasets_card.card import stage_order
+    from vividhead.datasets_card.card import stage_order
 
     stages = {k: {} for k in ("dedup", "face", "my_new_stage", "probe", "write")}
     assert stage_order({"stages": stages}) == ["probe", "dedup", "face", "write", "my_new_stage"]
@@ -141,7 +141,7 @@ def test_card_command(out_dir, tmp_path):
 def test_card_configs_load_with_datasets(carded_dir, tmp_path):
     import datasets
 
-    from training.data import hf_features
+    from vividhead.training.data import hf_features
 
     out_dir = carded_dir
     manifest = datasets.load_dataset("parquet", data_files=str(out_dir / "manifest.parquet"), split="train",

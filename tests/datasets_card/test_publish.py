@@ -9,10 +9,10 @@ import typer
 from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
-import datasets_card.publish as publish_mod
-from datasets_card.card import write_card
-from datasets_card.cli import register
-from datasets_card.publish import ALLOW_PATTERNS, plan_upload, publish
+import vividhead.datasets_card.publish as publish_mod
+from vividhead.datasets_card.card import write_card
+from vividhead.datasets_card.cli import register
+from vividhead.datasets_card.publish import ALLOW_PATTERNS, plan_upload, publish
 
 EXPECTED = [
     "README.md",

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils import logging as dlog
 
-from inference.pipeline import FlashHeadModels
-from training.models.configs import TINY_LITE, TINY_PRO
-from training.models.vae import VideoVAE
+from vividhead.inference.pipeline import FlashHeadModels
+from vividhead.training.models.configs import TINY_LITE, TINY_PRO
+from vividhead.training.models.vae import VideoVAE
 
 dlog.set_verbosity_error()
 torch.set_num_threads(2)

@@ -14,9 +14,9 @@ import soundfile as sf
 import typer
 from typer.testing import CliRunner
 
-from inference.cli import register
-from inference.media import count_video_frames
-from inference.server import FlashHeadServer
+from vividhead.inference.cli import register
+from vividhead.inference.media import count_video_frames
+from vividhead.inference.server import FlashHeadServer
 
 FIXTURES = Path(os.environ.get("VIVIDHEAD_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from inference.pipeline import FlashHeadModels, StreamingSession
-from training.models.configs import TINY_PRO
-from training.models.flashhead import FlashHeadTransformer
+from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
+from vividhead.training.models.configs import TINY_PRO
+from vividhead.training.models.flashhead import FlashHeadTransformer
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
@@ -44,7 +44,7 @@ def test_accelerated_wan_vae_on_cuda_matches_stock():
     config at 128x128, float32 (tight) and bf16 (rounding-level)."""
     import copy
 
-    from training.models.vae import build_vae
+    from vividhead.training.models.vae import build_vae
 
     torch.manual_seed(0)
     stock = build_vae("wan").cuda().eval()
@@ -67,7 +67,7 @@ def test_optimized_fast_start_session_on_cuda(variant):
     close to the unoptimised session with the same seed."""
     import dataclasses
 
-    from training.models.configs import get_variant
+    from vividhead.training.models.configs import get_variant
 
     v = get_variant(variant)
     cfg = dataclasses.replace(v.streaming, fast_start=True)

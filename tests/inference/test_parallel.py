@@ -21,9 +21,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from inference.parallel import enable_sequence_parallel
-    from training.models.configs import TINY_PRO
-    from training.models.flashhead import FlashHeadTransformer
+    from vividhead.inference.parallel import enable_sequence_parallel
+    from vividhead.training.models.configs import TINY_PRO
+    from vividhead.training.models.flashhead import FlashHeadTransformer
 
     torch.manual_seed(0)
     model = FlashHeadTransformer.from_config_dataclass(TINY_PRO.transformer).eval()

@@ -32,8 +32,8 @@ TOL = {(True, 8): 2e-3, (True, 24): 1e-5}
 
 
 def _tiny_vae():
-    from training.models.configs import VAEKind
-    from training.models.vae import build_vae
+    from vividhead.training.models.configs import VAEKind
+    from vividhead.training.models.vae import build_vae
 
     torch.manual_seed(0)
     return build_vae(VAEKind.WAN, tiny=True).eval()
@@ -55,7 +55,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock
 
-    from inference.parallel_vae import ParallelWanVAE
+    from vividhead.inference.parallel_vae import ParallelWanVAE
 
     vae = _tiny_vae()
     out = {"res": {}, "ref": {}}
@@ -110,7 +110,7 @@ def test_parallel_vae_matches_single_process(tmp_path):
 
 
 def test_single_process_passthrough():
-    from inference.parallel_vae import ParallelWanVAE
+    from vividhead.inference.parallel_vae import ParallelWanVAE
 
     vae = _tiny_vae()
     z, video = _inputs(4, 4, 2)

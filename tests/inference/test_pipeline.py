@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from inference.audio_cache import AudioRingBuffer, TemporalAudioContextCache, frame_windows
-from inference.color import lab_to_rgb, match_colors, reference_lab_stats, rgb_to_lab
-from inference.pipeline import StreamingSession, pcm_to_float, preprocess_reference, shift_timestep, state_nbytes
+from vividhead.inference.audio_cache import AudioRingBuffer, TemporalAudioContextCache, frame_windows
+from vividhead.inference.color import lab_to_rgb, match_colors, reference_lab_stats, rgb_to_lab
+from vividhead.inference.pipeline import StreamingSession, pcm_to_float, preprocess_reference, shift_timestep, state_nbytes
 
 
 def test_shifted_timesteps():

@@ -37,7 +37,7 @@ def _init(rank: int, world: int, port: int) -> None:
 # ------------------------------------------------------------------------------------------------
 def _attn_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     _init(rank, world, port)
-    from inference.parallel import TorchUSPProcessor, usp_groups
+    from vividhead.inference.parallel import TorchUSPProcessor, usp_groups
 
     b, h, d, per = 1, 4, 8, 5
     seq_len = world * per - 3  # 3 padding tokens at the end (all on the last rank)
@@ -68,7 +68,7 @@ def test_usp_attention_drops_padding(tmp_path):
 
 
 def test_block_keep_layouts():
-    from inference.parallel import block_keep
+    from vividhead.inference.parallel import block_keep
 
     assert block_keep([0, 1], 4, None) is None
     assert block_keep([0, 1], 4, 8) is None
@@ -83,10 +83,10 @@ def _session_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     _init(rank, world, port)
     from diffusers.utils import logging as dlog
 
-    from inference.parallel import make_parallel_models, sp_backend_name, usp_groups
-    from inference.parallel_vae import ParallelWanVAE
-    from inference.pipeline import FlashHeadModels, StreamingSession
-    from training.models.configs import TINY_PRO
+    from vividhead.inference.parallel import make_parallel_models, sp_backend_name, usp_groups
+    from vividhead.inference.parallel_vae import ParallelWanVAE
+    from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
+    from vividhead.training.models.configs import TINY_PRO
 
     dlog.set_verbosity_error()
     # 48x48 px -> 6x6 latents -> 3x3 tokens x 9 frames = 81 tokens: padded to 82 on 2 ranks

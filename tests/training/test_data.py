@@ -19,7 +19,7 @@ import pytest
 import soundfile
 import torch
 
-from training.data import (
+from vividhead.training.data import (
     SAMPLES_PER_FRAME,
     ClipFilter,
     ClipWindow,
@@ -31,7 +31,7 @@ from training.data import (
     read_audio_context,
     select_clips,
 )
-from training.shard_builder import EncodedClip, encode_clip, write_output
+from vividhead.training.shard_builder import EncodedClip, encode_clip, write_output
 
 FIXTURES = Path(os.environ.get("VIVIDHEAD_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 VIDEO = FIXTURES / "media" / "video"
@@ -257,7 +257,7 @@ def test_brace_pattern_and_dtype(out_dir):
 
 
 def test_uint8_frames_convert_like_the_float_output(out_dir):
-    from training.data import to_unit_range
+    from vividhead.training.data import to_unit_range
 
     kw = dict(num_frames=5, num_motion_frames=1, shuffle_buffer=0, seed=4)
     url = [str(out_dir / "shards" / "00001.tar")]

@@ -3,7 +3,7 @@
 One frozen dataclass per concern, with units in the field names:
 
 * :class:`FlashHeadTransformerConfig` -- the DiT hyperparameters. Field names match the keyword
-  arguments of :class:`training.models.flashhead.FlashHeadTransformer` (and therefore the upstream
+  arguments of :class:`vividhead.training.models.flashhead.FlashHeadTransformer` (and therefore the upstream
   ``config.json`` of ``Soul-AILab/SoulX-FlashHead-1_3B/Model_Pro`` / ``Model_Lite``).
 * :class:`StreamingConfig` -- chunk geometry used by the streaming pipeline (``inference/``) and by the
   trainers (clips of 4k+1 frames at 25 fps).
@@ -30,7 +30,7 @@ class VAEKind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class FlashHeadTransformerConfig:
-    """Hyperparameters of :class:`~training.models.flashhead.FlashHeadTransformer`.
+    """Hyperparameters of :class:`~vividhead.training.models.flashhead.FlashHeadTransformer`.
 
     Defaults are the released 1.3B Pro model (Wan2.1-T2V-1.3B backbone: 30 layers, dim 1536,
     FFN 8960, 12 heads, patch 1x2x2). ``in_dim`` is twice the VAE latent channels because the

@@ -35,8 +35,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from training.models.audio_proj import AudioProjModel, select_latent_audio_windows
-from training.models.configs import FlashHeadTransformerConfig
+from vividhead.training.models.audio_proj import AudioProjModel, select_latent_audio_windows
+from vividhead.training.models.configs import FlashHeadTransformerConfig
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import torch
 from diffusers import AutoencoderKLLTXVideo, AutoencoderKLWan
 from torch import nn
 
-from training.models.configs import VAEKind
-from training.models.flashhead import load_state_dict_file, load_strict
+from vividhead.training.models.configs import VAEKind
+from vividhead.training.models.flashhead import load_state_dict_file, load_strict
 
 
 class VideoVAE(nn.Module):
@@ -66,12 +66,12 @@ class WanVAE(VideoVAE):
 
     def accelerate(self, compile_norms: bool = True) -> dict[str, int]:
         """Channels-last execution, time-only causal padding and fused RMS norm + SiLU
-        (:func:`training.models.wan_vae_fast.accelerate_wan_vae`); same weights and math.
+        (:func:`vividhead.training.models.wan_vae_fast.accelerate_wan_vae`); same weights and math.
 
         Returns:
             counts of rewritten modules.
         """
-        from training.models.wan_vae_fast import accelerate_wan_vae
+        from vividhead.training.models.wan_vae_fast import accelerate_wan_vae
 
         self.memory_format = torch.channels_last_3d
         return accelerate_wan_vae(self.model, compile_norms=compile_norms)

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from curation.config import FaceConfig, NormalizeConfig
-from curation.media import ffprobe
-from curation.records import new_row
-from curation.stages.face import FaceStage
-from curation.stages.normalize import normalize_clip
+from vividhead.curation.config import FaceConfig, NormalizeConfig
+from vividhead.curation.media import ffprobe
+from vividhead.curation.records import new_row
+from vividhead.curation.stages.face import FaceStage
+from vividhead.curation.stages.normalize import normalize_clip
 
 FIXTURES = (Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures").resolve()
 VIDEO_DIR = FIXTURES / "media" / "video"

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from avclips import AUDIO_DIR, TALK_CLIPS, WEIGHTS_DIR, clip_row, close_detectors, load_pcm16, pcm_of, wav_bytes
-from curation.audio_io import mfcc_100hz
-from curation.config import ASDConfig
-from curation.face_detector import FaceDetector
-from curation.face_track import detect_track, face_crops
-from curation.models.lightasd import LightASD, load_lightasd
-from curation.ray_adapter import run_stage
-from curation.stages.asd import ASDStage, asd_scores, centre_112, visual_embeddings
+from vividhead.curation.audio_io import mfcc_100hz
+from vividhead.curation.config import ASDConfig
+from vividhead.curation.face_detector import FaceDetector
+from vividhead.curation.face_track import detect_track, face_crops
+from vividhead.curation.models.lightasd import LightASD, load_lightasd
+from vividhead.curation.ray_adapter import run_stage
+from vividhead.curation.stages.asd import ASDStage, asd_scores, centre_112, visual_embeddings
 
 AVA = WEIGHTS_DIR / "asd_lightasd_pretrain_AVA.model"
 TALKSET = WEIGHTS_DIR / "asd_lightasd_finetuning_TalkSet.model"

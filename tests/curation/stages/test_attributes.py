@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from curation import weights
-from curation.config import AttributesConfig, ConfigError, config_from_dict
-from curation.ray_adapter import run_stage
-from curation.records import new_row
-from curation.stages.attributes import AttributesStage, normalise_label
+from vividhead.curation import weights
+from vividhead.curation.config import AttributesConfig, ConfigError, config_from_dict
+from vividhead.curation.ray_adapter import run_stage
+from vividhead.curation.records import new_row
+from vividhead.curation.stages.attributes import AttributesStage, normalise_label
 
 torch = pytest.importorskip("torch")
 from transformers import (  # noqa: E402

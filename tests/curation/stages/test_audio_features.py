@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from curation import weights
-from curation.config import AudioFeaturesConfig
-from curation.ray_adapter import run_stage
-from curation.records import members_of, new_row
-from curation.stages.audio_features import MEMBER, AudioFeaturesStage
+from vividhead.curation import weights
+from vividhead.curation.config import AudioFeaturesConfig
+from vividhead.curation.ray_adapter import run_stage
+from vividhead.curation.records import members_of, new_row
+from vividhead.curation.stages.audio_features import MEMBER, AudioFeaturesStage
 
 torch = pytest.importorskip("torch")
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Model  # noqa: E402
 
-from training.models.audio_encoder import TINY_WAV2VEC_KWARGS, Wav2VecFeatures  # noqa: E402
+from vividhead.training.models.audio_encoder import TINY_WAV2VEC_KWARGS, Wav2VecFeatures  # noqa: E402
 
 FRAMES = 50  # 2 s at 25 fps
 

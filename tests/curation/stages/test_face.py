@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from curation.config import FaceConfig
-from curation.face_detector import FaceBox, FaceDetector
-from curation.media import first_frame
-from curation.stage import MediaError
-from curation.stages.face import crop_video, plan_crop, select_face
-from curation.stages.normalize import normalize_clip
-from curation.config import NormalizeConfig
+from vividhead.curation.config import FaceConfig
+from vividhead.curation.face_detector import FaceBox, FaceDetector
+from vividhead.curation.media import first_frame
+from vividhead.curation.stage import MediaError
+from vividhead.curation.stages.face import crop_video, plan_crop, select_face
+from vividhead.curation.stages.normalize import normalize_clip
+from vividhead.curation.config import NormalizeConfig
 
 
 @pytest.fixture(scope="module")

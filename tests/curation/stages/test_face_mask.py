@@ -10,10 +10,10 @@ import av
 import numpy as np
 import pytest
 
-from curation.config import FaceMaskConfig
-from curation.ray_adapter import run_stage
-from curation.records import members_of, new_row
-from curation.stages.face_mask import (
+from vividhead.curation.config import FaceMaskConfig
+from vividhead.curation.ray_adapter import run_stage
+from vividhead.curation.records import members_of, new_row
+from vividhead.curation.stages.face_mask import (
     FACE_OVAL,
     MEMBER,
     FaceMaskStage,
@@ -88,7 +88,7 @@ def test_masks_and_landmarks_on_a_real_clip(annotated):
 
 def test_member_round_trip_is_exact():
     rng = np.random.default_rng(0)
-    from curation.stages.face_mask import FaceMasks
+    from vividhead.curation.stages.face_mask import FaceMasks
 
     face, lips = rng.random((3, 16, 20)) > 0.5, rng.random((3, 16, 20)) > 0.9
     masks = FaceMasks.from_masks(face, lips, rng.random((3, 478, 3)).astype(np.float32), np.array([True, False, True]))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from curation.config import NormalizeConfig
-from curation.stage import MediaError
-from curation.stages.normalize import normalize_clip
+from vividhead.curation.config import NormalizeConfig
+from vividhead.curation.stage import MediaError
+from vividhead.curation.stages.normalize import normalize_clip
 
 
 def test_vfr_source_becomes_cfr_25fps_with_sample_accurate_audio(video_dir):

@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation import weights
-from curation.config import OcclusionConfig
-from curation.media import first_frame
-from curation.ray_adapter import run_stage
-from curation.records import new_row
-from curation.stage import MediaError
-from curation.stages.occlusion import (
+from vividhead.curation import weights
+from vividhead.curation.config import OcclusionConfig
+from vividhead.curation.media import first_frame
+from vividhead.curation.ray_adapter import run_stage
+from vividhead.curation.records import new_row
+from vividhead.curation.stage import MediaError
+from vividhead.curation.stages.occlusion import (
     FACE,
     HEAD_BODY,
     LEFT_HAND,
@@ -221,7 +221,7 @@ def test_dwpose_registered_and_missing_offline_names_the_file(monkeypatch, tmp_p
 
 
 def test_config_rejects_bad_values():
-    from curation.config import ConfigError, config_from_dict
+    from vividhead.curation.config import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError, match="occlusion.max_hand_over_face_share"):
         config_from_dict({"occlusion": {"max_hand_over_face_share": 1.5}})

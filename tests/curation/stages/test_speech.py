@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from avclips import AUDIO_DIR, VIDEO_DIR, WEIGHTS_DIR, clip_row, close_detectors, load_pcm16
-from curation.config import NormalizeConfig, SpeechConfig, config_from_dict
-from curation.pipeline import build_clip_stages
-from curation.ray_adapter import run_stage
-from curation.stage import MediaError
-from curation.stages.normalize import normalize_clip
-from curation.stages.speech import SpeechStage, load_vad, speech_share
+from vividhead.curation.config import NormalizeConfig, SpeechConfig, config_from_dict
+from vividhead.curation.pipeline import build_clip_stages
+from vividhead.curation.ray_adapter import run_stage
+from vividhead.curation.stage import MediaError
+from vividhead.curation.stages.normalize import normalize_clip
+from vividhead.curation.stages.speech import SpeechStage, load_vad, speech_share
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from avclips import WEIGHTS_DIR, clip_row, close_detectors, pcm_of, wav_bytes
-from curation import weights
-from curation.config import SyncNetConfig
-from curation.models.syncnet import SyncNet, load_syncnet
-from curation.ray_adapter import run_stage
-from curation.stage import MediaError
-from curation.stages.syncnet import SyncNetStage, lipsync_from_crops, offset_distances, sync_scores
+from vividhead.curation import weights
+from vividhead.curation.config import SyncNetConfig
+from vividhead.curation.models.syncnet import SyncNet, load_syncnet
+from vividhead.curation.ray_adapter import run_stage
+from vividhead.curation.stage import MediaError
+from vividhead.curation.stages.syncnet import SyncNetStage, lipsync_from_crops, offset_distances, sync_scores
 
 DETECTOR = str(WEIGHTS_DIR / "face_mediapipe_detector.tflite")
 
@@ -129,7 +129,7 @@ class _EnergyNet(torch.nn.Module):
 
 @pytest.mark.parametrize("shift", [-4, 0, 3])
 def test_audio_shift_moves_the_argmin_offset(shift):
-    from curation.audio_io import mfcc_100hz
+    from vividhead.curation.audio_io import mfcc_100hz
 
     row = clip_row("talk_hdtf_aoc_512.mp4", 3.0)
     pcm = pcm_of(row)[: 60 * 640]

@@ -7,9 +7,9 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
-from curation.records import add_member, new_row, reject
-from curation.stages.write import ShardWriter
-from curation.storage import Storage
+from vividhead.curation.records import add_member, new_row, reject
+from vividhead.curation.stages.write import ShardWriter
+from vividhead.curation.storage import Storage
 
 
 def _clip(input_id, i, n, kept=True):

@@ -9,10 +9,10 @@ import torch
 from diffusers.utils import logging as dlog
 from safetensors.torch import save_file
 
-from training.models.audio_encoder import Wav2VecFeatures
-from training.models.audio_proj import select_latent_audio_windows
-from training.models.configs import LITE_1_3B, LIVETALK_14B, PRO_1_3B, TINY_LITE, TINY_PRO, get_variant
-from training.models.flashhead import (
+from vividhead.training.models.audio_encoder import Wav2VecFeatures
+from vividhead.training.models.audio_proj import select_latent_audio_windows
+from vividhead.training.models.configs import LITE_1_3B, LIVETALK_14B, PRO_1_3B, TINY_LITE, TINY_PRO, get_variant
+from vividhead.training.models.flashhead import (
     DiTAudioBlock,
     FlashHeadTransformer,
     apply_rope,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from training.models.configs import VAEKind
-from training.models.vae import build_vae, load_vae
+from vividhead.training.models.configs import VAEKind
+from vividhead.training.models.vae import build_vae, load_vae
 
 torch.set_num_threads(2)
 
@@ -39,7 +39,7 @@ def test_load_vae_strict(tmp_path):
     vae = build_vae(VAEKind.WAN, tiny=True)
     sd = {k: v.contiguous() for k, v in vae.model.state_dict().items()}
     save_file(sd, str(tmp_path / "vae.safetensors"))
-    from training.models.vae import TINY_WAN_VAE_KWARGS
+    from vividhead.training.models.vae import TINY_WAN_VAE_KWARGS
 
     loaded = load_vae(VAEKind.WAN, tmp_path / "vae.safetensors", config=TINY_WAN_VAE_KWARGS)
     assert all(torch.equal(a, b) for a, b in zip(vae.model.state_dict().values(), loaded.model.state_dict().values()))
