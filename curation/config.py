@@ -17,22 +17,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
+from vividhead.config import ConfigError, build_dataclass, check, read_yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value is unknown or invalid; the message names the key (``face.min_face_px``)."""
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
+_check = check
 
 
 @dataclass(frozen=True)
@@ -531,52 +522,9 @@ class CurateConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if origin is Literal:
-        _check(value in args, key, f"must be one of {list(args)}, got {value!r}")
-        return value
-    if tp is bool:
-        _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
-        return value
-    if tp is dict or origin is dict:
-        _check(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
-        return value
-    return value
-
-
 def build_section(name: str, cls: type, raw: Any) -> Any:
-    """Build one section's dataclass from its raw YAML mapping.
-
-    Raises:
-        ConfigError: ``raw`` is not a mapping, has an unknown key, or a value of the wrong type.
-    """
-    if raw is None:
-        raw = {}
-    _check(isinstance(raw, dict), name, f"expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        _check(key in known, f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
-        kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
-    return cls(**kwargs)
+    """Build one section's dataclass from its raw YAML mapping (:func:`vividhead.config.build_dataclass`)."""
+    return build_dataclass(name, cls, raw)
 
 
 def config_from_dict(raw: Optional[dict], sections: Optional[dict[str, type]] = None) -> CurateConfig:
@@ -606,12 +554,4 @@ def load_config(path: Optional[str | Path]) -> CurateConfig:
     """
     if path is None:
         return CurateConfig()
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from exc
-    return config_from_dict(raw)
+    return config_from_dict(read_yaml(path))
