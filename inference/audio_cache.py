@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vividhead.training.flow_matching import chunk_audio_context
+
 
 class AudioRingBuffer:
     """Fixed-size float32 ring buffer of mono PCM samples (constant memory).
@@ -61,26 +63,6 @@ class AudioRingBuffer:
         self._buf[:] = 0.0
         self._pos = 0
         self.total_samples = 0
-
-
-def frame_windows(features: torch.Tensor, start: int, end: int, audio_window: int) -> torch.Tensor:
-    """Per-frame windows of ``audio_window`` features centred on frames ``start..end-1``.
-
-    Indices outside ``[0, end)`` are clamped (upstream ``get_audio_embedding``: the last frames
-    of the buffer have no future context and repeat the last feature).
-
-    Args:
-        features: ``[B, S, L, D]`` per-frame features.
-        start, end: frame range, ``0 <= start < end <= S``.
-        audio_window: odd window length (5).
-
-    Returns:
-        ``[B, end - start, audio_window, L, D]``.
-    """
-    half = audio_window // 2
-    offsets = torch.arange(-half, half + 1, device=features.device)
-    idx = (torch.arange(start, end, device=features.device)[:, None] + offsets[None, :]).clamp(0, end - 1)
-    return features[:, idx]  # [B, end-start, W, L, D]
 
 
 class TemporalAudioContextCache:
@@ -145,7 +127,7 @@ class TemporalAudioContextCache:
         self._host[0].copy_(torch.from_numpy(self._scratch))
         audio = self._host.to(self.device, non_blocking=True)
         feats = self.encoder(audio, self.cache_frames)  # [1, S, L, D]
-        return frame_windows(feats, self.cache_frames - frame_num, self.cache_frames, self.audio_window)
+        return chunk_audio_context(feats, frame_num, self.audio_window)
 
     def reset(self) -> None:
         """Back to silence."""

@@ -4,10 +4,8 @@ Per chunk (FlashHead report §3.3; LiveTalk §2.3; public ``FlashHeadPipeline.ge
 
 1. **audio** -- push the new ``new_frames * 640`` samples into the 8 s Temporal Audio Context Cache,
    re-encode the whole buffer with Wav2Vec, cut windows for the chunk's ``frame_num`` frames;
-2. **DiT** -- 4 flow-matching steps at timesteps 1000/750/500/250 shifted with ``s = 5``, no CFG;
-   before each step (and after the last) the motion latents overwrite the first latent slots;
-   ``x_0 = x_t - t v``, ``x_{t'} = (1 - t') x_0 + t' eps`` (fresh noise, as the DMD-distilled
-   upstream sampler);
+2. **DiT** -- 4 flow-matching steps, no CFG: the shared sampler
+   (:func:`vividhead.training.flow_matching.sample_chunk`, the one recipe the trainers use too);
 3. **decode** -- VAE-decode all ``frame_num`` frames, colour-correct to the reference image;
 4. emit frames ``motion_frames..frame_num-1`` (``new_frames`` of them);
 5. **encode** -- VAE-encode the last ``motion_frames`` decoded frames as the next chunk's motion
@@ -33,17 +31,11 @@ import torch.nn.functional as F
 
 from vividhead.inference.audio_cache import TemporalAudioContextCache
 from vividhead.inference.color import match_colors, reference_lab_stats
+from vividhead.training.flow_matching import reference_video, sample_chunk
 from vividhead.training.models.audio_encoder import Wav2VecFeatures
 from vividhead.training.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
 from vividhead.training.models.flashhead import FlashHeadTransformer, load_flashhead_transformer
 from vividhead.training.models.vae import VideoVAE, build_vae, load_vae
-
-
-def shift_timestep(t: float, shift: float, num_timesteps: int = 1000) -> float:
-    """Flow-matching timestep shift ``t' = s t / (1 + (s - 1) t)`` on the 0..``num_timesteps`` scale
-    (public ``timestep_transform``; SD3 / Wan ``shift``)."""
-    u = t / num_timesteps
-    return shift * u / (1 + (shift - 1) * u) * num_timesteps
 
 
 def preprocess_reference(image: np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -273,13 +265,12 @@ class StreamingSession:
         )
         self.generator = torch.Generator(device=dev).manual_seed(seed)
         self.seed = seed
-        ts = [shift_timestep(t, cfg.shift) for t in cfg.timesteps] + [0.0]
-        self.timesteps = [torch.tensor([t], device=dev, dtype=torch.float32) for t in ts]
+        self.schedule = cfg.schedule
         ref = preprocess_reference(reference_image, cfg.height_px, cfg.width_px).to(dev)
         self.ref_stats = reference_lab_stats(ref)
         with torch.no_grad():
             # Reference latent: the reference frame repeated over the whole chunk (public code).
-            self.ref_latent = vae.encode(ref.to(models.dtype).expand(-1, -1, cfg.frame_num, -1, -1).contiguous())
+            self.ref_latent = vae.encode(reference_video(ref.to(models.dtype), cfg.frame_num))
         self._pending = np.zeros(cfg.samples_per_chunk, dtype=np.float32)
         self._pending_len = 0
         self._ready: deque[tuple[np.ndarray, int]] = deque()  # (samples, chunk index)
@@ -375,22 +366,15 @@ class StreamingSession:
         m, dt = self.models, self.models.dtype
         c = self.ref_latent.shape[1]
         n_lat = (context.shape[1] - 1) // self.models.vae.temporal_stride + 1
-        shape = (1, c, n_lat, *self.latent_hw)
         ref_latent = self.ref_latent[:, :, :n_lat]  # causal VAE: a prefix of the reference latent
-        x = torch.randn(shape, generator=self.generator, device=m.device, dtype=torch.float32).to(dt)
-        n_m = self.motion_latents.shape[2]
+        noise = torch.randn((1, c, n_lat, *self.latent_hw), generator=self.generator, device=m.device,
+                            dtype=torch.float32)
         ctx = context.to(dt)
-        for i in range(len(self.timesteps) - 1):
-            x[:, :, :n_m] = self.motion_latents
-            if m.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # the previous step's v is consumed
-            v = m.transformer(x, self.timesteps[i], ctx, ref_latent)
-            t_i, t_next = self.timesteps[i] / 1000.0, self.timesteps[i + 1] / 1000.0
-            x0 = x.float() - v.float() * t_i
-            eps = torch.randn(shape, generator=self.generator, device=m.device, dtype=torch.float32)
-            x = ((1 - t_next) * x0 + t_next * eps).to(dt)
-        x[:, :, :n_m] = self.motion_latents
-        return x
+        return sample_chunk(
+            lambda x, t: m.transformer(x, t, ctx, ref_latent),
+            noise, self.motion_latents, self.schedule, generator=self.generator, dtype=dt,
+            before_step=torch.compiler.cudagraph_mark_step_begin if m.cuda_graphs else None,
+        )
 
     @torch.no_grad()
     def _run_chunk(self, samples: np.ndarray, index: int) -> np.ndarray:
@@ -452,6 +436,5 @@ __all__ = [
     "default_dtype_for",
     "pcm_to_float",
     "preprocess_reference",
-    "shift_timestep",
     "state_nbytes",
 ]

@@ -19,6 +19,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vividhead.training.flow_matching import FlowMatchingSchedule
 
 
 class VAEKind(str, enum.Enum):
@@ -118,6 +122,13 @@ class StreamingConfig:
             raise ValueError("color_correction_strength must be in [0, 1]")
         if self.cache_frames < self.frame_num:
             raise ValueError("audio cache shorter than one chunk")
+
+    @property
+    def schedule(self) -> FlowMatchingSchedule:
+        """The sampling schedule (:class:`vividhead.training.flow_matching.FlowMatchingSchedule`)."""
+        from vividhead.training.flow_matching import FlowMatchingSchedule
+
+        return FlowMatchingSchedule(self.timesteps, self.shift)
 
     @property
     def samples_per_frame(self) -> int:
