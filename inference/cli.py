@@ -4,9 +4,8 @@ the root command by :func:`register` (see :mod:`vividhead.cli`)."""
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -22,6 +21,22 @@ def _dtype(name: str):
     return table[name]
 
 
+# Options shared by ``infer`` and ``serve`` (one definition each).
+Variant = Annotated[str, typer.Option(help=f"One of {sorted(VARIANTS)} (ignored with --checkpoint).")]
+Checkpoint = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="A folder written by `vividhead train export` (trained DiT + its VAE and Wav2Vec).")]
+CheckpointDir = Annotated[Optional[Path], typer.Option(help="Upstream SoulX-FlashHead-1_3B folder.")]
+VaePath = Annotated[Optional[Path], typer.Option("--vae", help="VAE checkpoint (default: inside --checkpoint-dir).")]
+Wav2VecDir = Annotated[Optional[Path], typer.Option(help="Local wav2vec2-base-960h folder.")]
+RandomWeights = Annotated[bool, typer.Option(help="Random weights (smoke tests, speed).")]
+Device = Annotated[str, typer.Option(help="cuda / cpu.")]
+DType = Annotated[str, typer.Option(help="bf16 / fp16 / fp32.")]
+Seed = Annotated[int, typer.Option(help="Noise seed.")]
+Compile = Annotated[bool, typer.Option("--compile", help="Fast path: compiled DiT, accelerated VAE (GPU).")]
+CudaGraphs = Annotated[bool, typer.Option("--cuda-graphs", help="With --compile: CUDA graphs for the DiT.")]
+FastStart = Annotated[bool, typer.Option("--fast-start", help="Short first chunk (lower first-frame latency).")]
+
+
 def load_models(
     variant: str,
     checkpoint_dir: Optional[Path],
@@ -32,12 +47,14 @@ def load_models(
     dtype: str,
     compile_models: bool = False,
     cuda_graphs: bool = False,
+    checkpoint: Optional[Path] = None,
 ):
     """Build :class:`vividhead.inference.pipeline.FlashHeadModels` from CLI options.
 
-    With ``checkpoint_dir`` (the upstream ``SoulX-FlashHead-1_3B`` folder) the DiT comes from
-    ``<dir>/Model_Pro`` or ``<dir>/Model_Lite``, the VAE from ``--vae`` or ``<dir>/VAE_Wan/Wan2.1_VAE.pth``
-    / ``<dir>/VAE_LTX``, Wav2Vec from ``--wav2vec-dir``.
+    With ``checkpoint`` (a ``vividhead train export`` folder) everything comes from it. With
+    ``checkpoint_dir`` (the upstream ``SoulX-FlashHead-1_3B`` folder) the DiT comes from
+    ``<dir>/Model_Pro`` or ``<dir>/Model_Lite``, the VAE from ``--vae`` or
+    ``<dir>/VAE_Wan/Wan2.1_VAE.pth`` / ``<dir>/VAE_LTX``, Wav2Vec from ``--wav2vec-dir``.
 
     Raises:
         typer.BadParameter: missing paths without ``--random-weights``.
@@ -47,12 +64,15 @@ def load_models(
     from vividhead.inference.pipeline import FlashHeadModels
 
     dlog.set_verbosity_error()
-    v = get_variant(variant)
-    if random_weights:
-        models = FlashHeadModels.random(v, device=device, dtype=_dtype(dtype))
+    if checkpoint is not None:
+        models = FlashHeadModels.from_export(checkpoint, device=device, dtype=_dtype(dtype))
+    elif random_weights:
+        models = FlashHeadModels.random(get_variant(variant), device=device, dtype=_dtype(dtype))
     else:
+        v = get_variant(variant)
         if checkpoint_dir is None or wav2vec_dir is None:
-            raise typer.BadParameter("--checkpoint-dir and --wav2vec-dir are required (or --random-weights)")
+            raise typer.BadParameter("--checkpoint, or --checkpoint-dir and --wav2vec-dir, are required "
+                                     "(or --random-weights)")
         if vae_path is None:
             vae_path = checkpoint_dir / ("VAE_LTX" if v.vae.value == "ltx" else "VAE_Wan/Wan2.1_VAE.pth")
         models = FlashHeadModels.from_pretrained(
@@ -64,20 +84,21 @@ def load_models(
 
 
 def infer(
-    image: Path = typer.Option(..., "--image", help="Reference portrait (any size; resized and centre-cropped)."),
-    audio: Path = typer.Option(..., "--audio", help="Speech file (any rate; resampled to 16 kHz mono)."),
-    out: Path = typer.Option(..., "--out", help="Output .mp4 (H.264 + AAC)."),
-    variant: str = typer.Option("pro", help=f"One of {sorted(VARIANTS)}."),
-    checkpoint_dir: Optional[Path] = typer.Option(None, help="Upstream SoulX-FlashHead-1_3B folder."),
-    vae: Optional[Path] = typer.Option(None, "--vae", help="VAE checkpoint (default: inside --checkpoint-dir)."),
-    wav2vec_dir: Optional[Path] = typer.Option(None, help="Local wav2vec2-base-960h folder."),
-    random_weights: bool = typer.Option(False, help="Random weights (smoke tests, speed)."),
-    device: str = typer.Option("cuda", help="cuda / cpu."),
-    dtype: str = typer.Option("bf16", help="bf16 / fp16 / fp32."),
-    seed: int = typer.Option(42),
-    compile: bool = typer.Option(False, "--compile", help="Fast path: compiled DiT, accelerated VAE (GPU)."),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="With --compile: CUDA graphs for the DiT."),
-    fast_start: bool = typer.Option(False, "--fast-start", help="Short first chunk (lower first-frame latency)."),
+    image: Annotated[Path, typer.Option("--image", help="Reference portrait (any size; resized and centre-cropped).")],
+    audio: Annotated[Path, typer.Option("--audio", help="Speech file (any rate; resampled to 16 kHz mono).")],
+    out: Annotated[Path, typer.Option("--out", help="Output .mp4 (H.264 + AAC).")],
+    variant: Variant = "pro",
+    checkpoint: Checkpoint = None,
+    checkpoint_dir: CheckpointDir = None,
+    vae: VaePath = None,
+    wav2vec_dir: Wav2VecDir = None,
+    random_weights: RandomWeights = False,
+    device: Device = "cuda",
+    dtype: DType = "bf16",
+    seed: Seed = 42,
+    compile: Compile = False,
+    cuda_graphs: CudaGraphs = False,
+    fast_start: FastStart = False,
 ) -> None:
     """Generate a talking-head video from a reference image and a speech file, chunk by chunk."""
     from tqdm import tqdm
@@ -86,7 +107,7 @@ def infer(
     from vividhead.inference.pipeline import StreamingSession
 
     models = load_models(variant, checkpoint_dir, vae, wav2vec_dir, random_weights, device, dtype, compile,
-                         cuda_graphs)
+                         cuda_graphs, checkpoint)
     cfg = dataclasses.replace(models.variant.streaming, fast_start=fast_start)
     ref = read_image(image)
     speech = read_audio(audio, cfg.sample_rate_hz)
@@ -109,18 +130,21 @@ def infer(
 
 
 def serve(
-    image: Path = typer.Option(..., "--image", help="Reference portrait for every session."),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8765),
-    variant: str = typer.Option("pro"),
-    checkpoint_dir: Optional[Path] = typer.Option(None),
-    vae: Optional[Path] = typer.Option(None, "--vae"),
-    wav2vec_dir: Optional[Path] = typer.Option(None),
-    random_weights: bool = typer.Option(False),
-    device: str = typer.Option("cuda"),
-    dtype: str = typer.Option("bf16"),
-    compile: bool = typer.Option(False, "--compile", help="Fast path: compiled DiT, accelerated VAE (GPU)."),
-    fast_start: bool = typer.Option(False, "--fast-start", help="Short first chunk (lower first-frame latency)."),
+    image: Annotated[Path, typer.Option("--image", help="Reference portrait for every session.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+    variant: Variant = "pro",
+    checkpoint: Checkpoint = None,
+    checkpoint_dir: CheckpointDir = None,
+    vae: VaePath = None,
+    wav2vec_dir: Wav2VecDir = None,
+    random_weights: RandomWeights = False,
+    device: Device = "cuda",
+    dtype: DType = "bf16",
+    seed: Seed = 42,
+    compile: Compile = False,
+    cuda_graphs: CudaGraphs = False,
+    fast_start: FastStart = False,
 ) -> None:
     """Serve live sessions over WebSocket: s16le 16 kHz PCM in, H.264 MP4 chunks out."""
     import asyncio
@@ -128,9 +152,10 @@ def serve(
     from vividhead.inference.media import read_image
     from vividhead.inference.server import serve_forever
 
-    models = load_models(variant, checkpoint_dir, vae, wav2vec_dir, random_weights, device, dtype, compile)
+    models = load_models(variant, checkpoint_dir, vae, wav2vec_dir, random_weights, device, dtype, compile,
+                         cuda_graphs, checkpoint)
     streaming = dataclasses.replace(models.variant.streaming, fast_start=fast_start)
-    asyncio.run(serve_forever(models, read_image(image), host, port, streaming=streaming))
+    asyncio.run(serve_forever(models, read_image(image), host, port, streaming=streaming, seed=seed))
 
 
 def register(app: typer.Typer) -> None:

@@ -169,6 +169,26 @@ class FlashHeadModels:
         audio = Wav2VecFeatures.from_pretrained(wav2vec_dir).to(dev)
         return cls(variant, transformer, vae, audio, dev, dtype)
 
+    @classmethod
+    def from_export(cls, path: str | Path, device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> "FlashHeadModels":
+        """Load a folder written by ``vividhead train export`` (a stage-1 or stage-2 checkpoint):
+        DiT, VAE and Wav2Vec, with the variant (shapes, streaming geometry) it was trained as.
+
+        Raises:
+            FileNotFoundError: not an export folder.
+            KeyError: DiT or VAE keys that do not match (strict loading).
+        """
+        from vividhead.training.models.loading import load_flashhead_transformer
+        from vividhead.training.trainers.export import read_export_variant
+
+        p = Path(path)
+        variant = read_export_variant(p)
+        dev = torch.device(device)
+        transformer = load_flashhead_transformer(p / "transformer", dtype=dtype, device=dev)
+        vae = load_vae(variant.vae, p / "vae").to(dev, dtype)
+        audio = Wav2VecFeatures.from_pretrained(p / "audio_encoder").to(dev)
+        return cls(variant, transformer, vae, audio, dev, dtype)
+
     def optimize(self, compile_dit: bool = True, cuda_graphs: bool = False, fast_vae: bool = True) -> dict:
         """Make inference fast on a GPU, in place (weights unchanged); every choice is measured in
         ``benchmarks/inference_kernels.py`` / docs/benchmarks.md.

@@ -101,12 +101,12 @@ class FlashHeadServer:
 
 async def serve_forever(
     models: FlashHeadModels, reference_image: np.ndarray, host: str, port: int,
-    streaming: StreamingConfig | None = None,
+    streaming: StreamingConfig | None = None, seed: int = 42,
 ) -> None:
-    """Run the server until cancelled (``streaming``: see :class:`FlashHeadServer`)."""
+    """Run the server until cancelled (``streaming``, ``seed``: see :class:`FlashHeadServer`)."""
     from websockets.asyncio.server import serve
 
-    server = FlashHeadServer(models, reference_image, streaming=streaming)
+    server = FlashHeadServer(models, reference_image, seed=seed, streaming=streaming)
     async with serve(server.handler, host, port, max_size=2**24) as ws_server:
         logger.info("serving on ws://%s:%d", host, port)
         await ws_server.serve_forever()

@@ -1,10 +1,8 @@
 """Streaming training data: windows of curated clips read from WebDataset shards.
 
-The curation pipeline writes ``OUT/shards/{shard:05d}.tar`` (one sample per kept clip, members
-``<key>.mp4`` 512x512 H.264 25 fps with N = 4k+1 frames, ``<key>.wav`` 16 kHz mono s16 with exactly
-640*N samples, ``<key>.json`` metadata and optionally ``<key>.wav2vec.npy`` float16 [N, L, D]) and
-``OUT/manifest.parquet`` (one row per input and per clip). :class:`ClipWindowDataset` streams those
-shards from local disk, ``s3://`` or ``hf://`` (any fsspec URL) and yields :class:`ClipWindow`
+The curation pipeline writes WebDataset shards and a Parquet manifest in the format of the shard
+contract, :mod:`vividhead.shard_format` (members, rates, frame counts, layout, manifest schema).
+:class:`ClipWindowDataset` streams those shards from local disk, ``s3://`` or ``hf://`` (any fsspec URL) and yields :class:`ClipWindow`
 samples for the trainers (SPEC.md sections 2-3):
 
 * ``frames``: float32 [F, 3, H, W] in [-1, 1] (F = 33, H = W = 512 by default), layout FCHW;
@@ -41,32 +39,40 @@ import logging
 import math
 import os
 import random
-import re
 import warnings
-from fractions import Fraction
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from itertools import islice
 from typing import Any
 from urllib.parse import urlparse
 
 import av
 import numpy as np
+import pyarrow as pa
 import soundfile
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from vividhead.shard_format import (
+    AUDIO_CHANNELS,
+    FPS,
+    JSON,
+    MANIFEST_FILE,
+    MANIFEST_SCHEMA,
+    MP4,
+    SAMPLE_RATE_HZ,
+    SAMPLES_PER_FRAME,
+    SHARD_GLOB,
+    WAV,
+    WAV2VEC,
+    shard_index,
+    split_member,
+)
+
 logger = logging.getLogger(__name__)
 
-#: Frame rate of every curated clip (frames per second).
-FPS = 25
-#: Audio sample rate of every curated clip (Hz).
-SAMPLE_RATE = 16000
-#: Audio samples per video frame at 25 fps and 16 kHz.
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
-
-_SHARD_NAME = re.compile(r"(\d+)\.tar$")
 _LOCAL_SCHEMES = ("", "file")
 
 
@@ -315,7 +321,7 @@ def read_audio_context(wav: bytes, end_sample: int, num_samples: int) -> tuple[t
     """
     begin = end_sample - num_samples
     with soundfile.SoundFile(io.BytesIO(wav)) as f:
-        if f.samplerate != SAMPLE_RATE or f.channels != 1:
+        if f.samplerate != SAMPLE_RATE_HZ or f.channels != AUDIO_CHANNELS:
             raise ValueError(f"expected 16 kHz mono audio, got {f.samplerate} Hz x {f.channels}")
         if f.frames < end_sample:
             raise ValueError(f"audio has {f.frames} samples, window needs {end_sample}")
@@ -345,6 +351,9 @@ class ClipFilter:
         languages: allowed language codes (``language`` column), e.g. ("en", "zh").
         min_num_frames: minimum frames per clip; the dataset raises it to ``num_frames + 1``.
         max_abs_av_offset_frames: maximum |audio-video offset| in frames.
+        min_asd_score: minimum Light-ASD active-speaker score (``asd_score``).
+        keys: only these sample keys (e.g. a held-out validation set).
+        exclude_keys: never these sample keys (e.g. the validation set, from the training stream).
     """
 
     min_lse_c: float | None = None
@@ -354,6 +363,9 @@ class ClipFilter:
     languages: tuple[str, ...] | None = None
     min_num_frames: int | None = None
     max_abs_av_offset_frames: float | None = None
+    min_asd_score: float | None = None
+    keys: tuple[str, ...] | None = None
+    exclude_keys: tuple[str, ...] | None = None
 
     def expression(self):
         """The filter as a ``pyarrow.compute.Expression`` on manifest columns (kept clips only)."""
@@ -374,6 +386,12 @@ class ClipFilter:
             expr &= pc.field("num_frames") >= self.min_num_frames
         if self.max_abs_av_offset_frames is not None:
             expr &= pc.abs(pc.field("av_offset_frames")) <= self.max_abs_av_offset_frames
+        if self.min_asd_score is not None:
+            expr &= pc.field("asd_score") >= self.min_asd_score
+        if self.keys is not None:
+            expr &= pc.field("key").isin(list(self.keys))
+        if self.exclude_keys:
+            expr &= ~pc.field("key").isin(list(self.exclude_keys))
         return expr
 
 
@@ -406,12 +424,6 @@ def select_clips(
     for shard, key in zip(table.column("shard").to_pylist(), table.column("key").to_pylist()):
         selected.setdefault(int(shard), set()).add(key)
     return {s: frozenset(k) for s, k in sorted(selected.items())}
-
-
-def shard_index(url: str) -> int | None:
-    """Shard number of a URL named ``.../{shard:05d}.tar`` (None for other names)."""
-    m = _SHARD_NAME.search(url)
-    return int(m.group(1)) if m else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,7 +544,7 @@ class ClipWindowDataset(IterableDataset):
         self.num_frames = num_frames
         self.num_motion_frames = num_motion_frames
         self.cold_start_prob = cold_start_prob
-        self.audio_samples = int(round(audio_context_s * SAMPLE_RATE))
+        self.audio_samples = int(round(audio_context_s * SAMPLE_RATE_HZ))
         self.shuffle_buffer = shuffle_buffer
         self.shuffle_shards = shuffle_shards
         self.resampled = resampled
@@ -544,6 +556,8 @@ class ClipWindowDataset(IterableDataset):
         self.decode_threads = decode_threads
         self.handler = handler
         self.epoch = 0
+        self.next_index: dict[int, int] = {}
+        self.skipped = 0  # samples this process's workers could not decode (the handler went on)
 
         # Manifest selection: the clip set per shard, read once on the driver.
         self.selected: dict[int, frozenset[str]] | None = None
@@ -593,11 +607,11 @@ class ClipWindowDataset(IterableDataset):
 
     def _select_files(self, fname: str) -> bool:
         # Members of clips the manifest did not select are skipped without being read into memory.
-        return self.keys is None or fname.split(".", 1)[0].rsplit("/", 1)[-1] in self.keys
+        return self.keys is None or split_member(fname)[0] in self.keys
 
     def _keep(self, sample: dict) -> bool:
         key = sample["__key__"].rsplit("/", 1)[-1]
-        return (self.keys is None or key in self.keys) and "mp4" in sample and "wav" in sample
+        return (self.keys is None or key in self.keys) and MP4 in sample and WAV in sample
 
     def pipeline(self) -> wds.DataPipeline:
         """The webdataset pipeline of raw samples (dicts of member bytes) for this worker/epoch."""
@@ -635,17 +649,33 @@ class ClipWindowDataset(IterableDataset):
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
         return wds.DataPipeline(*stages)
 
+    def set_position(self, epoch: int, next_index: dict[int, int] | None = None) -> None:
+        """Resume the stream: epoch ``epoch``, and in each DataLoader worker ``w`` skip the raw
+        samples before ``next_index[w]`` (the ``stream_index + 1`` of the last sample consumed from
+        that worker, see :attr:`ClipWindow.meta`). Skipped samples are not decoded; windows are
+        drawn per sample from ``(seed, epoch, rank, worker, index)``, so the resumed stream is the
+        uninterrupted one. Needs the same ``num_workers`` as the run that recorded the position."""
+        self.epoch = int(epoch)
+        self.next_index = dict(next_index or {})
+
     def __iter__(self) -> Iterator[ClipWindow]:
         rank, _, worker, _ = self._worker_info()
-        rng = random.Random(wds.utils.make_seed(self.seed, self.epoch, rank, worker, 2))
-        for sample in self.pipeline():
+        skip = self.next_index.get(worker, 0)
+        for index, sample in enumerate(self.pipeline()):
+            if index < skip:
+                continue
+            rng = random.Random(wds.utils.make_seed(self.seed, self.epoch, rank, worker, 2, index))
             try:
-                yield self.decode_sample(sample, rng)
+                window = self.decode_sample(sample, rng)
             except Exception as exn:  # media errors: the handler decides
                 exn.args = exn.args + (sample.get("__key__"), sample.get("__url__"))
+                self.skipped += 1
                 if self.handler(exn):
                     continue
                 break
+            window.meta.update(stream_index=index, stream_worker=worker, epoch=self.epoch,
+                               skipped_in_worker=self.skipped)
+            yield window
 
     # -- decoding ------------------------------------------------------------------------------
 
@@ -664,20 +694,20 @@ class ClipWindowDataset(IterableDataset):
             ValueError: inconsistent clip (too short, audio shorter than 640 * N, wav2vec rows != N).
             av.FFmpegError: undecodable video.
         """
-        meta = json.loads(sample["json"]) if "json" in sample else {"key": sample["__key__"]}
+        meta = json.loads(sample[JSON]) if JSON in sample else {"key": sample["__key__"]}
         n = meta.get("num_frames")
         if n is None:
-            with av.open(io.BytesIO(sample["mp4"])) as c:
+            with av.open(io.BytesIO(sample[MP4])) as c:
                 n = c.streams.video[0].frames
         plan = plan_window(int(n), rng, self.num_frames, self.num_motion_frames, self.cold_start_prob)
         window = range(plan.start, plan.start + plan.num_frames)
-        decoded = decode_frames(sample["mp4"], [*window, plan.reference], threads=self.decode_threads)
+        decoded = decode_frames(sample[MP4], [*window, plan.reference], threads=self.decode_threads)
         frames = _to_unit_range(np.stack([decoded[i] for i in window]), self.dtype)
         reference = _to_unit_range(decoded[plan.reference], self.dtype)
-        audio, pad = read_audio_context(sample["wav"], SAMPLES_PER_FRAME * window.stop, self.audio_samples)
+        audio, pad = read_audio_context(sample[WAV], SAMPLES_PER_FRAME * window.stop, self.audio_samples)
         wav2vec = None
-        if "wav2vec.npy" in sample:
-            feats = np.load(io.BytesIO(sample["wav2vec.npy"]), allow_pickle=False)
+        if WAV2VEC in sample:
+            feats = np.load(io.BytesIO(sample[WAV2VEC]), allow_pickle=False)
             if feats.shape[0] != n:
                 raise ValueError(f"wav2vec has {feats.shape[0]} rows, clip has {n} frames")
             wav2vec = torch.from_numpy(np.ascontiguousarray(feats[window.start : window.stop]))
@@ -711,12 +741,13 @@ class ClipWindowDataset(IterableDataset):
         import fsspec
 
         fs, path = fsspec.core.url_to_fs(out, **(kwargs.get("storage_options") or {}))
-        shards = sorted(fs.glob(path.rstrip("/") + "/shards/*.tar"))
+        root = path.rstrip("/")
+        shards = sorted(fs.glob(f"{root}/{SHARD_GLOB}"))
         if not shards:
-            raise FileNotFoundError(f"no shards under {out}/shards")
+            raise FileNotFoundError(f"no shards under {out}/{SHARD_GLOB}")
         proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         urls = shards if proto in ("file", "local") else [fs.unstrip_protocol(s) for s in shards]
-        manifest = (shards[0].rsplit("/shards/", 1)[0]) + "/manifest.parquet"
+        manifest = f"{root}/{MANIFEST_FILE}"
         manifest_url = manifest if proto in ("file", "local") else fs.unstrip_protocol(manifest)
         if not fs.exists(manifest):
             warnings.warn(f"{manifest_url} not found: using every sample", stacklevel=2)
@@ -728,16 +759,14 @@ class ClipWindowDataset(IterableDataset):
 # Hugging Face datasets
 # --------------------------------------------------------------------------------------------
 
-_STRING_SCORES = ("language", "gender", "age_band", "ethnicity")
-
-
 def hf_features(data_files: str | Sequence[str], **kwargs: Any):
     """``datasets.Features`` for the shards that load without torchcodec.
 
     ``datasets``' WebDataset builder infers ``mp4`` as ``Video`` and ``wav`` as ``Audio``; encoding
     ``Audio`` needs torchcodec, and score keys that are null in the first samples are typed
     ``null``. This keeps ``mp4`` as ``Video(decode=False)`` ({"bytes", "path"}), ``wav`` as raw
-    bytes and types every null JSON field as float64 (string for language/gender/age_band/ethnicity).
+    bytes and types every null JSON field as its manifest column
+    (:data:`vividhead.shard_format.MANIFEST_SCHEMA`; float64 for keys outside the schema).
 
     Args:
         data_files: shard paths/URLs (or a glob) as for ``load_dataset("webdataset", data_files=...)``.
@@ -755,10 +784,14 @@ def hf_features(data_files: str | Sequence[str], **kwargs: Any):
             feats[name] = datasets.Value("binary")
         elif isinstance(feat, datasets.Video):
             feats[name] = datasets.Video(decode=False)
-    if isinstance(feats.get("json"), dict):
-        for k, v in list(feats["json"].items()):
+    if isinstance(feats.get(JSON), dict):
+        for k, v in list(feats[JSON].items()):
             if isinstance(v, datasets.Value) and v.dtype == "null":
-                feats["json"][k] = datasets.Value("string" if k in _STRING_SCORES else "float64")
+                if k in MANIFEST_SCHEMA.names:
+                    column = pa.schema([MANIFEST_SCHEMA.field(k)])
+                    feats[JSON][k] = datasets.Features.from_arrow_schema(column)[k]
+                else:
+                    feats[JSON][k] = datasets.Value("float64")
     return feats
 
 
@@ -784,9 +817,6 @@ def load_hf_dataset(data_files: str | Sequence[str], split: str = "train", **kwa
 
 
 __all__ = [
-    "FPS",
-    "SAMPLE_RATE",
-    "SAMPLES_PER_FRAME",
     "ClipFilter",
     "ClipWindow",
     "ClipWindowBatch",
@@ -801,6 +831,5 @@ __all__ = [
     "read_audio_context",
     "register_fsspec_scheme",
     "select_clips",
-    "shard_index",
     "to_unit_range",
 ]

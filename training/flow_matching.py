@@ -350,3 +350,57 @@ def sample_chunk(
         s_next = ts[i + 1] / NUM_TRAIN_TIMESTEPS
         x = ((1 - s_next) * x0.detach() + s_next * eps).to(dt)
     return overwrite_motion(x, motion)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training objective
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class FlowMatchingLoss:
+    """Result of :func:`flow_matching_loss`.
+
+    Attributes:
+        loss: float32 scalar with graph: the weighted mean over samples.
+        per_sample: float32 ``[B]`` unweighted per-sample MSE on generated slots (no graph).
+        sigma: float32 ``[B]`` the noise levels used.
+    """
+
+    loss: torch.Tensor
+    per_sample: torch.Tensor
+    sigma: torch.Tensor
+
+
+def flow_matching_loss(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    num_motion: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    weighting: LossWeighting = "none",
+) -> FlowMatchingLoss:
+    """The stage-1 flow-matching loss of a streaming chunk (FlashHead §3.2 stage 1).
+
+    The motion slots hold the clean ground-truth latents (as inference overwrites them) and take no
+    loss; every other slot is noised to ``sigma`` and the DiT regresses the velocity
+    ``noise - x0`` there. Also the fake-score objective of the stage-2 trainer.
+
+    Args:
+        velocity: ``(x_t [B, C, F, h, w] float32, timestep float32 [B] on 0..1000) -> v`` (the DiT
+            closed over reference latent and audio context; it casts to its own dtype).
+        x0: float32 ``[B, C, F, h, w]`` clean latents.
+        num_motion: int64 ``[B]`` motion slots per sample.
+        sigma: float32 ``[B]`` noise levels (:func:`sample_training_sigmas`).
+        noise: ``[B, C, F, h, w]`` standard normal.
+        weighting: :func:`loss_weights` kind.
+
+    Returns:
+        :class:`FlowMatchingLoss`.
+    """
+    b, c, f, h, w = x0.shape
+    keep = motion_loss_mask(f, num_motion.to(x0.device))  # [B, 1, F, 1, 1], 1 = generated slot
+    x_t = keep * add_noise(x0, noise, sigma) + (1 - keep) * x0.float()
+    v = velocity(x_t, sigma * NUM_TRAIN_TIMESTEPS)
+    err = (v.float() - velocity_target(x0, noise)).pow(2) * keep
+    per_sample = err.sum(dim=(1, 2, 3, 4)) / (keep.sum(dim=(1, 2, 3, 4)) * c * h * w).clamp(min=1)
+    loss = (loss_weights(sigma, weighting) * per_sample).mean()
+    return FlowMatchingLoss(loss, per_sample.detach(), sigma)

@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("vividhead.curation.cli", "curation"),
     ("vividhead.datasets_card.cli", "curation"),
     ("vividhead.inference.cli", "serve"),
+    ("vividhead.training.cli", "train"),
 )
 
 

@@ -76,7 +76,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def build_dataclass(name: str, cls: type, raw: Any) -> Any:
-    """Build the dataclass ``cls`` from its raw mapping (``None`` gives the defaults).
+    """Build the dataclass ``cls`` from its raw mapping (``None`` gives the defaults); ``name`` is
+    the key path used in messages (``""`` for the top level).
 
     Calls ``validate(name)`` on the result when the class defines it.
 
@@ -88,19 +89,20 @@ def build_dataclass(name: str, cls: type, raw: Any) -> Any:
         raw = {}
     if isinstance(raw, cls):
         return raw
-    check(isinstance(raw, dict), name, f"expected a mapping, got {type(raw).__name__}")
+    check(isinstance(raw, dict), name or "config", f"expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in raw.items():
-        check(key in known, f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
-        kwargs[key] = coerce(value, hints[key], f"{name}.{key}")
+        full = f"{name}.{key}" if name else str(key)
+        check(key in known, full, f"unknown key (known: {', '.join(sorted(known))})")
+        kwargs[key] = coerce(value, hints[key], full)
     try:
         obj = cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{name}: {exc}") from exc
+        raise ConfigError(f"{name or 'config'}: {exc}") from exc
     if hasattr(obj, "validate"):
         obj.validate(name)
     return obj

@@ -1,0 +1,111 @@
+"""``vividhead train``: ``sft`` (stage 1), ``distill`` (stage 2), ``cache-latents``, ``export``,
+``rollout`` (long-horizon drift check), registered on the root command by :func:`register`.
+
+Under torchrun every rank runs the same command::
+
+    torchrun --nproc-per-node 4 -m vividhead train sft --config examples/sft_pro.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+train_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                        help="Train FlashHead models on curated shards (stage 1 SFT, stage 2 DMD distillation).")
+
+ConfigPath = Annotated[Path, typer.Option("--config", "-c", help="Trainer YAML (see examples/).")]
+Resume = Annotated[Optional[str], typer.Option(
+    "--resume", help="Checkpoint folder or run output folder to resume from; 'auto' = this run's newest.")]
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _run(trainer_cls_path: str, config_cls_path: str, config: Path, resume: Optional[str]) -> None:
+    import importlib
+
+    from vividhead.config import ConfigError
+    from vividhead.training.trainers.checkpoint import CheckpointError
+    from vividhead.training.trainers.config import load_train_config
+    from vividhead.training.trainers.distributed import shutdown_distributed
+    from vividhead.training.trainers.runtime import TrainingDiverged
+
+    mod, name = trainer_cls_path.rsplit(".", 1)
+    cmod, cname = config_cls_path.rsplit(".", 1)
+    try:
+        cfg = load_train_config(config, getattr(importlib.import_module(cmod), cname))
+    except ConfigError as exc:
+        _fail(exc)
+    trainer = getattr(importlib.import_module(mod), name)(cfg, resume=resume)
+    try:
+        result = trainer.run()
+    except (TrainingDiverged, CheckpointError) as exc:
+        _fail(exc)
+    finally:
+        shutdown_distributed()
+    if trainer.env.is_main:
+        typer.echo(f"{result['stopped']}: step {result['step']}, checkpoint {result['last_checkpoint']}")
+
+
+@train_app.command("sft")
+def sft(config: ConfigPath, resume: Resume = None) -> None:
+    """Stage 1: streaming-aware flow-matching pre-training (FlashHead §3.2)."""
+    _run("vividhead.training.trainers.sft.SFTTrainer", "vividhead.training.trainers.config.SFTConfig", config, resume)
+
+
+@train_app.command("distill")
+def distill(config: ConfigPath, resume: Resume = None) -> None:
+    """Stage 2: DMD distillation to the 4-step streaming generator (oracle or self-correcting)."""
+    _run("vividhead.training.trainers.distill.DistillTrainer",
+         "vividhead.training.trainers.distill_config.DistillConfig", config, resume)
+
+
+@train_app.command("export")
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder or run output folder (newest checkpoint).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder (for `vividhead infer --checkpoint`).")],
+    weights: Annotated[str, typer.Option(help="ema / raw / auto (EMA when the run kept one).")] = "auto",
+) -> None:
+    """Write a checkpoint's DiT (EMA or raw), VAE and Wav2Vec as a folder `vividhead infer` loads."""
+    from vividhead.training.trainers.checkpoint import CheckpointError
+    from vividhead.training.trainers.export import export_checkpoint
+
+    if weights not in ("ema", "raw", "auto"):
+        _fail(ValueError("--weights must be ema, raw or auto"))
+    try:
+        path = export_checkpoint(checkpoint, out, weights)  # type: ignore[arg-type]
+    except (CheckpointError, FileNotFoundError, KeyError) as exc:
+        _fail(exc)
+    typer.echo(f"exported {path}")
+
+
+@train_app.command("cache-latents")
+def cache_latents(
+    config: ConfigPath,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Latent cache folder (shards + index).")],
+    windows_per_clip: Annotated[int, typer.Option(help="Windows encoded per clip (evenly spaced).")] = 4,
+    samples_per_shard: Annotated[int, typer.Option(help="Windows per cache shard.")] = 64,
+) -> None:
+    """Encode windows of the config's shards once (VAE latents, reference latent, Wav2Vec context)."""
+    from vividhead.config import ConfigError
+    from vividhead.training.latent_cache import write_latent_cache
+    from vividhead.training.trainers.config import SFTConfig, load_train_config
+
+    try:
+        cfg = load_train_config(config, SFTConfig)
+    except ConfigError as exc:
+        _fail(exc)
+    n = write_latent_cache(cfg, out, windows_per_clip=windows_per_clip, samples_per_shard=samples_per_shard)
+    typer.echo(f"wrote {n} windows to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` command group to the ``vividhead`` Typer app."""
+    logging.getLogger("vividhead").setLevel(logging.INFO)
+    app.add_typer(train_app, name="train")

@@ -1,0 +1,189 @@
+"""Process groups and model wrapping for the trainers: torchrun (or one process), FSDP2 per
+transformer block, DDP, activation checkpointing and per-block ``torch.compile``, all applied from
+outside the model so its file describes the network only.
+
+Launch: ``torchrun --nproc-per-node N -m vividhead train sft --config C`` (or the ``vividhead``
+script under torchrun; ``ray job submit -- torchrun ...`` on a GPU node). Without torchrun's
+environment the trainer runs as a world of one. CPU runs use gloo (tiny configs, tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vividhead.training.trainers.config import ParallelConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job.
+
+    Attributes:
+        rank, world_size, local_rank: torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``.
+        device: the device this rank computes on.
+        mesh: a 1-D ``DeviceMesh`` over all ranks (FSDP2), or ``None`` for a single process
+            without a process group.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes logs, previews and checkpoint metadata."""
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(device: str = "auto", backend: str = "auto", strategy: str = "fsdp") -> DistEnv:
+    """Join torchrun's process group (or make a world of one).
+
+    A world of one still gets a gloo/NCCL group when ``strategy`` is ``fsdp`` or ``ddp``, so the
+    same code path (DTensor parameters, DCP checkpoints) runs on one device and on many.
+
+    Args:
+        device: ``auto`` (CUDA if available), ``cuda`` or ``cpu``.
+        backend: ``auto`` (NCCL on CUDA, gloo on CPU), ``nccl`` or ``gloo``.
+        strategy: the :class:`ParallelConfig` strategy.
+
+    Raises:
+        RuntimeError: ``device: cuda`` without CUDA, or NCCL on CPU.
+    """
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("run.device is cuda but CUDA is not available on this node")
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    be = ("nccl" if use_cuda else "gloo") if backend == "auto" else backend
+    if be == "nccl" and not use_cuda:
+        raise RuntimeError("parallel.backend nccl needs CUDA; use gloo on CPU")
+    if world == 1 and strategy == "none":
+        return DistEnv(rank, world, local, dev, None)
+    if not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:  # a world of one outside torchrun
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
+        dist.init_process_group(be, device_id=dev if use_cuda else None)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(dev.type, (world,))
+    return DistEnv(rank, world, local, dev, mesh)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group if this process made one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    """All ranks meet (no-op without a process group)."""
+    if env.mesh is not None:
+        dist.barrier()
+
+
+def broadcast_ints(values: list[int], env: DistEnv) -> list[int]:
+    """Rank 0's ``values`` on every rank (e.g. the stage-2 rollout length k and exit step t', so
+    every rank runs the same sequence of FSDP collectives).
+
+    Returns:
+        the list as rank 0 has it.
+    """
+    if env.mesh is None:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=env.device if env.device.type == "cuda" else "cpu")
+    dist.broadcast(t, src=0)
+    return [int(v) for v in t.tolist()]
+
+
+def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Mean of a scalar tensor over ranks (for logging; the gradient reduction is FSDP's/DDP's)."""
+    if env.mesh is None:
+        return value
+    v = value.detach().clone()
+    dist.all_reduce(v, op=dist.ReduceOp.SUM)
+    return v / env.world_size
+
+
+def _checkpointed_forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(type(module).forward, module, *args, use_reentrant=False, **kwargs)
+
+
+def wrap_model(model: nn.Module, blocks: nn.ModuleList, cfg: ParallelConfig, env: DistEnv,
+               trainable: bool = True) -> nn.Module:
+    """Apply activation checkpointing, per-block compile and FSDP2 / DDP to ``model``.
+
+    Each of ``blocks`` (the DiT's ``blocks``) becomes its own FSDP2 unit (``fully_shard``), then the
+    root; parameters become DTensors sharded on dim 0 over ``env.mesh``. With ``precision: bf16``
+    FSDP2 casts parameters to bf16 for compute and reduces gradients in fp32 (master weights stay
+    fp32). State-dict keys are unchanged (no wrapper modules), so checkpoints and exports keep the
+    released layout.
+
+    Args:
+        model: the module to wrap (float32, on ``env.device``).
+        blocks: its repeated blocks.
+        cfg: the ``parallel`` section.
+        env: from :func:`init_distributed`.
+        trainable: ``False`` for a frozen network (the stage-2 teacher): sharded, never wrapped in DDP.
+
+    Returns:
+        the module to call (``model`` itself for FSDP2 and ``none``; a DDP wrapper for ``ddp``).
+    """
+    if cfg.activation_checkpointing and trainable:
+        for blk in blocks:
+            blk.forward = functools.partial(_checkpointed_forward, blk)
+    if cfg.compile:
+        for blk in blocks:
+            blk.compile(dynamic=False)
+    if cfg.strategy == "fsdp" and env.mesh is not None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if cfg.precision == "bf16" else MixedPrecisionPolicy()
+        for blk in blocks:
+            fully_shard(blk, mesh=env.mesh, mp_policy=mp, reshard_after_forward=True)
+        fully_shard(model, mesh=env.mesh, mp_policy=mp, reshard_after_forward=trainable)
+        return model
+    if cfg.strategy == "ddp" and env.mesh is not None and trainable:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    return model
+
+
+def autocast(cfg: ParallelConfig, env: DistEnv):
+    """bf16 autocast over fp32 weights when the precision is bf16 and FSDP2 does not cast already."""
+    enabled = cfg.precision == "bf16" and not (cfg.strategy == "fsdp" and env.mesh is not None)
+    return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (FSDP2 modules are their own root)."""
+    return getattr(model, "module", model)

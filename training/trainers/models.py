@@ -1,0 +1,121 @@
+"""Build the networks a trainer needs from its ``model`` section: the FlashHead DiT (trained) and
+the frozen VAE and Wav2Vec 2.0 encoder.
+
+Initialisation (FlashHead report §4; ``issues``-free summary in README "Training"):
+
+* ``random``   -- seeded random init of the variant's DiT (with ``transformer`` overrides);
+* ``flashhead`` -- a released ``Model_Pro`` / ``Model_Lite`` folder (strict keys);
+* ``wan_t2v``  -- a diffusers Wan2.1-T2V transformer folder mapped strictly into the FlashHead
+  layout (:func:`vividhead.training.models.loading.flashhead_from_wan_t2v`);
+* ``checkpoint`` -- a folder written by ``vividhead train export`` (DiT, VAE, Wav2Vec).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vividhead.training.models.audio_encoder import TINY_WAV2VEC_KWARGS, Wav2VecFeatures
+from vividhead.training.models.configs import FlashHeadTransformerConfig, FlashHeadVariant, get_variant
+from vividhead.training.models.flashhead import FlashHeadTransformer
+from vividhead.training.models.vae import VideoVAE, build_vae, load_vae
+from vividhead.training.trainers.config import ModelConfig
+
+#: File that marks and describes an exported checkpoint folder.
+EXPORT_META = "vividhead_export.json"
+
+
+@dataclass
+class FrozenEncoders:
+    """The frozen parts, on the trainer's device, in eval mode without gradients.
+
+    Attributes:
+        vae: :class:`VideoVAE` (normalised latents in and out).
+        audio: :class:`Wav2VecFeatures` (float32).
+    """
+
+    vae: VideoVAE
+    audio: Wav2VecFeatures
+
+
+def resolve_variant(cfg: ModelConfig) -> FlashHeadVariant:
+    """The variant with the section's ``transformer`` overrides and frame size applied.
+
+    Raises:
+        ValueError: unknown variant or a bad transformer field.
+    """
+    v = get_variant(cfg.variant)
+    tcfg = v.transformer
+    if cfg.transformer:
+        known = {f.name for f in dataclasses.fields(FlashHeadTransformerConfig)}
+        bad = sorted(set(cfg.transformer) - known)
+        if bad:
+            raise ValueError(f"model.transformer: unknown keys {bad}")
+        over = {k: tuple(x) if isinstance(x, list) else x for k, x in cfg.transformer.items()}
+        tcfg = dataclasses.replace(tcfg, **over)
+    streaming = v.streaming
+    if cfg.height_px or cfg.width_px:
+        streaming = dataclasses.replace(streaming, height_px=cfg.height_px or streaming.height_px,
+                                        width_px=cfg.width_px or streaming.width_px)
+    return dataclasses.replace(v, transformer=tcfg, streaming=streaming)
+
+
+def random_wav2vec(layers: int, channels: int, tiny: bool) -> Wav2VecFeatures:
+    """A random Wav2Vec 2.0 of ``layers`` x ``channels`` (wav2vec2-base shapes unless ``tiny``)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    kwargs = dict(TINY_WAV2VEC_KWARGS) if tiny else {}
+    kwargs.update(num_hidden_layers=layers, hidden_size=channels)
+    return Wav2VecFeatures(Wav2Vec2Model(Wav2Vec2Config(**kwargs))).eval().requires_grad_(False)
+
+
+def build_transformer(cfg: ModelConfig, variant: FlashHeadVariant) -> FlashHeadTransformer:
+    """The DiT in float32 on the CPU, trainable, initialised as ``cfg.init`` says.
+
+    Raises:
+        FileNotFoundError, KeyError: see the loaders (missing files, keys that do not map).
+    """
+    from vividhead.training.models import loading
+
+    if cfg.init == "random":
+        torch.manual_seed(cfg.seed)
+        model = FlashHeadTransformer.from_config_dataclass(variant.transformer)
+    elif cfg.init == "flashhead":
+        model = loading.load_flashhead_transformer(cfg.init_path, dtype=torch.float32)
+    elif cfg.init == "checkpoint":
+        model = loading.load_flashhead_transformer(Path(cfg.init_path) / "transformer", dtype=torch.float32)
+    else:
+        model = loading.flashhead_from_wan_t2v(cfg.init_path, variant.transformer)
+    return model.float().train().requires_grad_(True)
+
+
+def build_encoders(cfg: ModelConfig, variant: FlashHeadVariant, device: torch.device,
+                   dtype: torch.dtype) -> FrozenEncoders:
+    """The frozen VAE (``dtype``) and Wav2Vec (float32) on ``device``.
+
+    Raises:
+        FileNotFoundError: a weights path that does not exist.
+    """
+    t = variant.transformer
+    if cfg.init == "checkpoint":
+        root = Path(cfg.init_path)
+        meta = json.loads((root / EXPORT_META).read_text())
+        vae = load_vae(variant.vae, root / "vae", config=meta.get("vae_config"))
+        audio = Wav2VecFeatures.from_pretrained(root / "audio_encoder")
+    else:
+        if cfg.vae_path:
+            vae = load_vae(variant.vae, cfg.vae_path)
+        else:
+            torch.manual_seed(cfg.seed + 1)
+            vae = build_vae(variant.vae, tiny=cfg.tiny_encoders)
+        if cfg.wav2vec_path:
+            audio = Wav2VecFeatures.from_pretrained(cfg.wav2vec_path)
+        else:
+            torch.manual_seed(cfg.seed + 2)
+            audio = random_wav2vec(t.audio_layers, t.audio_channels, cfg.tiny_encoders)
+    return FrozenEncoders(vae.to(device, dtype).eval().requires_grad_(False),
+                          audio.to(device).eval().requires_grad_(False))

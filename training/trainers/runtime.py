@@ -1,0 +1,400 @@
+"""What every trainer shares: process group, output folder, data stream with a resumable position,
+optimisers with warm-up, EMA, checkpoints, SIGTERM, non-finite-loss stop, progress bar,
+TensorBoard (and Weights & Biases when configured).
+
+A trainer subclasses :class:`Trainer` and implements :meth:`Trainer.build` (networks, optimisers)
+and :meth:`Trainer.train_step` (one optimiser step of its method); :meth:`Trainer.run` does the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vividhead.config import to_dict
+from vividhead.training.trainers.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from vividhead.training.trainers.config import DataConfig, OptimConfig
+from vividhead.training.trainers.distributed import DistEnv, init_distributed
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: the run stops before the update; the message names the step and the last
+    good checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimiser, schedule, EMA
+# ----------------------------------------------------------------------------------------------
+def make_optimizer(params: list[nn.Parameter], cfg: OptimConfig, lr: float | None = None,
+                   device: torch.device | None = None) -> torch.optim.AdamW:
+    """AdamW over ``params`` (fused on CUDA)."""
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.AdamW(params, lr=lr or cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then constant."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+
+
+class EMA:
+    """Exponential moving average of parameters, kept in the parameters' own (sharded) layout.
+
+    Args:
+        module: the trained module (FSDP2 DTensor parameters are shadowed shard by shard).
+        decay: per-step decay.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().clone().float() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """``shadow = decay * shadow + (1 - decay) * param``."""
+        names = list(self.shadow)
+        torch._foreach_lerp_([self.shadow[n] for n in names], [self.params[n].detach().float() for n in names],
+                             1.0 - self.decay)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run loop
+# ----------------------------------------------------------------------------------------------
+class Trainer:
+    """Base of the stage-1 and stage-2 trainers.
+
+    Args:
+        cfg: the trainer's config dataclass (sections ``data``, ``optim``, ``parallel``,
+            ``checkpoint``, ``log``, ``run`` at least).
+        resume: checkpoint dir or run output dir to resume from; ``"auto"`` resumes from the
+            run's own newest checkpoint when there is one.
+
+    Subclasses set in :meth:`build`: ``self.modules`` / ``self.optimizers`` (checkpointed by name),
+    ``self.schedulers`` (by the optimiser's name), ``self.emas`` (by module name), and implement
+    :meth:`train_step`.
+    """
+
+    #: Written into the checkpoint's meta.json and the export.
+    kind = "base"
+
+    def __init__(self, cfg: Any, resume: str | None = None) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.env: DistEnv = init_distributed(cfg.run.device, cfg.parallel.backend, cfg.parallel.strategy)
+        self.out = Path(cfg.run.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.step = 0
+        self.epoch = 0
+        self.next_index: dict[int, int] = {}
+        self.skipped_samples: dict[int, int] = {}
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
+        self.emas: dict[str, EMA] = {}
+        self.last_checkpoint: Path | None = None
+        self._stop_requested = False
+        self.writer = None
+        # Noise, sigmas, dropout and rollout draws: one generator per rank, checkpointed.
+        self.generator = torch.Generator(device=self.env.device).manual_seed(cfg.run.seed * 1000 + self.env.rank)
+        self.history: list[dict[str, float]] = []
+
+    # -- to implement ---------------------------------------------------------------------------
+    def build(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
+        """One optimiser step on ``batch``; returns scalar tensors to log (``loss`` first). Must not
+        update weights when ``loss`` is not finite (call :meth:`check_finite` before stepping)."""
+        raise NotImplementedError
+
+    def on_log(self, scalars: dict[str, float]) -> None:
+        """Extra logging at log steps (validation, previews)."""
+
+    # -- data -------------------------------------------------------------------------------------
+    def make_dataset(self, data: DataConfig, clip_filter: dict | None = None, seed: int | None = None,
+                     shuffle: bool = True, **kwargs: Any):
+        """The :class:`ClipWindowDataset` of ``data`` (uint8 frames, warn-and-continue on bad samples)."""
+        import webdataset as wds
+
+        from vividhead.training.data import ClipFilter, ClipWindowDataset
+
+        flt = dict(data.clip_filter)
+        flt.update(clip_filter or {})
+        for key in ("languages", "keys", "exclude_keys"):
+            if flt.get(key) is not None:
+                flt[key] = tuple(flt[key])
+        return ClipWindowDataset.from_output_dir(
+            data.shards,
+            clip_filter=ClipFilter(**flt),
+            num_frames=data.num_frames,
+            num_motion_frames=data.motion_frames,
+            cold_start_prob=data.cold_start_prob,
+            shuffle_buffer=data.shuffle_buffer if shuffle else 0,
+            shuffle_shards=shuffle,
+            seed=self.cfg.run.seed if seed is None else seed,
+            storage_options=data.storage_options or None,
+            dtype=torch.uint8,
+            handler=wds.warn_and_continue,
+            **kwargs,
+        )
+
+    def make_loader(self, dataset, data: DataConfig):
+        """A DataLoader of :class:`ClipWindowBatch` (or :class:`CachedBatch` over a latent cache),
+        pinned on CUDA."""
+        from vividhead.training.data import collate_clip_windows
+        from vividhead.training.latent_cache import LatentCacheDataset, collate_cached
+
+        collate = collate_cached if isinstance(dataset, LatentCacheDataset) else collate_clip_windows
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=data.batch_size, num_workers=data.num_workers,
+            collate_fn=collate, pin_memory=self.env.device.type == "cuda",
+            persistent_workers=False, prefetch_factor=4 if data.num_workers else None,
+        )
+
+    def batches(self, dataset, data: DataConfig) -> Iterator[Any]:
+        """Endless stream of batches over epochs, starting at the recorded position; records the
+        position of every batch handed out (per DataLoader worker) for the checkpoint."""
+        while True:
+            dataset.set_position(self.epoch, self.next_index)
+            n = 0
+            for batch in self.make_loader(dataset, data):
+                for m in batch.meta:
+                    w = int(m["stream_worker"])
+                    self.next_index[w] = max(self.next_index.get(w, 0), int(m["stream_index"]) + 1)
+                    self.skipped_samples[w] = max(self.skipped_samples.get(w, 0), int(m.get("skipped_in_worker", 0)))
+                n += 1
+                yield batch
+            if n == 0:
+                raise RuntimeError(f"no training windows in {data.shards} (check data.clip_filter and num_frames)")
+            self.epoch += 1
+            self.next_index = {}
+
+    # -- checks -----------------------------------------------------------------------------------
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Raise :class:`TrainingDiverged` on every rank if any rank's loss is NaN/inf."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.env.mesh is not None:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item() > 0:
+            last = latest_checkpoint(self.out)
+            raise TrainingDiverged(
+                f"non-finite loss at step {self.step + 1}; weights not updated; last good checkpoint: "
+                f"{last if last is not None else 'none (no checkpoint written yet)'}"
+            )
+
+    def _sync_stop(self) -> bool:
+        flag = torch.tensor([1.0 if self._stop_requested else 0.0], device=self.env.device)
+        if self.env.mesh is not None:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {f"ema.{name}": ema.shadow for name, ema in self.emas.items()}
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (all ranks)."""
+        meta = {
+            "kind": self.kind,
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "config": to_dict(self.cfg),
+        }
+        rank_state = {
+            "rng": rng_state(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "next_index": dict(self.next_index),
+            "skipped": dict(self.skipped_samples),
+        }
+        self.last_checkpoint = save_checkpoint(
+            self.ckpt_dir, self.step, self.env, self.modules, self.optimizers, self._tensors(), meta, rank_state,
+            keep=self.cfg.checkpoint.keep,
+        )
+        return self.last_checkpoint
+
+    def load(self, path: str | Path) -> None:
+        """Restore every piece of state from a checkpoint."""
+        meta, rank_state = load_checkpoint(path, self.env, self.modules, self.optimizers, self._tensors())
+        self.step = int(meta["step"])
+        for name, sd in meta.get("schedulers", {}).items():
+            self.schedulers[name].load_state_dict(sd)
+        if rank_state:
+            set_rng_state(rank_state["rng"])
+            self.generator.set_state(rank_state["generator"])
+            self.epoch = int(rank_state["epoch"])
+            self.next_index = {int(k): int(v) for k, v in rank_state["next_index"].items()}
+            self.skipped_samples = {int(k): int(v) for k, v in rank_state.get("skipped", {}).items()}
+
+    # -- logging ----------------------------------------------------------------------------------
+    def _open_writer(self) -> None:
+        if not self.env.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is in the train extra; logs still go to metrics.jsonl
+            logger.warning("tensorboard not installed: scalars go to metrics.jsonl only")
+            return
+        self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        if self.cfg.log.wandb_project:
+            import wandb
+
+            wandb.init(project=self.cfg.log.wandb_project, config=to_dict(self.cfg), dir=str(self.out),
+                       sync_tensorboard=True, resume="allow")
+
+    def log_scalars(self, scalars: dict[str, float]) -> None:
+        """TensorBoard + ``metrics.jsonl`` (rank 0)."""
+        if not self.env.is_main:
+            return
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, self.step)
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": self.step, **scalars}) + "\n")
+
+    def log_histogram(self, name: str, values: list[float]) -> None:
+        """A TensorBoard histogram (rank 0)."""
+        if self.env.is_main and self.writer is not None and values:
+            self.writer.add_histogram(name, torch.tensor(values), self.step)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def data_stream(self) -> Iterator[Any]:
+        """Batches for :meth:`train_step` (the stage-1 trainer streams curated windows)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def train_flops_per_step(self) -> float:
+        """Model FLOPs of one step on this rank (0 if not counted)."""
+        return 0.0
+
+    def tokens_per_step(self) -> int:
+        """DiT video tokens processed per step on this rank (0 if not counted)."""
+        return 0
+
+    def run(self) -> dict[str, Any]:
+        """Train until ``run.max_steps`` (or SIGTERM, which checkpoints and returns).
+
+        Returns:
+            ``{"step", "stopped" ("max_steps"/"sigterm"), "last_checkpoint", "history"}``.
+
+        Raises:
+            TrainingDiverged: a non-finite loss.
+            CheckpointError: ``--resume`` without a usable checkpoint.
+        """
+        from tqdm import tqdm
+
+        from vividhead.training.trainers.flops import mfu
+
+        if self.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
+        self.build()
+        if self.resume is not None:
+            target = self.out if self.resume == "auto" else self.resume
+            if self.resume != "auto" or latest_checkpoint(target) is not None:
+                self.load(target)
+        self._open_writer()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        cfg = self.cfg
+        bar = tqdm(total=cfg.run.max_steps, initial=self.step, disable=not (self.env.is_main and cfg.log.progress),
+                   desc=self.kind, unit="step", dynamic_ncols=True)
+        stopped = "max_steps"
+        stream = self.data_stream()
+        buckets: dict[str, list[float]] = defaultdict(list)
+        t_data = t_step = 0.0
+        n_timed = 0
+        try:
+            while self.step < cfg.run.max_steps:
+                if self._sync_stop():
+                    stopped = "sigterm"
+                    break
+                t0 = time.perf_counter()
+                batch = next(stream)
+                t1 = time.perf_counter()
+                scalars = self.train_step(batch)
+                if self.env.device.type == "cuda":
+                    torch.cuda.synchronize(self.env.device)
+                t2 = time.perf_counter()
+                self.step += 1
+                for ema in self.emas.values():
+                    ema.update()
+                values = {k: float(v) for k, v in scalars.items() if not k.startswith("_")}
+                self.history.append({"step": self.step, **values})
+                for k, v in values.items():
+                    buckets[k].append(v)
+                t_data += t1 - t0
+                t_step += t2 - t0
+                n_timed += 1
+                step_s = (t2 - t0)
+                post = {"loss": f"{values.get('loss', float('nan')):.4f}"}
+                flops = self.train_flops_per_step()
+                if flops:
+                    post["MFU"] = f"{100 * mfu(flops, step_s):.1f}%"
+                tokens = self.tokens_per_step()
+                if tokens:
+                    post["tok/s"] = f"{tokens / step_s:.0f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+                if self.step % cfg.log.every_steps == 0 or self.step == cfg.run.max_steps:
+                    avg = {f"train/{k}": sum(v) / len(v) for k, v in buckets.items()}
+                    avg["perf/step_s"] = t_step / n_timed
+                    avg["perf/data_wait_share"] = t_data / max(t_step, 1e-12)
+                    if tokens:
+                        avg["perf/tokens_per_s"] = tokens * n_timed / t_step
+                    if flops:
+                        avg["perf/mfu"] = mfu(flops, t_step / n_timed)
+                    for name, sch in self.schedulers.items():
+                        avg[f"lr/{name}"] = sch.get_last_lr()[0]
+                    if self.env.device.type == "cuda":
+                        avg["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
+                    avg["data/skipped_samples"] = float(sum(self.skipped_samples.values()))
+                    self.log_scalars(avg)
+                    self.on_log(avg)
+                    buckets.clear()
+                    t_data = t_step = 0.0
+                    n_timed = 0
+                if self.step % cfg.checkpoint.every_steps == 0 and self.step < cfg.run.max_steps:
+                    self.save()
+            self.save()
+        finally:
+            bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            if self.writer is not None:
+                self.writer.close()
+        return {"step": self.step, "stopped": stopped, "last_checkpoint": self.last_checkpoint,
+                "history": self.history}
+
+    def _on_sigterm(self, signum, frame) -> None:
+        logger.warning("SIGTERM: writing a checkpoint at the next step boundary")
+        self._stop_requested = True
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def mean_or_nan(values: list[float]) -> float:
+    """Mean of a list, NaN when empty."""
+    return sum(values) / len(values) if values else math.nan
