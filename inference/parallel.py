@@ -1,8 +1,21 @@
 """Sequence parallelism for the FlashHead DiT (Ulysses x Ring, xDiT / xfuser style).
 
 Launched with ``torchrun --nproc-per-node N``: every rank holds the whole model, the token sequence
-is split into N shards (``FlashHeadTransformer.sp_rank/sp_world``), self-attention runs through a
-sequence-parallel processor and the head's output is all-gathered.
+is split into N shards, self-attention runs through a sequence-parallel processor and the head's
+output is all-gathered. The model's own forward knows nothing of this: :func:`enable_sequence_parallel`
+attaches a :class:`SequenceParallelPlan` from outside, as diffusers' context-parallel plan
+(``_cp_plan`` of ``WanTransformer3DModel``: split the RoPE tables and ``blocks.0``'s input, gather
+``proj_out``'s output) does with module hooks:
+
+* a forward pre-hook on the model reads the latent shape of ``x`` and fixes this rank's slice of
+  the padded sequence (and tells the processors how many tokens are real);
+* a forward pre-hook on every ``blocks[i]`` hands the block this rank's slice of the RoPE tables
+  and the latent-frame id of each of its tokens (``DiTAudioBlock``'s ``frame_ids``); the one on
+  ``blocks[0]`` also pads and slices the tokens;
+* a forward hook on ``head`` all-gathers the shards and drops the padding.
+
+Parameters, module tree and state dict are unchanged; :func:`disable_sequence_parallel` removes the
+hooks.
 
 Processors:
 
@@ -15,12 +28,11 @@ Processors:
 * :class:`TorchUSPProcessor` -- the same hybrid Ulysses x Ring in plain PyTorch (explicit groups from
   :func:`usp_groups`), so the ring path runs (and is tested) on CPU with gloo.
 
-Padding: ``FlashHeadTransformer`` pads the token sequence to a multiple of the world size (10530
-tokens at 720x416x33 -> 10532 on 4 ranks). The padded tokens would be keys of every query; the
-processors drop them from the keys (the real length comes from a forward pre-hook that
-:func:`enable_sequence_parallel` installs), so the result equals the unsharded model's. The ring
-(:func:`ring_attention`) merges blocks with a float32 log-sum-exp and PyTorch's flash kernel (no
-``flash_attn`` needed); it replaces xfuser's ``xdit_ring_flash_attn_func`` inside
+Padding: the plan pads the token sequence to a multiple of the world size (10530 tokens at
+720x416x33 -> 10532 on 4 ranks). The padded tokens would be keys of every query; the processors drop
+them from the keys (the real length comes from the plan's model pre-hook), so the result equals the
+unsharded model's. The ring (:func:`ring_attention`) merges blocks with a float32 log-sum-exp and
+PyTorch's flash kernel (no ``flash_attn`` needed); it replaces xfuser's ``xdit_ring_flash_attn_func`` inside
 ``xFuserLongContextAttention`` (whose TORCH kernels keep the LSE in bf16 and know no padding).
 
 :func:`make_parallel_models` turns :class:`~vividhead.inference.pipeline.FlashHeadModels` into a
@@ -34,13 +46,17 @@ its tokens belong to (block-diagonal mask, see ``DiTAudioBlock``).
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from vividhead.training.models.flashhead import FlashHeadTransformer
+from vividhead.training.models.flashhead import FlashHeadTransformer, SDPAProcessor
+
+logger = logging.getLogger(__name__)
 
 
 class UlyssesProcessor:
@@ -155,7 +171,7 @@ def init_distributed(ulysses_degree: int | None = None, ring_degree: int = 1, us
             initialize_model_parallel(sequence_parallel_degree=world, ulysses_degree=u, ring_degree=ring_degree)
             return "xfuser"
         except Exception as exc:  # xfuser missing or broken on this image: fall back, say so
-            print(f"[rank {rank}] xfuser unavailable ({type(exc).__name__}: {exc}); using plain Ulysses", flush=True)
+            logger.warning("[rank %d] xfuser unavailable (%s: %s); using plain Ulysses", rank, type(exc).__name__, exc)
             if not dist.is_initialized():
                 dist.init_process_group("nccl")
             return "ulysses"
@@ -163,11 +179,108 @@ def init_distributed(ulysses_degree: int | None = None, ring_degree: int = 1, us
     return "ulysses"
 
 
+class SequenceParallelPlan:
+    """Shards a :class:`FlashHeadTransformer`'s token sequence over a process group with module hooks
+    (the model's ``forward`` is not touched). Build it with :func:`enable_sequence_parallel`.
+
+    Per forward, for latents ``x: [B, C, F, H, W]`` with ``S = prod(model.token_grid(x.shape))``
+    tokens on ``P`` ranks: the sequence is padded to ``S_pad = P * ceil(S / P)`` and rank ``r`` keeps
+    tokens ``[r * S_pad / P, (r + 1) * S_pad / P)``. Padding tokens get the RoPE of angle 0
+    (cos 1, sin 0), the frame id of the last latent frame, and are dropped from the attention keys
+    by the processors (``seq_len``) and from the gathered output.
+
+    Args:
+        model: the DiT to shard (its processors must already be the sequence-parallel ones).
+        group: process group of the sequence split (default: the world).
+
+    Attributes:
+        rank, world: this rank and the group size.
+        seq_len: real tokens of the current forward (``None`` before the first).
+    """
+
+    def __init__(self, model: FlashHeadTransformer, group=None) -> None:
+        self.model = model
+        self.group = group
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+        self.seq_len: int | None = None
+        self._lo = self._hi = self._s_pad = 0
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._frame_ids: torch.Tensor | None = None
+        self._tables: dict = {}
+        self._handles: list = []
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def attach(self) -> None:
+        """Install the hooks (model pre-hook, a pre-hook on every block, a forward hook on the head)."""
+        self.detach()
+        m = self.model
+        self._handles.append(m.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True))
+        for i, blk in enumerate(m.blocks):
+            self._handles.append(blk.register_forward_pre_hook(self._block_pre_hook(shard=i == 0), with_kwargs=True))
+        self._handles.append(m.head.register_forward_hook(self._head_hook))
+
+    def detach(self) -> None:
+        """Remove the hooks; the model is the single-device network again (processors aside)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _model_pre_hook(self, mod: FlashHeadTransformer, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs["x"]
+        grid = mod.token_grid(x.shape)
+        n = math.prod(grid)
+        per = -(-n // self.world)
+        self.seq_len, self._s_pad = n, per * self.world
+        self._lo, self._hi = self.rank * per, (self.rank + 1) * per
+        self._rope, self._frame_ids = self._shard_tables(grid, x.shape[2], x.device)
+        for blk in mod.blocks:
+            proc = blk.self_attn.processor
+            if hasattr(proc, "seq_len"):
+                proc.seq_len = n
+
+    @torch.compiler.disable
+    def _shard_tables(self, grid: tuple[int, int, int], frames: int, device: torch.device):
+        """This rank's RoPE rows (float32 ``[S_pad / P, 1, d/2]`` each) and token frame ids (long
+        ``[S_pad / P]``). Eager and cached per grid, like ``FlashHeadTransformer.rope_tables``."""
+        key = (grid, frames, str(device))
+        if key not in self._tables:
+            if len(self._tables) >= 4:
+                self._tables.pop(next(iter(self._tables)))
+            pad, lo, hi = self._s_pad - self.seq_len, self._lo, self._hi
+            cos, sin = (F.pad(r, (0, 0, 0, 0, 0, pad), value=v)[lo:hi]
+                        for r, v in zip(self.model.rope_tables(grid, device), (1.0, 0.0)))
+            frame_ids = (torch.arange(lo, hi, device=device) // (grid[1] * grid[2])).clamp(max=frames - 1)
+            self._tables[key] = ((cos, sin), frame_ids)
+        return self._tables[key]
+
+    def _block_pre_hook(self, shard: bool):
+        names = ("x", "audio", "t_mod", "rope", "frame_ids")
+
+        def hook(blk, args: tuple, kwargs: dict):
+            call = {**dict(zip(names, args)), **kwargs}
+            if shard:  # blocks[0]: the full sequence arrives; keep this rank's slice
+                x = call["x"]
+                if x.shape[1] != self.seq_len:
+                    raise ValueError(f"blocks[0] got {x.shape[1]} tokens, expected the full {self.seq_len}")
+                call["x"] = F.pad(x, (0, 0, 0, self._s_pad - self.seq_len))[:, self._lo:self._hi]
+            call["rope"], call["frame_ids"] = self._rope, self._frame_ids
+            return (), call
+
+        return hook
+
+    def _head_hook(self, head, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        """All-gather ``[B, S_pad/P, C]`` shards along the sequence -> ``[B, S, C]``."""
+        parts = [torch.empty_like(out) for _ in range(self.world)]
+        dist.all_gather(parts, out.contiguous(), group=self.group)
+        return torch.cat(parts, dim=1)[:, : self.seq_len]
+
+
 def enable_sequence_parallel(model: FlashHeadTransformer, backend: str, groups: tuple | None = None) -> str:
     """Shard ``model``'s token sequence over the default process group.
 
-    Also installs a forward pre-hook that tells the processor how many tokens are real, so the
-    padding of the sequence to a multiple of the world size does not change the result.
+    Swaps every self-attention processor for a sequence-parallel one and attaches a
+    :class:`SequenceParallelPlan` (hooks; a plan attached before is replaced). The padding of the
+    sequence to a multiple of the world size does not change the result.
 
     Args:
         backend: ``"xfuser"`` or ``"ulysses"`` (from :func:`init_distributed`), or ``"torch-usp"``
@@ -189,7 +302,7 @@ def enable_sequence_parallel(model: FlashHeadTransformer, backend: str, groups: 
             proc = XFuserUSPProcessor(*(groups or ()))
         except Exception as exc:  # noqa: BLE001 -- broken xfuser/yunchang pairing: say so, fall back
             fb = "torch-usp" if groups is not None else "ulysses"
-            print(f"[rank {rank}] xfuser attention unavailable ({type(exc).__name__}: {exc}); {fb}", flush=True)
+            logger.warning("[rank %d] xfuser attention unavailable (%s: %s); %s", rank, type(exc).__name__, exc, fb)
             backend = fb
     if backend == "ulysses" and groups is not None:
         backend = "torch-usp"
@@ -206,28 +319,27 @@ def enable_sequence_parallel(model: FlashHeadTransformer, backend: str, groups: 
     elif backend not in ("xfuser", "torch-usp"):
         raise ValueError(f"unknown backend {backend!r}")
     model.set_attention_processor(proc)
-    model.sp_rank, model.sp_world = rank, world
-    _install_seq_len_hook(model)
-
-    def gather(x: torch.Tensor) -> torch.Tensor:
-        """All-gather ``[B, S/P, C]`` shards along the sequence -> ``[B, S, C]``."""
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=1)
-
-    model.sp_gather = gather
+    old = model.__dict__.pop("_sequence_parallel_plan", None)
+    if old is not None:
+        old.detach()
+    plan = SequenceParallelPlan(model)
+    plan.attach()
+    model.__dict__["_sequence_parallel_plan"] = plan  # not a submodule: state dict unchanged
     return backend
 
 
-def disable_sequence_parallel(model: FlashHeadTransformer) -> None:
-    """Back to single-device attention (e.g. to compute a reference on one rank)."""
-    from vividhead.training.models.flashhead import SDPAProcessor
+def sequence_parallel_plan(model: FlashHeadTransformer) -> SequenceParallelPlan | None:
+    """The plan attached by :func:`enable_sequence_parallel`, or ``None``."""
+    return model.__dict__.get("_sequence_parallel_plan")
 
+
+def disable_sequence_parallel(model: FlashHeadTransformer) -> None:
+    """Back to single-device attention (e.g. to compute a reference on one rank): SDPA processors,
+    hooks removed."""
     model.set_attention_processor(SDPAProcessor())
-    model.sp_rank, model.sp_world, model.sp_gather = 0, 1, None
-    hook = model.__dict__.pop("_sp_seq_len_hook", None)
-    if hook is not None:
-        hook.remove()
+    plan = model.__dict__.pop("_sequence_parallel_plan", None)
+    if plan is not None:
+        plan.detach()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,7 +408,7 @@ def block_keep(members: list[int], per: int, seq_len: int | None, device=None):
 
     The block is the concatenation of the shards of global ranks ``members``, ``per`` tokens each;
     rank ``g``'s shard holds global positions ``[g * per, (g + 1) * per)`` and positions
-    ``>= seq_len`` are padding (``FlashHeadTransformer`` pads at the end).
+    ``>= seq_len`` are padding (:class:`SequenceParallelPlan` pads at the end).
 
     Returns:
         ``None`` (all real, or ``seq_len`` unknown), an ``int`` ``n`` (the first ``n`` keys are real;
@@ -443,26 +555,6 @@ class TorchUSPProcessor:
         keep = _table_keep(self._table, per, self.seq_len, q.device, self._index_cache)
         o = ring_attention(q, k, v, self.ring_group, keep)
         return self.ulysses._head_to_seq(o.contiguous()) if u > 1 else o
-
-
-def _install_seq_len_hook(model: FlashHeadTransformer) -> None:
-    """Forward pre-hook on ``model`` that sets ``seq_len`` (real tokens ``F*H*W / prod(patch)`` of
-    the input ``x [B, C, F, H, W]``) on every self-attention processor that has that attribute;
-    replaces a hook installed before."""
-
-    def hook(mod, args, kwargs):
-        x = args[0] if args else kwargs["x"]
-        pt, ph, pw = mod.config.patch_size
-        n = (x.shape[2] // pt) * (x.shape[3] // ph) * (x.shape[4] // pw)
-        for blk in mod.blocks:
-            proc = blk.self_attn.processor
-            if hasattr(proc, "seq_len"):
-                proc.seq_len = n
-
-    old = model.__dict__.pop("_sp_seq_len_hook", None)
-    if old is not None:
-        old.remove()
-    model.__dict__["_sp_seq_len_hook"] = model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def sp_backend_name(model: FlashHeadTransformer) -> str:

@@ -1,5 +1,6 @@
 """Sequence parallelism on CPU: the plain Ulysses processor over 2 gloo ranks reproduces the
-single-process DiT output (tiny model, also with a padded, non-frame-aligned shard boundary)."""
+single-process DiT output (tiny model, also with a padded, non-frame-aligned shard boundary, and for
+two chunk lengths in a row); the plan's hooks leave the state dict alone and come off cleanly."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import socket
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -21,7 +21,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from vividhead.inference.parallel import enable_sequence_parallel
+    from vividhead.inference.parallel import disable_sequence_parallel, enable_sequence_parallel
     from vividhead.training.models.configs import TINY_PRO
     from vividhead.training.models.flashhead import FlashHeadTransformer
 
@@ -34,11 +34,21 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     y = torch.randn(1, c.out_dim, 9, 6, 8, generator=g)
     ctx = torch.randn(1, 33, 5, c.audio_layers, c.audio_channels, generator=g)
     t = torch.tensor([833.3])
+    # a second chunk length (5 latent frames x 3 x 3 = 45 tokens -> 23 + 22 real on 2 ranks)
+    x5, y5 = x[:, :, :5, :, :6], y[:, :, :5, :, :6]
+    ctx5 = ctx[:, :17]
+    keys = {k: v.shape for k, v in model.state_dict().items()}
     with torch.no_grad():
-        ref = model(x, t, ctx, y)
+        ref, ref5 = model(x, t, ctx, y), model(x5, t, ctx5, y5)
         assert enable_sequence_parallel(model, "ulysses") == "ulysses"
-        out = model(x, t, ctx, y)
-    torch.save({"ref": ref, "out": out}, os.path.join(out_dir, f"rank{rank}.pt"))
+        out, out5 = model(x, t, ctx, y), model(x5, t, ctx5, y5)
+        # the plan lives in hooks: module tree and state dict untouched, and it comes off cleanly
+        assert {k: v.shape for k, v in model.state_dict().items()} == keys
+        disable_sequence_parallel(model)
+        assert torch.equal(model(x, t, ctx, y), ref)
+    hooks = [model._forward_pre_hooks, model.head._forward_hooks, *(b._forward_pre_hooks for b in model.blocks)]
+    assert not any(hooks)
+    torch.save({"ref": ref, "out": out, "ref5": ref5, "out5": out5}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -50,3 +60,4 @@ def test_ulysses_matches_single_process(tmp_path):
     for rank in range(2):
         r = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(r["out"], r["ref"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(r["out5"], r["ref5"], rtol=1e-4, atol=1e-4)

@@ -19,15 +19,18 @@ Layout: latents are diffusers-style ``[B, C, F, H, W]``; tokens ``[B, S, dim]`` 
 in (f, h, w) order after patchify. The attention math lives in swappable processors
 (:class:`SDPAProcessor`; ``inference/parallel.py`` adds xfuser's Ulysses/Ring one), so weights
 and attention kernel are independent, as in diffusers' ``WanAttnProcessor``.
+
+This file describes the network only. Sequence parallelism attaches from outside
+(``vividhead.inference.parallel.enable_sequence_parallel``: hooks on the model, ``blocks`` and
+``head``, as diffusers' context-parallel plan), and checkpoints are read and mapped by
+``vividhead.training.models.loading``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-from pathlib import Path
-from typing import Callable, Protocol
+import warnings
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +40,6 @@ from torch import nn
 
 from vividhead.training.models.audio_proj import AudioProjModel, select_latent_audio_windows
 from vividhead.training.models.configs import FlashHeadTransformerConfig
-
-logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,8 +224,10 @@ class DiTAudioBlock(nn.Module):
             audio: ``[B, F, T_a, dim]`` audio tokens per latent frame.
             t_mod: ``[B, 6, dim]`` timestep modulation.
             rope: ``(cos, sin)`` for the tokens of ``x``.
-            frame_ids: optional long ``[S]`` latent-frame index of every token (for shards whose
-                boundaries are not frame-aligned); uses a block-diagonal mask instead of a reshape.
+            frame_ids: optional long ``[S]`` latent-frame index of every token, for token shards whose
+                boundaries are not frame-aligned (given by the sequence-parallel hooks of
+                ``vividhead.inference.parallel``; the model's own forward passes none): a
+                block-diagonal mask replaces the per-frame reshape, same result.
 
         Returns:
             ``[B, S, dim]``.
@@ -344,14 +347,11 @@ class FlashHeadTransformer(ModelMixin, ConfigMixin):
             context_tokens=audio_context_tokens,
             norm_output_audio=True,
         )
-        # Sequence parallelism (set by inference.parallel.enable_sequence_parallel): rank, world, gather.
-        self.sp_rank, self.sp_world = 0, 1
-        self.sp_gather: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._rope_cache: dict = {}
 
     # -- construction helpers ------------------------------------------------------------------
     @classmethod
-    def from_config_dataclass(cls, cfg: FlashHeadTransformerConfig) -> "FlashHeadTransformer":
+    def from_config_dataclass(cls, cfg: FlashHeadTransformerConfig) -> FlashHeadTransformer:
         """Build from a :class:`FlashHeadTransformerConfig` (random init)."""
         return cls(**cfg.to_kwargs())
 
@@ -362,10 +362,19 @@ class FlashHeadTransformer(ModelMixin, ConfigMixin):
             if cross_attn is not None:
                 blk.cross_attn.set_processor(cross_attn)
 
+    def token_grid(self, latent_shape: tuple[int, ...] | torch.Size) -> tuple[int, int, int]:
+        """Token grid ``(F/pt, H/ph, W/pw)`` of latents of shape ``[B, C, F, H, W]`` after patchify;
+        the sequence length is its product."""
+        pt, ph, pw = self.config.patch_size
+        return latent_shape[2] // pt, latent_shape[3] // ph, latent_shape[4] // pw
+
     @torch.compiler.disable
-    def _rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        # Eager and cached per grid (a streaming session alternates at most two chunk lengths):
-        # tensors created inside a CUDA-graph replay must not be kept across replays.
+    def rope_tables(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cos/sin tables of :func:`rope_freqs_3d` for a token grid: float32 ``[S, 1, d/2]`` each.
+
+        Eager and cached per grid (a streaming session alternates at most two chunk lengths):
+        tensors created inside a CUDA-graph replay must not be kept across replays.
+        """
         key = (grid, str(device))
         if key not in self._rope_cache:
             if len(self._rope_cache) >= 4:
@@ -395,13 +404,13 @@ class FlashHeadTransformer(ModelMixin, ConfigMixin):
         cfg = self.config
         if x.shape != y.shape:
             raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} differ")
-        b, _, f, h, w = x.shape
+        b, _, f = x.shape[:3]
         pt, ph, pw = cfg.patch_size
         if context.shape[1] != 1 + cfg.vae_stride[0] * (f - 1):
             raise ValueError(f"context has {context.shape[1]} video frames for {f} latent frames")
         dtype = self.patch_embedding.weight.dtype
-        grid = (f // pt, h // ph, w // pw)
-        rope = self._rope(grid, x.device)  # first: the eager call splits the compiled graph here
+        grid = self.token_grid(x.shape)
+        rope = self.rope_tables(grid, x.device)  # first: the eager call splits the compiled graph here
 
         # 1. Patch & position embedding: [B, 2C, F, H, W] -> [B, S, dim]
         tokens = self.patch_embedding(torch.cat([x, y], dim=1).to(dtype))
@@ -418,25 +427,12 @@ class FlashHeadTransformer(ModelMixin, ConfigMixin):
         first, later = select_latent_audio_windows(context.to(dtype), cfg.vae_stride[0], cfg.audio_window)
         audio = self.audio_proj(first, later)
 
-        # 4. Transformer blocks (sequence-parallel shard if enabled)
-        frame_ids = None
-        if self.sp_world > 1:
-            s = tokens.shape[1]
-            s_pad = -(-s // self.sp_world) * self.sp_world
-            per = s_pad // self.sp_world
-            lo, hi = self.sp_rank * per, (self.sp_rank + 1) * per
-            tokens = F.pad(tokens, (0, 0, 0, s_pad - s))[:, lo:hi]
-            cos, sin = (F.pad(r, (0, 0, 0, 0, 0, s_pad - s), value=v)[lo:hi] for r, v in zip(rope, (1.0, 0.0)))
-            rope = (cos, sin)
-            tokens_per_frame = grid[1] * grid[2]
-            frame_ids = (torch.arange(lo, hi, device=x.device) // tokens_per_frame).clamp(max=f - 1)
+        # 4. Transformer blocks
         for blk in self.blocks:
-            tokens = blk(tokens, audio, t_mod, rope, frame_ids)
+            tokens = blk(tokens, audio, t_mod, rope)
 
         # 5. Output norm, projection & unpatchify
-        tokens = self.head(tokens, t_emb)
-        if self.sp_world > 1:
-            tokens = self.sp_gather(tokens)[:, : grid[0] * grid[1] * grid[2]]
+        tokens = self.head(tokens, t_emb)  # [B, S, out_dim * prod(patch)]
         gf, gh, gw = grid
         out = tokens.view(b, gf, gh, gw, pt, ph, pw, cfg.out_dim)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, cfg.out_dim, gf * pt, gh * ph, gw * pw)
@@ -444,95 +440,17 @@ class FlashHeadTransformer(ModelMixin, ConfigMixin):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoint I/O
+# Names that moved to vividhead.training.models.loading
 # ----------------------------------------------------------------------------------------------
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` (preferred), a sharded safetensors index, or a torch
-    file (``torch.load(weights_only=True)``); a directory is searched for these in that order.
-
-    Raises:
-        FileNotFoundError: nothing loadable at ``path``.
-    """
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if p.is_dir():
-        index = sorted(p.glob("*.safetensors.index.json"))
-        single = sorted(p.glob("*.safetensors"))
-        torch_files = sorted([*p.glob("*.pth"), *p.glob("*.pt"), *p.glob("*.bin")])
-        if index:
-            p = index[0]
-        elif single:
-            if len(single) > 1:
-                raise FileNotFoundError(f"several safetensors files in {p} and no index: {single}")
-            p = single[0]
-        elif torch_files:
-            p = torch_files[0]
-        else:
-            raise FileNotFoundError(f"no checkpoint file in {path}")
-    if not p.exists():
-        raise FileNotFoundError(p)
-    if p.name.endswith(".safetensors.index.json"):
-        shards = sorted(set(json.loads(p.read_text())["weight_map"].values()))
-        sd: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            sd.update(load_file(str(p.parent / shard)))
-        return sd
-    if p.suffix == ".safetensors":
-        return load_file(str(p))
-    obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    return obj
+_MOVED_TO_LOADING = frozenset({"load_flashhead_transformer", "load_state_dict_file", "load_strict"})
 
 
-def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """``load_state_dict(strict=True)`` with a readable error.
+def __getattr__(name: str):
+    """Checkpoint readers moved to :mod:`vividhead.training.models.loading`; importing them from
+    here still works (with a ``DeprecationWarning``) so callers can move at their own pace."""
+    if name in _MOVED_TO_LOADING:
+        from vividhead.training.models import loading
 
-    Raises:
-        KeyError: listing up to 20 missing and unexpected keys.
-        RuntimeError: shape mismatches (from PyTorch).
-    """
-    expected = set(model.state_dict())
-    got = set(state_dict)
-    missing, unexpected = sorted(expected - got), sorted(got - expected)
-    if missing or unexpected:
-        raise KeyError(
-            f"checkpoint keys do not match {type(model).__name__}: "
-            f"{len(missing)} missing {missing[:20]}, {len(unexpected)} unexpected {unexpected[:20]}"
-        )
-    model.load_state_dict(state_dict, strict=True)
-
-
-def load_flashhead_transformer(
-    path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"
-) -> FlashHeadTransformer:
-    """Load a FlashHead DiT from an upstream-layout folder (``config.json`` +
-    ``diffusion_pytorch_model.safetensors``) with strict key matching.
-
-    ``config.json`` keys that the constructor does not take are logged and ignored (the upstream
-    constructor takes ``**kwargs`` too); any effect they could have on shapes is caught by the
-    strict key/shape check of the weights.
-
-    Raises:
-        FileNotFoundError: no ``config.json`` / weights.
-        KeyError: checkpoint keys differ from the module tree.
-        RuntimeError: a tensor's shape differs from the module's.
-    """
-    import inspect
-
-    p = Path(path)
-    raw = json.loads((p / "config.json").read_text())
-    allowed = set(inspect.signature(FlashHeadTransformer.__init__).parameters) - {"self"}
-    cfg = {k: v for k, v in raw.items() if not k.startswith("_")}
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        logger.warning("ignoring config keys %s from %s", unknown, p / "config.json")
-        cfg = {k: v for k, v in cfg.items() if k in allowed}
-    with torch.device("meta"):
-        model = FlashHeadTransformer(**cfg)
-    sd = load_state_dict_file(p)
-    model = model.to_empty(device="cpu")
-    load_strict(model, sd)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        warnings.warn(f"import {name} from vividhead.training.models.loading", DeprecationWarning, stacklevel=2)
+        return getattr(loading, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

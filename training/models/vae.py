@@ -22,7 +22,7 @@ from diffusers import AutoencoderKLLTXVideo, AutoencoderKLWan
 from torch import nn
 
 from vividhead.training.models.configs import VAEKind
-from vividhead.training.models.flashhead import load_state_dict_file, load_strict
+from vividhead.training.models.loading import load_state_dict_file, load_strict, read_config_json
 
 
 class VideoVAE(nn.Module):
@@ -173,17 +173,14 @@ def load_vae(kind: VAEKind, path: str | Path, config: dict | None = None) -> Vid
         FileNotFoundError: no checkpoint at ``path``.
         KeyError: keys do not match after conversion.
     """
-    import json
-
     from diffusers.loaders import single_file_utils as sfu
 
     kind = VAEKind(kind)
     p = Path(path)
     kwargs = {}
-    if p.is_dir() and (p / "config.json").exists():
-        raw = json.loads((p / "config.json").read_text())
-        if "_class_name" in raw:  # diffusers config
-            kwargs = {k: v for k, v in raw.items() if not k.startswith("_")}
+    raw = read_config_json(p) if p.is_dir() else None
+    if raw is not None and "_class_name" in raw:  # diffusers config
+        kwargs = {k: v for k, v in raw.items() if not k.startswith("_")}
     kwargs.update(config or {})
     sd = load_state_dict_file(p)
     vae = build_vae(kind, config=kwargs)

@@ -16,9 +16,9 @@ from vividhead.training.models.flashhead import (
     DiTAudioBlock,
     FlashHeadTransformer,
     apply_rope,
-    load_flashhead_transformer,
     rope_freqs_3d,
 )
+from vividhead.training.models.loading import load_flashhead_transformer
 
 dlog.set_verbosity_error()
 torch.set_num_threads(2)
@@ -38,7 +38,7 @@ def upstream_keys(num_layers: int) -> set[str]:
         pre = f"blocks.{b}"
         keys.add(f"{pre}.modulation")
         for a in ("self_attn", "cross_attn"):
-            keys |= {f"{pre}.{a}.{l}.{p}" for l in "qkvo" for p in wb}
+            keys |= {f"{pre}.{a}.{proj}.{p}" for proj in "qkvo" for p in wb}
             keys |= {f"{pre}.{a}.norm_q.weight", f"{pre}.{a}.norm_k.weight"}
         keys |= {f"{pre}.norm3.{p}" for p in wb} | {f"{pre}.ffn.{i}.{p}" for i in (0, 2) for p in wb}
     keys |= {"head.modulation", "head.head.weight", "head.head.bias"}
