@@ -7,10 +7,14 @@ Measures, on the same shards:
   * ClipWindowDataset in the main process (num_workers=0) and through a DataLoader with 1 and 2
     workers (batch size 1, resampled endless stream, float32 [33, 3, 512, 512] frames + audio).
 
+Shards come from ``--out`` (any curation output) or are curated here from fixture videos by the real
+pipeline (``run_curation``: the first ``--max-frames`` frames of each video, face crop with a key
+frame every ``--gop`` frames, optional filters off).
+
 Usage (from the repo root):
-    .venv/bin/python benchmarks/loader.py                       # builds shards from ../shared/fixtures
+    .venv/bin/python benchmarks/loader.py                       # curates shards from ../shared/fixtures
     .venv/bin/python benchmarks/loader.py --out OUT --samples 60 --workers 0 1 2 4
-    .venv/bin/python benchmarks/loader.py --build-only DIR      # just write the benchmark shards
+    .venv/bin/python benchmarks/loader.py --build-only DIR      # just curate the benchmark shards
 
 Prints one JSON object (also written with --json PATH).
 """
@@ -18,6 +22,7 @@ Prints one JSON object (also written with --json PATH).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -33,22 +38,56 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
+from vividhead.shard_format import FPS, JSON, KEPT, MP4, SHARD_GLOB, WAV2VEC, is_valid_frame_count  # noqa: E402
 from vividhead.training.data import ClipWindowDataset, collate_clip_windows, decode_frames, plan_window  # noqa: E402
 
 FIXTURE_VIDEOS = ("talk_retalking_face2.mp4", "talk_retalking_face3.mp4", "talk_retalking_face5.mp4",
                   "talk_hdtf_aoc_512.mp4", "talk_hdtf_katiehill_512.mp4", "talk_retalking_face1.mp4")
 
 
-def build(out: Path, fixtures: Path, max_frames: int, gop: int, wav2vec: tuple[int, int] | None,
+def build(out: Path, fixtures: Path, max_frames: int, gop: int, wav2vec: str | None,
           videos: tuple[str, ...] = FIXTURE_VIDEOS) -> Path:
-    """Encode fixture talking-head videos into a curation-format output (shards of 2 clips)."""
-    from vividhead.training.shard_builder import EncodedClip, encode_clip, write_output
+    """Curate fixture talking-head videos into ``out`` with the real pipeline (shards of 2 clips).
 
-    clips = []
-    for name in videos:
-        mp4, wav, n = encode_clip(fixtures / "media" / "video" / name, max_frames=max_frames, gop=gop)
-        clips.append(EncodedClip(name.removesuffix(".mp4"), mp4, wav, n, {"lse_c": 7.0, "language": "en"}))
-    return write_output(out, clips, clips_per_shard=2, wav2vec_shape=wav2vec)
+    Each video's first ``max_frames`` frames (4k+1) become one clip: ``probe``, ``dedup``,
+    ``scene_split`` (the given span), ``normalize``, ``face`` (512x512 crop, a key frame every
+    ``gop`` frames) and ``write``; the filters and other annotations are off. ``wav2vec``: a local
+    transformers Wav2Vec2 folder for ``audio_features``, ``"random"`` for a randomly initialised
+    wav2vec2-base (the real feature shape [N, 12, 768], meaningless values), or None for no features.
+    """
+    from vividhead.curation.config import SECTIONS, config_from_dict
+    from vividhead.curation.pipeline import run_curation
+
+    if not is_valid_frame_count(max_frames):
+        raise SystemExit(f"--max-frames must be 4k+1, got {max_frames}")
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = max_frames / FPS
+    inputs = out.parent / f"{out.name}-inputs.csv"
+    with inputs.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["url", "source_id", "start_s", "end_s"])
+        for name in videos:
+            writer.writerow([str(fixtures / "media" / "video" / name), name.removesuffix(".mp4"), 0.0, seconds])
+    run = ("run", "probe", "dedup", "scene_split", "normalize", "face", "audio_features", "write")
+    raw: dict = {name: {"enabled": False} for name in SECTIONS if name not in run}
+    raw["scene_split"] = {"detector": "none", "min_clip_s": min(1.0, seconds), "max_clip_s": seconds + 1.0}
+    raw["face"] = {"keyframe_interval_frames": gop}
+    raw["write"] = {"samples_per_shard": 2}
+    if wav2vec is None:
+        raw["audio_features"] = {"enabled": False}
+    else:
+        if wav2vec == "random":
+            from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+            torch.manual_seed(0)
+            wav2vec = str(out.parent / f"{out.name}-wav2vec-random")
+            Wav2Vec2Model(Wav2Vec2Config()).save_pretrained(wav2vec)
+        raw["audio_features"] = {"weights_path": wav2vec}
+    result = run_curation([str(inputs)], str(out), config_from_dict(raw))
+    rejected = [(r["source_id"], r["stage"], r["reason"]) for r in result.manifest.to_pylist() if r["status"] != KEPT]
+    if rejected:
+        print(f"rejected: {rejected}", file=sys.stderr)
+    return out
 
 
 def raw_samples(urls: list[str]) -> list[dict]:
@@ -60,13 +99,13 @@ def bench_decode(samples: list[dict], n: int, seek: bool, num_frames: int = 33) 
     t0 = time.perf_counter()
     for i in range(n):
         s = samples[i % len(samples)]
-        clip_frames = json.loads(s["json"])["num_frames"]
+        clip_frames = json.loads(s[JSON])["num_frames"]
         p = plan_window(clip_frames, rng, num_frames=num_frames)
         wanted = [*range(p.start, p.start + num_frames), p.reference]
         if seek:
-            decode_frames(s["mp4"], wanted)
+            decode_frames(s[MP4], wanted)
         else:
-            _decode_from_start(s["mp4"], set(wanted))
+            _decode_from_start(s[MP4], set(wanted))
     return n / (time.perf_counter() - t0)
 
 
@@ -105,8 +144,9 @@ def main() -> None:
     ap.add_argument("--fixtures", type=Path, default=ROOT.parent / "shared" / "fixtures")
     ap.add_argument("--max-frames", type=int, default=121, help="frames per built clip (4k+1)")
     ap.add_argument("--gop", type=int, default=25, help="key-frame interval of built clips")
-    ap.add_argument("--wav2vec", type=int, nargs=2, default=[12, 768], metavar=("LAYERS", "DIM"),
-                    help="shape of the synthetic stored features of built clips")
+    ap.add_argument("--wav2vec", default="random",
+                    help="Wav2Vec2 folder for the stored features of built clips, or 'random' "
+                         "(randomly initialised wav2vec2-base: real shape, meaningless values)")
     ap.add_argument("--no-wav2vec", action="store_true", help="build clips without stored features")
     ap.add_argument("--samples", type=int, default=40, help="timed samples per measurement")
     ap.add_argument("--warmup", type=int, default=4)
@@ -118,7 +158,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    w2v = None if args.no_wav2vec else tuple(args.wav2vec)
+    w2v = None if args.no_wav2vec else args.wav2vec
     if args.build_only:
         build(args.build_only, args.fixtures, args.max_frames, args.gop, w2v, tuple(args.videos))
         print(f"wrote {args.build_only}")
@@ -128,7 +168,7 @@ def main() -> None:
     if out is None:
         tmp = tempfile.TemporaryDirectory()
         out = build(Path(tmp.name) / "out", args.fixtures, args.max_frames, args.gop, w2v, tuple(args.videos))
-    urls = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    urls = sorted(str(p) for p in out.glob(SHARD_GLOB))
     samples = raw_samples(urls)
     torch.set_num_threads(1)
     result = {
@@ -139,8 +179,8 @@ def main() -> None:
         "dtype": args.dtype,
         "decode_threads": args.decode_threads,
         "out": str(out),
-        "wav2vec": "wav2vec.npy" in samples[0],
-        "frames_per_clip": sorted({json.loads(s["json"])["num_frames"] for s in samples}),
+        "wav2vec": WAV2VEC in samples[0],
+        "frames_per_clip": sorted({json.loads(s[JSON])["num_frames"] for s in samples}),
         "decode_bound_seek_per_s": round(bench_decode(samples, args.samples, seek=True), 2),
         "decode_from_start_per_s": round(bench_decode(samples, args.samples, seek=False), 2),
     }

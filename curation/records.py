@@ -1,4 +1,4 @@
-"""The row that flows through the pipeline, and the manifest schema.
+"""The row that flows through the pipeline (its columns: :data:`vividhead.shard_format.MANIFEST_SCHEMA`).
 
 A row is a plain ``dict`` (a Ray Data row): one per input video until ``scene_split``, then one per
 clip. It carries paths, metadata and, for clips, the encoded media as bytes (``video_bytes``:
@@ -16,69 +16,12 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
-KEPT = "kept"
-REJECTED = "rejected"
+from vividhead.shard_format import KEPT, MANIFEST_SCHEMA, REJECTED, REQUIRED_MEMBERS
 
 Row = dict[str, Any]
 
-# Columns of the manifest, with Arrow types. Stages of later issues add theirs here so that every
-# row has every column (null when the stage did not run).
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("input_id", pa.string()),
-        ("source_id", pa.string()),
-        ("url", pa.string()),
-        ("md5", pa.string()),
-        ("clip_id", pa.string()),
-        ("clip_index", pa.int32()),
-        ("status", pa.string()),
-        ("stage", pa.string()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("duplicate_of", pa.string()),
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
-        ("duration_s", pa.float64()),
-        ("num_frames", pa.int32()),
-        ("source_duration_s", pa.float64()),
-        ("source_width", pa.int32()),
-        ("source_height", pa.int32()),
-        ("source_fps", pa.float64()),
-        ("crop_box", pa.list_(pa.int32())),
-        ("face_px", pa.float64()),
-        ("face_score", pa.float64()),
-        ("num_faces", pa.int32()),
-        ("pad_px", pa.int32()),
-        ("audio_peak_dbfs", pa.float64()),
-        ("missing_face_share", pa.float64()),
-        ("transition_score", pa.float64()),
-        ("transition_frame", pa.int32()),
-        ("lse_c", pa.float64()),
-        ("lse_d", pa.float64()),
-        ("av_offset_frames", pa.int32()),
-        ("asd_score", pa.float64()),
-        ("speech_share", pa.float64()),
-        ("hand_over_face_share", pa.float64()),
-        ("language", pa.string()),
-        ("gender", pa.string()),
-        ("age_band", pa.string()),
-        ("ethnicity", pa.string()),
-        # Share of frames in which FaceLandmarker found a face (face_mask stage).
-        ("face_mask_share", pa.float64()),
-        # JSON object {annotator: reason code} for annotations that failed on a kept clip
-        # (``face_mask``, ``audio_features``, ``language``, ``gender``, ``age``, ``ethnicity``).
-        ("annotation_errors", pa.string()),
-        ("shard", pa.int32()),
-        ("key", pa.string()),
-        ("timings", pa.string()),
-    ]
-)
-
 # Columns that hold media or routing state and never reach the manifest.
 TRANSIENT = ("video_bytes", "audio_bytes", "local_path", "rows_of_input", "extra_members")
-
-# Manifest columns copied into each sample's ``.json``.
-SAMPLE_JSON_EXCLUDE = ("status", "stage", "reason", "detail", "duplicate_of", "timings")
 
 
 def new_row(**values: Any) -> Row:
@@ -141,9 +84,10 @@ def add_member(row: Row, ext: str, data: bytes) -> None:
     written into the shard by the ``write`` stage.
 
     Raises:
-        ValueError: ``ext`` is not made of ``[A-Za-z0-9_.-]`` or is a reserved member (mp4/wav/json).
+        ValueError: ``ext`` is not made of ``[A-Za-z0-9_.-]`` or is a member the writer fills itself
+            (:data:`vividhead.shard_format.REQUIRED_MEMBERS`: mp4/wav/json).
     """
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", ext) or ext in ("mp4", "wav", "json"):
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", ext) or ext in REQUIRED_MEMBERS:
         raise ValueError(f"invalid sample member extension {ext!r}")
     members = members_of(row)
     members[ext] = bytes(data)

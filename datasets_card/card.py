@@ -22,6 +22,24 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from vividhead.datasets_card import charts
+from vividhead.shard_format import (
+    FPS,
+    FRAME_SIZE_PX,
+    FRAME_STRIDE,
+    JSON,
+    KEPT,
+    MANIFEST_FILE,
+    MASK,
+    MP4,
+    REJECTED,
+    SAMPLE_RATE_HZ,
+    SAMPLES_PER_FRAME,
+    SHARD_DIR,
+    SHARD_GLOB,
+    STATS_FILE,
+    WAV,
+    WAV2VEC,
+)
 
 #: Manifest columns drawn as distributions: (column, title, x label).
 DISTRIBUTIONS = (
@@ -115,7 +133,7 @@ def compute_totals(manifest: pa.Table) -> dict[str, Any]:
     """
     status = _column(manifest, "status")
     key = _column(manifest, "key")
-    kept = [i for i, (s, k) in enumerate(zip(status, key)) if s == "kept" and k is not None]
+    kept = [i for i, (s, k) in enumerate(zip(status, key)) if s == KEPT and k is not None]
     take = manifest.take(pa.array(kept, type=pa.int64()))
     dur = [d for d in _column(take, "duration_s") if d is not None]
     speaker_col = "speaker_id" if "speaker_id" in manifest.column_names else "source_id"
@@ -131,7 +149,7 @@ def compute_totals(manifest: pa.Table) -> dict[str, Any]:
         "inputs": len({x for x in _column(manifest, "input_id") if x is not None}),
         "sources": len({x for x in _column(take, "source_id") if x is not None}),
         "shards": len({x for x in _column(take, "shard") if x is not None}),
-        "rejected_rows": sum(1 for s in status if s == "rejected"),
+        "rejected_rows": sum(1 for s in status if s == REJECTED),
     }
 
 
@@ -159,7 +177,7 @@ def build_metadata(totals: dict[str, Any], options: CardOptions) -> DatasetCardD
         if options.license_link:
             kwargs["license_link"] = options.license_link
     kwargs["configs"] = [
-        {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "shards/*.tar"}]},
+        {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": SHARD_GLOB}]},
     ]
     return DatasetCardData(**kwargs)
 
@@ -234,13 +252,14 @@ def render_readme(manifest: pa.Table, stats: dict[str, Any], chart_names: dict[s
     """
     totals = compute_totals(manifest)
     meta = build_metadata(totals, options)
-    kept_mask = [s == "kept" and k is not None for s, k in zip(_column(manifest, "status"), _column(manifest, "key"))]
+    kept_mask = [s == KEPT and k is not None for s, k in zip(_column(manifest, "status"), _column(manifest, "key"))]
     L: list[str] = []
     add = L.append
     add(f"# {options.pretty_name}")
     add("")
     add("Talking-head video clips curated with the vividhead pipeline (VividHead recipe, SoulX-FlashHead §2): "
-        "512x512 face-centred frames at 25 fps with time-aligned 16 kHz speech and per-clip metadata, "
+        f"{FRAME_SIZE_PX}x{FRAME_SIZE_PX} face-centred frames at {FPS} fps with time-aligned "
+        f"{SAMPLE_RATE_HZ / 1000:g} kHz speech and per-clip metadata, "
         "stored as WebDataset shards with a Parquet manifest of every input and clip, kept or rejected.")
     add("")
     add("## Summary")
@@ -261,14 +280,15 @@ def render_readme(manifest: pa.Table, stats: dict[str, Any], chart_names: dict[s
     add("")
     add("## Layout")
     add("")
-    add("- `shards/{shard:05d}.tar`: WebDataset shards, one sample per clip, key `<source_id>-<clip index>`. "
-        "Members: `<key>.mp4` (H.264 512x512, 25 fps CFR, 4k+1 frames), `<key>.wav` (16 kHz mono PCM s16, "
-        "640 samples per frame), `<key>.json` (metadata and scores), optionally `<key>.wav2vec.npy` "
-        "(float16 [frames, layers, dim], row t = video frame t) and `<key>.mask.*`.")
-    add("- `manifest.parquet`: one row per input and per clip with `status` (kept/rejected), the rejecting `stage` "
-        "and `reason`, timings and every score. "
-        "Load it with `datasets.load_dataset(\"parquet\", data_files=\"hf://datasets/ORG/NAME/manifest.parquet\")`.")
-    add("- `stats.json`: per-stage counts, drop reasons and seconds, and the pipeline config.")
+    add(f"- `{SHARD_DIR}/{{shard:05d}}.tar`: WebDataset shards, one sample per clip, key `<source_id>-<clip index>`. "
+        f"Members: `<key>.{MP4}` (H.264 {FRAME_SIZE_PX}x{FRAME_SIZE_PX}, {FPS} fps CFR, {FRAME_STRIDE}k+1 frames), "
+        f"`<key>.{WAV}` ({SAMPLE_RATE_HZ / 1000:g} kHz mono PCM s16, {SAMPLES_PER_FRAME} samples per frame), "
+        f"`<key>.{JSON}` (metadata and scores), optionally `<key>.{WAV2VEC}` "
+        f"(float16 [frames, layers, dim], row t = video frame t) and `<key>.{MASK}` (face and lip masks, landmarks).")
+    add(f"- `{MANIFEST_FILE}`: one row per input and per clip with `status` ({KEPT}/{REJECTED}), the rejecting "
+        "`stage` and `reason`, timings and every score. "
+        f"Load it with `datasets.load_dataset(\"parquet\", data_files=\"hf://datasets/ORG/NAME/{MANIFEST_FILE}\")`.")
+    add(f"- `{STATS_FILE}`: per-stage counts, drop reasons and seconds, and the pipeline config.")
     add("")
     add("```python")
     add("from vividhead.training.data import ClipWindowDataset, ClipFilter  # vividhead")
@@ -295,7 +315,7 @@ def render_readme(manifest: pa.Table, stats: dict[str, Any], chart_names: dict[s
     reasons = Counter(
         (st or "-", r or "-")
         for s, st, r in zip(_column(manifest, "status"), _column(manifest, "stage"), _column(manifest, "reason"))
-        if s == "rejected"
+        if s == REJECTED
     )
     if reasons:
         add("Rejected manifest rows (inputs and clips) by stage and reason:")
@@ -376,11 +396,11 @@ def write_card(out: str | Path, options: CardOptions = CardOptions()) -> CardRes
         ValueError: if the generated card fails :func:`validate_card`.
     """
     out = Path(out)
-    for name in ("manifest.parquet", "stats.json"):
+    for name in (MANIFEST_FILE, STATS_FILE):
         if not (out / name).is_file():
             raise FileNotFoundError(f"{out / name} not found (the curation pipeline writes it)")
-    manifest = pq.read_table(out / "manifest.parquet")
-    stats = json.loads((out / "stats.json").read_text())
+    manifest = pq.read_table(out / MANIFEST_FILE)
+    stats = json.loads((out / STATS_FILE).read_text())
     chart_dir = out / "card"
     written: list[Path] = []
     names: dict[str, str] = {}
@@ -389,7 +409,7 @@ def write_card(out: str | Path, options: CardOptions = CardOptions()) -> CardRes
         written.append(charts.funnel([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
                                      chart_dir / "funnel.png"))
         names["funnel"] = "card/funnel.png"
-    kept = [s == "kept" and k is not None for s, k in zip(_column(manifest, "status"), _column(manifest, "key"))]
+    kept = [s == KEPT and k is not None for s, k in zip(_column(manifest, "status"), _column(manifest, "key"))]
     for col, title, xlabel in DISTRIBUTIONS:
         vals = [v for v, k in zip(_column(manifest, col), kept) if k]
         present = [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]

@@ -16,8 +16,10 @@ from typing import Any
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects
 
+from vividhead.shard_format import MANIFEST_FILE, SHARD_DIR, SHARD_GLOB, STATS_FILE
+
 #: Files of a curation output that are published, relative to OUT (fnmatch patterns).
-ALLOW_PATTERNS = ("README.md", "manifest.parquet", "stats.json", "card/*.png", "shards/*.tar")
+ALLOW_PATTERNS = ("README.md", MANIFEST_FILE, STATS_FILE, "card/*.png", SHARD_GLOB)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -56,10 +58,10 @@ def plan_upload(out: str | Path) -> list[UploadItem]:
     chosen = list(filter_repo_objects(files.keys(), allow_patterns=list(ALLOW_PATTERNS)))
     if "README.md" not in chosen:
         raise FileNotFoundError(f"{out}/README.md is missing: run `vividhead card {out}` first")
-    if "manifest.parquet" not in chosen:
-        raise FileNotFoundError(f"{out}/manifest.parquet is missing")
-    if not any(c.startswith("shards/") for c in chosen):
-        raise FileNotFoundError(f"no shards under {out}/shards")
+    if MANIFEST_FILE not in chosen:
+        raise FileNotFoundError(f"{out}/{MANIFEST_FILE} is missing")
+    if not any(c.startswith(f"{SHARD_DIR}/") for c in chosen):
+        raise FileNotFoundError(f"no shards under {out}/{SHARD_DIR}")
     return [UploadItem(files[c], c, files[c].stat().st_size) for c in chosen]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vividhead.shard_format import FPS, SAMPLE_RATE_HZ
 from vividhead.training.flow_matching import chunk_audio_context
 
 
@@ -81,8 +82,8 @@ class TemporalAudioContextCache:
     def __init__(
         self,
         encoder,
-        sample_rate_hz: int = 16000,
-        fps: int = 25,
+        sample_rate_hz: int = SAMPLE_RATE_HZ,
+        fps: int = FPS,
         cache_seconds: float = 8.0,
         frame_num: int = 33,
         audio_window: int = 5,

@@ -10,6 +10,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from vividhead.shard_format import SAMPLE_RATE_HZ
+
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as uint8 RGB ``[H, W, 3]``.
@@ -26,7 +28,7 @@ def read_image(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def read_audio(path: str | Path, sample_rate_hz: int = 16000) -> np.ndarray:
+def read_audio(path: str | Path, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
     """Read a speech file as mono float32 ``[N]`` in [-1, 1] at ``sample_rate_hz`` (polyphase
     resampling; channels averaged).
 
@@ -59,7 +61,7 @@ class Mp4Writer:
     """
 
     def __init__(self, target, fps: int, width: int, height: int, audio: np.ndarray | None = None,
-                 sample_rate_hz: int = 16000, crf: int = 18) -> None:
+                 sample_rate_hz: int = SAMPLE_RATE_HZ, crf: int = 18) -> None:
         self.container = av.open(target, mode="w", format="mp4")
         self.video = self.container.add_stream("libx264", rate=fps)
         self.video.width, self.video.height, self.video.pix_fmt = width, height, "yuv420p"

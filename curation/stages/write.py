@@ -1,11 +1,7 @@
 """write: kept clips into WebDataset shards, every row into the Parquet manifest, resumably.
 
-Layout under ``OUT``::
-
-    shards/{shard:05d}.tar       <key>.mp4 (512x512, 25 fps), <key>.wav (16 kHz mono), <key>.json
-    _parts/part-{part:05d}.parquet  manifest rows of the inputs finished in that part (the marker)
-    manifest.parquet             all parts, one row per input and per clip
-    stats.json                   per-stage counts and seconds
+The layout under ``OUT``, the sample members and the manifest schema are the shard contract,
+:mod:`vividhead.shard_format`; this module is its one writer.
 
 Inputs are written whole: an input's rows (all its clips) go into one part, and a part is written
 only after its shard. On restart, inputs listed in finished parts are skipped, shards no part
@@ -27,11 +23,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vividhead.curation.records import KEPT, MANIFEST_SCHEMA, SAMPLE_JSON_EXCLUDE, Row, manifest_table, members_of
+from vividhead.curation.records import Row, manifest_table, members_of
 from vividhead.curation.storage import Storage, StorageError, describe
-
-SHARD_DIR = "shards"
-PART_DIR = "_parts"
+from vividhead.shard_format import (
+    JSON,
+    KEPT,
+    MANIFEST_FILE,
+    MANIFEST_SCHEMA,
+    MP4,
+    PART_DIR,
+    SAMPLE_JSON_EXCLUDE,
+    SHARD_DIR,
+    WAV,
+    part_index,
+    part_path,
+    shard_index,
+    shard_path,
+)
 
 
 def to_py(value: Any) -> Any:
@@ -48,7 +56,8 @@ def to_py(value: Any) -> Any:
 
 
 def sample_json(row: Row, fps: float, sample_rate_hz: int) -> dict:
-    """The ``<key>.json`` of a kept clip: every manifest column but routing state, plus units."""
+    """The ``<key>.json`` of a kept clip: every manifest column but routing state, plus ``fps`` and
+    ``sample_rate`` (:func:`vividhead.shard_format.sample_json_keys`)."""
     meta = {k: to_py(row.get(k)) for k in MANIFEST_SCHEMA.names if k not in SAMPLE_JSON_EXCLUDE}
     meta.update(fps=fps, sample_rate=sample_rate_hz)
     return meta
@@ -105,14 +114,15 @@ class ShardWriter:
         self.storage.remove(probe)
         self.storage.clean_temps(PART_DIR)
         self.storage.clean_temps(SHARD_DIR)
-        parts = [n for n in self.storage.list(PART_DIR) if n.startswith("part-") and n.endswith(".parquet")]
+        parts = [n for n in self.storage.list(PART_DIR) if part_index(n) is not None]
         tables = [pq.read_table(io.BytesIO(self.storage.read_bytes(f"{PART_DIR}/{n}"))) for n in parts]
         done = pa.concat_tables([t.cast(MANIFEST_SCHEMA) for t in tables]) if tables else MANIFEST_SCHEMA.empty_table()
         referenced = {int(s) for s in done.column("shard").to_pylist() if s is not None}
         for name in self.storage.list(SHARD_DIR):
-            if name.endswith(".tar") and name[:-4].isdigit() and int(name[:-4]) not in referenced:
+            index = shard_index(name)
+            if index is not None and index not in referenced:
                 self.storage.remove(f"{SHARD_DIR}/{name}")  # written by a run killed before its part
-        self._next_part = max((int(n[5:10]) for n in parts), default=-1) + 1
+        self._next_part = max((part_index(n) for n in parts), default=-1) + 1
         self._next_shard = max(referenced, default=-1) + 1
         return done
 
@@ -151,12 +161,12 @@ class ShardWriter:
             samples = []
             for r in kept:
                 r["shard"], r["key"] = shard, r["clip_id"]
-                members = {"mp4": bytes(r["video_bytes"]), "wav": bytes(r["audio_bytes"])}
+                members = {MP4: bytes(r["video_bytes"]), WAV: bytes(r["audio_bytes"])}
                 for ext, data in sorted(members_of(r).items()):
                     members[ext] = bytes(data)
-                members["json"] = json.dumps(sample_json(r, self.fps, self.sample_rate_hz), sort_keys=True).encode()
+                members[JSON] = json.dumps(sample_json(r, self.fps, self.sample_rate_hz), sort_keys=True).encode()
                 samples.append((r["clip_id"], members))
-            shard_rel = f"{SHARD_DIR}/{shard:05d}.tar"
+            shard_rel = shard_path(shard)
             fd, tmp = self.storage.local_temp(shard_rel)
             os.close(fd)
             try:
@@ -172,7 +182,7 @@ class ShardWriter:
         rows = [{k: to_py(r.get(k)) for k in MANIFEST_SCHEMA.names} for r in self._pending]
         buf = io.BytesIO()
         pq.write_table(manifest_table(rows), buf)
-        rel = f"{PART_DIR}/part-{self._next_part:05d}.parquet"
+        rel = part_path(self._next_part)
         try:
             self.storage.write_bytes(rel, buf.getvalue())
         except BaseException:
@@ -195,10 +205,10 @@ class ShardWriter:
     # -- final outputs --------------------------------------------------------------------------
     def write_manifest(self) -> pa.Table:
         """Concatenate all parts into ``manifest.parquet`` (atomic) and return it."""
-        parts = [n for n in self.storage.list(PART_DIR) if n.startswith("part-") and n.endswith(".parquet")]
+        parts = [n for n in self.storage.list(PART_DIR) if part_index(n) is not None]
         tables = [pq.read_table(io.BytesIO(self.storage.read_bytes(f"{PART_DIR}/{n}"))).cast(MANIFEST_SCHEMA) for n in parts]
         table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        self.storage.write_bytes("manifest.parquet", buf.getvalue())
+        self.storage.write_bytes(MANIFEST_FILE, buf.getvalue())
         return table

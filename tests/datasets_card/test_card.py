@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -61,22 +62,33 @@ def test_size_categories():
 
 
 def test_totals_funnel_and_reasons(carded_dir):
+    from vividhead.curation import __version__
+
     text = (carded_dir / "README.md").read_text()
     assert "| clips | 5 |" in text
-    assert "| hours | 0.00 |" in text and "| frames | 45 |" in text
+    assert "| hours | 0.00 |" in text and "| frames | 253 |" in text  # 41 + 41 + 45 + 45 + 81
     assert "| speakers | 4 (distinct source videos; no speaker ids) |" in text
     assert "| languages | 4 (de, en, unknown lang, zh) |" in text
-    assert "| pipeline version | 0.1.0 |" in text and "| pipeline wall time | 1.50 h |" in text
+    assert f"| pipeline version | {__version__} |" in text
+    assert re.search(r"\| pipeline wall time \| \d+\.\d\d h \|", text)
     section = text.split("## Filtering funnel")[1].split("![")[0]
-    funnel = [line for line in section.splitlines() if re.match(r"\| [a-z_]+ \| \d", line)]
-    assert funnel == [  # pipeline order, although stats.json has sorted keys
-        "| probe | 8 | 7 | 1 | `no_audio` 1 | 0.5 |",
-        "| dedup | 7 | 6 | 1 | `duplicate_md5` 1 | 0.2 |",
-        "| scene_split | 6 | 9 | 0 | - | 3.2 |",
-        "| face | 9 | 7 | 2 | `multiple_faces` 1, `no_face` 1 | 4.0 |",
-        "| syncnet | 7 | 5 | 2 | `lse_c_below_min` 2 | 8.5 |",
+    stats = json.loads((carded_dir / "stats.json").read_text())
+    ran = {name for name, section_cfg in stats["config"].items() if section_cfg.get("enabled", True)}
+    funnel = [line for line in section.splitlines() if re.match(r"\| [a-z_]+ \| \d", line)
+              and line.split("|")[1].strip() in ran]
+    # The stages that ran, in pipeline order (stats.json has sorted keys); the last column is seconds.
+    assert [line.rsplit("|", 2)[0] for line in funnel] == [
+        "| probe | 9 | 8 | 1 | `no_audio` 1 ",
+        "| dedup | 8 | 7 | 1 | `duplicate_md5` 1 ",
+        "| scene_split | 7 | 7 | 1 | `too_short` 1 ",
+        "| normalize | 7 | 6 | 1 | `silent_audio` 1 ",
+        "| face | 6 | 5 | 1 | `no_face` 1 ",
+        "| face_mask | 5 | 5 | 0 | - ",
+        "| audio_features | 5 | 5 | 0 | - ",
+        "| write | 5 | 5 | 0 | - ",
     ]
-    assert "| syncnet | `lse_c_below_min` | 2 |" in text and "| face | `no_face` | 1 |" in text
+    assert all(float(line.rsplit("|", 2)[1]) >= 0 for line in funnel)
+    assert "| normalize | `silent_audio` | 1 |" in text and "| face | `no_face` | 1 |" in text
     # Null scores are counted as null, not as zeros.
     assert "| SyncNet confidence LSE-C (`lse_c`) | 4 | 1 | 5.20 | 7.00 | 6.83 | 8.10 |" in text
     assert "| Speech share (`speech_share`) | 4 | 1 | 0.60 | 0.75 | 0.75 | 0.90 |" in text
@@ -150,7 +162,8 @@ def test_card_configs_load_with_datasets(carded_dir, tmp_path):
     shards = sorted(str(p) for p in (out_dir / "shards").glob("*.tar"))
     clips = datasets.load_dataset(str(out_dir), "default", split="train", cache_dir=str(tmp_path / "c2"),
                                   features=hf_features(shards))
-    assert sorted(clips["__key__"]) == ["spk_a-0000", "spk_a-0001", "spk_b-0000", "spk_c-0000", "spk_d-0000"]
+    assert sorted(clips["__key__"]) == ["talk_hdtf_aoc_512-0000", "talk_retalking_face2-0000", "talk_retalking_face2-0001",
+                                        "talk_retalking_face3-0000", "talk_retalking_face5-0000"]
 
 
 def test_card_validates_on_the_hub_when_online(carded_dir):

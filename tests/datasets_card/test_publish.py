@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pyarrow.parquet as pq
 import pytest
 import typer
 from huggingface_hub import HfApi
@@ -13,22 +14,24 @@ import vividhead.datasets_card.publish as publish_mod
 from vividhead.datasets_card.card import write_card
 from vividhead.datasets_card.cli import register
 from vividhead.datasets_card.publish import ALLOW_PATTERNS, plan_upload, publish
+from vividhead.shard_format import KEPT, MANIFEST_FILE, STATS_FILE, shard_path
 
-EXPECTED = [
-    "README.md",
-    "card/duration_s.png",
-    "card/face_px.png",
-    "card/funnel.png",
-    "card/language.png",
-    "card/lse_c.png",
-    "card/lse_d.png",
-    "card/speech_share.png",
-    "manifest.parquet",
-    "shards/00000.tar",
-    "shards/00001.tar",
-    "shards/00002.tar",
-    "stats.json",
-]
+CARD_FILES = ["README.md"] + [f"card/{n}.png" for n in
+                              ("duration_s", "face_px", "funnel", "language", "lse_c", "lse_d", "speech_share")]
+
+
+def expected_files(out) -> list[str]:
+    """What must be published, in upload order: the card, the manifest, stats.json and the shards
+    that kept clips are in according to the manifest (not a listing of the folder)."""
+    manifest = pq.read_table(out / MANIFEST_FILE).to_pylist()
+    shards = {r["shard"] for r in manifest if r["status"] == KEPT}
+    assert len(shards) >= 2
+    return sorted(CARD_FILES + [MANIFEST_FILE, STATS_FILE] + [shard_path(s) for s in shards])
+
+
+@pytest.fixture(scope="module")
+def expected(carded) -> list[str]:
+    return expected_files(carded)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +60,14 @@ class RecordingApi:
         self.calls.append(("upload_folder", args, kwargs))
 
 
-def test_plan_lists_exactly_the_dataset_files(carded):
+def test_plan_lists_exactly_the_dataset_files(carded, expected):
     items = plan_upload(carded)
-    assert [i.path_in_repo for i in items] == EXPECTED
+    assert [i.path_in_repo for i in items] == expected
     assert all(i.local_path == (carded / i.path_in_repo).resolve() for i in items)
     assert all(i.size == i.local_path.stat().st_size for i in items)
 
 
-def test_dry_run_command_lists_files_and_destinations(carded, monkeypatch):
+def test_dry_run_command_lists_files_and_destinations(carded, expected, monkeypatch):
     def no_api(*a, **k):
         raise AssertionError("dry run must not talk to the Hub")
 
@@ -74,19 +77,19 @@ def test_dry_run_command_lists_files_and_destinations(carded, monkeypatch):
     res = CliRunner().invoke(app, ["publish", str(carded), "--repo-id", "vivid-org/vividhead-mini", "--dry-run"])
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
-    assert lines[0].startswith(f"would upload {len(EXPECTED)} files (")
+    assert lines[0].startswith(f"would upload {len(expected)} files (")
     assert lines[0].endswith("to https://huggingface.co/datasets/vivid-org/vividhead-mini (public)")
     assert lines[1:] == [
         f"  {(carded / p).resolve()} -> hf://datasets/vivid-org/vividhead-mini/{p} "
         f"({(carded / p).stat().st_size} B)"
-        for p in EXPECTED
+        for p in expected
     ]
 
 
-def test_publish_operations(carded):
+def test_publish_operations(carded, expected):
     api = RecordingApi()
     items = publish(carded, "vivid-org/vividhead-mini", private=True, api=api)
-    assert [i.path_in_repo for i in items] == EXPECTED
+    assert [i.path_in_repo for i in items] == expected
     assert api.calls == [
         ("create_repo", ("vivid-org/vividhead-mini",), {"repo_type": "dataset", "private": True, "exist_ok": True}),
         ("upload_folder", (), {"repo_id": "vivid-org/vividhead-mini", "folder_path": str(carded.resolve()),
@@ -97,7 +100,7 @@ def test_publish_operations(carded):
     assert publish(carded, "vivid-org/vividhead-mini", dry_run=True, api=dry) == items and dry.calls == []
 
 
-def test_huggingface_hub_uploads_exactly_the_planned_files(carded, monkeypatch):
+def test_huggingface_hub_uploads_exactly_the_planned_files(carded, expected, monkeypatch):
     """Run the real HfApi.upload_folder down to the commit step and capture its add operations."""
     import huggingface_hub._upload_pipeline as pipeline
 
@@ -118,8 +121,8 @@ def test_huggingface_hub_uploads_exactly_the_planned_files(carded, monkeypatch):
     publish(carded, "vivid-org/vividhead-mini", api=HfApi(token="hf_not_a_real_token"))
     assert captured["repo_type"] == "dataset"
     ops = captured["ops"]
-    assert [op.path_in_repo for op in ops] == EXPECTED
-    assert [str(op.path_or_fileobj) for op in ops] == [str((carded / p).resolve()) for p in EXPECTED]
+    assert [op.path_in_repo for op in ops] == expected
+    assert [str(op.path_or_fileobj) for op in ops] == [str((carded / p).resolve()) for p in expected]
 
 
 def test_publish_refuses_bad_inputs(out_dir, tmp_path):
@@ -134,7 +137,7 @@ def test_publish_refuses_bad_inputs(out_dir, tmp_path):
     assert res.exit_code == 2 and "is not a directory" in " ".join(res.output.replace("│", " ").split())
 
 
-def test_live_upload_when_token_and_repo_are_set(carded):
+def test_live_upload_when_token_and_repo_are_set(carded, expected):
     from huggingface_hub import get_token
 
     repo = os.environ.get("VIVIDHEAD_HUB_TEST_REPO")
@@ -143,4 +146,4 @@ def test_live_upload_when_token_and_repo_are_set(carded):
                     "VIVIDHEAD_HUB_TEST_REPO=ORG/NAME (a scratch dataset repo); not run")
     publish(carded, repo, private=True)
     files = set(HfApi().list_repo_files(repo, repo_type="dataset"))
-    assert set(EXPECTED) <= files
+    assert set(expected) <= files

@@ -21,6 +21,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vividhead.shard_format import FPS, FRAME_SIZE_PX, SAMPLE_RATE_HZ
+
 if TYPE_CHECKING:
     from vividhead.training.flow_matching import FlowMatchingSchedule
 
@@ -91,6 +93,8 @@ class StreamingConfig:
         sample_rate_hz: audio sample rate.
         cache_seconds: Temporal Audio Context Cache length T_max (s).
         height_px, width_px: output frame size.
+        (``fps``, ``sample_rate_hz`` and the frame size default to the shard contract,
+        :mod:`vividhead.shard_format`, so the model streams what it was trained on.)
         timesteps: flow-matching timesteps on the 0..1000 scale before the shift.
         shift: timestep shift ``t' = s t / (1 + (s - 1) t)``.
         color_correction_strength: 0..1 blend of Lab mean/std transfer to the reference image.
@@ -103,11 +107,11 @@ class StreamingConfig:
 
     frame_num: int = 33
     motion_frames: int = 5
-    fps: int = 25
-    sample_rate_hz: int = 16000
+    fps: int = FPS
+    sample_rate_hz: int = SAMPLE_RATE_HZ
     cache_seconds: float = 8.0
-    height_px: int = 512
-    width_px: int = 512
+    height_px: int = FRAME_SIZE_PX
+    width_px: int = FRAME_SIZE_PX
     timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     shift: float = 5.0
     color_correction_strength: float = 1.0

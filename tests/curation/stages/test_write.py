@@ -1,27 +1,26 @@
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
-import pyarrow.parquet as pq
 import pytest
 
 from vividhead.curation.records import add_member, new_row, reject
 from vividhead.curation.stages.write import ShardWriter
 from vividhead.curation.storage import Storage
+from vividhead.shard_format import FPS, SAMPLE_RATE_HZ, WAV2VEC, member_name
 
 
 def _clip(input_id, i, n, kept=True):
     row = new_row(input_id=input_id, source_id=input_id, url=f"/x/{input_id}.mp4", clip_id=f"{input_id}-{i:04d}",
                   clip_index=i, rows_of_input=n, start_s=float(i), end_s=float(i + 5), duration_s=5.0, num_frames=125,
                   crop_box=[1, 2, 3, 4], video_bytes=b"V" * 10, audio_bytes=b"A" * 4)
-    add_member(row, "wav2vec.npy", b"npy")
+    add_member(row, WAV2VEC, b"npy")
     return row if kept else reject(row, "face", "no_face")
 
 
 def _writer(tmp_path, n=2):
-    w = ShardWriter(Storage(str(tmp_path)), samples_per_shard=n, fps=25.0, sample_rate_hz=16000)
+    w = ShardWriter(Storage(str(tmp_path)), samples_per_shard=n, fps=FPS, sample_rate_hz=SAMPLE_RATE_HZ)
     w.prepare()
     return w
 
@@ -42,9 +41,8 @@ def test_inputs_are_written_whole_and_parts_follow_shards(tmp_path):
     with tarfile.open(tmp_path / "shards/00000.tar") as tar:
         names = tar.getnames()
         meta = json.loads(tar.extractfile("a-0000.json").read())
-    assert names == ["a-0000.mp4", "a-0000.wav", "a-0000.wav2vec.npy", "a-0000.json",
-                     "a-0001.mp4", "a-0001.wav", "a-0001.wav2vec.npy", "a-0001.json"]
-    assert meta["crop_box"] == [1, 2, 3, 4] and meta["fps"] == 25.0 and meta["sample_rate"] == 16000
+    assert names == [member_name(key, ext) for key in ("a-0000", "a-0001") for ext in ("mp4", "wav", WAV2VEC, "json")]
+    assert meta["crop_box"] == [1, 2, 3, 4] and meta["fps"] == FPS and meta["sample_rate"] == SAMPLE_RATE_HZ
     assert "status" not in meta and "timings" not in meta
 
 
@@ -55,7 +53,7 @@ def test_resume_after_a_kill_between_shard_and_part(tmp_path):
     (tmp_path / "shards" / "00001.tar").write_bytes(b"orphan")
     (tmp_path / "shards" / ".tmp-123.tar").write_bytes(b"half")
     (tmp_path / "_parts" / ".tmp-9.parquet").write_bytes(b"half")
-    w2 = ShardWriter(Storage(str(tmp_path)), 1, 25.0, 16000)
+    w2 = ShardWriter(Storage(str(tmp_path)), 1, FPS, SAMPLE_RATE_HZ)
     done = w2.prepare()
     assert done.column("input_id").to_pylist() == ["a"]
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["00000.tar"]
@@ -78,5 +76,5 @@ def test_unwritable_output_fails_fast(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")  # a folder cannot be made under a file, even by root
     with pytest.raises(OSError):
-        ShardWriter(Storage(str(blocker / "out")), 1, 25.0, 16000).prepare()
+        ShardWriter(Storage(str(blocker / "out")), 1, FPS, SAMPLE_RATE_HZ).prepare()
     assert not list(tmp_path.rglob(".tmp-*"))
