@@ -35,9 +35,8 @@ sys.path.insert(0, str(REPO))
 
 def normalised_clip(path: Path):
     """(video bytes, audio bytes, num_frames) of the whole clip, as the normalize stage makes them."""
-    from vividhead.curation.config import NormalizeConfig
     from vividhead.curation.media import count_video_frames
-    from vividhead.curation.stages.normalize import normalize_clip
+    from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
 
     n = count_video_frames(path)
     clip = normalize_clip(path, 0.0, n, NormalizeConfig())
@@ -122,12 +121,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from vividhead.curation.config import AttributesConfig, AudioFeaturesConfig, FaceMaskConfig, OcclusionConfig
     from vividhead.curation.records import new_row
-    from vividhead.curation.stages.attributes import AttributesStage
-    from vividhead.curation.stages.audio_features import AudioFeaturesStage
-    from vividhead.curation.stages.face_mask import FaceMaskStage
-    from vividhead.curation.stages.occlusion import OcclusionStage
+    from vividhead.curation.stages.attributes import AttributesConfig, AttributesStage
+    from vividhead.curation.stages.audio_features import AudioFeaturesConfig, AudioFeaturesStage
+    from vividhead.curation.stages.face_mask import FaceMaskConfig, FaceMaskStage
+    from vividhead.curation.stages.occlusion import OcclusionConfig, OcclusionStage
 
     video, audio, frames = normalised_clip(args.clip)
     seconds = frames / 25.0

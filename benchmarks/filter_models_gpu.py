@@ -40,8 +40,7 @@ from vividhead.curation.models.syncnet import SyncNet
 from vividhead.curation.stages.asd import asd_scores, visual_embeddings
 from vividhead.curation.stages.syncnet import lipsync_from_crops
 from vividhead.curation.audio_io import mfcc_100hz
-from vividhead.curation.config import SpeechConfig
-from vividhead.curation.stages.speech import load_vad, speech_share
+from vividhead.curation.stages.speech import SpeechConfig, load_vad, speech_share
 
 rng = np.random.default_rng(0)
 T = 250  # 10 s at 25 fps

@@ -24,15 +24,14 @@ from pathlib import Path
 
 import torch
 
-from vividhead.curation.config import ASDConfig, FaceConfig, NormalizeConfig, SpeechConfig, SyncNetConfig
 from vividhead.curation.media import ffprobe, iter_frames
 from vividhead.curation.models.syncnet import SyncNet
 from vividhead.curation.records import new_row
-from vividhead.curation.stages.asd import ASDStage
-from vividhead.curation.stages.face import FaceStage
-from vividhead.curation.stages.normalize import normalize_clip
-from vividhead.curation.stages.speech import SpeechStage
-from vividhead.curation.stages.syncnet import SyncNetStage
+from vividhead.curation.stages.asd import ASDConfig, ASDStage
+from vividhead.curation.stages.face import FaceConfig, FaceStage
+from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
+from vividhead.curation.stages.speech import SpeechConfig, SpeechStage
+from vividhead.curation.stages.syncnet import SyncNetConfig, SyncNetStage
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"

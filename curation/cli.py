@@ -12,7 +12,10 @@ from rich.table import Table
 
 
 def summary_table(stats: dict) -> Table:
-    """A rich table of a run: inputs, clips kept, rejects by stage and reason, hours kept, wall time."""
+    """A rich table of a run: inputs, clips kept, rejects by stage and reason, hours kept, wall time.
+
+    A disabled stage (``{"enabled": false}`` in ``stats["stages"]``) shows ``off``, not counts.
+    """
     table = Table(title="vividhead curate", show_lines=False)
     table.add_column("stage")
     table.add_column("in", justify="right")
@@ -20,6 +23,9 @@ def summary_table(stats: dict) -> Table:
     table.add_column("rejected (reason: count)")
     table.add_column("seconds", justify="right")
     for name, s in stats["stages"].items():
+        if not s.get("enabled", True):
+            table.add_row(name, "off", "off", "-", "-", style="dim")
+            continue
         reasons = ", ".join(f"{r}: {n}" for r, n in s["dropped"].items()) or "-"
         table.add_row(name, str(s["in"]), str(s["out"]), reasons, f"{s['seconds']:.1f}")
     table.caption = (
@@ -37,6 +43,7 @@ def curate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Curate raw talking-head videos into WebDataset shards with a Parquet manifest."""
+    from rich.markup import escape
     from rich.progress import Progress
 
     from vividhead.curation.config import ConfigError, load_config
@@ -54,17 +61,17 @@ def curate(
                 inputs, output, cfg, ray_address,
                 on_input_done=lambda done, total: progress.update(task, completed=done, total=total),
             )
+    # Errors are one line each (soft_wrap: no wrapping at the terminal width), the key or file first.
     except (ConfigError, InputError, WeightsNotFound) as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(2)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except StorageError as exc:  # a write that failed mid-run: the message names the file
-        from rich.markup import escape
-
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except OSError as exc:
-        console.print(f"[red]error:[/red] output {output!r} is not writable: {exc}", highlight=False)
-        raise typer.Exit(2)
+        console.print(f"[red]error:[/red] {escape(f'output {output!r} is not writable: {exc}')}", highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(2) from None
     Console().print(summary_table(result.stats))
 
 

@@ -17,56 +17,24 @@ from typing import Callable, Optional, Sequence
 import pyarrow as pa
 
 from vividhead.curation import __version__, weights
-from vividhead.curation.config import CurateConfig, ConfigError
+from vividhead.curation.config import CurateConfig
 from vividhead.curation.inputs import expand_inputs
-from vividhead.curation.records import KEPT
-from vividhead.curation.stage import GlobalStage, Stage
-from vividhead.curation.stages.dedup import DedupStage
-from vividhead.curation.stages.face import FaceStage
-from vividhead.curation.stages.face_visibility import FaceVisibilityStage
-from vividhead.curation.stages.normalize import NormalizeStage
-from vividhead.curation.stages.probe import ProbeStage
-from vividhead.curation.stages.scene_split import SceneSplitStage
-from vividhead.curation.stages.transition import TransitionStage
-from vividhead.curation.stages.occlusion import OcclusionStage
-from vividhead.curation.stages.speech import SpeechStage
-from vividhead.curation.stages.syncnet import SyncNetStage
-from vividhead.curation.stages.asd import ASDStage
-from vividhead.curation.stages.face_mask import FaceMaskStage
-from vividhead.curation.stages.audio_features import AudioFeaturesStage
-from vividhead.curation.stages.attributes import AttributesStage
-from vividhead.curation.stages.write import ShardWriter
+from vividhead.curation.records import KEPT, Row
+from vividhead.curation.stage import BaseStage, GlobalStage, Stage, check_devices
+from vividhead.curation.stage_list import STAGE_ORDER, STAGES
 from vividhead.curation.stats import stage_stats
 from vividhead.curation.storage import Storage, redact
 
 log = logging.getLogger("vividhead.curation")
 
 
-def build_clip_stages(cfg: CurateConfig) -> list[Stage]:
-    """The per-clip stages in pipeline order (disabled ones included; the adapter skips them)."""
-    fps = cfg.normalize.fps
-    return [
-        SceneSplitStage(cfg.scene_split, fps),
-        NormalizeStage(cfg.normalize),
-        FaceStage(cfg.face),
-        FaceVisibilityStage(cfg.face_visibility, fps),
-        TransitionStage(cfg.transition),
-        OcclusionStage(cfg.occlusion, fps),
-        SpeechStage(cfg.speech),
-        SyncNetStage(cfg.syncnet),
-        ASDStage(cfg.asd),
-        FaceMaskStage(cfg.face_mask),
-        AudioFeaturesStage(cfg.audio_features, fps),
-        AttributesStage(cfg.attributes),
-    ]
+def build_stages(cfg: CurateConfig) -> list[BaseStage]:
+    """Every stage of :data:`~vividhead.curation.stage_list.STAGES`, in pipeline order, built from
+    ``cfg`` (disabled ones included: they pass rows through and are reported ``off``)."""
+    return [cls.from_config(cfg) for cls in STAGES]
 
 
-def stage_order(cfg: CurateConfig) -> list[str]:
-    """Every stage name in pipeline order, for stats and the summary."""
-    return ["probe", "dedup"] + [s.name for s in build_clip_stages(cfg)] + ["write"]
-
-
-def check_weights(stages: Sequence[Stage]) -> None:
+def check_weights(stages: Sequence[BaseStage]) -> None:
     """Resolve the weights of every enabled stage before any work starts.
 
     Raises:
@@ -76,6 +44,19 @@ def check_weights(stages: Sequence[Stage]) -> None:
         if stage.cfg.enabled:
             for name, explicit in stage.weights():
                 weights.resolve(name, explicit)
+
+
+def gpus_available(ray_address: Optional[str]) -> tuple[float, str]:
+    """GPUs the run can use and where they were counted: the Ray cluster's when joining one (or
+    when Ray is already up), else the CUDA devices torch sees on this node."""
+    import ray
+
+    if ray.is_initialized() or ray_address or os.environ.get("RAY_ADDRESS"):
+        _init_ray(ray_address)
+        return float(ray.cluster_resources().get("GPU", 0.0)), "the Ray cluster"
+    import torch
+
+    return float(torch.cuda.device_count() if torch.cuda.is_available() else 0), "this node"
 
 
 @dataclass
@@ -123,7 +104,7 @@ def run_curation(
         on_input_done: called as ``(inputs_done, inputs_total)`` while the run progresses.
 
     Raises:
-        ConfigError: a required stage is disabled.
+        ConfigError: a stage asks for more GPUs than there are (before any work).
         weights.WeightsNotFound: an enabled stage's weights are missing (before any work).
         curation.inputs.InputError: an INPUT cannot be expanded.
         OSError: the output is not writable (before any work).
@@ -131,41 +112,26 @@ def run_curation(
     import ray
     import ray.data
 
-    for required in ("probe", "scene_split", "normalize", "write"):
-        if not getattr(cfg, required).enabled:
-            raise ConfigError(f"{required}.enabled: this stage cannot be disabled (for scene_split use detector: none)")
     wall_start = time.perf_counter()
-    cache_dir = cfg.run.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "vividhead")
-    probe = ProbeStage(cfg.probe, cache_dir, cfg.run.storage_options)
-    dedup: GlobalStage = DedupStage(cfg.dedup)
-    clip_stages = build_clip_stages(cfg)
-    check_weights([probe, *clip_stages])
+    stages = build_stages(cfg)
+    *work, sink = stages  # the list ends with the sink (checked by tests/curation/test_stage_contract.py)
+    if any(s.cfg.enabled and s.cfg.num_gpus > 0 for s in stages):
+        check_devices(stages, *gpus_available(ray_address))
+    check_weights(stages)
 
     storage = Storage(output, cfg.run.storage_options)
-    writer = ShardWriter(storage, cfg.write.samples_per_shard, cfg.normalize.fps, cfg.normalize.sample_rate_hz)
+    writer = sink.open(storage)
     done = writer.prepare()
     done_ids = set(done.column("input_id").to_pylist())
     rows = expand_inputs(inputs, cfg.run.storage_options)
     todo = [r for r in rows if r["input_id"] not in done_ids]
-    order = {r["input_id"]: i for i, r in enumerate(rows)}
-    previous = [
-        r for r in done.select(["input_id", "source_id", "md5", "stage"]).to_pylist()
-        if r["stage"] not in ("probe", "dedup")
-    ]
 
     if todo:
         _init_ray(ray_address)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        from vividhead.curation.ray_adapter import apply_stage, apply_stages
-
-        probed = sorted(apply_stage(ds, probe).take_all(), key=lambda r: order[r["input_id"]])
-        if cfg.dedup.enabled:
-            probed = dedup.process_all(probed, previous)
-        ds = ray.data.from_items(probed, override_num_blocks=len(probed))
-        ds = apply_stages(ds, clip_stages)
+        order = {r["input_id"]: i for i, r in enumerate(rows)}
         finished = 0
-        for row in ds.iter_rows():
+        for row in chain_stages(todo, work, done, order).iter_rows():
             if writer.add(dict(row)):
                 finished += 1
                 if on_input_done:
@@ -173,17 +139,47 @@ def run_curation(
         writer.close()
 
     manifest = writer.write_manifest()
+    status = manifest.column("status").to_pylist()
     stats = {
         "version": __version__,
         "inputs": len(set(manifest.column("input_id").to_pylist())),
-        "clips_kept": sum(s == KEPT and c is not None for s, c in zip(manifest.column("status").to_pylist(), manifest.column("clip_id").to_pylist())),
-        "hours_kept": round(sum(d or 0.0 for d, s in zip(manifest.column("duration_s").to_pylist(), manifest.column("status").to_pylist()) if s == KEPT) / 3600.0, 6),
+        "clips_kept": sum(s == KEPT and c is not None for s, c in zip(status, manifest.column("clip_id").to_pylist())),
+        "hours_kept": round(sum(d or 0.0 for d, s in zip(manifest.column("duration_s").to_pylist(), status) if s == KEPT) / 3600.0, 6),
         "shards": sorted({s for s in manifest.column("shard").to_pylist() if s is not None}),
-        "stages": stage_stats(manifest, stage_order(cfg)),
-        "stage_order": stage_order(cfg),
+        "stages": stage_stats(manifest, stages),
+        "stage_order": list(STAGE_ORDER),
         "wall_s": round(time.perf_counter() - wall_start, 3),
         "skipped_inputs": len(rows) - len(todo),
         "config": redact(cfg.to_dict()),  # no credentials in stats.json
     }
     storage.write_bytes("stats.json", json.dumps(stats, indent=2, sort_keys=True).encode())
     return RunResult(manifest, stats, len(rows) - len(todo))
+
+
+def chain_stages(rows: list[Row], stages: Sequence[BaseStage], done: pa.Table, order: dict[str, int]):
+    """Chain ``stages`` (in order, the sink excluded) over ``rows`` as one Ray Data dataset.
+
+    Per-row stages become operators (:func:`vividhead.curation.ray_adapter.apply_stages`). A global
+    stage collects the rows that reached it, in input order, and runs on the driver with the
+    manifest rows of earlier runs whose inputs got past it (so an earlier run's copy wins in dedup).
+    """
+    import ray.data
+
+    from vividhead.curation.ray_adapter import apply_stages
+
+    pos = {name: i for i, name in enumerate(STAGE_ORDER)}
+    earlier = done.select(["input_id", "source_id", "md5", "stage"]).to_pylist()
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    pending: list[Stage] = []
+    for stage in stages:
+        if not isinstance(stage, GlobalStage):
+            pending.append(stage)
+            continue
+        reached = sorted(apply_stages(ds, pending).take_all(),
+                         key=lambda r: (order[r["input_id"]], r.get("clip_index") if r.get("clip_index") is not None else -1))
+        if stage.cfg.enabled:
+            previous = [r for r in earlier if pos.get(r["stage"], len(pos)) > pos[stage.name]]
+            reached = stage.process_all(reached, previous)
+        ds = ray.data.from_items(reached, override_num_blocks=max(1, len(reached)))
+        pending = []
+    return apply_stages(ds, pending)

@@ -1,10 +1,11 @@
 """The one place where stages meet Ray Data.
 
 A :class:`~vividhead.curation.stage.Stage` becomes a ``Dataset.flat_map``: stages with a ``setup`` (models)
-run in an actor pool (``ActorPoolStrategy``) so the model loads once per actor; others run as
-tasks. Resources come from the stage's config (``num_cpus``, ``num_gpus``, ``workers``). Rejected
-rows pass through untouched; a :class:`~vividhead.curation.stage.MediaError` becomes a rejection; any other
-exception is a bug and fails the dataset.
+run in an actor pool (``ActorPoolStrategy``) so the model loads once per actor, and ``teardown``
+runs when the actor shuts down; others run as tasks. Resources come from the stage's config
+(``num_cpus``, ``num_gpus``, ``workers``). Rejected rows pass through untouched; a
+:class:`~vividhead.curation.stage.MediaError` becomes a rejection; any other exception is a bug and
+fails the dataset.
 """
 
 from __future__ import annotations
@@ -39,14 +40,22 @@ def run_stage(stage: Stage, row: Row) -> list[Row]:
 
 
 class StageActor:
-    """Ray Data callable class: ``setup()`` once per actor, then one row per call."""
+    """Ray Data callable class: the device check and ``setup()`` once per actor, then one row per
+    call; ``teardown()`` when Ray Data shuts the actor down (it drops the callable, so ``__del__``)."""
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
+        stage.device()  # the device policy: DeviceError when num_gpus > 0 and there is no CUDA
         stage.setup()
 
     def __call__(self, row: Row) -> list[Row]:
         return run_stage(self.stage, row)
+
+    def __del__(self) -> None:
+        stage = getattr(self, "stage", None)
+        if stage is not None:
+            with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to report to
+                stage.teardown()
 
 
 class _StageTask:

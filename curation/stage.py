@@ -1,16 +1,64 @@
-"""The stage contract: a cheap picklable object, a ``setup`` that loads models, a per-row ``process``.
+"""The stage contract: what every curation stage declares and implements.
 
-Stage code never imports Ray; :mod:`vividhead.curation.ray_adapter` turns stages into Ray Data operators.
-A stage file holds a pure function (the method) and a small :class:`Stage` subclass around it.
+A stage is one file in ``curation/stages/`` holding a pure function (the method), its config
+dataclass (a frozen :class:`StageConfig` subclass) and a small stage class that declares:
+
+* ``name``: the config section, the ``stage`` value of the rows it rejects, the stats key;
+* ``config_class``: its config dataclass (the section's keys, types and checks);
+* ``writes_columns``: the manifest columns it fills (checked against the manifest schema);
+* ``required``: True when the pipeline cannot run without it (``enabled: false`` is refused);
+* ``funnel_units``: what the funnel counts going in and out (``"input"`` or ``"clip"``);
+* ``weights()``: the registry names (with explicit paths) it loads, resolved before any work;
+* ``from_config(cfg)``: how it is built from the whole :class:`~vividhead.curation.config.CurateConfig`.
+
+``__init__`` runs on the driver and must stay cheap and picklable (no model, no open file); models
+load in :meth:`Stage.setup`, once per worker, and are released in :meth:`BaseStage.teardown`.
+One device policy holds for every stage: ``num_gpus > 0`` needs CUDA (:func:`check_devices` at
+start-up on the driver, :func:`cuda_or_cpu` in the worker), otherwise the run stops with a one-line
+message instead of running silently on CPU.
+
+The pipeline order is the list in :mod:`vividhead.curation.stage_list`; adding a stage means adding
+its file and one entry there. Stage code never imports Ray; :mod:`vividhead.curation.ray_adapter`
+turns stages into Ray Data operators.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import ClassVar, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal, Optional, Sequence
 
-from vividhead.curation.config import StageConfig
-from vividhead.curation.records import Row
+from vividhead.config import ConfigError, check
+
+if TYPE_CHECKING:
+    from vividhead.curation.config import CurateConfig
+    from vividhead.curation.records import Row
+
+__all__ = ["BaseStage", "ConfigError", "DeviceError", "GlobalStage", "MediaError", "SinkStage", "Stage",
+           "StageConfig", "check", "check_devices", "cuda_or_cpu"]
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Fields shared by every stage's config section.
+
+    Attributes:
+        enabled: run the stage (a disabled stage passes rows through untouched and is reported
+            ``off`` in the summary, ``stats.json`` and the dataset card).
+        num_cpus: CPUs reserved per worker (Ray resource request).
+        num_gpus: GPUs reserved per worker; > 0 needs CUDA (the run stops at start-up otherwise).
+        workers: size of the actor pool, or ``None`` to let Ray scale from 1 to the CPU count.
+    """
+
+    enabled: bool = True
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    workers: Optional[int] = None
+
+    def validate(self, section: str) -> None:
+        check(self.num_cpus > 0, f"{section}.num_cpus", "must be > 0")
+        check(self.num_gpus >= 0, f"{section}.num_gpus", "must be >= 0")
+        check(self.workers is None or self.workers >= 1, f"{section}.workers", "must be >= 1 or null")
 
 
 class MediaError(Exception):
@@ -27,26 +75,82 @@ class MediaError(Exception):
         self.detail = detail
 
 
-class Stage(abc.ABC):
-    """A per-row pipeline stage.
+class DeviceError(RuntimeError):
+    """A stage asked for a GPU (``num_gpus > 0``) where there is no CUDA; one line naming the key."""
 
-    Subclasses set ``name`` (the config section and file name) and implement :meth:`process`.
-    ``__init__`` runs on the driver and must stay cheap; :meth:`setup` runs once per worker.
+
+def cuda_or_cpu(num_gpus: float, section: str) -> str:
+    """The torch device of a worker: ``cuda`` when ``num_gpus > 0``, else ``cpu``.
+
+    Raises:
+        DeviceError: ``num_gpus > 0`` but torch sees no CUDA device in this worker.
     """
+    if num_gpus <= 0:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DeviceError(f"{section}.num_gpus: {num_gpus:g} GPU requested but CUDA is not available on this node "
+                          f"(set {section}.num_gpus: 0 to run it on CPU)")
+    return "cuda"
+
+
+def check_devices(stages: Sequence[BaseStage], gpus_available: float, where: str = "this node") -> None:
+    """Start-up check of the device policy, before any work: every enabled stage asking for GPUs
+    must fit on ``gpus_available`` GPUs (CUDA devices of the local node, or the Ray cluster's GPUs).
+
+    Raises:
+        ConfigError: ``<stage>.num_gpus: ...`` for the first stage that cannot get its GPU.
+    """
+    for stage in stages:
+        need = stage.cfg.num_gpus
+        if stage.cfg.enabled and need > 0 and need > gpus_available:
+            raise ConfigError(f"{stage.name}.num_gpus: {need:g} GPU requested but {where} has "
+                              f"{gpus_available:g} CUDA GPUs (set {stage.name}.num_gpus: 0 to run it on CPU)")
+
+
+Unit = Literal["input", "clip"]
+
+
+class BaseStage(abc.ABC):
+    """What every stage declares (see the module docstring); subclasses add how they run."""
 
     name: ClassVar[str]
-    #: True when one input row may become several rows (the adapter then repartitions).
-    fans_out: ClassVar[bool] = False
+    config_class: ClassVar[type[StageConfig]]
+    #: Manifest columns this stage fills (routing columns ``status``/``stage``/``reason``/``detail``
+    #: and ``timings`` are the adapter's, shared by all).
+    writes_columns: ClassVar[tuple[str, ...]] = ()
+    #: The pipeline cannot run without this stage: ``enabled: false`` fails at config load.
+    required: ClassVar[bool] = False
+    #: What the funnel counts (``stats.json``): rows in and rows out, per input or per clip.
+    funnel_units: ClassVar[tuple[Unit, Unit]] = ("clip", "clip")
 
     def __init__(self, cfg: StageConfig) -> None:
         self.cfg = cfg
+
+    @classmethod
+    def from_config(cls, cfg: CurateConfig) -> BaseStage:
+        """Build the stage from the whole pipeline config (its own section by default)."""
+        return cls(getattr(cfg, cls.name))
 
     def weights(self) -> Sequence[tuple[str, str | None]]:
         """Registry names of the weights this stage needs, each with its explicit path (or None)."""
         return ()
 
+    def teardown(self) -> None:  # noqa: B027 - optional hook, a no-op unless a stage holds resources
+        """Release what :meth:`Stage.setup` loaded (models, MediaPipe graphs); called by the adapter
+        when a worker shuts down and by tests. Idempotent; the stage may be set up again."""
+
+
+class Stage(BaseStage):
+    """A per-row stage: :meth:`setup` once per worker, then :meth:`process` on each kept row."""
+
     def setup(self) -> None:
         """Load models once per worker (called by the adapter in the actor)."""
+
+    def device(self) -> str:
+        """The torch device for this worker under the device policy (:func:`cuda_or_cpu`)."""
+        return cuda_or_cpu(self.cfg.num_gpus, self.name)
 
     @abc.abstractmethod
     def process(self, row: Row) -> list[Row]:
@@ -57,14 +161,16 @@ class Stage(abc.ABC):
         """
 
 
-class GlobalStage(abc.ABC):
+class GlobalStage(BaseStage):
     """A stage that needs every row at once (e.g. dedup); runs on the driver over metadata only."""
 
-    name: ClassVar[str]
-
-    def __init__(self, cfg: StageConfig) -> None:
-        self.cfg = cfg
+    funnel_units: ClassVar[tuple[Unit, Unit]] = ("input", "input")
 
     @abc.abstractmethod
     def process_all(self, rows: list[Row], previous: list[Row]) -> list[Row]:
-        """Process all rows of this run; ``previous`` holds manifest rows of finished earlier runs."""
+        """Process all rows of this run; ``previous`` holds manifest rows of finished earlier runs
+        whose inputs got past this stage."""
+
+
+class SinkStage(BaseStage):
+    """The last stage: the driver writes every finished row (see :mod:`vividhead.curation.stages.write`)."""

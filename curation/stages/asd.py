@@ -20,26 +20,71 @@ a lip-sync signal. Reason: ``not_speaking`` below ``min_asd_score``. Column: ``a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
 
 from vividhead.curation import weights
 from vividhead.curation.audio_io import mfcc_100hz, read_pcm16
-from vividhead.curation.config import ASDConfig
-from vividhead.curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.face_track import detect_track, face_crops
-from vividhead.curation.models import stage_device
 from vividhead.curation.models.lightasd import LightASD, load_lightasd
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+
+
+@dataclass(frozen=True)
+class ASDConfig(StageConfig):
+    """Light-ASD active-speaker score (Liao et al., CVPR 2023): mean per-frame speaking logit.
+
+    Mainly a speaking-activity signal, only weakly a lip-sync signal.
+
+    Attributes:
+        weights: registry name of the checkpoint: ``lightasd_ava`` (AVA-ActiveSpeaker pre-training,
+            default) or ``lightasd_talkset`` (TalkSet fine-tuning).
+        weights_path: explicit checkpoint path (overrides the registry lookup of ``weights``).
+        detector_weights_path: explicit path of the MediaPipe face detector; else the registry.
+        min_confidence: face detector score threshold for the face track.
+        min_face_share: reject ``no_face_track`` when fewer frames (share) have a face.
+        crop_scale: face crop context around the box (0.4 in the authors' evaluation).
+        durations_s: chunk lengths (seconds) whose per-frame scores are averaged; the authors'
+            evaluation uses 1-6. The visual front-end runs once per clip plus 12-frame windows at
+            each chunk edge, so fewer lengths (e.g. ``[6]``) are cheaper.
+        min_asd_score: reject ``not_speaking`` below this mean logit; ``None`` = off. The default
+            (-2.0) sits between talking clips with their own audio (-1.2 to 1.3 on the fixtures)
+            and the same clips with silent audio (-4.1 to -3.2); see docs/filters.md.
+    """
+
+    weights: Literal["lightasd_ava", "lightasd_talkset"] = "lightasd_ava"
+    weights_path: Optional[str] = None
+    detector_weights_path: Optional[str] = None
+    min_confidence: float = 0.5
+    min_face_share: float = 0.5
+    crop_scale: float = 0.4
+    durations_s: tuple = (1, 2, 3, 4, 5, 6)
+    min_asd_score: Optional[float] = -2.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "durations_s", tuple(self.durations_s) if isinstance(self.durations_s, (list, tuple)) else self.durations_s)
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
+        check(0 <= self.min_face_share <= 1, f"{section}.min_face_share", "must be in [0, 1]")
+        check(self.crop_scale >= 0, f"{section}.crop_scale", "must be >= 0")
+        check(
+            isinstance(self.durations_s, tuple) and len(self.durations_s) > 0
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.durations_s),
+            f"{section}.durations_s", "must be a non-empty list of whole seconds >= 1",
+        )
+
 
 #: Chunk lengths (seconds) whose scores are averaged. The authors' script writes
 #: ``{1,1,1,2,2,2,3,3,4,5,6}``, a Python set literal, which is {1, 2, 3, 4, 5, 6}.
 DURATIONS_S = (1, 2, 3, 4, 5, 6)
 FPS = 25
-MFCC_HZ = 100
 
 
 @dataclass(frozen=True)
@@ -168,7 +213,7 @@ def asd_scores(visual: dict[int, torch.Tensor], mfcc: np.ndarray, model: LightAS
     audio = torch.from_numpy(np.ascontiguousarray(mfcc[: 4 * n], dtype=np.float32))
     per_duration = []
     for d, vis in visual.items():
-        def fn(start: int, stop: int, count: int) -> torch.Tensor:
+        def fn(start: int, stop: int, count: int, vis: torch.Tensor = vis) -> torch.Tensor:
             a = audio[4 * start : 4 * stop].reshape(count, 4 * (stop - start) // count, 13).to(device)
             v = vis[start:stop].reshape(count, (stop - start) // count, 128)
             return model.backend_logits(a, v).float().cpu()
@@ -206,6 +251,8 @@ class ASDStage(Stage):
     """Records ``asd_score`` and rejects clips whose face does not look like the speaker."""
 
     name = "asd"
+    config_class = ASDConfig
+    writes_columns = ("asd_score",)
 
     def __init__(self, cfg: ASDConfig) -> None:
         super().__init__(cfg)
@@ -217,9 +264,14 @@ class ASDStage(Stage):
         return [(self.cfg.weights, self.cfg.weights_path), (FACE_WEIGHTS, self.cfg.detector_weights_path)]
 
     def setup(self) -> None:
-        self._device = stage_device(self.cfg.num_gpus, self.name)
+        self._device = self.device()
         self._model = load_lightasd(weights.resolve(self.cfg.weights, self.cfg.weights_path), self._device)
         self._detector = FaceDetector.load(self.cfg.detector_weights_path, self.cfg.min_confidence)
+
+    def teardown(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+        self._model, self._detector = None, None
 
     def process(self, row: Row) -> list[Row]:
         s = score_asd(row["video_bytes"], row["audio_bytes"], self._model, self._detector, self.cfg, self._device)

@@ -22,6 +22,7 @@ Sources: Radford et al., "Robust Speech Recognition via Large-Scale Weak Supervi
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -29,11 +30,48 @@ import numpy as np
 
 from vividhead.curation import weights
 from vividhead.curation.audio_io import read_pcm16
-from vividhead.curation.config import AttributesConfig
-from vividhead.curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.media import iter_frames
 from vividhead.curation.records import Row, note_annotation_error
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+
+
+@dataclass(frozen=True)
+class AttributesConfig(StageConfig):
+    """Spoken language and apparent gender / age band / ethnicity (annotation, never rejects).
+
+    Each annotator has a switch, a registry name and an optional explicit local folder (the
+    transformers ``save_pretrained`` layout). ``ethnicity`` has no registry default: no public
+    FairFace race classifier could be verified here, so it needs ``ethnicity_weights_path``.
+
+    Attributes:
+        language: Whisper language identification on the first ``language_max_s`` seconds.
+        gender / age / ethnicity: image classifiers on the face crop of ``face_frames`` frames
+            spread over the clip (probabilities averaged).
+    """
+
+    language: bool = True
+    language_weights: str = "whisper_small"
+    language_weights_path: Optional[str] = None
+    language_max_s: float = 30.0
+    gender: bool = True
+    gender_weights: str = "face_gender_fairface_vit"
+    gender_weights_path: Optional[str] = None
+    age: bool = True
+    age_weights: str = "face_age_fairface_vit"
+    age_weights_path: Optional[str] = None
+    ethnicity: bool = False
+    ethnicity_weights_path: Optional[str] = None
+    face_frames: int = 3
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(0 < self.language_max_s <= 30, f"{section}.language_max_s", "must be in (0, 30] (Whisper's window)")
+        check(self.face_frames >= 1, f"{section}.face_frames", "must be >= 1")
+        check(not self.ethnicity or bool(self.ethnicity_weights_path), f"{section}.ethnicity_weights_path",
+               "required when ethnicity is enabled (no registry default)")
+
 
 SAMPLE_RATE = 16000
 
@@ -179,6 +217,8 @@ class AttributesStage(Stage):
     """Fills ``language``, ``gender``, ``age_band`` and ``ethnicity``; never rejects."""
 
     name = "attributes"
+    config_class = AttributesConfig
+    writes_columns = ("language", "gender", "age_band", "ethnicity", "annotation_errors")
     FACE_ATTRIBUTES = (("gender", "gender"), ("age", "age_band"), ("ethnicity", "ethnicity"))
 
     def __init__(self, cfg: AttributesConfig) -> None:
@@ -207,10 +247,8 @@ class AttributesStage(Stage):
         return out
 
     def setup(self) -> None:
-        """Load the enabled annotators' models once (CUDA when ``num_gpus > 0`` and available)."""
-        import torch
-
-        device = "cuda" if self.cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        """Load the enabled annotators' models once (CUDA when ``num_gpus > 0``, else CPU)."""
+        device = self.device()
         if self.cfg.language:
             self._language = WhisperLanguageId(weights.resolve(self.cfg.language_weights, self.cfg.language_weights_path), device)
         for attr, _ in self.FACE_ATTRIBUTES:
@@ -223,6 +261,11 @@ class AttributesStage(Stage):
                 self._face[attr] = FaceAttributeClassifier(path, device)
         if self._face:
             self._detector = FaceDetector.load(None, 0.5)
+
+    def teardown(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+        self._language, self._face, self._detector = None, {}, None
 
     def process(self, row: Row) -> list[Row]:
         """Fill the attribute columns; failures go to ``annotation_errors``."""

@@ -17,15 +17,32 @@ Source: Baevski et al., "wav2vec 2.0" (NeurIPS 2020); SoulX-FlashHead ``audio_an
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from vividhead.curation import weights
 from vividhead.curation.audio_io import read_pcm16
-from vividhead.curation.config import AudioFeaturesConfig
 from vividhead.curation.records import Row, add_member, note_annotation_error
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig
+
+
+@dataclass(frozen=True)
+class AudioFeaturesConfig(StageConfig):
+    """Wav2Vec 2.0 multi-layer features at the video frame rate (annotation, never rejects).
+
+    Attributes:
+        weights: registry name of the transformers model folder (``wav2vec2_base_960h``).
+        weights_path: a local transformers folder (``save_pretrained`` layout) used instead.
+        normalize: zero-mean / unit-variance the waveform first (wav2vec2-base-960h's extractor).
+    """
+
+    weights: str = "wav2vec2_base_960h"
+    weights_path: Optional[str] = None
+    normalize: bool = True
+
 
 MEMBER = "wav2vec.npy"
 
@@ -90,6 +107,8 @@ class AudioFeaturesStage(Stage):
     """Attaches ``<key>.wav2vec.npy`` (float16 [T, L, D]) to each kept clip; never rejects."""
 
     name = "audio_features"
+    config_class = AudioFeaturesConfig
+    writes_columns = ("annotation_errors",)
 
     def __init__(self, cfg: AudioFeaturesConfig, fps: float) -> None:
         super().__init__(cfg)
@@ -97,17 +116,22 @@ class AudioFeaturesStage(Stage):
         self._encoder = None
         self._device = "cpu"
 
+    @classmethod
+    def from_config(cls, cfg) -> AudioFeaturesStage:
+        return cls(cfg.audio_features, cfg.normalize.fps)
+
     def weights(self):
         """The configured Wav2Vec 2.0 registry entry (a Hub folder) or explicit folder."""
         return [(self.cfg.weights, self.cfg.weights_path)]
 
     def setup(self) -> None:
-        """Load the encoder once (CUDA when ``num_gpus > 0`` and available, else CPU)."""
-        import torch
-
-        self._device = "cuda" if self.cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        """Load the encoder once (CUDA when ``num_gpus > 0``, else CPU)."""
+        self._device = self.device()
         path = weights.resolve(self.cfg.weights, self.cfg.weights_path)
         self._encoder = load_wav2vec(path, self.cfg.normalize, self._device)
+
+    def teardown(self) -> None:
+        self._encoder = None
 
     def process(self, row: Row) -> list[Row]:
         """Attach ``wav2vec.npy``; failures go to ``annotation_errors``."""

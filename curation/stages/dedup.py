@@ -7,9 +7,18 @@ runs of the same job (``previous``) count as first.
 
 from __future__ import annotations
 
-from vividhead.curation.config import DedupConfig
+from dataclasses import dataclass
+
 from vividhead.curation.records import KEPT, Row, reject
-from vividhead.curation.stage import GlobalStage
+from vividhead.curation.stage import GlobalStage, StageConfig
+
+
+@dataclass(frozen=True)
+class DedupConfig(StageConfig):
+    """Duplicate removal by source id and by MD5 of the file bytes (FlashHead section 2.1.1)."""
+
+    by_source_id: bool = True
+    by_md5: bool = True
 
 
 def find_duplicates(rows: list[Row], previous: list[Row], cfg: DedupConfig) -> dict[int, tuple[str, str]]:
@@ -48,6 +57,8 @@ class DedupStage(GlobalStage):
     """Driver-side dedup over the probed rows (metadata only)."""
 
     name = "dedup"
+    config_class = DedupConfig
+    writes_columns = ("duplicate_of",)
 
     def process_all(self, rows: list[Row], previous: list[Row]) -> list[Row]:
         for i, (reason, kept_id) in find_duplicates(rows, previous, self.cfg).items():

@@ -8,11 +8,55 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from vividhead.curation.config import FaceConfig
-from vividhead.curation.face_detector import FaceBox, FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_detector import FaceBox, FaceDetector
 from vividhead.curation.media import FFMPEG, first_frame, run_tool, temp_dir
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.shard_format import FRAME_SIZE_PX
+
+
+@dataclass(frozen=True)
+class FaceConfig(StageConfig):
+    """Face detection on the first frame and the face-centred square crop (FlashHead section 2.1.2).
+
+    Attributes:
+        weights_path: explicit path of the MediaPipe ``FaceDetector`` model; else the registry.
+        min_confidence: detector score threshold.
+        min_face_px: smallest accepted face box side, in source pixels.
+        dominance_ratio: a second face whose area is at least this share of the largest one makes
+            the clip ``multiple_faces``.
+        out_size_px: side of the output crop, in pixels.
+        face_share: face box side / crop side.
+        allow_pad: pad with black when the crop leaves the frame and cannot be shifted inside;
+            otherwise such clips are rejected ``crop_out_of_frame``.
+        max_pad_share: largest padding accepted, as a share of the crop side.
+        keyframe_interval_frames: H.264 GOP of the output clip (25 = one key frame per second, so
+            training loaders seek cheaply).
+    """
+
+    weights_path: Optional[str] = None
+    min_confidence: float = 0.5
+    min_face_px: int = 128
+    dominance_ratio: float = 0.25
+    out_size_px: int = FRAME_SIZE_PX
+    face_share: float = 0.6
+    allow_pad: bool = True
+    max_pad_share: float = 0.1
+    crf: int = 18
+    preset: str = "fast"
+    keyframe_interval_frames: int = 25
+    timeout_s: float = 600.0
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
+        check(self.keyframe_interval_frames >= 1, f"{section}.keyframe_interval_frames", "must be >= 1")
+        check(self.min_face_px >= 1, f"{section}.min_face_px", "must be >= 1")
+        check(0 < self.face_share <= 1, f"{section}.face_share", "must be in (0, 1]")
+        check(0 < self.dominance_ratio <= 1, f"{section}.dominance_ratio", "must be in (0, 1]")
+        check(self.out_size_px >= 16 and self.out_size_px % 2 == 0, f"{section}.out_size_px", "must be even and >= 16")
+        check(0 <= self.max_pad_share < 0.5, f"{section}.max_pad_share", "must be in [0, 0.5)")
 
 
 @dataclass(frozen=True)
@@ -117,6 +161,8 @@ class FaceStage(Stage):
     """Detects the face on the clip's first frame and replaces ``video_bytes`` with the crop."""
 
     name = "face"
+    config_class = FaceConfig
+    writes_columns = ("num_faces", "face_px", "face_score", "crop_box", "pad_px")
 
     def __init__(self, cfg: FaceConfig) -> None:
         super().__init__(cfg)
@@ -127,6 +173,11 @@ class FaceStage(Stage):
 
     def setup(self) -> None:
         self._detector = FaceDetector.load(self.cfg.weights_path, self.cfg.min_confidence)
+
+    def teardown(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
 
     def process(self, row: Row) -> list[Row]:
         frame = first_frame(row["video_bytes"])

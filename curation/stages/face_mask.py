@@ -31,10 +31,29 @@ import cv2
 import numpy as np
 
 from vividhead.curation import weights
-from vividhead.curation.config import FaceMaskConfig
 from vividhead.curation.media import iter_frames
 from vividhead.curation.records import Row, add_member, note_annotation_error
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+
+
+@dataclass(frozen=True)
+class FaceMaskConfig(StageConfig):
+    """Per-frame face and lip masks from MediaPipe FaceLandmarker (annotation, never rejects).
+
+    Attributes:
+        weights_path: explicit path of the ``.task`` bundle (registry ``face_mediapipe_landmarker``).
+        min_confidence: face detection / presence / tracking confidence of the landmarker.
+        store_landmarks: also store the 478 landmarks per frame in ``<key>.mask.npz``.
+    """
+
+    weights_path: Optional[str] = None
+    min_confidence: float = 0.5
+    store_landmarks: bool = True
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
+
 
 NUM_LANDMARKS = 478
 # Ordered polygons over the MediaPipe face mesh (the loops of FACEMESH_FACE_OVAL and the outer ring
@@ -70,7 +89,7 @@ class FaceMasks:
         return float(self.present.mean()) if len(self.present) else 0.0
 
     @classmethod
-    def from_masks(cls, face: np.ndarray, lips: np.ndarray, landmarks: np.ndarray, present: np.ndarray) -> "FaceMasks":
+    def from_masks(cls, face: np.ndarray, lips: np.ndarray, landmarks: np.ndarray, present: np.ndarray) -> FaceMasks:
         """Build from bool [T, H, W] masks."""
         return cls(np.packbits(face, axis=-1), np.packbits(lips, axis=-1), landmarks, present, tuple(face.shape[1:]))
 
@@ -214,6 +233,8 @@ class FaceMaskStage(Stage):
     """Attaches ``<key>.mask.npz`` (face and lip masks, landmarks) to each kept clip; never rejects."""
 
     name = "face_mask"
+    config_class = FaceMaskConfig
+    writes_columns = ("face_mask_share", "annotation_errors")
 
     def __init__(self, cfg: FaceMaskConfig) -> None:
         super().__init__(cfg)
@@ -227,6 +248,9 @@ class FaceMaskStage(Stage):
         """Resolve the bundle (a fresh landmarker is created per clip, on CPU)."""
         path = weights.resolve("face_mediapipe_landmarker", self.cfg.weights_path)
         self._landmarker = FaceLandmarks(path, self.cfg.min_confidence)
+
+    def teardown(self) -> None:
+        self._landmarker = None
 
     def process(self, row: Row) -> list[Row]:
         """Attach ``mask.npz`` and fill ``face_mask_share``; failures go to ``annotation_errors``."""

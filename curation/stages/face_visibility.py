@@ -5,13 +5,29 @@ Reason: ``face_missing`` when the share exceeds ``max_missing_face_share``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
-from vividhead.curation.config import FaceVisibilityConfig
-from vividhead.curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.media import iter_frames
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+
+
+@dataclass(frozen=True)
+class FaceVisibilityConfig(StageConfig):
+    """Face presence sampled at ``sample_fps`` inside the crop (FlashHead section 2.1.2)."""
+
+    weights_path: Optional[str] = None
+    sample_fps: float = 1.0
+    min_confidence: float = 0.5
+    max_missing_face_share: float = 0.2
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.sample_fps > 0, f"{section}.sample_fps", "must be > 0")
+        check(0 <= self.max_missing_face_share <= 1, f"{section}.max_missing_face_share", "must be in [0, 1]")
 
 
 def missing_face_share(video: bytes, detector: FaceDetector, fps: float, sample_fps: float) -> float:
@@ -41,17 +57,28 @@ class FaceVisibilityStage(Stage):
     """Rejects clips where the face is missing from too many 1 fps samples."""
 
     name = "face_visibility"
+    config_class = FaceVisibilityConfig
+    writes_columns = ("missing_face_share",)
 
     def __init__(self, cfg: FaceVisibilityConfig, fps: float) -> None:
         super().__init__(cfg)
         self.fps = fps
         self._detector: Optional[FaceDetector] = None
 
+    @classmethod
+    def from_config(cls, cfg) -> FaceVisibilityStage:
+        return cls(cfg.face_visibility, cfg.normalize.fps)
+
     def weights(self):
         return [(FACE_WEIGHTS, self.cfg.weights_path)]
 
     def setup(self) -> None:
         self._detector = FaceDetector.load(self.cfg.weights_path, self.cfg.min_confidence)
+
+    def teardown(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
 
     def process(self, row: Row) -> list[Row]:
         share = missing_face_share(row["video_bytes"], self._detector, self.fps, self.cfg.sample_fps)

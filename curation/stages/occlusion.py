@@ -21,10 +21,55 @@ from typing import Optional
 import numpy as np
 
 from vividhead.curation import weights
-from vividhead.curation.config import OcclusionConfig
 from vividhead.curation.media import iter_frames
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import DeviceError, MediaError, Stage, StageConfig, check
+
+
+@dataclass(frozen=True)
+class OcclusionConfig(StageConfig):
+    """Hand-over-face filter from DWPose whole-body keypoints via rtmlib (FlashHead section 2.1.2).
+
+    Attributes:
+        det_weights_path / pose_weights_path: explicit ONNX paths of the person detector (registry
+            ``person_yolox_nano``) and the whole-body pose model (registry ``dwpose_ll_ucoco_384``).
+        det_input_px: square YOLOX input side in pixels (416 for YOLOX-nano).
+        pose_input_w_px / pose_input_h_px: pose model input (288x384 for DWPose-l 384).
+        person_min_score: YOLOX person score threshold; with no person found the whole frame is
+            used as the person box (the clip is a face-centred crop).
+        sample_fps: frames analysed per second of video.
+        hand_min_score: a hand keypoint counts when its SimCC score is above this.
+        face_min_score: face keypoints used for the face box need at least this score.
+        min_hand_keypoints: hand keypoints inside the face box that make a frame occluded.
+        face_box_margin: the face box (bounds of the confident face keypoints) is grown by this
+            share of its side on every side.
+        max_hand_over_face_share: reject ``hand_over_face`` when the share of occluded sampled
+            frames exceeds this.
+    """
+
+    det_weights_path: Optional[str] = None
+    pose_weights_path: Optional[str] = None
+    det_input_px: int = 416
+    pose_input_w_px: int = 288
+    pose_input_h_px: int = 384
+    person_min_score: float = 0.5
+    sample_fps: float = 2.0
+    hand_min_score: float = 0.5
+    face_min_score: float = 0.5
+    min_hand_keypoints: int = 1
+    face_box_margin: float = 0.1
+    max_hand_over_face_share: float = 0.1
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.det_input_px >= 32, f"{section}.det_input_px", "must be >= 32")
+        check(self.pose_input_w_px >= 16 and self.pose_input_h_px >= 16, f"{section}.pose_input_w_px", "pose input must be >= 16 px")
+        check(0 <= self.person_min_score <= 1, f"{section}.person_min_score", "must be in [0, 1]")
+        check(self.sample_fps > 0, f"{section}.sample_fps", "must be > 0")
+        check(self.min_hand_keypoints >= 1, f"{section}.min_hand_keypoints", "must be >= 1")
+        check(self.face_box_margin >= 0, f"{section}.face_box_margin", "must be >= 0")
+        check(0 <= self.max_hand_over_face_share <= 1, f"{section}.max_hand_over_face_share", "must be in [0, 1]")
+
 
 # COCO-WholeBody keypoint layout (133 points), as DWPose and RTMW output it.
 NUM_KEYPOINTS = 133
@@ -224,22 +269,34 @@ class OcclusionStage(Stage):
     """Rejects clips with a hand over the face in too many sampled frames."""
 
     name = "occlusion"
+    config_class = OcclusionConfig
+    writes_columns = ("hand_over_face_share",)
 
     def __init__(self, cfg: OcclusionConfig, fps: float) -> None:
         super().__init__(cfg)
         self.fps = fps
         self._estimator: Optional[WholeBodyEstimator] = None
 
+    @classmethod
+    def from_config(cls, cfg) -> OcclusionStage:
+        return cls(cfg.occlusion, cfg.normalize.fps)
+
     def weights(self):
         """YOLOX-nano person detector and the DWPose whole-body model."""
         return [("person_yolox_nano", self.cfg.det_weights_path), ("dwpose_ll_ucoco_384", self.cfg.pose_weights_path)]
 
     def setup(self) -> None:
-        """Load both ONNX models (onnxruntime CUDA when ``num_gpus > 0`` and available, else CPU)."""
+        """Load both ONNX models (onnxruntime's CUDA provider when ``num_gpus > 0``, else CPU).
+
+        Raises:
+            DeviceError: ``num_gpus > 0`` without CUDA, or an onnxruntime build without CUDA.
+        """
         import onnxruntime as ort
 
-        gpu = self.cfg.num_gpus > 0 and "CUDAExecutionProvider" in ort.get_available_providers()
-        device = "cuda" if gpu else "cpu"
+        device = self.device()
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DeviceError(f"{self.name}.num_gpus: onnxruntime has no CUDAExecutionProvider here "
+                              f"(install onnxruntime-gpu, or set {self.name}.num_gpus: 0)")
         self._estimator = WholeBodyEstimator(
             str(weights.resolve("person_yolox_nano", self.cfg.det_weights_path)),
             str(weights.resolve("dwpose_ll_ucoco_384", self.cfg.pose_weights_path)),
@@ -248,6 +305,9 @@ class OcclusionStage(Stage):
             person_min_score=self.cfg.person_min_score,
             device=device,
         )
+
+    def teardown(self) -> None:
+        self._estimator = None
 
     def process(self, row: Row) -> list[Row]:
         """Fill ``hand_over_face_share``; raise ``MediaError('hand_over_face')`` over the threshold."""

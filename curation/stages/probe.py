@@ -12,10 +12,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from vividhead.curation.config import ProbeConfig
 from vividhead.curation.media import fetch_remote, ffprobe, file_md5, is_remote, local_path_of
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+
+
+@dataclass(frozen=True)
+class ProbeConfig(StageConfig):
+    """ffprobe every input. Durations in seconds, sizes in bytes."""
+
+    min_duration_s: float = 1.0
+    require_audio: bool = True
+    timeout_s: float = 60.0
+    download_timeout_s: float = 600.0
+    max_download_bytes: int = 20 * 1024**3
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.min_duration_s >= 0, f"{section}.min_duration_s", "must be >= 0")
+        check(self.timeout_s > 0, f"{section}.timeout_s", "must be > 0")
+        check(self.max_download_bytes > 0, f"{section}.max_download_bytes", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -84,11 +100,20 @@ class ProbeStage(Stage):
     """Fetches remote inputs into the node-local cache and probes them (one row per input)."""
 
     name = "probe"
+    config_class = ProbeConfig
+    writes_columns = ("md5", "source_duration_s", "source_width", "source_height", "source_fps")
+    required = True
+    funnel_units = ("input", "input")
 
     def __init__(self, cfg: ProbeConfig, cache_dir: str, storage_options: Optional[dict] = None) -> None:
         super().__init__(cfg)
         self.cache_dir = cache_dir
         self.storage_options = storage_options or {}
+
+    @classmethod
+    def from_config(cls, cfg) -> ProbeStage:
+        cache_dir = cfg.run.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "vividhead")
+        return cls(cfg.probe, cache_dir, cfg.run.storage_options)
 
     def process(self, row: Row) -> list[Row]:
         url = row["url"]

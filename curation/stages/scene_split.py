@@ -11,10 +11,43 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from vividhead.curation.config import SceneSplitConfig
 from vividhead.curation.records import Row, clip_id_for, new_row, reject
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.shard_format import floor_frame_count
+
+
+@dataclass(frozen=True)
+class SceneSplitConfig(StageConfig):
+    """Shot detection with PySceneDetect and cutting shots into clips (FlashHead section 2.1.1).
+
+    Attributes:
+        detector: ``adaptive`` (PySceneDetect ``AdaptiveDetector``, the paper's choice), ``content``
+            (``ContentDetector``), or ``none`` (the whole video is one shot, cut into windows).
+        adaptive_threshold: ``AdaptiveDetector.adaptive_threshold``.
+        content_threshold: ``ContentDetector.threshold``.
+        min_scene_len_frames: shortest shot PySceneDetect may report, in source frames.
+        min_clip_s / max_clip_s: clip length bounds in seconds; longer shots are split into
+            equal windows, shorter ones rejected as ``too_short``.
+        frames_4k_plus_1: shorten each clip to 4k+1 frames at 25 fps (the Wan VAE's chunking).
+    """
+
+    detector: Literal["adaptive", "content", "none"] = "adaptive"
+    adaptive_threshold: float = 3.0
+    content_threshold: float = 27.0
+    min_scene_len_frames: int = 15
+    min_clip_s: float = 5.0
+    max_clip_s: float = 50.0
+    frames_4k_plus_1: bool = True
+    timeout_s: float = 600.0
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.enabled, f"{section}.enabled", "this stage cannot be disabled (use detector: none for no shot detection)")
+        check(self.min_clip_s > 0, f"{section}.min_clip_s", "must be > 0")
+        check(self.max_clip_s >= self.min_clip_s, f"{section}.max_clip_s", "must be >= min_clip_s")
+        check(self.min_scene_len_frames >= 1, f"{section}.min_scene_len_frames", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -82,7 +115,7 @@ def plan_clips(shots: list[tuple[float, float]], cfg: SceneSplitConfig, fps: flo
             w_start = start + w * window_frames / fps
             n = window_frames
             if cfg.frames_4k_plus_1:
-                n = ((n - 1) // 4) * 4 + 1
+                n = floor_frame_count(n)
             if n / fps + 1e-6 < cfg.min_clip_s:
                 plans.append(ClipPlan(w_start, w_start + window_frames / fps, n, too_short=True))
             else:
@@ -94,11 +127,18 @@ class SceneSplitStage(Stage):
     """One input row in, one row per planned clip out."""
 
     name = "scene_split"
-    fans_out = True
+    config_class = SceneSplitConfig
+    writes_columns = ("clip_id", "clip_index", "start_s", "end_s", "duration_s", "num_frames")
+    required = True
+    funnel_units = ("input", "clip")  # one input row in, one row per planned clip out
 
     def __init__(self, cfg: SceneSplitConfig, fps: float) -> None:
         super().__init__(cfg)
         self.fps = fps
+
+    @classmethod
+    def from_config(cls, cfg) -> SceneSplitStage:
+        return cls(cfg.scene_split, cfg.normalize.fps)
 
     def process(self, row: Row) -> list[Row]:
         duration = row["source_duration_s"]
@@ -108,7 +148,7 @@ class SceneSplitStage(Stage):
             if end <= start:
                 raise MediaError("bad_timestamps", f"start {start:.2f} s >= end {end:.2f} s")
             shots = [(start, end)]
-        elif not self.cfg.enabled or self.cfg.detector == "none":
+        elif self.cfg.detector == "none":
             shots = [(0.0, duration)]
         else:
             shots = detect_shots(row["local_path"], self.cfg)

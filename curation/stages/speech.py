@@ -10,14 +10,44 @@ Reason: ``no_speech`` when the share is below ``min_speech_share``. Column: ``sp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
 from vividhead.curation.audio_io import read_pcm16
-from vividhead.curation.config import SpeechConfig
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+
+
+@dataclass(frozen=True)
+class SpeechConfig(StageConfig):
+    """Speech presence from Silero VAD (snakers4/silero-vad): share of the clip that is speech.
+
+    Attributes:
+        weights_path: a Silero VAD ONNX file (e.g. ``vad_silero_v5.onnx``) run with onnxruntime;
+            ``None`` uses the model shipped inside the ``silero-vad`` package (TorchScript).
+        threshold: speech probability threshold per 32 ms window (``get_speech_timestamps``).
+        min_speech_duration_ms / min_silence_duration_ms / speech_pad_ms: segment post-processing
+            of ``silero_vad.get_speech_timestamps`` (its defaults).
+        min_speech_share: reject ``no_speech`` below this share of the clip (0-1); ``None`` = off.
+    """
+
+    weights_path: Optional[str] = None
+    threshold: float = 0.5
+    min_speech_duration_ms: int = 250
+    min_silence_duration_ms: int = 100
+    speech_pad_ms: int = 30
+    min_speech_share: Optional[float] = 0.5
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(0 < self.threshold < 1, f"{section}.threshold", "must be in (0, 1)")
+        check(self.min_speech_duration_ms >= 0, f"{section}.min_speech_duration_ms", "must be >= 0")
+        check(self.min_silence_duration_ms >= 0, f"{section}.min_silence_duration_ms", "must be >= 0")
+        check(self.speech_pad_ms >= 0, f"{section}.speech_pad_ms", "must be >= 0")
+        check(self.min_speech_share is None or 0 <= self.min_speech_share <= 1, f"{section}.min_speech_share", "must be in [0, 1] or null")
+
 
 #: Silero VAD's native sample rate here (it also supports 8 kHz).
 VAD_SAMPLE_RATE = 16000
@@ -84,6 +114,8 @@ class SpeechStage(Stage):
     """Rejects clips with too little speech; records ``speech_share``."""
 
     name = "speech"
+    config_class = SpeechConfig
+    writes_columns = ("speech_share",)
 
     def __init__(self, cfg: SpeechConfig) -> None:
         super().__init__(cfg)
@@ -91,14 +123,13 @@ class SpeechStage(Stage):
         self._device = "cpu"
 
     def setup(self) -> None:
-        import torch
-
+        device = self.device()
         # The ONNX path runs on CPU; the TorchScript model moves to the actor's GPU when it has one.
-        if self.cfg.num_gpus > 0 and not self.cfg.weights_path:
-            if not torch.cuda.is_available():
-                raise RuntimeError("speech.num_gpus > 0 but CUDA is not available in this worker")
-            self._device = "cuda"
+        self._device = "cpu" if self.cfg.weights_path else device
         self._model = load_vad(self.cfg.weights_path, self._device)
+
+    def teardown(self) -> None:
+        self._model = None
 
     def process(self, row: Row) -> list[Row]:
         pcm, sr = read_pcm16(row["audio_bytes"])

@@ -30,13 +30,57 @@ import torch.nn.functional as F
 
 from vividhead.curation import weights
 from vividhead.curation.audio_io import mfcc_100hz, read_pcm16
-from vividhead.curation.config import SyncNetConfig
-from vividhead.curation.face_detector import FaceDetector, WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.face_track import detect_track, face_crops
-from vividhead.curation.models import stage_device
 from vividhead.curation.models.syncnet import SyncNet, load_syncnet
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+
+
+@dataclass(frozen=True)
+class SyncNetConfig(StageConfig):
+    """SyncNet lip-sync scores LSE-C / LSE-D / AV offset (FlashHead section 2.1.2).
+
+    Attributes:
+        weights_path: explicit path of ``syncnet_v2.model``; else the registry (``syncnet_v2``).
+        detector_weights_path: explicit path of the MediaPipe face detector; else the registry.
+        min_confidence: face detector score threshold for the face track.
+        min_face_share: reject ``no_face_track`` when fewer frames (share) have a face.
+        crop_scale: face crop context around the box (0.4 in syncnet_python).
+        vshift_frames: offsets searched on each side, in video frames (15 in the LSE protocol).
+        batch_size: 5-frame windows per forward pass.
+        min_lse_c: reject ``low_sync_confidence`` below this LSE-C; ``None`` = off.
+        max_lse_d: reject ``high_sync_distance`` above this LSE-D; ``None`` = off.
+        max_abs_av_offset_frames: reject ``av_offset`` when |offset| exceeds this many frames
+            (1 frame = 40 ms at 25 fps); ``None`` = off.
+    """
+
+    weights_path: Optional[str] = None
+    detector_weights_path: Optional[str] = None
+    min_confidence: float = 0.5
+    min_face_share: float = 0.5
+    crop_scale: float = 0.4
+    vshift_frames: int = 15
+    batch_size: int = 20
+    min_lse_c: Optional[float] = 3.0
+    max_lse_d: Optional[float] = None
+    max_abs_av_offset_frames: Optional[int] = 3
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
+        check(0 <= self.min_face_share <= 1, f"{section}.min_face_share", "must be in [0, 1]")
+        check(self.crop_scale >= 0, f"{section}.crop_scale", "must be >= 0")
+        check(self.vshift_frames >= 1, f"{section}.vshift_frames", "must be >= 1")
+        check(self.batch_size >= 1, f"{section}.batch_size", "must be >= 1")
+        check(self.max_lse_d is None or self.max_lse_d > 0, f"{section}.max_lse_d", "must be > 0 or null")
+        check(
+            self.max_abs_av_offset_frames is None or 0 <= self.max_abs_av_offset_frames <= self.vshift_frames,
+            f"{section}.max_abs_av_offset_frames",
+            "must be in [0, vshift_frames] or null",
+        )
+
 
 #: Video frames per SyncNet window and MFCC steps per video frame (25 fps video, 100 Hz MFCC).
 WINDOW_FRAMES = 5
@@ -149,13 +193,35 @@ def lipsync_from_crops(
     Raises:
         MediaError: ``too_short`` when fewer than 6 frames (one window) overlap the audio.
     """
+    return sync_scores(lipsync_distances(crops, pcm, model, vshift, batch_size, device), vshift)
+
+
+def lipsync_distances(
+    crops: np.ndarray, pcm: np.ndarray, model: SyncNet, vshift: int = 15, batch_size: int = 20, device: str = "cpu"
+) -> torch.Tensor:
+    """The window x offset distance matrix of a clip (steps 2-4), before :func:`sync_scores`.
+
+    Rows are 5-frame windows by start frame, so the rows of a frame range (e.g. one window of a
+    long generation in the evaluation's drift curve) score that range with the same embeddings.
+
+    Args:
+        crops: [T, 224, 224, 3] BGR face crops at 25 fps, 0-255.
+        pcm: int16 [N] mono samples at 16 kHz, aligned with frame 0.
+        model: SyncNet in eval mode on ``device``.
+
+    Returns:
+        float32 [W, 2 * vshift + 1] on the CPU, ``W = min(T, N // 640) - 5``.
+
+    Raises:
+        MediaError: ``too_short`` when fewer than 6 frames (one window) overlap the audio.
+    """
     min_length = min(len(crops), len(pcm) // SAMPLES_PER_FRAME)
     num_windows = min_length - WINDOW_FRAMES  # the reference's range(0, min_length - 5)
     if num_windows < 1:
         raise MediaError("too_short", f"{min_length} frames with audio; SyncNet needs at least {WINDOW_FRAMES + 1}")
     mfcc = mfcc_100hz(pcm, 16000)
     video_emb, audio_emb = embed_windows(crops, mfcc, num_windows, model, batch_size, device)
-    return sync_scores(offset_distances(video_emb, audio_emb, vshift), vshift)
+    return offset_distances(video_emb, audio_emb, vshift)
 
 
 def score_lipsync(
@@ -187,6 +253,8 @@ class SyncNetStage(Stage):
     """Scores LSE-C / LSE-D / AV offset and rejects clips outside the configured bounds."""
 
     name = "syncnet"
+    config_class = SyncNetConfig
+    writes_columns = ("lse_c", "lse_d", "av_offset_frames")
 
     def __init__(self, cfg: SyncNetConfig) -> None:
         super().__init__(cfg)
@@ -198,9 +266,14 @@ class SyncNetStage(Stage):
         return [("syncnet_v2", self.cfg.weights_path), (FACE_WEIGHTS, self.cfg.detector_weights_path)]
 
     def setup(self) -> None:
-        self._device = stage_device(self.cfg.num_gpus, self.name)
+        self._device = self.device()
         self._model = load_syncnet(weights.resolve("syncnet_v2", self.cfg.weights_path), self._device)
         self._detector = FaceDetector.load(self.cfg.detector_weights_path, self.cfg.min_confidence)
+
+    def teardown(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+        self._model, self._detector = None, None
 
     def process(self, row: Row) -> list[Row]:
         s = score_lipsync(row["video_bytes"], row["audio_bytes"], self._model, self._detector, self.cfg, self._device)

@@ -16,10 +16,34 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from vividhead.curation.config import TransitionConfig
 from vividhead.curation.media import iter_frames
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+
+
+@dataclass(frozen=True)
+class TransitionConfig(StageConfig):
+    """Optical-flow transition filter (FlashHead section 2.1.2).
+
+    Attributes:
+        analysis_size_px: frames are downscaled to this square size (grayscale) before flow.
+        min_residual: flow-warp residual (mean absolute error, 0-255 grey levels) a frame pair must
+            exceed to count as a transition.
+        min_spike_ratio: the residual must also exceed this multiple of the median residual of the
+            neighbouring ``context_frames`` on each side, so slow fades and motion do not fire.
+    """
+
+    analysis_size_px: int = 128
+    min_residual: float = 20.0
+    min_spike_ratio: float = 8.0
+    context_frames: int = 5
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.analysis_size_px >= 16, f"{section}.analysis_size_px", "must be >= 16")
+        check(self.min_residual > 0, f"{section}.min_residual", "must be > 0")
+        check(self.min_spike_ratio >= 1, f"{section}.min_spike_ratio", "must be >= 1")
+        check(self.context_frames >= 1, f"{section}.context_frames", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,8 @@ class TransitionStage(Stage):
     """Rejects clips with an abrupt transition; records the residual and the frame index."""
 
     name = "transition"
+    config_class = TransitionConfig
+    writes_columns = ("transition_score", "transition_frame")
 
     def process(self, row: Row) -> list[Row]:
         result = clip_transition_score(row["video_bytes"], self.cfg)

@@ -17,6 +17,7 @@ import json
 import os
 import tarfile
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vividhead.curation.records import Row, manifest_table, members_of
+from vividhead.curation.stage import SinkStage, StageConfig, check
 from vividhead.curation.storage import Storage, StorageError, describe
 from vividhead.shard_format import (
     JSON,
@@ -40,6 +42,17 @@ from vividhead.shard_format import (
     shard_index,
     shard_path,
 )
+
+
+@dataclass(frozen=True)
+class WriteConfig(StageConfig):
+    """WebDataset shard writing. A shard closes once it holds ``samples_per_shard`` kept clips."""
+
+    samples_per_shard: int = 100
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.samples_per_shard >= 1, f"{section}.samples_per_shard", "must be >= 1")
 
 
 def to_py(value: Any) -> Any:
@@ -212,3 +225,25 @@ class ShardWriter:
         pq.write_table(table, buf)
         self.storage.write_bytes(MANIFEST_FILE, buf.getvalue())
         return table
+
+
+class WriteStage(SinkStage):
+    """The pipeline's sink: opens the :class:`ShardWriter` the driver feeds with finished rows."""
+
+    name = "write"
+    config_class = WriteConfig
+    writes_columns = ("shard", "key")
+    required = True
+
+    def __init__(self, cfg: WriteConfig, fps: float, sample_rate_hz: int) -> None:
+        super().__init__(cfg)
+        self.fps = fps
+        self.sample_rate_hz = sample_rate_hz
+
+    @classmethod
+    def from_config(cls, cfg) -> WriteStage:
+        return cls(cfg.write, cfg.normalize.fps, cfg.normalize.sample_rate_hz)
+
+    def open(self, storage: Storage) -> ShardWriter:
+        """A writer for the output root ``storage`` (call :meth:`ShardWriter.prepare` before use)."""
+        return ShardWriter(storage, self.cfg.samples_per_shard, self.fps, self.sample_rate_hz)

@@ -1,6 +1,6 @@
 """A fast curation config for the scale-out and fault tests: only the required stages run.
 
-Every optional section is disabled (whatever sections other issues add to ``SECTIONS``), scene
+Every optional section is disabled (whatever stages the stage list holds), scene
 detection is off (one clip per input or per given time span), so a 1 s span costs one short FFmpeg
 re-encode. Shared by test_s3, test_fault_tolerance, test_security and test_cluster.
 """

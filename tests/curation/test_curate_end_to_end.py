@@ -9,7 +9,6 @@ import tarfile
 from pathlib import Path
 
 import av
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -17,6 +16,7 @@ import yaml
 
 from vividhead.curation.config import config_from_dict
 from vividhead.curation.pipeline import run_curation
+from vividhead.curation.stage_list import STAGE_ORDER
 
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE_CONFIG = REPO / "examples" / "curate_offline.yaml"
@@ -157,6 +157,11 @@ def test_manifest_and_stats_are_consistent(curated):
     assert stats["stages"]["probe"]["in"] == len({r["input_id"] for r in rows})
     assert stats["stages"]["probe"]["dropped"]["no_audio"] == 3
     assert stats["hours_kept"] == pytest.approx(sum(r["duration_s"] for r in kept) / 3600, rel=1e-4)
+    # Stages the offline config disables did not run: reported off, not as stages that kept everything.
+    off = {name for name, s in stats["stages"].items() if not s["enabled"]}
+    assert off == {"occlusion", "syncnet", "audio_features", "attributes"}
+    assert all(stats["stages"][name] == {"enabled": False} for name in off)
+    assert stats["stage_order"] == list(STAGE_ORDER)
 
 
 def test_rerun_is_a_noop(curated):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import csv
 import errno
-import io
 import os
 import signal
 import subprocess
@@ -19,16 +18,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray.cloudpickle
+from fast_config import write_fast_config
+from netutil import descendants, kill_pids
 
-from vividhead.curation.config import ProbeConfig, StageConfig
+from vividhead.curation.config import StageConfig
 from vividhead.curation.inputs import expand_inputs
 from vividhead.curation.records import new_row
 from vividhead.curation.stage import Stage
-from vividhead.curation.stages.probe import ProbeStage
+from vividhead.curation.stages.probe import ProbeConfig, ProbeStage
 from vividhead.curation.stages.write import ShardWriter
 from vividhead.curation.storage import Storage, StorageError
-from fast_config import write_fast_config
-from netutil import descendants, kill_pids
 
 REPO = Path(__file__).resolve().parents[2]
 # Short spans of distinct files (dedup compares whole-file MD5s): one 1.2 s clip per input.

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from vividhead.curation.config import FaceConfig, NormalizeConfig, TransitionConfig
 from vividhead.curation.ray_adapter import actor_cpu_scale, needs_actor
-from vividhead.curation.stages.face import FaceStage
-from vividhead.curation.stages.normalize import NormalizeStage
-from vividhead.curation.stages.transition import TransitionStage
+from vividhead.curation.stages.face import FaceConfig, FaceStage
+from vividhead.curation.stages.normalize import NormalizeConfig, NormalizeStage
+from vividhead.curation.stages.transition import TransitionConfig, TransitionStage
 
 
 def test_model_stages_are_actors_and_others_tasks():

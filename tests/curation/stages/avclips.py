@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from vividhead.curation.config import FaceConfig, NormalizeConfig
 from vividhead.curation.media import ffprobe
 from vividhead.curation.records import new_row
-from vividhead.curation.stages.face import FaceStage
-from vividhead.curation.stages.normalize import normalize_clip
+from vividhead.curation.stages.face import FaceConfig, FaceStage
+from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
 
 FIXTURES = (Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures").resolve()
 VIDEO_DIR = FIXTURES / "media" / "video"
@@ -28,7 +27,7 @@ WEIGHTS_DIR = FIXTURES / "weights"
 TALK_CLIPS = sorted(p.name for p in VIDEO_DIR.glob("talk_*.mp4"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clip_row(name: str, seconds: float = 3.0) -> dict:
     """A kept clip row (``video_bytes`` 512x512 face crop, ``audio_bytes`` WAV) for a fixture video."""
     src = VIDEO_DIR / name
@@ -41,20 +40,9 @@ def clip_row(name: str, seconds: float = 3.0) -> dict:
     try:
         return face.process(row)[0]
     finally:
-        close_detectors(face)
-
-
-def close_detectors(*stages) -> None:
-    """Close the MediaPipe detectors that stages opened in ``setup()``.
-
-    A MediaPipe detector left to the garbage collector at interpreter exit can block pytest's
-    shutdown (its ``__del__`` waits on a dispatcher that is already gone), so tests close them.
-    """
-    for stage in stages:
-        det = getattr(stage, "_detector", None)
-        if det is not None:
-            det.close()
-            stage._detector = None
+        # A MediaPipe detector left to the garbage collector at interpreter exit can block pytest's
+        # shutdown (its __del__ waits on a dispatcher that is already gone): tests tear stages down.
+        face.teardown()
 
 
 def wav_bytes(pcm: np.ndarray, sr: int = 16000) -> bytes:

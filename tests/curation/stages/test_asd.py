@@ -10,15 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from avclips import AUDIO_DIR, TALK_CLIPS, WEIGHTS_DIR, clip_row, load_pcm16, pcm_of, wav_bytes
 
-from avclips import AUDIO_DIR, TALK_CLIPS, WEIGHTS_DIR, clip_row, close_detectors, load_pcm16, pcm_of, wav_bytes
 from vividhead.curation.audio_io import mfcc_100hz
-from vividhead.curation.config import ASDConfig
 from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.face_track import detect_track, face_crops
 from vividhead.curation.models.lightasd import LightASD, load_lightasd
 from vividhead.curation.ray_adapter import run_stage
-from vividhead.curation.stages.asd import ASDStage, asd_scores, centre_112, visual_embeddings
+from vividhead.curation.stages.asd import ASDConfig, ASDStage, asd_scores, centre_112, visual_embeddings
 
 AVA = WEIGHTS_DIR / "asd_lightasd_pretrain_AVA.model"
 TALKSET = WEIGHTS_DIR / "asd_lightasd_finetuning_TalkSet.model"
@@ -94,7 +93,7 @@ def test_acceptance_table_own_audio_vs_silence_vs_wrong_speech(ava, capsys):
         track = detect_track(row["video_bytes"], detector)
         vis = visual_embeddings(centre_112(face_crops(row["video_bytes"], track, 0.4, 224, gray=True)), ava)
         pcm = own_audio[i]
-        score = lambda audio: asd_scores(vis, mfcc_100hz(audio[: len(pcm)]), ava).score  # noqa: E731
+        score = lambda audio, vis=vis, pcm=pcm: asd_scores(vis, mfcc_100hz(audio[: len(pcm)]), ava).score  # noqa: E731
         other = own_audio[(i + 1) % len(TALK_CLIPS)]  # the next talk_* clip's own audio
         rows.append((name, score(pcm), score(np.zeros_like(pcm)), *(score(tracks[w]) for w in WRONG_TRACKS),
                      score(np.pad(other, (0, max(0, len(pcm) - len(other)))))))
@@ -125,6 +124,6 @@ def test_stage_records_the_score_and_rejects_silence():
     assert kept["status"] == "kept" and kept["asd_score"] > -2.0
     muted = dict(full, audio_bytes=wav_bytes(np.zeros_like(pcm_of(full))))
     rejected = run_stage(stage, muted)[0]
-    close_detectors(stage)
+    stage.teardown()
     assert (rejected["status"], rejected["stage"], rejected["reason"]) == ("rejected", "asd", "not_speaking")
     assert rejected["asd_score"] < kept["asd_score"]

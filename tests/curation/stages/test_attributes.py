@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 
 from vividhead.curation import weights
-from vividhead.curation.config import AttributesConfig, ConfigError, config_from_dict
+from vividhead.curation.config import ConfigError, config_from_dict
 from vividhead.curation.ray_adapter import run_stage
 from vividhead.curation.records import new_row
-from vividhead.curation.stages.attributes import AttributesStage, normalise_label
+from vividhead.curation.stages.attributes import AttributesConfig, AttributesStage, WhisperLanguageId, normalise_label
 
 torch = pytest.importorskip("torch")
 from transformers import (  # noqa: E402
@@ -54,7 +54,7 @@ def _vit_dir(root, labels: list[str], winner: int):
     cfg = ViTConfig(
         image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=32, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={l: i for i, l in enumerate(labels)},
+        label2id={label: i for i, label in enumerate(labels)},
     )
     model = ViTForImageClassification(cfg)
     with torch.no_grad():
@@ -112,8 +112,7 @@ def test_all_annotators_on_a_real_clip(whisper_dir, vit_dirs, video_dir, audio_d
 
 
 def test_language_is_the_argmax_over_language_tokens(whisper_dir, audio_dir):
-    stage = _stage(language_weights_path=str(whisper_dir), gender=False, age=False)
-    lid = stage._language
+    lid = WhisperLanguageId(whisper_dir)
     audio = sf.read(audio_dir / "speech_jfk_16k.wav", dtype="float32")[0][:16000]
     feats = lid.extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():

@@ -11,10 +11,9 @@ import pytest
 import soundfile as sf
 
 from vividhead.curation import weights
-from vividhead.curation.config import AudioFeaturesConfig
 from vividhead.curation.ray_adapter import run_stage
 from vividhead.curation.records import members_of, new_row
-from vividhead.curation.stages.audio_features import MEMBER, AudioFeaturesStage
+from vividhead.curation.stages.audio_features import MEMBER, AudioFeaturesConfig, AudioFeaturesStage
 
 torch = pytest.importorskip("torch")
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Model  # noqa: E402

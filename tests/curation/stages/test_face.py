@@ -4,16 +4,13 @@ import io
 
 import av
 import cv2
-import numpy as np
 import pytest
 
-from vividhead.curation.config import FaceConfig
 from vividhead.curation.face_detector import FaceBox, FaceDetector
 from vividhead.curation.media import first_frame
 from vividhead.curation.stage import MediaError
-from vividhead.curation.stages.face import crop_video, plan_crop, select_face
-from vividhead.curation.stages.normalize import normalize_clip
-from vividhead.curation.config import NormalizeConfig
+from vividhead.curation.stages.face import FaceConfig, crop_video, plan_crop, select_face
+from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import av
 import numpy as np
 import pytest
 
-from vividhead.curation.config import FaceMaskConfig
 from vividhead.curation.ray_adapter import run_stage
 from vividhead.curation.records import members_of, new_row
 from vividhead.curation.stages.face_mask import (
     FACE_OVAL,
     MEMBER,
+    FaceMaskConfig,
     FaceMaskStage,
     decode_masks,
     encode_masks,

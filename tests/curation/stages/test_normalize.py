@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vividhead.curation.config import NormalizeConfig
 from vividhead.curation.stage import MediaError
-from vividhead.curation.stages.normalize import normalize_clip
+from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
 
 
 def test_vfr_source_becomes_cfr_25fps_with_sample_accurate_audio(video_dir):

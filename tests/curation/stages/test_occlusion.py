@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from vividhead.curation import weights
-from vividhead.curation.config import OcclusionConfig
 from vividhead.curation.media import first_frame
 from vividhead.curation.ray_adapter import run_stage
 from vividhead.curation.records import new_row
@@ -20,6 +19,7 @@ from vividhead.curation.stages.occlusion import (
     HEAD_BODY,
     LEFT_HAND,
     RIGHT_HAND,
+    OcclusionConfig,
     OcclusionStage,
     WholeBodyEstimator,
     frame_is_occluded,

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from vividhead.curation.config import DedupConfig, ProbeConfig
 from vividhead.curation.records import new_row
 from vividhead.curation.stage import MediaError
-from vividhead.curation.stages.dedup import DedupStage, find_duplicates
-from vividhead.curation.stages.probe import probe_media
+from vividhead.curation.stages.dedup import DedupConfig, DedupStage, find_duplicates
+from vividhead.curation.stages.probe import ProbeConfig, probe_media
 
 
 def test_probe_reads_real_metadata(video_dir):

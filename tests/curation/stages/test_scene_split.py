@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from vividhead.curation.config import SceneSplitConfig
-from vividhead.curation.stages.scene_split import detect_shots, plan_clips
+from vividhead.curation.stages.scene_split import SceneSplitConfig, detect_shots, plan_clips
 
 
 def test_plan_windows_short_shots_and_4k_plus_1():

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from avclips import AUDIO_DIR, VIDEO_DIR, WEIGHTS_DIR, clip_row, load_pcm16
 
-from avclips import AUDIO_DIR, VIDEO_DIR, WEIGHTS_DIR, clip_row, close_detectors, load_pcm16
-from vividhead.curation.config import NormalizeConfig, SpeechConfig, config_from_dict
-from vividhead.curation.pipeline import build_clip_stages
+from vividhead.curation.config import config_from_dict
+from vividhead.curation.pipeline import build_stages
 from vividhead.curation.ray_adapter import run_stage
-from vividhead.curation.stage import MediaError
-from vividhead.curation.stages.normalize import normalize_clip
-from vividhead.curation.stages.speech import SpeechStage, load_vad, speech_share
+from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
+from vividhead.curation.stages.speech import SpeechConfig, SpeechStage, load_vad, speech_share
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_normalize_rejects_the_silent_clip_first_unless_disabled():
         "syncnet": {"enabled": False},
         "asd": {"enabled": False},
     })
-    stages = build_clip_stages(cfg)
+    stages = [s for s in build_stages(cfg) if isinstance(s, Stage)]
     names = [s.name for s in stages]
     assert names.index("transition") < names.index("speech") < names.index("syncnet") < names.index("asd")
     row = dict(clip_row("neg_silent_audio_expressions.mp4", 3.0))
@@ -70,5 +70,5 @@ def test_normalize_rejects_the_silent_clip_first_unless_disabled():
         if stage.cfg.enabled and row["status"] == "kept":
             stage.setup()
             row = run_stage(stage, row)[0]
-            close_detectors(stage)
+            stage.teardown()
     assert (row["status"], row["stage"], row["reason"]) == ("rejected", "speech", "no_speech")

@@ -11,14 +11,19 @@ import math
 import numpy as np
 import pytest
 import torch
+from avclips import WEIGHTS_DIR, clip_row, pcm_of, wav_bytes
 
-from avclips import WEIGHTS_DIR, clip_row, close_detectors, pcm_of, wav_bytes
 from vividhead.curation import weights
-from vividhead.curation.config import SyncNetConfig
 from vividhead.curation.models.syncnet import SyncNet, load_syncnet
 from vividhead.curation.ray_adapter import run_stage
 from vividhead.curation.stage import MediaError
-from vividhead.curation.stages.syncnet import SyncNetStage, lipsync_from_crops, offset_distances, sync_scores
+from vividhead.curation.stages.syncnet import (
+    SyncNetConfig,
+    SyncNetStage,
+    lipsync_from_crops,
+    offset_distances,
+    sync_scores,
+)
 
 DETECTOR = str(WEIGHTS_DIR / "face_mediapipe_detector.tflite")
 
@@ -189,10 +194,11 @@ def test_stage_end_to_end_with_random_weights(random_weights):
     assert isinstance(kept["av_offset_frames"], int) and abs(kept["av_offset_frames"]) <= 15
     assert "syncnet" in kept["timings"]
 
+    stage.teardown()
     strict = SyncNetStage(SyncNetConfig(weights_path=random_weights, detector_weights_path=DETECTOR, min_lse_c=1e9))
-    strict._model, strict._detector = stage._model, stage._detector
+    strict.setup()
     rejected = run_stage(strict, dict(row))[0]
-    close_detectors(stage)
+    strict.teardown()
     assert (rejected["status"], rejected["stage"], rejected["reason"]) == ("rejected", "syncnet", "low_sync_confidence")
     assert rejected["lse_c"] == kept["lse_c"]  # scores stay in the manifest of rejected rows
 
