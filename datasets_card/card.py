@@ -202,38 +202,45 @@ def validate_card(text: str) -> DatasetCardData:
     return data
 
 
-#: Stage order of the curation pipeline, used when stats.json does not give one (it is written with
-#: sorted keys). ``curation.config.SECTIONS`` is the source of truth when importable.
-PIPELINE_ORDER = ("probe", "dedup", "scene_split", "normalize", "face", "face_visibility", "transition",
-                  "occlusion", "speech", "syncnet", "asd", "face_mask", "audio_features", "attributes", "write")
-
-
 def stage_order(stats: dict[str, Any]) -> list[str]:
     """The stages of ``stats["stages"]`` in pipeline order.
 
-    Uses ``stats["stage_order"]`` when present, else the curation config's section order (or
-    :data:`PIPELINE_ORDER`); stages it does not know follow in their stats.json order.
+    Uses ``stats["stage_order"]`` when present (stats.json is written with sorted keys), else the
+    pipeline's stage list (:data:`vividhead.curation.stage_list.STAGE_ORDER`); stages it does not
+    know follow in their stats.json order.
     """
     names = list((stats.get("stages") or {}).keys())
     known = stats.get("stage_order")
     if not known:
-        try:
-            from vividhead.curation.config import SECTIONS
+        from vividhead.curation.stage_list import STAGE_ORDER  # imports the stages: only when needed
 
-            known = list(SECTIONS)
-        except ImportError:  # pragma: no cover - datasets_card used without curation
-            known = list(PIPELINE_ORDER)
+        known = list(STAGE_ORDER)
     rank = {name: i for i, name in enumerate(known)}
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
 
 
-def _funnel_rows(stats: dict[str, Any]) -> list[tuple[str, int, int, dict[str, int], float | None]]:
+@dataclass(frozen=True)
+class FunnelRow:
+    """One stage of the funnel; ``enabled`` False means the stage was off (no counts)."""
+
+    name: str
+    enabled: bool
+    n_in: int = 0
+    n_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    seconds: float | None = None
+
+
+def _funnel_rows(stats: dict[str, Any]) -> list[FunnelRow]:
     rows = []
     stages = stats.get("stages") or {}
     for name in stage_order(stats):
         st = stages[name]
+        if not st.get("enabled", True):  # stats.json of a run with the stage disabled
+            rows.append(FunnelRow(name, False))
+            continue
         dropped = {str(k): int(v) for k, v in (st.get("dropped") or {}).items()}
-        rows.append((name, int(st.get("in", 0)), int(st.get("out", 0)), dropped, st.get("seconds")))
+        rows.append(FunnelRow(name, True, int(st.get("in", 0)), int(st.get("out", 0)), dropped, st.get("seconds")))
     return rows
 
 
@@ -301,10 +308,16 @@ def render_readme(manifest: pa.Table, stats: dict[str, Any], chart_names: dict[s
     if rows:
         add("| stage | in | out | dropped | reasons | seconds |")
         add("|---|---:|---:|---:|---|---:|")
-        for name, n_in, n_out, dropped, secs in rows:
-            reasons = ", ".join(f"`{r}` {c:,}" for r, c in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
-            add(f"| {name} | {n_in:,} | {n_out:,} | {sum(dropped.values()):,} | {reasons or '-'} | "
-                f"{_fmt(float(secs), 1) if secs is not None else 'n/a'} |")
+        for row in rows:
+            if not row.enabled:
+                add(f"| {row.name} | off | off | - | stage disabled | - |")
+                continue
+            reasons = ", ".join(f"`{r}` {c:,}" for r, c in sorted(row.dropped.items(), key=lambda kv: (-kv[1], kv[0])))
+            add(f"| {row.name} | {row.n_in:,} | {row.n_out:,} | {sum(row.dropped.values()):,} | {reasons or '-'} | "
+                f"{_fmt(float(row.seconds), 1) if row.seconds is not None else 'n/a'} |")
+        if any(not row.enabled for row in rows):
+            add("")
+            add("Stages marked `off` were disabled in this run's config: they filtered nothing and computed nothing.")
         add("")
         if "funnel" in chart_names:
             add(f"![Filtering funnel]({chart_names['funnel']})")
@@ -406,8 +419,8 @@ def write_card(out: str | Path, options: CardOptions = CardOptions()) -> CardRes
     names: dict[str, str] = {}
     rows = _funnel_rows(stats)
     if rows:
-        written.append(charts.funnel([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                                     chart_dir / "funnel.png"))
+        written.append(charts.funnel([r.name for r in rows], [r.n_in for r in rows], [r.n_out for r in rows],
+                                     chart_dir / "funnel.png", off=[not r.enabled for r in rows]))
         names["funnel"] = "card/funnel.png"
     kept = [s == KEPT and k is not None for s, k in zip(_column(manifest, "status"), _column(manifest, "key"))]
     for col, title, xlabel in DISTRIBUTIONS:

@@ -79,31 +79,51 @@ def histogram(values: Sequence[float], path: Path, title: str, xlabel: str, bins
         return _save(fig, path)
 
 
-def funnel(stages: Sequence[str], counts_in: Sequence[int], counts_out: Sequence[int], path: Path) -> Path:
-    """Draw the filtering funnel: one horizontal bar pair (in, out) per stage, in pipeline order.
+def funnel_figure(stages: Sequence[str], counts_in: Sequence[int], counts_out: Sequence[int],
+                  off: Sequence[bool] = ()) -> Figure:
+    """The filtering funnel figure: one horizontal bar pair (in, out) per stage, in pipeline order.
 
     Args:
         stages: stage names, first stage at the top.
-        counts_in / counts_out: items entering / leaving each stage.
-        path: output PNG path.
+        counts_in / counts_out: items entering / leaving each stage (ignored for stages that are off).
+        off: per stage, True when it was disabled: no bars, its label reads ``<name> (off)`` and
+            the row says ``off`` (empty: every stage ran).
+
+    Returns:
+        The figure (call inside :func:`_context` to get the card's fixed style).
+    """
+    off = list(off) or [False] * len(stages)
+    ran = [not o for o in off]
+    fig = Figure(figsize=(_SIZE_IN[0], max(2.0, 0.45 * len(stages) + 1.0)))
+    ax = fig.add_subplot()
+    y = np.arange(len(stages))[::-1]
+    ax.barh(y[ran] + 0.2, np.asarray(counts_in)[ran], height=0.4, color="#b8c7d9", label="in")
+    ax.barh(y[ran] - 0.2, np.asarray(counts_out)[ran], height=0.4, color=_COLOR, label="out")
+    for yi, c, was_off in zip(y, counts_out, off):
+        if was_off:
+            ax.text(0, yi, " off (stage disabled)", va="center", fontsize=8, color="#888888")
+        else:
+            ax.text(c, yi - 0.2, f" {c}", va="center", fontsize=8)
+    ax.set_yticks(y, [f"{s} (off)" if o else s for s, o in zip(stages, off)])
+    for label, was_off in zip(ax.get_yticklabels(), off):
+        if was_off:
+            label.set_color("#888888")
+    ax.set_xlabel("items (inputs or clips)")
+    ax.set_title("Filtering funnel")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def funnel(stages: Sequence[str], counts_in: Sequence[int], counts_out: Sequence[int], path: Path,
+           off: Sequence[bool] = ()) -> Path:
+    """Draw :func:`funnel_figure` to a PNG at ``path`` (stages that were ``off`` drawn as such).
 
     Returns:
         ``path``.
     """
     with _context():
-        fig = Figure(figsize=(_SIZE_IN[0], max(2.0, 0.45 * len(stages) + 1.0)))
-        ax = fig.add_subplot()
-        y = np.arange(len(stages))[::-1]
-        ax.barh(y + 0.2, counts_in, height=0.4, color="#b8c7d9", label="in")
-        ax.barh(y - 0.2, counts_out, height=0.4, color=_COLOR, label="out")
-        for yi, c in zip(y, counts_out):
-            ax.text(c, yi - 0.2, f" {c}", va="center", fontsize=8)
-        ax.set_yticks(y, list(stages))
-        ax.set_xlabel("items (inputs or clips)")
-        ax.set_title("Filtering funnel")
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        return _save(fig, path)
+        return _save(funnel_figure(stages, counts_in, counts_out, off), path)
 
 
 def bars(labels: Sequence[str], counts: Sequence[int], path: Path, title: str, xlabel: str) -> Path:

@@ -134,6 +134,31 @@ def test_card_without_scores_says_no_data(out_dir):
     assert "| SyncNet confidence LSE-C (`lse_c`) | 0 | 5 | n/a | n/a | n/a | n/a |" in text
 
 
+def test_disabled_stages_are_off_in_the_table_and_the_chart(tmp_path):
+    import json
+
+    from vividhead.curation.records import manifest_table
+    from vividhead.datasets_card.charts import _context, funnel_figure
+
+    pq.write_table(manifest_table([{"input_id": "a", "source_id": "a", "status": "rejected", "stage": "face",
+                                    "reason": "no_face"}]), tmp_path / "manifest.parquet")
+    on = {"enabled": True, "dropped": {}, "seconds": 1.0}
+    stats = {"stage_order": ["probe", "face", "occlusion", "syncnet"],  # stats.json of a run with occlusion off
+             "stages": {"probe": {**on, "in": 1, "out": 1}, "face": {**on, "in": 1, "out": 0, "dropped": {"no_face": 1}},
+                        "occlusion": {"enabled": False}, "syncnet": {**on, "in": 0, "out": 0}}}
+    (tmp_path / "stats.json").write_text(json.dumps(stats, sort_keys=True))
+    text = write_card(tmp_path).readme.read_text()
+    funnel = text.split("## Filtering funnel")[1].split("![")[0]
+    assert "| occlusion | off | off | - | stage disabled | - |" in funnel
+    assert "| face | 1 | 0 | 1 | `no_face` 1 | 1.0 |" in funnel and "Stages marked `off` were disabled" in funnel
+    with _context():
+        fig = funnel_figure(["face", "occlusion", "syncnet"], [9, 0, 7], [7, 0, 5], off=[False, True, False])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["face", "occlusion (off)", "syncnet"]
+    assert len(ax.patches) == 4  # in/out bars for the two stages that ran, none for the one that was off
+    assert any("off" in t.get_text() for t in ax.texts)
+
+
 def test_card_options_license(out_dir):
     res = write_card(out_dir, CardOptions(license="cc-by-4.0", pretty_name="Tiny"))
     d = DatasetCard.load(res.readme).data.to_dict()
