@@ -63,7 +63,7 @@ class FaceDetector:
         self.min_confidence = min_confidence
 
     @classmethod
-    def load(cls, weights_path: Optional[str] = None, min_confidence: float = 0.5) -> "FaceDetector":
+    def load(cls, weights_path: Optional[str] = None, min_confidence: float = 0.5) -> FaceDetector:
         """Build the detector from the weights registry (``weights_path`` first, then
         ``$VIVIDHEAD_WEIGHTS_DIR``, the cache, the official URL).
 
@@ -95,7 +95,7 @@ class FaceDetector:
                 boxes.append(FaceBox(b.origin_x, b.origin_y, b.origin_x + b.width, b.origin_y + b.height, float(score)))
         return sorted(boxes, key=lambda f: f.area, reverse=True)
 
-    def __enter__(self) -> "FaceDetector":
+    def __enter__(self) -> FaceDetector:
         return self
 
     def __exit__(self, *exc) -> None:

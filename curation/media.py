@@ -89,7 +89,7 @@ def fetch_remote(
     max_bytes: int,
     timeout_s: float,
     storage_options: Optional[dict] = None,
-    retry: Optional["RetryPolicy"] = None,
+    retry: Optional[RetryPolicy] = None,
 ) -> Path:
     """Download ``url`` with fsspec into ``cache_dir`` (node-local), once; return the local path.
 

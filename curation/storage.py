@@ -334,7 +334,7 @@ def register_webdataset_scheme(protocol: str = "s3", storage_options: Optional[d
 
     gopen = importlib.import_module("webdataset.gopen")  # the package re-exports a function of that name
 
-    def _open(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any):
+    def _open(url: str, mode: str = "rb", _bufsize: int = 8192, **_kw: Any):  # webdataset's handler signature
         return fsspec.open(url, mode, **options_for(url, storage_options)).open()
 
     gopen.gopen_schemes[protocol] = _open

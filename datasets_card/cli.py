@@ -45,7 +45,8 @@ def publish(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded and where; upload nothing."),
 ) -> None:
     """Upload shards, manifest, stats and card to a Hub dataset repo (resumable: re-run to resume)."""
-    from vividhead.datasets_card.publish import hub_url, publish as do_publish
+    from vividhead.datasets_card.publish import hub_url
+    from vividhead.datasets_card.publish import publish as do_publish
 
     try:
         items = do_publish(out, repo_id, private=private, dry_run=dry_run)

@@ -47,7 +47,7 @@ def moto_server(timeout_s: float = 60.0) -> Iterator[str]:
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server on {endpoint} did not start")
+                    raise RuntimeError(f"moto server on {endpoint} did not start") from None
                 time.sleep(0.2)
         yield endpoint
     finally:

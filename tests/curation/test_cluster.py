@@ -21,7 +21,6 @@ import jsonschema
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from fast_config import write_fast_config
 from netutil import descendants, kill_pids
 

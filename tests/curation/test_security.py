@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from fast_config import fast_config
+from netutil import QuietHandler, http_server
 
 from vividhead.curation.media import fetch_remote
 from vividhead.curation.pipeline import run_curation
 from vividhead.curation.stage import MediaError
 from vividhead.curation.storage import RetryPolicy
-from fast_config import fast_config
-from netutil import QuietHandler, http_server
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_RETRY = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05)
@@ -120,7 +120,7 @@ class Payload(QuietHandler):
         self.end_headers()
         try:
             if self.path == "/drip":
-                for i in range(150):
+                for _ in range(150):
                     self.wfile.write(b"x")
                     self.wfile.flush()
                     time.sleep(0.2)
