@@ -34,7 +34,8 @@ from vividhead.inference.color import match_colors, reference_lab_stats
 from vividhead.training.flow_matching import reference_video, sample_chunk
 from vividhead.training.models.audio_encoder import Wav2VecFeatures
 from vividhead.training.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
-from vividhead.training.models.flashhead import FlashHeadTransformer, load_flashhead_transformer
+from vividhead.training.models.flashhead import FlashHeadTransformer
+from vividhead.training.models.loading import load_flashhead_transformer
 from vividhead.training.models.vae import VideoVAE, build_vae, load_vae
 
 
@@ -108,7 +109,7 @@ class FlashHeadModels:
     @classmethod
     def random(
         cls, variant: FlashHeadVariant, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
-    ) -> "FlashHeadModels":
+    ) -> FlashHeadModels:
         """Random weights with the variant's real shapes (tiny VAE / Wav2Vec for ``tiny-*`` variants).
 
         Used by CPU tests and by the speed benchmark (speed does not depend on weight values).
@@ -152,7 +153,7 @@ class FlashHeadModels:
         device: str = "cuda",
         dtype: torch.dtype = torch.bfloat16,
         vae_config: dict | None = None,
-    ) -> "FlashHeadModels":
+    ) -> FlashHeadModels:
         """Load released weights from local paths with strict key matching.
 
         Args:
@@ -170,7 +171,7 @@ class FlashHeadModels:
         return cls(variant, transformer, vae, audio, dev, dtype)
 
     @classmethod
-    def from_export(cls, path: str | Path, device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> "FlashHeadModels":
+    def from_export(cls, path: str | Path, device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> FlashHeadModels:
         """Load a folder written by ``vividhead train export`` (a stage-1 or stage-2 checkpoint):
         DiT, VAE and Wav2Vec, with the variant (shapes, streaming geometry) it was trained as.
 

@@ -29,7 +29,6 @@ This file describes the network only. Sequence parallelism attaches from outside
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Protocol
 
 import torch
@@ -437,20 +436,3 @@ class FlashHeadTransformer(ModelMixin, ConfigMixin):
         out = tokens.view(b, gf, gh, gw, pt, ph, pw, cfg.out_dim)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, cfg.out_dim, gf * pt, gh * ph, gw * pw)
         return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Names that moved to vividhead.training.models.loading
-# ----------------------------------------------------------------------------------------------
-_MOVED_TO_LOADING = frozenset({"load_flashhead_transformer", "load_state_dict_file", "load_strict"})
-
-
-def __getattr__(name: str):
-    """Checkpoint readers moved to :mod:`vividhead.training.models.loading`; importing them from
-    here still works (with a ``DeprecationWarning``) so callers can move at their own pace."""
-    if name in _MOVED_TO_LOADING:
-        from vividhead.training.models import loading
-
-        warnings.warn(f"import {name} from vividhead.training.models.loading", DeprecationWarning, stacklevel=2)
-        return getattr(loading, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,6 +25,9 @@ from vividhead.training.models.flashhead import FlashHeadTransformer
 from vividhead.training.models.vae import VideoVAE, build_vae, load_vae
 from vividhead.training.trainers.config import ModelConfig
 
+#: DiT submodules the forward pass does not use (text embedding, unused audio MLP).
+UNUSED_MODULES = ("text_embedding", "audio_emb")
+
 #: File that marks and describes an exported checkpoint folder.
 EXPORT_META = "vividhead_export.json"
 
@@ -90,7 +93,12 @@ def build_transformer(cfg: ModelConfig, variant: FlashHeadVariant) -> FlashHeadT
         model = loading.load_flashhead_transformer(Path(cfg.init_path) / "transformer", dtype=torch.float32)
     else:
         model = loading.flashhead_from_wan_t2v(cfg.init_path, variant.transformer)
-    return model.float().train().requires_grad_(True)
+    model = model.float().train().requires_grad_(True)
+    # Kept for key parity with the released checkpoints, never used by the forward pass: frozen,
+    # so they get no optimiser state and export unchanged.
+    for name in UNUSED_MODULES:
+        getattr(model, name).requires_grad_(False)
+    return model
 
 
 def build_encoders(cfg: ModelConfig, variant: FlashHeadVariant, device: torch.device,
