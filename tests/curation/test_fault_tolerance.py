@@ -259,10 +259,15 @@ def test_permission_error_publishing_a_shard_fails_without_leftovers(tmp_path, m
 def test_disk_full_mid_run_stops_the_cli_with_one_clear_line(ray_local, tmp_path, video_dir, monkeypatch):
     """ENOSPC on the second shard, half-way through its tar: exit code 2, one ``error:`` line naming
     the shard, the first shard and its part intact, no temp file, no second shard."""
+    import typer
     from typer.testing import CliRunner
 
     import vividhead.curation.stages.write as write_mod
-    from vividhead.curation.cli import app
+    from vividhead.curation.cli import register
+
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a root with subcommands, as the vividhead command has
+    register(app)
 
     calls = []
     real_write_tar = write_mod.write_tar
