@@ -72,7 +72,7 @@ def main() -> None:
         "decode_video_s_per_cpu_s": round(video_s / (decode_s * args.cpus), 3),
         "pipeline_video_s_per_cpu_s": round(video_s / (pipe_s * args.cpus), 3),
         "ratio_pipeline_over_decode": round(pipe_s / decode_s, 2),
-        "stage_seconds": {k: v["seconds"] for k, v in result.stats["stages"].items()},
+        "stage_seconds": {k: v["seconds"] for k, v in result.stats["stages"].items() if v["enabled"]},
     }
     print(json.dumps(report, indent=2))
 
