@@ -8,6 +8,7 @@ Random weights (speed does not depend on values). Prints one JSON line per figur
 to ``--out`` (e.g. ``$OUT/train_step.jsonl`` on the device machine).
 
     python benchmarks/train_step.py --out $OUT/train_step.jsonl [--steps 10] [--only ours|stock|data]
+    torchrun --nproc-per-node 2 benchmarks/train_step.py --only ours --modes ours_fsdp_compiled --out ...
 
 MFU = 3 x forward matmul + attention FLOPs (``vividhead.training.trainers.flops``) / step time /
 989 TFLOP/s (H100/H200 SXM dense bf16).
@@ -29,6 +30,10 @@ from vividhead.training.trainers.flops import H200_BF16_PEAK, dit_forward_flops
 
 
 def emit(out: str | None, **row) -> None:
+    import os
+
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports
+        return
     line = json.dumps(row)
     print(line, flush=True)
     if out:
@@ -78,6 +83,8 @@ def bench_ours(args, flops) -> None:
         "ours_fsdp1_eager": {"strategy": "fsdp", "compile": False},
         "ours_fsdp1_compiled_ac": {"strategy": "fsdp", "compile": True, "activation_checkpointing": True},
         "ours_compiled_model": {"strategy": "none", "compile": False},  # whole-model compile, below
+        # Under torchrun: FSDP2 over every rank, per-GPU batch 1 (scaling: compare with one rank).
+        "ours_fsdp_compiled": {"strategy": "fsdp", "compile": True},
     }
     for name, par in modes.items():
         if args.modes and name not in args.modes:
@@ -100,8 +107,9 @@ def bench_ours(args, flops) -> None:
         torch.cuda.synchronize()
         first = time.perf_counter() - t0
         step_s, peak = timed(lambda: trainer.train_step(batch), args.steps, 2)  # noqa: B023
-        emit(args.out, kind="ours", mode=name, step_ms=1000 * step_s, first_step_s=first, peak_gib=peak,
-             tokens_per_s=9216 / step_s, mfu=flops / step_s / H200_BF16_PEAK)
+        world = trainer.env.world_size
+        emit(args.out, kind="ours", mode=name, world_size=world, step_ms=1000 * step_s, first_step_s=first,
+             peak_gib=peak, tokens_per_s_per_gpu=9216 / step_s, mfu=flops / step_s / H200_BF16_PEAK)
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
