@@ -11,6 +11,7 @@ whose boxes are somewhat tighter, so crops are a little closer than the referenc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -90,8 +91,26 @@ def detect_track(video: bytes, detector: FaceDetector, min_detected_share: float
         MediaError: ``decode_failed``; ``no_face_track`` when fewer than ``min_detected_share`` of
             the frames have a face.
     """
+    return track_frames((frame for _, frame in iter_frames(video)), detector, min_detected_share)
+
+
+def track_frames(frames: Iterable[np.ndarray], detector: FaceDetector, min_detected_share: float = 0.5) -> FaceTrack:
+    """:func:`detect_track` on frames already decoded (e.g. a generated video held in memory).
+
+    Args:
+        frames: uint8 [H, W, 3] RGB frames, in order (an iterable or an array [T, H, W, 3]).
+        detector: MediaPipe face detector.
+        min_detected_share: fewest frames (share) that must have a detection.
+
+    Returns:
+        :class:`FaceTrack` with one entry per frame.
+
+    Raises:
+        MediaError: ``decode_failed`` when there is no frame; ``no_face_track`` when fewer than
+            ``min_detected_share`` of the frames have a face.
+    """
     boxes, detected = [], []
-    for _, frame in iter_frames(video):
+    for frame in frames:
         faces = detector.detect(frame)
         detected.append(bool(faces))
         boxes.append((faces[0].x0, faces[0].y0, faces[0].x1, faces[0].y1) if faces else (0.0, 0.0, 0.0, 0.0))
@@ -137,8 +156,25 @@ def face_crops(video: bytes, track: FaceTrack, crop_scale: float = 0.4, size: in
     Raises:
         MediaError: ``decode_failed``.
     """
+    return crop_frames((frame for _, frame in iter_frames(video)), track, crop_scale, size, gray)
+
+
+def crop_frames(frames: Iterable[np.ndarray], track: FaceTrack, crop_scale: float = 0.4, size: int = 224,
+                gray: bool = False) -> np.ndarray:
+    """:func:`face_crops` on frames already decoded.
+
+    Args:
+        frames: uint8 [H, W, 3] RGB frames, in order (the ones ``track`` was computed on).
+        gray: return grayscale crops instead of BGR.
+
+    Returns:
+        uint8 ``[T, size, size, 3]`` BGR, or ``[T, size, size]`` gray; ``T = min(len(track), frames)``.
+
+    Raises:
+        MediaError: ``decode_failed`` when there is no frame.
+    """
     out = []
-    for i, frame in iter_frames(video):
+    for i, frame in enumerate(frames):
         if i >= len(track):
             break
         crop = crop_face(frame, track.s[i], track.x[i], track.y[i], crop_scale, size)

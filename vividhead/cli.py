@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("vividhead.datasets_card.cli", "curation"),
     ("vividhead.inference.cli", "serve"),
     ("vividhead.training.cli", "train"),
+    ("vividhead.training.evaluation.cli", "eval"),
 )
 
 
