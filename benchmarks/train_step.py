@@ -5,7 +5,8 @@ the same process, plus the cost of the on-the-fly data path (VAE encode of windo
 Wav2Vec of the 8 s cache) against reading a latent-cache sample.
 
 Random weights (speed does not depend on values). Prints one JSON line per figure and appends them
-to ``--out`` (e.g. ``$OUT/train_step.jsonl`` on the device machine).
+to ``--out`` (e.g. ``$OUT/train_step.jsonl`` on the device machine). Step times are means over
+steps queued back to back, synchronised once at the end.
 
     python benchmarks/train_step.py --out $OUT/train_step.jsonl [--steps 10] [--only ours|stock|data]
     torchrun --nproc-per-node 2 benchmarks/train_step.py --only ours --modes ours_fsdp_compiled --out ...
@@ -20,7 +21,6 @@ import argparse
 import gc
 import io
 import json
-import statistics
 import time
 
 import numpy as np
@@ -42,18 +42,17 @@ def emit(out: str | None, **row) -> None:
 
 
 def timed(fn, steps: int, warmup: int) -> tuple[float, float]:
-    """Median seconds per call after ``warmup`` calls, and peak GiB."""
+    """Mean seconds per call over ``steps`` calls queued back to back (one synchronisation at the
+    end, as the trainer runs them) after ``warmup`` calls, and peak GiB."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times = []
+    t0 = time.perf_counter()
     for _ in range(steps):
-        t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps, torch.cuda.max_memory_allocated() / 2**30
 
 
 def pro_inputs(device):

@@ -133,8 +133,9 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------------
     def make_dataset(self, data: DataConfig, clip_filter: dict | None = None, seed: int | None = None,
-                     shuffle: bool = True, **kwargs: Any):
-        """The :class:`ClipWindowDataset` of ``data`` (uint8 frames, warn-and-continue on bad samples)."""
+                     shuffle: bool = True, dataset_cls: type | None = None, **kwargs: Any):
+        """The :class:`ClipWindowDataset` of ``data`` (uint8 frames, warn-and-continue on bad samples);
+        ``dataset_cls`` picks a subclass (the stage-2 multi-chunk windows), ``kwargs`` go to it."""
         import webdataset as wds
 
         from vividhead.training.data import ClipFilter, ClipWindowDataset
@@ -144,7 +145,7 @@ class Trainer:
         for key in ("languages", "keys", "exclude_keys"):
             if flt.get(key) is not None:
                 flt[key] = tuple(flt[key])
-        return ClipWindowDataset.from_output_dir(
+        return (dataset_cls or ClipWindowDataset).from_output_dir(
             data.shards,
             clip_filter=ClipFilter(**flt),
             num_frames=data.num_frames,
@@ -158,6 +159,23 @@ class Trainer:
             handler=wds.warn_and_continue,
             **kwargs,
         )
+
+    def held_out_keys(self) -> list[str]:
+        """The first ``data.validation_clips`` clips (by key) that pass ``data.clip_filter`` and are
+        longer than one window: held out of training for validation and previews."""
+        data = self.cfg.data
+        if not data.validation_clips:
+            return []
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from vividhead.training.data import ClipFilter
+
+        flt = ClipFilter(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.clip_filter.items()})
+        table = pq.read_table(str(Path(data.shards) / "manifest.parquet"), columns=None)
+        table = table.filter(flt.expression())
+        table = table.filter(pc.field("num_frames") > data.num_frames)
+        return sorted(table.column("key").to_pylist())[: data.validation_clips]
 
     def make_loader(self, dataset, data: DataConfig):
         """A DataLoader of :class:`ClipWindowBatch` (or :class:`CachedBatch` over a latent cache),
@@ -191,9 +209,10 @@ class Trainer:
             self.next_index = {}
 
     # -- checks -----------------------------------------------------------------------------------
-    def check_finite(self, loss: torch.Tensor) -> None:
-        """Raise :class:`TrainingDiverged` on every rank if any rank's loss is NaN/inf."""
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    def check_finite(self, *values: torch.Tensor) -> None:
+        """Raise :class:`TrainingDiverged` on every rank if any rank's loss (or grad norm, ...) is
+        NaN/inf. One host sync; call it after backward and before the optimiser step."""
+        bad = torch.stack([(~torch.isfinite(v.detach().float())).any() for v in values]).any().float().reshape(1)
         if self.env.mesh is not None:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         if bad.item() > 0:
@@ -204,9 +223,14 @@ class Trainer:
             )
 
     def _sync_stop(self) -> bool:
+        # One rank decides alone; several ranks agree at log steps (one collective there), so all
+        # of them stop after the same step.
+        if self.env.mesh is None or self.env.world_size == 1:
+            return self._stop_requested
+        if self.step % self.cfg.log.every_steps:
+            return False
         flag = torch.tensor([1.0 if self._stop_requested else 0.0], device=self.env.device)
-        if self.env.mesh is not None:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -319,9 +343,12 @@ class Trainer:
                    desc=self.kind, unit="step", dynamic_ncols=True)
         stopped = "max_steps"
         stream = self.data_stream()
-        buckets: dict[str, list[float]] = defaultdict(list)
-        t_data = t_step = 0.0
-        n_timed = 0
+        # Scalars stay on the device until a log step: no host sync per step besides the trainer's
+        # own finiteness check, so the host queues the next step while the device runs this one.
+        pending: list[dict[str, torch.Tensor]] = []
+        t_data = 0.0
+        t_interval = time.perf_counter()
+        flops = tokens = 0
         try:
             while self.step < cfg.run.max_steps:
                 if self._sync_stop():
@@ -329,51 +356,55 @@ class Trainer:
                     break
                 t0 = time.perf_counter()
                 batch = next(stream)
-                t1 = time.perf_counter()
+                t_data += time.perf_counter() - t0
                 scalars = self.train_step(batch)
-                if self.env.device.type == "cuda":
-                    torch.cuda.synchronize(self.env.device)
-                t2 = time.perf_counter()
                 self.step += 1
                 for ema in self.emas.values():
                     ema.update()
-                values = {k: float(v) for k, v in scalars.items() if not k.startswith("_")}
-                self.history.append({"step": self.step, **values})
-                for k, v in values.items():
-                    buckets[k].append(v)
-                t_data += t1 - t0
-                t_step += t2 - t0
-                n_timed += 1
-                step_s = (t2 - t0)
-                post = {"loss": f"{values.get('loss', float('nan')):.4f}"}
-                flops = self.train_flops_per_step()
-                if flops:
-                    post["MFU"] = f"{100 * mfu(flops, step_s):.1f}%"
-                tokens = self.tokens_per_step()
-                if tokens:
-                    post["tok/s"] = f"{tokens / step_s:.0f}"
-                bar.set_postfix(post, refresh=False)
+                pending.append({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v))
+                                for k, v in scalars.items() if not k.startswith("_")})
                 bar.update(1)
                 if self.step % cfg.log.every_steps == 0 or self.step == cfg.run.max_steps:
-                    avg = {f"train/{k}": sum(v) / len(v) for k, v in buckets.items()}
-                    avg["perf/step_s"] = t_step / n_timed
-                    avg["perf/data_wait_share"] = t_data / max(t_step, 1e-12)
+                    if self.env.device.type == "cuda":
+                        torch.cuda.synchronize(self.env.device)
+                    n = len(pending)
+                    elapsed = time.perf_counter() - t_interval
+                    buckets: dict[str, list[float]] = defaultdict(list)
+                    for i, row in enumerate(pending):
+                        values = {k: float(v) for k, v in row.items()}
+                        self.history.append({"step": self.step - n + 1 + i, **values})
+                        for k, v in values.items():
+                            if math.isfinite(v):
+                                buckets[k].append(v)
+                    pending.clear()
+                    flops, tokens = self.train_flops_per_step(), self.tokens_per_step()
+                    avg = {f"train/{k}": sum(v) / len(v) for k, v in buckets.items() if v}
+                    avg["perf/step_s"] = elapsed / n
+                    avg["perf/data_wait_share"] = t_data / max(elapsed, 1e-12)
                     if tokens:
-                        avg["perf/tokens_per_s"] = tokens * n_timed / t_step
+                        avg["perf/tokens_per_s"] = tokens * n / elapsed
                     if flops:
-                        avg["perf/mfu"] = mfu(flops, t_step / n_timed)
+                        avg["perf/mfu"] = mfu(flops, elapsed / n)
                     for name, sch in self.schedulers.items():
                         avg[f"lr/{name}"] = sch.get_last_lr()[0]
                     if self.env.device.type == "cuda":
                         avg["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
                     avg["data/skipped_samples"] = float(sum(self.skipped_samples.values()))
+                    post = {"loss": f"{avg.get('train/loss', float('nan')):.4f}"}
+                    if flops:
+                        post["MFU"] = f"{100 * avg['perf/mfu']:.1f}%"
+                    if tokens:
+                        post["tok/s"] = f"{avg['perf/tokens_per_s']:.0f}"
+                    bar.set_postfix(post, refresh=True)
                     self.log_scalars(avg)
                     self.on_log(avg)
-                    buckets.clear()
-                    t_data = t_step = 0.0
-                    n_timed = 0
+                    t_data = 0.0
+                    t_interval = time.perf_counter()
                 if self.step % cfg.checkpoint.every_steps == 0 and self.step < cfg.run.max_steps:
                     self.save()
+            for i, row in enumerate(pending):  # steps after the last log step (SIGTERM)
+                self.history.append({"step": self.step - len(pending) + 1 + i,
+                                     **{k: float(v) for k, v in row.items()}})
             self.save()
         finally:
             bar.close()

@@ -102,20 +102,7 @@ class SFTTrainer(Trainer):
         self.val_batches: list[Any] | None = None
 
     def _val_keys(self) -> list[str]:
-        n = self.cfg.data.validation_clips
-        if not n:
-            return []
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        from vividhead.training.data import ClipFilter
-
-        flt = ClipFilter(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.cfg.data.clip_filter.items()})
-        table = pq.read_table(str(Path(self.cfg.data.shards) / "manifest.parquet"), columns=None)
-        table = table.filter(flt.expression())
-        table = table.filter(pc.field("num_frames") > self.cfg.data.num_frames)
-        keys = sorted(table.column("key").to_pylist())
-        return keys[:n]
+        return self.held_out_keys()
 
     def _train_filter(self) -> dict:
         keys = self._val_keys()
@@ -175,21 +162,21 @@ class SFTTrainer(Trainer):
         self._account(inputs)
         opt = self.optimizers["transformer"]
         out = self.loss(inputs)
-        self.check_finite(out.loss)
         out.loss.backward()
         model = self.transformer
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                    self.cfg.optim.grad_clip or float("inf"))
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
+        self.check_finite(out.loss, grad_norm)  # the step's one host sync, before the update
         opt.step()
         opt.zero_grad(set_to_none=True)
         self.schedulers["transformer"].step()
         scalars = {"loss": all_reduce_mean(out.loss.detach(), self.env), "grad_norm": grad_norm.detach()}
         for lo, hi in zip((0.0,) + SIGMA_BUCKETS[:-1], SIGMA_BUCKETS):
-            sel = (out.sigma >= lo) & (out.sigma < hi if hi < 1.0 else out.sigma <= hi)
-            if sel.any():
-                scalars[f"loss_sigma_{lo:.2f}-{hi:.2f}"] = out.per_sample[sel].mean()
+            sel = ((out.sigma >= lo) & (out.sigma < hi if hi < 1.0 else out.sigma <= hi)).float()
+            # NaN when no sample fell in the bucket (skipped when averaged for the log)
+            scalars[f"loss_sigma_{lo:.2f}-{hi:.2f}"] = (out.per_sample * sel).sum() / sel.sum()
         return scalars
 
     # -- validation and previews ----------------------------------------------------------------
