@@ -679,6 +679,13 @@ class ClipWindowDataset(IterableDataset):
 
     # -- decoding ------------------------------------------------------------------------------
 
+    def window_geometry(self, clip_num_frames: int) -> tuple[int, int]:
+        """``(window frames, audio samples)`` of a sample drawn from a clip of ``clip_num_frames``
+        frames: ``(num_frames, audio_context_s * 16000)``. Subclasses with per-clip windows (the
+        stage-2 multi-chunk windows, :class:`vividhead.training.trainers.distill.RolloutWindowDataset`)
+        override it."""
+        return self.num_frames, self.audio_samples
+
     def decode_sample(self, sample: dict[str, Any], rng: random.Random) -> ClipWindow:
         """Turn one raw WebDataset sample into a :class:`ClipWindow`.
 
@@ -699,12 +706,13 @@ class ClipWindowDataset(IterableDataset):
         if n is None:
             with av.open(io.BytesIO(sample[MP4])) as c:
                 n = c.streams.video[0].frames
-        plan = plan_window(int(n), rng, self.num_frames, self.num_motion_frames, self.cold_start_prob)
+        num_frames, audio_samples = self.window_geometry(int(n))
+        plan = plan_window(int(n), rng, num_frames, self.num_motion_frames, self.cold_start_prob)
         window = range(plan.start, plan.start + plan.num_frames)
         decoded = decode_frames(sample[MP4], [*window, plan.reference], threads=self.decode_threads)
         frames = _to_unit_range(np.stack([decoded[i] for i in window]), self.dtype)
         reference = _to_unit_range(decoded[plan.reference], self.dtype)
-        audio, pad = read_audio_context(sample[WAV], SAMPLES_PER_FRAME * window.stop, self.audio_samples)
+        audio, pad = read_audio_context(sample[WAV], SAMPLES_PER_FRAME * window.stop, audio_samples)
         wav2vec = None
         if WAV2VEC in sample:
             feats = np.load(io.BytesIO(sample[WAV2VEC]), allow_pickle=False)

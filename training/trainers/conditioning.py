@@ -67,6 +67,79 @@ def fit_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[:, :, top : top + height, left : left + width].to(frames.dtype)
 
 
+def model_frames(frames: torch.Tensor, dtype: torch.dtype, device: torch.device,
+                 size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Frames as the VAE takes them: on ``device``, ``dtype``, in [-1, 1], fitted to ``size``.
+
+    Args:
+        frames: uint8 in [0, 255] or float in [-1, 1], ``[..., 3, H, W]`` (any leading dims).
+        size: ``(height, width)`` (:func:`fit_frames`), or None to keep the size.
+
+    Returns:
+        ``dtype`` ``[..., 3, height, width]``.
+    """
+    x = frames.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        x = to_unit_range(x, dtype)
+    if size is not None:
+        lead = x.shape[:-3]
+        x = fit_frames(x.reshape(-1, *x.shape[-3:]), *size).reshape(*lead, 3, *size)
+    return x.to(dtype)
+
+
+@torch.no_grad()
+def encode_frames(frames: torch.Tensor, vae, device: torch.device,
+                  size: tuple[int, int] | None = None) -> torch.Tensor:
+    """VAE latents of windows of frames (the causal VAE makes the first ``1 + (m - 1) / stride``
+    latents those of the first ``m`` frames alone).
+
+    Args:
+        frames: ``[B, F, 3, H, W]`` uint8 or float in [-1, 1] (F = 1 + k * stride).
+        vae: the frozen :class:`vividhead.training.models.vae.VideoVAE`.
+
+    Returns:
+        float32 ``[B, C, F', h, w]``.
+    """
+    dtype = next(vae.parameters()).dtype
+    video = model_frames(frames, dtype, device, size).permute(0, 2, 1, 3, 4).contiguous()  # [B, 3, F, H, W]
+    return vae.encode(video).float()
+
+
+@torch.no_grad()
+def encode_reference(reference: torch.Tensor, vae, num_frames: int, device: torch.device,
+                     size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Reference latent: the VAE latent of the reference frame repeated over ``num_frames``.
+
+    Args:
+        reference: ``[B, 3, H, W]`` uint8 or float in [-1, 1].
+
+    Returns:
+        float32 ``[B, C, F', h, w]``.
+    """
+    dtype = next(vae.parameters()).dtype
+    ref = model_frames(reference, dtype, device, size)
+    return vae.encode(reference_video(ref, num_frames)).float()
+
+
+@torch.no_grad()
+def encode_audio_context(audio: torch.Tensor, audio_encoder, num_frames: int, audio_window: int,
+                         device: torch.device) -> torch.Tensor:
+    """Audio context of windows: Wav2Vec features of each 8 s Temporal Audio Context Cache, cut
+    into one window per video frame for the last ``num_frames`` frames (the cache ends at the
+    window's last frame).
+
+    Args:
+        audio: float32 ``[B, S]`` caches (S = 128000 for 8 s at 16 kHz).
+        audio_encoder: :class:`vividhead.training.models.audio_encoder.Wav2VecFeatures`.
+
+    Returns:
+        float32 ``[B, num_frames, audio_window, L, D]``.
+    """
+    audio = audio.to(device, non_blocking=True)
+    feats = audio_encoder(audio, audio.shape[1] // SAMPLES_PER_FRAME)  # [B, S, L, D], S = 200 for 8 s
+    return chunk_audio_context(feats, num_frames, audio_window).float()
+
+
 @torch.no_grad()
 def encode_batch(batch: ClipWindowBatch, enc: FrozenEncoders, audio_window: int,
                  device: torch.device, size: tuple[int, int] | None = None) -> ChunkInputs:
@@ -87,22 +160,10 @@ def encode_batch(batch: ClipWindowBatch, enc: FrozenEncoders, audio_window: int,
         ValueError: a motion frame count that is not ``1 + k * stride``.
     """
     vae = enc.vae
-    dtype = next(vae.parameters()).dtype
-    frames = batch.frames.to(device, non_blocking=True)
-    reference = batch.reference.to(device, non_blocking=True)
-    if frames.dtype == torch.uint8:
-        frames, reference = to_unit_range(frames, dtype), to_unit_range(reference, dtype)
-    if size is not None:
-        b, f = frames.shape[:2]
-        frames = fit_frames(frames.flatten(0, 1), *size).unflatten(0, (b, f))
-        reference = fit_frames(reference, *size)
-    video = frames.to(dtype).permute(0, 2, 1, 3, 4).contiguous()  # [B, 3, F, H, W]
-    n_frames = video.shape[2]
-    latents = vae.encode(video).float()
-    ref_latent = vae.encode(reference_video(reference.to(dtype), n_frames)).float()
-    audio = batch.audio.to(device, non_blocking=True)
-    feats = enc.audio(audio, audio.shape[1] // SAMPLES_PER_FRAME)  # [B, S, L, D], S = 200 for 8 s
-    context = chunk_audio_context(feats, n_frames, audio_window).float()
+    n_frames = batch.frames.shape[1]
+    latents = encode_frames(batch.frames, vae, device, size)
+    ref_latent = encode_reference(batch.reference, vae, n_frames, device, size)
+    context = encode_audio_context(batch.audio, enc.audio, n_frames, audio_window, device)
     num_motion = torch.tensor(
         [motion_latent_count(int(m), vae.temporal_stride) for m in batch.num_motion_frames.tolist()],
         dtype=torch.int64, device=device,

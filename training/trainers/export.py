@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -101,21 +102,28 @@ def read_export_variant(path: str | Path) -> FlashHeadVariant:
     tcfg = FlashHeadTransformerConfig(**{k: tuple(v) if isinstance(v, list) else v
                                          for k, v in meta["transformer"].items()})
     scfg = StreamingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["streaming"].items()})
-    base = get_variant(meta["variant"])
+    try:
+        base = get_variant(meta["variant"])
+    except ValueError:  # a variant defined outside VARIANTS: the folder describes it fully
+        return FlashHeadVariant(meta["variant"], tcfg, scfg, VAEKind(meta["vae"]))
     return dataclasses.replace(base, transformer=tcfg, streaming=scfg, vae=VAEKind(meta["vae"]))
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path,
-                      weights: Literal["ema", "raw", "auto"] = "auto") -> Path:
-    """Export a stage-1 or stage-2 checkpoint (one process, on the CPU).
+def read_checkpoint_weights(checkpoint: str | Path, weights: Literal["ema", "raw", "auto"] = "auto"):
+    """The trained DiT of a stage-1 or stage-2 checkpoint, unsharded on the CPU (one process).
 
-    Reads the DCP checkpoint's full state (no process group needed), takes the EMA (stage 1) or
-    the generator's EMA / weights (stage 2), and writes :func:`write_export`'s folder.
+    Reads the DCP checkpoint's full state (no process group needed) and takes the EMA (when the
+    run kept one and ``weights`` allows) or the raw weights of ``transformer`` (stage 1) or
+    ``generator`` (stage 2). Also the stage-2 trainer's way to start from a stage-1 checkpoint.
 
     Args:
         checkpoint: a checkpoint folder or a run's output folder (newest checkpoint).
-        out: the export folder.
         weights: ``ema``, ``raw``, or ``auto`` (EMA when the run kept one).
+
+    Returns:
+        ``(cfg, state_dict, info)``: the run's config (:class:`SFTConfig` or ``DistillConfig``),
+        the float32 DiT state dict in the released key layout, and
+        ``{"checkpoint", "step", "weights" ("ema"/"raw"), "kind"}``.
 
     Raises:
         CheckpointError: no checkpoint, or ``ema`` asked of a run without one.
@@ -123,7 +131,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path,
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     from vividhead.training.trainers.config import config_from_dict
-    from vividhead.training.trainers.models import build_encoders, resolve_variant
 
     ckpt = latest_checkpoint(checkpoint)
     if ckpt is None:
@@ -139,20 +146,40 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path,
 
         module = "generator"
     cfg = config_from_dict(meta["config"], cfg_cls)
-    tmp = Path(out).with_name(Path(out).name + ".state.pt")
-    dcp_to_torch_save(str(ckpt), str(tmp))
-    try:
+    with tempfile.TemporaryDirectory(prefix="vividhead_dcp_") as tmp_dir:
+        tmp = Path(tmp_dir) / "state.pt"
+        dcp_to_torch_save(str(ckpt), str(tmp))
         full = torch.load(tmp, weights_only=True, map_location="cpu")
-    finally:
-        tmp.unlink(missing_ok=True)
     ema_key = f"ema.{module}"
     if weights == "ema" and ema_key not in full:
-        raise CheckpointError(f"{ckpt} has no EMA (optim.ema_decay was 0); export with --weights raw")
+        raise CheckpointError(f"{ckpt} has no EMA (the run kept none); export with --weights raw")
     use_ema = weights == "ema" or (weights == "auto" and ema_key in full)
     sd = dict(full[f"model.{module}"])
     if use_ema:
         sd.update(full[ema_key])  # EMA shadows the trainable parameters; buffers come from the model
+    info = {"checkpoint": str(ckpt), "step": int(meta["step"]), "weights": "ema" if use_ema else "raw", "kind": kind}
+    return cfg, sd, info
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path,
+                      weights: Literal["ema", "raw", "auto"] = "auto") -> Path:
+    """Export a stage-1 or stage-2 checkpoint (one process, on the CPU).
+
+    Reads the DCP checkpoint's full state (:func:`read_checkpoint_weights`), takes the EMA (stage 1)
+    or the generator's EMA / weights (stage 2), and writes :func:`write_export`'s folder.
+
+    Args:
+        checkpoint: a checkpoint folder or a run's output folder (newest checkpoint).
+        out: the export folder.
+        weights: ``ema``, ``raw``, or ``auto`` (EMA when the run kept one).
+
+    Raises:
+        CheckpointError: no checkpoint, or ``ema`` asked of a run without one.
+    """
+    from vividhead.training.trainers.models import build_encoders, resolve_variant
+
+    cfg, sd, info = read_checkpoint_weights(checkpoint, weights)
     variant = resolve_variant(cfg.model)
     encoders = build_encoders(cfg.model, variant, torch.device("cpu"), torch.float32)
-    return write_export(out, sd, variant, encoders, weights="ema" if use_ema else "raw", step=int(meta["step"]),
-                        source=str(ckpt))
+    return write_export(out, sd, variant, encoders, weights=info["weights"], step=info["step"],
+                        source=info["checkpoint"])
