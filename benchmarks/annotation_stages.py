@@ -69,9 +69,17 @@ def standin_pose_onnx(path: Path) -> str:
 def build_models(tmp: Path) -> dict[str, str]:
     """Random-weight folders with the real architectures (see the module docstring)."""
     import torch
-    from transformers import (GenerationConfig, ViTConfig, ViTForImageClassification, ViTImageProcessor,
-                              Wav2Vec2Config, Wav2Vec2Model, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration)
+    from transformers import (
+        GenerationConfig,
+        ViTConfig,
+        ViTForImageClassification,
+        ViTImageProcessor,
+        Wav2Vec2Config,
+        Wav2Vec2Model,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     torch.manual_seed(0)
     out = {}
@@ -150,7 +158,7 @@ def main() -> None:
                    "cpu_ms_per_video_s": round(1000 * cpu / seconds, 1), "runs_s": [round(t, 3) for t in walls]}
             results.append(res)
             print(json.dumps(res), flush=True)
-    print(f"\n| stage | wall ms per s of video | CPU ms per s of video |\n|---|---:|---:|")
+    print("\n| stage | wall ms per s of video | CPU ms per s of video |\n|---|---:|---:|")
     for r in results:
         print(f"| {r['stage']} | {r['ms_per_video_s']:.0f} | {r['cpu_ms_per_video_s']:.0f} |")
 

@@ -22,17 +22,16 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import find_variant, median_seconds, sync
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vividhead.training.models.configs import LIVETALK_14B, get_variant  # noqa: E402
-from vividhead.training.models.flashhead import FlashHeadTransformer  # noqa: E402
+from vividhead.training.models.configs import LIVETALK_14B
+from vividhead.training.models.flashhead import FlashHeadTransformer
 
 RESULTS: list[dict] = []
 
@@ -41,26 +40,6 @@ def log(**row) -> None:
     """Record one figure and print it as a JSON line."""
     RESULTS.append(row)
     print(json.dumps(row), flush=True)
-
-
-def sync() -> None:
-    """Wait for the GPU (no-op on CPU)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def bench(fn, warmup: int = 3, iters: int = 10) -> float:
-    """Median seconds of ``fn()`` (device-synchronised), after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def build_on(dev, dtype, fn):
@@ -109,7 +88,7 @@ def bench_dit(variant, dev, dtype, compile_modes=("eager", "compiled"), stock=Tr
     for mode in compile_modes:
         fn = torch.compile(ours) if mode == "compiled" else ours
         t0 = time.perf_counter()
-        sec = bench(lambda: fn(x, t, ctx, y), warmup=3, iters=iters)
+        sec = median_seconds(partial(fn, x, t, ctx, y), warmup=3, iters=iters)
         out[("ours", mode)] = sec
         log(figure=f"dit_step_{mode}", variant=variant.name, who="ours", ms=sec * 1e3,
             setup_s=time.perf_counter() - t0 - sec * (iters + 3))
@@ -121,7 +100,8 @@ def bench_dit(variant, dev, dtype, compile_modes=("eager", "compiled"), stock=Tr
         text = torch.randn(1, 512, 4096, device=dev, dtype=dtype)
         for mode in compile_modes:
             fn = torch.compile(model) if mode == "compiled" else model
-            sec = bench(lambda: fn(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False), iters=iters)
+            sec = median_seconds(partial(fn, hidden_states=x, timestep=t, encoder_hidden_states=text,
+                                         return_dict=False), warmup=3, iters=iters)
             out[("stock", mode)] = sec
             log(figure=f"dit_step_{mode}", variant=variant.name, who="stock", ms=sec * 1e3,
                 ratio_stock_over_ours=sec / out[("ours", mode)])
@@ -132,21 +112,21 @@ def bench_dit(variant, dev, dtype, compile_modes=("eager", "compiled"), stock=Tr
 
 
 @torch.no_grad()
-def bench_vae(variant, dev, dtype, iters=5, accelerated=True):
+def bench_vae(variant, dev, dtype, iters=5, accelerated=True, toy=False):
     """Stock diffusers VAE decode of one chunk and encode of the motion frames and, for the Wan VAE
     (``accelerated``), the same through :meth:`WanVAE.accelerate` in the same process, with its max
-    and mean absolute difference to stock."""
+    and mean absolute difference to stock. ``toy``: the few-channel VAE (CPU dry runs)."""
     from vividhead.training.models.vae import build_vae
 
     s = variant.streaming
-    vae = build_on(dev, dtype, lambda: build_vae(variant.vae, tiny=variant.name.startswith("tiny")))
+    vae = build_on(dev, dtype, lambda: build_vae(variant.vae, tiny=toy))
     f = (s.frame_num - 1) // vae.temporal_stride + 1
     z = torch.randn(1, vae.latent_channels, f, s.height_px // vae.spatial_stride, s.width_px // vae.spatial_stride,
                     device=dev, dtype=dtype)
     motion = torch.rand(1, 3, s.motion_frames, s.height_px, s.width_px, device=dev, dtype=dtype) * 2 - 1
     res = {}
-    dec = bench(lambda: vae.decode(z), warmup=2, iters=iters)
-    enc = bench(lambda: vae.encode(motion), warmup=2, iters=iters)
+    dec = median_seconds(lambda: vae.decode(z), warmup=2, iters=iters)
+    enc = median_seconds(lambda: vae.encode(motion), warmup=2, iters=iters)
     log(figure="vae_decode_chunk", variant=variant.name, who="stock", ms=dec * 1e3, frames=s.frame_num)
     log(figure="vae_encode_motion", variant=variant.name, who="stock", ms=enc * 1e3, frames=s.motion_frames)
     res["stock_decode"], res["stock_encode"] = dec, enc
@@ -157,8 +137,8 @@ def bench_vae(variant, dev, dtype, iters=5, accelerated=True):
         fast = copy.deepcopy(vae)
         fast.accelerate(compile_norms=dev.type == "cuda")
         torch.backends.cudnn.benchmark = True
-        fdec = bench(lambda: fast.decode(z), warmup=3, iters=iters)
-        fenc = bench(lambda: fast.encode(motion), warmup=3, iters=iters)
+        fdec = median_seconds(lambda: fast.decode(z), warmup=3, iters=iters)
+        fenc = median_seconds(lambda: fast.encode(motion), warmup=3, iters=iters)
         err = (fast.decode(z).float() - ref_dec).abs()
         log(figure="vae_decode_chunk", variant=variant.name, who="ours (accelerated)", ms=fdec * 1e3,
             ratio_stock_over_ours=dec / fdec, max_abs_diff=err.max().item(), mean_abs_diff=err.mean().item())
@@ -170,13 +150,14 @@ def bench_vae(variant, dev, dtype, iters=5, accelerated=True):
 
 @torch.no_grad()
 def bench_pipeline(variant, dev, dtype, stock_chunk_s: float | None, n_chunks: int = 12, compile_models=True,
-                   fast_vae=True, cuda_graphs=False):
+                   fast_vae=True, cuda_graphs=False, toy=False):
     """Sustained FPS and first-frame latency of the streaming session (random weights), with
-    :meth:`FlashHeadModels.optimize` applied; first frames also with ``fast_start``."""
+    :meth:`FlashHeadModels.optimize` applied; first frames also with ``fast_start``. ``toy``: the
+    few-channel VAE and Wav2Vec (CPU dry runs)."""
     from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
 
     torch.backends.cudnn.benchmark = True
-    models = FlashHeadModels.random(variant, device=str(dev), dtype=dtype)
+    models = FlashHeadModels.random(variant, device=str(dev), dtype=dtype, tiny_encoders=toy)
     applied = models.optimize(compile_dit=compile_models, cuda_graphs=cuda_graphs, fast_vae=fast_vae)
     cfg = variant.streaming
     fast_cfg = dataclasses.replace(cfg, fast_start=True)
@@ -236,30 +217,30 @@ def suite_single(args) -> None:
     log(figure="device", name=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
         date=time.strftime("%Y-%m-%d"))
     for name in args.variants:
-        variant = get_variant(name)
+        variant, toy = find_variant(name)
         if args.part == "pipeline":
             # stock parts eager only (no compile time), then the compiled pipeline
             dit = bench_dit(variant, dev, dtype, compile_modes=("eager",))
-            vae = bench_vae(variant, dev, dtype)
+            vae = bench_vae(variant, dev, dtype, toy=toy)
             stock_chunk = 4 * dit[("stock", "eager")] + vae["stock_decode"] + vae["stock_encode"]
             bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile,
-                           fast_vae=not args.stock_vae, cuda_graphs=args.cuda_graphs)
+                           fast_vae=not args.stock_vae, cuda_graphs=args.cuda_graphs, toy=toy)
             continue
         if args.part == "vae":
-            bench_vae(variant, dev, dtype, iters=3)
+            bench_vae(variant, dev, dtype, iters=3, toy=toy)
             continue
         if variant is LIVETALK_14B:
             bench_dit(variant, dev, dtype, compile_modes=("eager", "compiled") if not args.no_compile else ("eager",),
                       stock=True, iters=5)
-            bench_vae(variant, dev, dtype, iters=3)
+            bench_vae(variant, dev, dtype, iters=3, toy=toy)
             continue
         dit = bench_dit(variant, dev, dtype, compile_modes=("eager", "compiled") if not args.no_compile else ("eager",))
-        vae = bench_vae(variant, dev, dtype)
+        vae = bench_vae(variant, dev, dtype, toy=toy)
         stock_chunk = 4 * dit[("stock", "eager")] + vae["stock_decode"] + vae["stock_encode"]
         log(figure="stock_pipeline_estimate", variant=name, chunk_ms=stock_chunk * 1e3,
             fps=variant.streaming.new_frames / stock_chunk, note="4 x stock DiT step (eager) + stock VAE decode + encode")
         bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile,
-                       fast_vae=not args.stock_vae, cuda_graphs=args.cuda_graphs)
+                       fast_vae=not args.stock_vae, cuda_graphs=args.cuda_graphs, toy=toy)
 
 
 def suite_sp(args) -> None:
@@ -270,7 +251,7 @@ def suite_sp(args) -> None:
     backend = init_distributed(ulysses_degree=args.ulysses, ring_degree=args.ring, use_xfuser=not args.no_xfuser)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     dev, dtype = torch.device("cuda", torch.cuda.current_device()), torch.bfloat16
-    variant = get_variant(args.variants[0])
+    variant, _ = find_variant(args.variants[0])
     torch.manual_seed(0)  # same random weights on every rank
     model = build_on(dev, dtype, lambda: FlashHeadTransformer.from_config_dataclass(variant.transformer))
     x, y, ctx, t = dit_inputs(variant, dev, dtype)
@@ -294,7 +275,7 @@ def suite_sp(args) -> None:
         for mode in ("eager",) if args.no_compile else ("eager", "compiled"):
             fn = torch.compile(model) if mode == "compiled" else model
             torch.distributed.barrier()
-            sec = bench(lambda: fn(x, t, ctx, y), warmup=3, iters=5)
+            sec = median_seconds(partial(fn, x, t, ctx, y), warmup=3, iters=5)
             if rank == 0:
                 proc = model.blocks[0].self_attn.processor
                 log(figure=f"dit_step_{mode}", variant=variant.name, who="ours", gpus=world, backend=backend,
@@ -319,7 +300,7 @@ def main() -> None:
     p.add_argument("--stock-vae", action="store_true", help="pipeline: run the VAE as stock diffusers does")
     p.add_argument("--cuda-graphs", action="store_true", help="pipeline: CUDA graphs for the compiled DiT")
     p.add_argument("--out", type=Path)
-    p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run with tiny-* variants")
+    p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run with tiny-pro / tiny-lite (tests/tiny_models.py)")
     args = p.parse_args()
     from diffusers.utils import logging as dlog
 

@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import median_seconds
 
 RESULTS: list[dict] = []
 OUT: list[Path] = []  # where to rewrite RESULTS after every figure (a run cut short keeps its figures)
@@ -47,16 +45,7 @@ def log(**row) -> None:
 
 def bench(fn, warmup: int = 2, iters: int = 5) -> float:
     """Median seconds of ``fn()`` after ``warmup`` calls (CUDA-synchronised)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return median_seconds(fn, iters=iters, warmup=warmup)
 
 
 @torch.no_grad()
@@ -73,8 +62,8 @@ def part_vae(dev, dtype) -> None:
         torch.backends.cudnn.benchmark = False
         ref_dec = base.decode(z)
         ref_enc = base.encode(video)
-        t_dec = bench(lambda: base.decode(z))
-        t_enc = bench(lambda: base.encode(video))
+        t_dec = bench(partial(base.decode, z))
+        t_enc = bench(partial(base.encode, video))
         log(part="wan_vae", variant="stock", hw=[h, w], decode_ms=t_dec * 1e3, encode_ms=t_enc * 1e3)
         torch.backends.cudnn.benchmark = True
         for name in ("cudnn_benchmark", "channels_last_3d", "accelerated"):
@@ -91,8 +80,8 @@ def part_vae(dev, dtype) -> None:
                 zz = z.contiguous(memory_format=torch.channels_last_3d)
                 vv = video.contiguous(memory_format=torch.channels_last_3d)
             try:
-                d = bench(lambda: vae.decode(zz))
-                e = bench(lambda: vae.encode(vv))
+                d = bench(partial(vae.decode, zz))
+                e = bench(partial(vae.encode, vv))
                 err_d = (vae.decode(zz).float() - ref_dec.float()).abs().max().item()
                 err_e = (vae.encode(vv).float() - ref_enc.float()).abs().max().item()
                 log(part="wan_vae", variant=name, hw=[h, w], decode_ms=d * 1e3, encode_ms=e * 1e3,
@@ -149,13 +138,13 @@ def part_ltx(dev, dtype) -> None:
     z = torch.randn(1, 128, 5, 16, 16, device=dev, dtype=dtype)
     video = torch.rand(1, 3, 9, 512, 512, device=dev, dtype=dtype) * 2 - 1
     torch.backends.cudnn.benchmark = True
-    t_dec, t_enc = bench(lambda: vae.decode(z)), bench(lambda: vae.encode(video))
+    t_dec, t_enc = bench(partial(vae.decode, z)), bench(partial(vae.encode, video))
     log(part="ltx_vae", variant="stock_cudnn_benchmark", decode_ms=t_dec * 1e3, encode_ms=t_enc * 1e3)
     for m in vae.modules():
         if isinstance(m, torch.nn.Conv3d):
             m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
     zc, vc = z.contiguous(memory_format=torch.channels_last_3d), video.contiguous(memory_format=torch.channels_last_3d)
-    d, e = bench(lambda: vae.decode(zc)), bench(lambda: vae.encode(vc))
+    d, e = bench(partial(vae.decode, zc)), bench(partial(vae.encode, vc))
     log(part="ltx_vae", variant="channels_last_3d", decode_ms=d * 1e3, encode_ms=e * 1e3,
         ratio_decode=t_dec / d, ratio_encode=t_enc / e)
     for mode in ("default",):
@@ -166,7 +155,7 @@ def part_ltx(dev, dtype) -> None:
             dec(z), enc(video)
             torch.cuda.synchronize()
             comp = time.perf_counter() - t0
-            d, e = bench(lambda: dec(z)), bench(lambda: enc(video))
+            d, e = bench(partial(dec, z)), bench(partial(enc, video))
             log(part="ltx_vae", variant=f"compile_{mode}", decode_ms=d * 1e3, encode_ms=e * 1e3,
                 ratio_decode=t_dec / d, ratio_encode=t_enc / e, compile_s=comp)
         except Exception as exc:
@@ -181,13 +170,13 @@ def part_sdpa(dev, dtype) -> None:
     for name, heads, seq in (("pro_1.3b", 12, 9216), ("lite_1.3b", 12, 1280), ("14b_1gpu", 40, 10530),
                              ("14b_ulysses4", 10, 10532)):
         q, k, v = (torch.randn(1, heads, seq, 128, device=dev, dtype=dtype) for _ in range(3))
-        base = bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), iters=10)
+        base = bench(partial(torch.nn.functional.scaled_dot_product_attention, q, k, v), iters=10)
         flops = 4 * heads * seq * seq * 128
         log(part="sdpa", shape=name, backend="default", ms=base * 1e3, tflops=flops / base / 1e12)
         for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
             try:
                 with sdpa_kernel([be]):
-                    t = bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), iters=10)
+                    t = bench(partial(torch.nn.functional.scaled_dot_product_attention, q, k, v), iters=10)
                 log(part="sdpa", shape=name, backend=be.name, ms=t * 1e3, ratio=base / t, tflops=flops / t / 1e12)
             except Exception as exc:
                 log(part="sdpa", shape=name, backend=be.name, error=f"{type(exc).__name__}: {exc}"[:200])
@@ -196,9 +185,9 @@ def part_sdpa(dev, dtype) -> None:
 @torch.no_grad()
 def part_dit(dev, dtype, variants) -> None:
     """DiT step: compile modes, and cuDNN attention inside the compiled graph."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     import importlib.util
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     spec = importlib.util.spec_from_file_location("bench_inference", Path(__file__).resolve().parent / "inference.py")
     bi = importlib.util.module_from_spec(spec)
@@ -210,8 +199,8 @@ def part_dit(dev, dtype, variants) -> None:
     for vname in variants:
         variant = get_variant(vname)
         x, y, ctx, t = dit_inputs(variant, dev, dtype)
-        model = build_on(dev, dtype, lambda: FlashHeadTransformer.from_config_dataclass(variant.transformer))
-        eager = bench(lambda: model(x, t, ctx, y), iters=5)
+        model = build_on(dev, dtype, partial(FlashHeadTransformer.from_config_dataclass, variant.transformer))
+        eager = bench(partial(model, x, t, ctx, y), iters=5)
         log(part="dit", variant=vname, mode="eager", ms=eager * 1e3)
         for mode in ("default", "default+cudnn_attn", "reduce-overhead"):
             try:
@@ -225,7 +214,7 @@ def part_dit(dev, dtype, variants) -> None:
                 fn(x, t, ctx, y)
                 torch.cuda.synchronize()
                 comp = time.perf_counter() - t0
-                sec = bench(lambda: fn(x, t, ctx, y), warmup=3, iters=10)
+                sec = bench(partial(fn, x, t, ctx, y), warmup=3, iters=10)
                 if ctxm:
                     ctxm.__exit__(None, None, None)
                 log(part="dit", variant=vname, mode=mode, ms=sec * 1e3, ratio_vs_eager=eager / sec, compile_s=comp)

@@ -43,7 +43,6 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -51,11 +50,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import find_variant, median_seconds, sync
 
 from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
-from vividhead.training.models.configs import FlashHeadVariant, get_variant
+from vividhead.training.models.configs import FlashHeadVariant
 
 
 class Recorder:
@@ -80,30 +78,12 @@ def say(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def sync(dev: torch.device) -> None:
-    """Wait for ``dev`` (no-op on CPU)."""
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def bench(fn, dev: torch.device, warmup: int = 1, iters: int = 5) -> float:
-    """Median seconds of ``fn()`` over ``iters`` device-synchronised calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    sync(dev)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def build_models(variant: FlashHeadVariant, dev: torch.device, dtype: torch.dtype, seed: int) -> FlashHeadModels:
+def build_models(variant: FlashHeadVariant, dev: torch.device, dtype: torch.dtype, seed: int,
+                 toy: bool = False) -> FlashHeadModels:
     """Random-weight models built directly on ``dev`` (:meth:`FlashHeadModels.random`: DiT and VAE
-    in ``dtype``, Wav2Vec in float32). Same ``seed`` -> same weights on every rank."""
-    return FlashHeadModels.random(variant, device=str(dev), dtype=dtype, seed=seed)
+    in ``dtype``, Wav2Vec in float32). Same ``seed`` -> same weights on every rank. ``toy``: the
+    few-channel VAE and Wav2Vec (CPU dry runs)."""
+    return FlashHeadModels.random(variant, device=str(dev), dtype=dtype, seed=seed, tiny_encoders=toy)
 
 
 def dit_inputs(models: FlashHeadModels, seed: int = 0):
@@ -194,13 +174,14 @@ def measure_e2e(models: FlashHeadModels, ref: np.ndarray, pcm: np.ndarray, args,
     session.profile = True
     stages, last = [], first
     for i in range(args.chunks + 1, args.chunks + 1 + args.profile_chunks):
-        for last in session.feed(pcm[i * spc : (i + 1) * spc]):
+        for chunk in session.feed(pcm[i * spc : (i + 1) * spc]):
+            last = chunk
             stages.append(dataclasses.asdict(session.timings))
     breakdown = {k: statistics.median(s[k] for s in stages) * 1e3 for k in ("audio", "dit", "decode", "encode", "other", "total")}
     agree = ranks_agree(last, dev, world)
 
     x, t, ctx, y = dit_inputs(models)
-    dit_s = bench(lambda: models.transformer(x, t, ctx, y), dev, warmup=1, iters=5)
+    dit_s = median_seconds(lambda: models.transformer(x, t, ctx, y), warmup=1, iters=5, device=dev)
     out = models.transformer(x, t, ctx, y).float()
     rel = ((out - ref_out).norm() / ref_out.norm()).item()
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
@@ -250,10 +231,10 @@ def compare_vae(plain, parallel, models: FlashHeadModels, world: int) -> dict:
     z = torch.randn(1, plain.latent_channels, f, cfg.height_px // plain.spatial_stride,
                     cfg.width_px // plain.spatial_stride, device=dev, generator=g).to(models.dtype)
     video = (torch.rand(1, 3, cfg.motion_frames, cfg.height_px, cfg.width_px, device=dev, generator=g) * 2 - 1).to(models.dtype)
-    dec_1 = bench(lambda: plain.decode(z), dev, warmup=1, iters=3)
-    dec_p = bench(lambda: parallel.decode(z), dev, warmup=1, iters=3)
-    enc_1 = bench(lambda: plain.encode(video), dev, warmup=1, iters=3)
-    enc_p = bench(lambda: parallel.encode(video), dev, warmup=1, iters=3)
+    dec_1 = median_seconds(lambda: plain.decode(z), warmup=1, iters=3, device=dev)
+    dec_p = median_seconds(lambda: parallel.decode(z), warmup=1, iters=3, device=dev)
+    enc_1 = median_seconds(lambda: plain.encode(video), warmup=1, iters=3, device=dev)
+    enc_p = median_seconds(lambda: parallel.encode(video), warmup=1, iters=3, device=dev)
     d_err = (plain.decode(z).float() - parallel.decode(z).float()).abs().max().item()
     e_err = (plain.encode(video).float() - parallel.encode(video).float()).abs().max().item()
     return {
@@ -307,7 +288,7 @@ def run(args) -> None:
     dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     torch.backends.cudnn.benchmark = True
-    variant = get_variant(args.variant)
+    variant, toy = find_variant(args.variant)
     if args.size:
         h, w = args.size
         variant = dataclasses.replace(variant, streaming=dataclasses.replace(variant.streaming, height_px=h, width_px=w))
@@ -318,7 +299,7 @@ def run(args) -> None:
             init_backend=backend, date=time.strftime("%Y-%m-%d"))
 
     t0 = time.perf_counter()
-    models = build_models(variant, dev, dtype, args.seed)
+    models = build_models(variant, dev, dtype, args.seed, toy)
     sync(dev)
     build_s = time.perf_counter() - t0
     say(f"models built in {build_s:.1f} s")

@@ -151,7 +151,7 @@ def measure(paths: list[Path], config: str, cpus: int, cores: str, copies: int =
                 cpu_seen[p] = max(cpu_seen.get(p, 0.0), seconds)
             time.sleep(0.25)
         out = proc.stdout.read()
-        line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
+        line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             raise RuntimeError(f"run failed (exit {proc.returncode}): {out[-2000:]}")
         result = json.loads(line[len("RESULT "):])

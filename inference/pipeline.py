@@ -108,14 +108,22 @@ class FlashHeadModels:
 
     @classmethod
     def random(
-        cls, variant: FlashHeadVariant, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+        cls,
+        variant: FlashHeadVariant,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+        tiny_encoders: bool = False,
     ) -> FlashHeadModels:
-        """Random weights with the variant's real shapes (tiny VAE / Wav2Vec for ``tiny-*`` variants).
+        """Random weights with the variant's shapes.
 
-        Used by CPU tests and by the speed benchmark (speed does not depend on weight values).
+        Used by CPU tests and by the speed benchmarks (speed does not depend on weight values).
+
+        Args:
+            tiny_encoders: a few-channel random VAE of the variant's kind and a two-layer Wav2Vec
+                (for toy DiT configs on the CPU) instead of the released encoder shapes.
         """
         torch.manual_seed(seed)
-        tiny = variant.name.startswith("tiny")
         dev = torch.device(device)
         old_dtype = torch.get_default_dtype()
         # DiT and VAE are built directly in ``dtype`` on ``dev`` (a 14B DiT in float32 on the CPU
@@ -124,11 +132,11 @@ class FlashHeadModels:
         try:
             with dev:
                 transformer = FlashHeadTransformer.from_config_dataclass(variant.transformer)
-                vae = build_vae(variant.vae, tiny=tiny)
+                vae = build_vae(variant.vae, tiny=tiny_encoders)
         finally:
             torch.set_default_dtype(old_dtype)
         with dev:
-            if tiny:
+            if tiny_encoders:
                 audio = Wav2VecFeatures.tiny()
             else:
                 from transformers import Wav2Vec2Config, Wav2Vec2Model

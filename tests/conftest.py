@@ -1,5 +1,6 @@
 """Shared test fixtures: paths into ../shared/fixtures, weights folder, one local Ray per session, and
-one real curation output (``curated_shards``) for the loader, card, publisher and trainer tests."""
+one real curation output (``curated_shards``) for the loader, card, publisher and trainer tests.
+Helper modules beside this file (``tiny_models.py``, ``gloo_ranks.py``) import by name."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from typing import Any, Callable, Optional
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Test helpers (``tiny_models``, ``gloo_ranks``) import by name from every test folder.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
 FIXTURES = (REPO / ".." / "shared" / "fixtures").resolve()
 VIDEO_DIR = FIXTURES / "media" / "video"
 AUDIO_DIR = FIXTURES / "media" / "audio"

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-
-# ``tests/training/`` (no __init__) would shadow the real ``training`` package as a namespace package
-# when pytest runs as ``.venv/bin/pytest`` (repo root not on sys.path); ``python -m pytest`` is fine.
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.utils import logging as dlog
+from tiny_models import TINY_LITE, TINY_PRO, tiny_models
 
 from vividhead.inference.pipeline import FlashHeadModels
-from vividhead.training.models.configs import TINY_LITE, TINY_PRO
 from vividhead.training.models.vae import VideoVAE
 
 dlog.set_verbosity_error()
@@ -56,12 +49,12 @@ class PoolVAE(VideoVAE):
 
 @pytest.fixture(scope="session")
 def tiny_pro() -> FlashHeadModels:
-    return FlashHeadModels.random(TINY_PRO, seed=0)
+    return tiny_models(TINY_PRO, seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_lite() -> FlashHeadModels:
-    return FlashHeadModels.random(TINY_LITE, seed=0)
+    return tiny_models(TINY_LITE, seed=0)
 
 
 class FrameEnergyEncoder(torch.nn.Module):

@@ -1,5 +1,5 @@
-"""End-to-end tests: ``vividhead infer`` on fixture media and the WebSocket server with a real
-loopback client (tiny random-weight models)."""
+"""End-to-end tests: ``vividhead infer`` on fixture media (a tiny random-weight export folder) and
+the WebSocket server with a real loopback client (tiny random-weight models)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import typer
+from tiny_models import TINY_LITE, write_tiny_export
 from typer.testing import CliRunner
 
 from vividhead.inference.cli import register
@@ -38,11 +38,12 @@ def test_infer_cli_writes_aligned_mp4(tmp_path):
     clip = tmp_path / "clip.wav"
     sf.write(str(clip), data[: int(1.3 * sr)], sr)
     out = tmp_path / "out.mp4"
+    export = write_tiny_export(tmp_path / "export", TINY_LITE)
     app = typer.Typer()
     register(app)
     result = CliRunner().invoke(app, [
         "infer", "--image", str(image), "--audio", str(clip), "--out", str(out),
-        "--variant", "tiny-lite", "--random-weights", "--device", "cpu", "--dtype", "fp32",
+        "--checkpoint", str(export), "--device", "cpu", "--dtype", "fp32",
     ])
     assert result.exit_code == 0, result.output
     n_samples = int(1.3 * sr) * 16000 // sr  # what resample_poly returns (within one sample)

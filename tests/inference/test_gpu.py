@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY_PRO, TINY_VARIANTS, tiny_models
 
-from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
-from vividhead.training.models.configs import TINY_PRO
+from vividhead.inference.pipeline import StreamingSession
 from vividhead.training.models.flashhead import FlashHeadTransformer
 
 pytestmark = pytest.mark.gpu
@@ -32,7 +32,7 @@ def test_dit_bf16_cuda_close_to_fp32_cpu():
 
 
 def test_streaming_on_cuda():
-    models = FlashHeadModels.random(TINY_PRO, device="cuda", dtype=torch.bfloat16)
+    models = tiny_models(TINY_PRO, device="cuda", dtype=torch.bfloat16)
     ref = (np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8)
     s = StreamingSession(models, ref)
     out = list(s.feed(np.zeros(2 * 17920, np.int16)))
@@ -67,15 +67,13 @@ def test_optimized_fast_start_session_on_cuda(variant):
     close to the unoptimised session with the same seed."""
     import dataclasses
 
-    from vividhead.training.models.configs import get_variant
-
-    v = get_variant(variant)
+    v = TINY_VARIANTS[variant]
     cfg = dataclasses.replace(v.streaming, fast_start=True)
     ref = (np.random.RandomState(0).rand(cfg.height_px, cfg.width_px, 3) * 255).astype(np.uint8)
     pcm = (np.random.RandomState(1).randn(cfg.samples_per_chunk * 2) * 3000).astype(np.int16)
     outs = []
     for optimize in (False, True):
-        models = FlashHeadModels.random(v, device="cuda", dtype=torch.bfloat16, seed=0)
+        models = tiny_models(v, device="cuda", dtype=torch.bfloat16, seed=0)
         if optimize:
             models.optimize(compile_dit=True, cuda_graphs=True, fast_vae=True)
         s = StreamingSession(models, ref, seed=5, streaming=cfg)

@@ -5,24 +5,16 @@ two chunk lengths in a row); the plan's hooks leave the state dict alone and com
 from __future__ import annotations
 
 import os
-import socket
-import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-
-REPO = str(Path(__file__).resolve().parents[2])
+from gloo_ranks import init_rank, spawn_ranks
+from tiny_models import TINY_PRO
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    sys.path.insert(0, REPO)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_rank(rank, world, port)
     from vividhead.inference.parallel import disable_sequence_parallel, enable_sequence_parallel
-    from vividhead.training.models.configs import TINY_PRO
     from vividhead.training.models.flashhead import FlashHeadTransformer
 
     torch.manual_seed(0)
@@ -53,10 +45,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_ulysses_matches_single_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_worker, 2, tmp_path)
     for rank in range(2):
         r = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(r["out"], r["ref"], rtol=1e-4, atol=1e-4)

@@ -10,16 +10,11 @@ covers the whole frame; with local attention it stays at ~8e-2 (decode) for halo
 from __future__ import annotations
 
 import os
-import socket
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-
-REPO = str(Path(__file__).resolve().parents[2])
+from gloo_ranks import init_rank, spawn_ranks
 
 # name -> (ranks, latent rows h, latent cols w, latent frames, [(exact_attention, halo), ...])
 CASES = {
@@ -49,10 +44,7 @@ def _inputs(h: int, w: int, t_lat: int, frames: int = 5):
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    sys.path.insert(0, REPO)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_rank(rank, world, port)
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock
 
     from vividhead.inference.parallel_vae import ParallelWanVAE
@@ -84,10 +76,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_parallel_vae_matches_single_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(3, port, str(tmp_path)), nprocs=3, join=True)
+    spawn_ranks(_worker, 3, tmp_path)
     outs = [torch.load(tmp_path / f"rank{r}.pt") for r in range(3)]
     for o in outs:
         assert o["restored"]

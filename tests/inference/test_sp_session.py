@@ -8,35 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-
-REPO = str(Path(__file__).resolve().parents[2])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _init(rank: int, world: int, port: int) -> None:
-    sys.path.insert(0, REPO)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+from gloo_ranks import init_rank, spawn_ranks
+from tiny_models import TINY_PRO, tiny_models
 
 
 # ------------------------------------------------------------------------------------------------
 def _attn_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    _init(rank, world, port)
+    init_rank(rank, world, port)
     from vividhead.inference.parallel import TorchUSPProcessor, usp_groups
 
     b, h, d, per = 1, 4, 8, 5
@@ -58,7 +41,7 @@ def _attn_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_usp_attention_drops_padding(tmp_path):
-    mp.spawn(_attn_worker, args=(4, _free_port(), str(tmp_path)), nprocs=4, join=True)
+    spawn_ranks(_attn_worker, 4, tmp_path)
     for rank in range(4):
         r = torch.load(tmp_path / f"attn{rank}.pt")
         n = r["n_real"]
@@ -80,13 +63,12 @@ def test_block_keep_layouts():
 
 # ------------------------------------------------------------------------------------------------
 def _session_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    _init(rank, world, port)
+    init_rank(rank, world, port)
     from diffusers.utils import logging as dlog
 
     from vividhead.inference.parallel import make_parallel_models, sp_backend_name, usp_groups
     from vividhead.inference.parallel_vae import ParallelWanVAE
-    from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
-    from vividhead.training.models.configs import TINY_PRO
+    from vividhead.inference.pipeline import StreamingSession
 
     dlog.set_verbosity_error()
     # 48x48 px -> 6x6 latents -> 3x3 tokens x 9 frames = 81 tokens: padded to 82 on 2 ranks
@@ -98,7 +80,7 @@ def _session_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         s = StreamingSession(models, ref, seed=5, streaming=cfg)
         return np.concatenate(list(s.feed(pcm)) + list(s.flush()))
 
-    models = FlashHeadModels.random(TINY_PRO, seed=0)
+    models = tiny_models(TINY_PRO, seed=0)
     out = {"single": run(models)}
     par = make_parallel_models(models, "ulysses")
     assert isinstance(par.vae, ParallelWanVAE) and sp_backend_name(par.transformer) == "ulysses"
@@ -113,7 +95,7 @@ def _session_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 def test_sp_session_matches_single_process(tmp_path):
     world = 2
-    mp.spawn(_session_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    spawn_ranks(_session_worker, world, tmp_path)
     res = [dict(np.load(tmp_path / f"frames{r}.npz")) for r in range(world)]
     n = -(-(2 * 17920 + 3000) // 640)
     for name in ("single", "ulysses", "ring"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_models import TINY_DIT
 from typer.testing import CliRunner
 
 from vividhead.config import ConfigError
@@ -19,9 +20,6 @@ from vividhead.training.trainers.runtime import TrainingDiverged
 from vividhead.training.trainers.sft import SFTTrainer
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_DIT = {"dim": 32, "ffn_dim": 64, "num_heads": 2, "num_layers": 2, "in_dim": 8, "out_dim": 4, "text_dim": 16,
-            "freq_dim": 32, "audio_layers": 2, "audio_channels": 16, "audio_intermediate_dim": 32,
-            "audio_context_tokens": 4}
 
 
 def tiny_config(shards: Path, out: Path, **sections) -> SFTConfig:
@@ -60,19 +58,16 @@ def test_shipped_configs_load():
         assert cfg.run.max_steps >= 1
 
 
-def test_unknown_key_and_bad_value_name_the_key(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("optim: {lrr: 1.0}", r"^optim\.lrr: unknown key"),
+    ("optim: {lr: fast}", r"^optim\.lr: expected a number"),
+    ("flow: {timestep_sampling: cosine}", r"^flow\.timestep_sampling: must be one of"),
+    ("model: {init: wan_t2v}", r"^model\.init_path: required"),
+])
+def test_unknown_key_and_bad_value_name_the_key(tmp_path, text, message):
     p = tmp_path / "c.yaml"
-    p.write_text("optim: {lrr: 1.0}\n")
-    with pytest.raises(ConfigError, match=r"^optim\.lrr: unknown key"):
-        load_train_config(p, SFTConfig)
-    p.write_text("optim: {lr: fast}\n")
-    with pytest.raises(ConfigError, match=r"^optim\.lr: expected a number"):
-        load_train_config(p, SFTConfig)
-    p.write_text("flow: {timestep_sampling: cosine}\n")
-    with pytest.raises(ConfigError, match=r"^flow\.timestep_sampling: must be one of"):
-        load_train_config(p, SFTConfig)
-    p.write_text("model: {init: wan_t2v}\n")
-    with pytest.raises(ConfigError, match=r"^model\.init_path: required"):
+    p.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=message):
         load_train_config(p, SFTConfig)
 
 
@@ -227,12 +222,10 @@ def test_corrupt_sample_is_skipped_and_counted(copy_curated, tmp_path):
 def _fsdp_worker(rank: int, world: int, init_file: str, result_file: str, steps: int) -> None:
     import torch.distributed as dist
 
-    from vividhead.training.trainers.config import ParallelConfig
+    from vividhead.training.models.flashhead import FlashHeadTransformer
+    from vividhead.training.trainers.config import OptimConfig, ParallelConfig
     from vividhead.training.trainers.distributed import DistEnv, wrap_model
     from vividhead.training.trainers.runtime import make_optimizer
-    from vividhead.training.trainers.config import OptimConfig
-    from vividhead.training.models.configs import FlashHeadTransformerConfig
-    from vividhead.training.models.flashhead import FlashHeadTransformer
 
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -242,7 +235,7 @@ def _fsdp_worker(rank: int, world: int, init_file: str, result_file: str, steps:
     else:
         env = DistEnv(0, 1, 0, torch.device("cpu"), None)
     torch.manual_seed(0)
-    model = FlashHeadTransformer.from_config_dataclass(FlashHeadTransformerConfig(**TINY_DIT))
+    model = FlashHeadTransformer.from_config_dataclass(TINY_DIT)
     pcfg = ParallelConfig(strategy="fsdp" if world > 1 else "none", precision="fp32")
     dit = wrap_model(model, model.blocks, pcfg, env)
     opt = make_optimizer(list(model.parameters()), OptimConfig(lr=1e-3))

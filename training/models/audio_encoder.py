@@ -57,12 +57,12 @@ class Wav2VecFeatures(nn.Module):
         return self.model.config.hidden_size
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "Wav2VecFeatures":
+    def from_pretrained(cls, path: str | Path) -> Wav2VecFeatures:
         """Load a local transformers folder (e.g. ``wav2vec2-base-960h``), offline."""
         return cls(Wav2Vec2Model.from_pretrained(str(path), local_files_only=True)).eval().requires_grad_(False)
 
     @classmethod
-    def tiny(cls) -> "Wav2VecFeatures":
+    def tiny(cls) -> Wav2VecFeatures:
         """Random tiny model for CPU tests (same 320x CNN downsampling)."""
         return cls(Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC_KWARGS))).eval().requires_grad_(False)
 

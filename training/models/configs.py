@@ -206,31 +206,9 @@ LIVETALK_14B = FlashHeadVariant(
     vae=VAEKind.WAN,
 )
 
-# Tiny seeded configs for CPU tests (shapes only; same code paths).
-TINY_PRO = FlashHeadVariant(
-    name="tiny-pro",
-    transformer=FlashHeadTransformerConfig(
-        dim=32, in_dim=8, ffn_dim=64, out_dim=4, text_dim=16, freq_dim=32, num_heads=2, num_layers=2,
-        audio_layers=2, audio_channels=16, audio_intermediate_dim=32, audio_context_tokens=4,
-    ),
-    streaming=StreamingConfig(motion_frames=5, height_px=32, width_px=32),
-    vae=VAEKind.WAN,
-)
-
-TINY_LITE = FlashHeadVariant(
-    name="tiny-lite",
-    transformer=FlashHeadTransformerConfig(
-        dim=32, in_dim=16, ffn_dim=64, out_dim=8, text_dim=16, freq_dim=32, num_heads=2, num_layers=2,
-        vae_stride=(8, 32, 32), patch_size=(1, 1, 1),
-        audio_layers=2, audio_channels=16, audio_intermediate_dim=32, audio_context_tokens=4,
-    ),
-    streaming=StreamingConfig(motion_frames=9, height_px=64, width_px=64),
-    vae=VAEKind.LTX,
-)
-
-VARIANTS: dict[str, FlashHeadVariant] = {
-    v.name: v for v in (PRO_1_3B, LITE_1_3B, LIVETALK_14B, TINY_PRO, TINY_LITE)
-}
+#: Variants by name (the CLI's ``--variant``, a trainer config's ``model.variant``).
+#: Toy configs for CPU tests live with the tests (``tests/tiny_models.py``).
+VARIANTS: dict[str, FlashHeadVariant] = {v.name: v for v in (PRO_1_3B, LITE_1_3B, LIVETALK_14B)}
 
 
 def get_variant(name: str) -> FlashHeadVariant:

@@ -1,7 +1,7 @@
 """Build the networks a trainer needs from its ``model`` section: the FlashHead DiT (trained) and
 the frozen VAE and Wav2Vec 2.0 encoder.
 
-Initialisation (FlashHead report §4; ``issues``-free summary in README "Training"):
+Initialisation (FlashHead report §4; summary in README "Training"):
 
 * ``random``   -- seeded random init of the variant's DiT (with ``transformer`` overrides);
 * ``flashhead`` -- a released ``Model_Pro`` / ``Model_Lite`` folder (strict keys);

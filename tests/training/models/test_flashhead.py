@@ -8,10 +8,11 @@ import pytest
 import torch
 from diffusers.utils import logging as dlog
 from safetensors.torch import save_file
+from tiny_models import TINY_LITE, TINY_PRO
 
 from vividhead.training.models.audio_encoder import Wav2VecFeatures
 from vividhead.training.models.audio_proj import select_latent_audio_windows
-from vividhead.training.models.configs import LITE_1_3B, LIVETALK_14B, PRO_1_3B, TINY_LITE, TINY_PRO, get_variant
+from vividhead.training.models.configs import LITE_1_3B, LIVETALK_14B, PRO_1_3B, get_variant
 from vividhead.training.models.flashhead import (
     DiTAudioBlock,
     FlashHeadTransformer,

@@ -13,8 +13,9 @@ from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from diffusers.utils import logging as dlog
 from safetensors.torch import save_file
+from tiny_models import TINY_PRO
 
-from vividhead.training.models.configs import TINY_PRO, FlashHeadTransformerConfig
+from vividhead.training.models.configs import FlashHeadTransformerConfig
 from vividhead.training.models.flashhead import FlashHeadTransformer, rope_freqs_3d, sinusoidal_embedding
 from vividhead.training.models.loading import (
     check_wan_t2v_config,
