@@ -162,12 +162,12 @@ def test_shards(tmp_path_factory, clips):
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     """A ``vividhead train export`` folder of the tiny Pro variant at seeded random weights."""
-    from vividhead.inference.pipeline import FlashHeadModels
-    from vividhead.training.models.configs import get_variant
+    from tiny_models import TINY_PRO, tiny_models
+
     from vividhead.training.trainers.export import write_export
     from vividhead.training.trainers.models import FrozenEncoders
 
-    m = FlashHeadModels.random(get_variant("tiny-pro"))
+    m = tiny_models(TINY_PRO)
     out = tmp_path_factory.mktemp("export") / "tiny"
     return write_export(out, m.transformer.state_dict(), m.variant, FrozenEncoders(vae=m.vae, audio=m.audio_encoder),
                         weights="raw", step=0, source="random weights (test)")
