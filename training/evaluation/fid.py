@@ -20,7 +20,6 @@ pickled code runs) whatever the installed torch's default is.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -56,11 +55,21 @@ def require_torch_fidelity():
 
 @contextlib.contextmanager
 def _weights_only_load():
-    """Make ``torch.load`` refuse pickled code while torch-fidelity loads its state dict."""
+    """Make ``torch.load`` refuse pickled code while torch-fidelity loads its state dict.
+
+    torch-fidelity 0.4.0 calls ``torch.load(path, weights_only=False)`` explicitly, so the flag is
+    forced here whatever the caller passes (a ``functools.partial`` default would be overridden:
+    on the H200 run of 2026-11-30 a pickled payload ran that way).
+    """
     import torch
 
     original = torch.load
-    torch.load = functools.partial(original, weights_only=True)
+
+    def weights_only_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = weights_only_load
     try:
         yield
     finally:
