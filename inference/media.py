@@ -117,3 +117,25 @@ def count_video_frames(data: bytes | str | Path) -> int:
     src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else str(data)
     with av.open(src) as c:
         return sum(1 for _ in c.decode(video=0))
+
+
+def write_video(path: str | Path, video, fps: int) -> Path:
+    """Write a decoded clip as an H.264 MP4 (no audio), creating the folder.
+
+    Args:
+        video: float ``[3, F, H, W]`` in [-1, 1] (a VAE decode), any device.
+        fps: frame rate.
+
+    Returns:
+        ``path``.
+    """
+    frames = ((video.float() + 1) * 127.5).round().clamp(0, 255).to("cpu").byte().permute(1, 2, 3, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = Mp4Writer(str(path), fps, frames.shape[2], frames.shape[1])
+    try:
+        writer.write(frames)
+    finally:
+        writer.close()
+    return path
+

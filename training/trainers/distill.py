@@ -726,7 +726,7 @@ class DistillTrainer(Trainer):
                 "val/chunks": float(len(mses))}
 
     def _write_preview(self, window: RolloutWindow, chunks: list[torch.Tensor], path: Path) -> Path:
-        from vividhead.inference.media import Mp4Writer
+        from vividhead.inference.media import write_video
 
         s, vae = self.variant.streaming, self.encoders.vae
         dtype = next(vae.parameters()).dtype
@@ -741,14 +741,7 @@ class DistillTrainer(Trainer):
         truth = model_frames(window.frames[0, s.motion_frames : s.motion_frames + n], torch.float32,
                              self.env.device, self.frame_size).permute(1, 0, 2, 3)  # [3, N, H, W]
         both = torch.cat([truth, generated.float()], dim=3)
-        frames = ((both + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = Mp4Writer(str(path), s.fps, frames.shape[2], frames.shape[1])
-        try:
-            writer.write(frames)
-        finally:
-            writer.close()
-        return path
+        return write_video(path, both, s.fps)
 
     def on_log(self, scalars: dict[str, float]) -> None:
         log = self.cfg.log

@@ -224,16 +224,9 @@ class SFTTrainer(Trainer):
             return None
         vae = self.encoders.vae
         video = vae.decode(x.to(next(vae.parameters()).dtype))[0]  # [3, F, H, W]
-        frames = ((video.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
-        from vividhead.inference.media import Mp4Writer
+        from vividhead.inference.media import write_video
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = Mp4Writer(str(path), self.variant.streaming.fps, frames.shape[2], frames.shape[1])
-        try:
-            writer.write(frames)
-        finally:
-            writer.close()
-        return path
+        return write_video(path, video, self.variant.streaming.fps)
 
     def on_log(self, scalars: dict[str, float]) -> None:
         log = self.cfg.log
