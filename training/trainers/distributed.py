@@ -189,8 +189,3 @@ def autocast(cfg: ParallelConfig, env: DistEnv):
     """bf16 autocast over fp32 weights when the precision is bf16 and FSDP2 does not cast already."""
     enabled = cfg.precision == "bf16" and not shards(cfg, env)
     return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (FSDP2 modules are their own root)."""
-    return getattr(model, "module", model)

@@ -424,8 +424,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def mean_or_nan(values: list[float]) -> float:
-    """Mean of a list, NaN when empty."""
-    return sum(values) / len(values) if values else math.nan

@@ -101,11 +101,8 @@ class SFTTrainer(Trainer):
             self.dataset = self.make_dataset(cfg.data, self._train_filter())
         self.val_batches: list[Any] | None = None
 
-    def _val_keys(self) -> list[str]:
-        return self.held_out_keys()
-
     def _train_filter(self) -> dict:
-        keys = self._val_keys()
+        keys = self.held_out_keys()
         self.val_keys = keys
         return {"exclude_keys": keys} if keys else {}
 
