@@ -380,6 +380,12 @@ class StreamingSession:
             torch.cuda.synchronize(self.models.device)
         return time.perf_counter()
 
+    def _chunk_noise(self, channels: int, n_lat: int) -> torch.Tensor:
+        """The chunk's starting noise from this session's generator: float32 ``[1, C, F', h, w]``
+        (also drawn by the batched step, :mod:`vividhead.inference.batching`)."""
+        return torch.randn((1, channels, n_lat, *self.latent_hw), generator=self.generator,
+                           device=self.models.device, dtype=torch.float32)
+
     @torch.no_grad()
     def generate_latents(self, context: torch.Tensor) -> torch.Tensor:
         """Four-step flow-matching sampling of one chunk.
@@ -396,8 +402,7 @@ class StreamingSession:
         c = self.ref_latent.shape[1]
         n_lat = (context.shape[1] - 1) // self.models.vae.temporal_stride + 1
         ref_latent = self.ref_latent[:, :, :n_lat]  # causal VAE: a prefix of the reference latent
-        noise = torch.randn((1, c, n_lat, *self.latent_hw), generator=self.generator, device=m.device,
-                            dtype=torch.float32)
+        noise = self._chunk_noise(c, n_lat)
         ctx = context.to(dt)
         return sample_chunk(
             lambda x, t: m.transformer(x, t, ctx, ref_latent),
@@ -423,16 +428,8 @@ class StreamingSession:
         latents = self.generate_latents(context)
         t2 = self._sync()
         video = vae.decode(latents)  # [1, 3, n_gen, H, W] in [-1, 1]
-        # Only the last n_emit frames are emitted or re-encoded (the last motion_frames lie inside,
-        # or are all n_gen frames of a fast-start chunk), so the leading frames are neither
-        # colour-corrected nor copied out.
-        keep = video[:, :, max(0, n_gen - max(n_emit, cfg.motion_frames)) :]
-        if cfg.color_correction_strength > 0:
-            keep = match_colors(keep, self.ref_stats, cfg.color_correction_strength)
-        self._motion_video = keep[:, :, -cfg.motion_frames :].contiguous()
+        frames = self._finish_chunk(video, n_gen, n_emit)
         t3 = self._sync()
-        new = keep[0, :, keep.shape[2] - n_emit :]  # [3, n_emit, H, W]
-        frames = ((new.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)
         out = frames.cpu().numpy()
         t4 = time.perf_counter()
         self.timings = ChunkTimings(audio=t1 - t0, dit=t2 - t1, decode=t3 - t2, encode=t_enc, other=t4 - t3,
@@ -440,6 +437,29 @@ class StreamingSession:
         self.chunks_done += 1
         self.frames_emitted += out.shape[0]
         return out
+
+
+    def _finish_chunk(self, video: torch.Tensor, n_gen: int, n_emit: int) -> torch.Tensor:
+        """Colour-correct a decoded chunk, keep its last ``motion_frames`` for the next chunk's motion
+        encode and return the emitted frames (also called per session by the batched step).
+
+        Args:
+            video: ``[1, 3, n_gen, H, W]`` decoded frames in [-1, 1] (model dtype).
+            n_gen, n_emit: frames generated / emitted by this chunk (:meth:`StreamingConfig.chunk_frames`).
+
+        Returns:
+            uint8 ``[n_emit, H, W, 3]`` on the model device.
+        """
+        cfg = self.cfg
+        # Only the last n_emit frames are emitted or re-encoded (the last motion_frames lie inside,
+        # or are all n_gen frames of a fast-start chunk), so the leading frames are neither
+        # colour-corrected nor copied out.
+        keep = video[:, :, max(0, n_gen - max(n_emit, cfg.motion_frames)) :]
+        if cfg.color_correction_strength > 0:
+            keep = match_colors(keep, self.ref_stats, cfg.color_correction_strength)
+        self._motion_video = keep[:, :, -cfg.motion_frames :].contiguous()
+        new = keep[0, :, keep.shape[2] - n_emit :]  # [3, n_emit, H, W]
+        return ((new.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)
 
 
 def state_nbytes(session: StreamingSession) -> int:

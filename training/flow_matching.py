@@ -24,7 +24,7 @@ Latents are diffusers-style ``[B, C, F, h, w]``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -292,7 +292,7 @@ def sample_chunk(
     motion: torch.Tensor,
     schedule: FlowMatchingSchedule,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     exit_step: int | None = None,
     grad_step: int | None = None,
     dtype: torch.dtype | None = None,
@@ -314,7 +314,9 @@ def sample_chunk(
         noise: ``[B, C, F, h, w]`` starting noise (sigma 1).
         motion: ``[B, C, M, h, w]`` motion latents.
         schedule: the sampling schedule.
-        generator: RNG of the re-noising draws (same device as ``noise``).
+        generator: RNG of the re-noising draws (same device as ``noise``); a sequence of ``B``
+            generators draws row ``b`` from generator ``b`` (batched streaming sessions, each with
+            its own RNG: row ``b`` then equals a batch-of-one run with generator ``b``).
         exit_step, grad_step: see above (``None``: the full schedule / no graph).
         dtype: dtype of the DiT input (default: ``noise.dtype``).
         before_step: called before each DiT call (e.g. ``torch.compiler.cudagraph_mark_step_begin``).
@@ -323,8 +325,11 @@ def sample_chunk(
         ``[B, C, F, h, w]``: the model dtype for a full run, float32 ``x0`` for an early exit.
 
     Raises:
-        ValueError: ``exit_step`` or ``grad_step`` outside the schedule, or ``grad_step > exit_step``.
+        ValueError: ``exit_step`` or ``grad_step`` outside the schedule, or ``grad_step > exit_step``;
+            a generator sequence whose length is not ``B``.
     """
+    if isinstance(generator, (list, tuple)) and len(generator) != noise.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {noise.shape[0]}")
     sigmas = schedule.sigmas()
     n = len(sigmas) - 1
     last = n - 1 if exit_step is None else exit_step
@@ -346,7 +351,11 @@ def sample_chunk(
             x0 = x.float() - velocity(x, ts[i]).float() * (ts[i] / NUM_TRAIN_TIMESTEPS)
         if exit_step is not None and i == exit_step:
             return overwrite_motion(x0, motion)
-        eps = torch.randn(shape, generator=generator, device=noise.device, dtype=torch.float32)
+        if isinstance(generator, (list, tuple)):
+            eps = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=noise.device, dtype=torch.float32)
+                             for g in generator])
+        else:
+            eps = torch.randn(shape, generator=generator, device=noise.device, dtype=torch.float32)
         s_next = ts[i + 1] / NUM_TRAIN_TIMESTEPS
         x = ((1 - s_next) * x0.detach() + s_next * eps).to(dt)
     return overwrite_motion(x, motion)
