@@ -71,7 +71,7 @@ def build(out: Path, fixtures: Path, max_frames: int, gop: int, wav2vec: str | N
     run = ("run", "probe", "dedup", "scene_split", "normalize", "face", "audio_features", "write")
     raw: dict = {name: {"enabled": False} for name in SECTIONS if name not in run}
     raw["scene_split"] = {"detector": "none", "min_clip_s": min(1.0, seconds), "max_clip_s": seconds + 1.0}
-    raw["face"] = {"keyframe_interval_frames": gop}
+    raw["normalize"] = {"keyframe_interval_frames": gop}
     raw["write"] = {"samples_per_shard": 2}
     if wav2vec is None:
         raw["audio_features"] = {"enabled": False}

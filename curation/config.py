@@ -38,10 +38,14 @@ class RunConfig:
     Attributes:
         cache_dir: node-local folder for downloaded inputs and weights (``~/.cache/vividhead``).
         storage_options: fsspec options for remote URLs (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``).
+        group_frame_stages: run consecutive frame stages (face visibility ... face masks) in one
+            actor over one decode and one face track of each clip (same results); false gives one
+            Ray operator per stage.
     """
 
     cache_dir: Optional[str] = None
     storage_options: dict = field(default_factory=dict)
+    group_frame_stages: bool = True
 
     def validate(self, section: str) -> None:
         check(isinstance(self.storage_options, dict), f"{section}.storage_options", "must be a mapping")

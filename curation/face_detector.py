@@ -61,6 +61,9 @@ class FaceDetector:
         )
         self._detector = vision.FaceDetector.create_from_options(options)
         self.min_confidence = min_confidence
+        #: What makes two detectors give the same boxes (model file, threshold): the key under
+        #: which :class:`vividhead.curation.decoded_clip.DecodedClip` shares their detections.
+        self.key = (str(model_path), float(min_confidence))
 
     @classmethod
     def load(cls, weights_path: Optional[str] = None, min_confidence: float = 0.5) -> FaceDetector:

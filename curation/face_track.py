@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from scipy import signal
 
-from vividhead.curation.face_detector import FaceDetector
+from vividhead.curation.face_detector import FaceBox, FaceDetector
 from vividhead.curation.media import iter_frames
 from vividhead.curation.stage import MediaError
 
@@ -109,17 +109,27 @@ def track_frames(frames: Iterable[np.ndarray], detector: FaceDetector, min_detec
         MediaError: ``decode_failed`` when there is no frame; ``no_face_track`` when fewer than
             ``min_detected_share`` of the frames have a face.
     """
-    boxes, detected = [], []
-    for frame in frames:
-        faces = detector.detect(frame)
-        detected.append(bool(faces))
-        boxes.append((faces[0].x0, faces[0].y0, faces[0].x1, faces[0].y1) if faces else (0.0, 0.0, 0.0, 0.0))
-    if not boxes:
+    return track_from_detections([detector.detect(frame) for frame in frames], min_detected_share)
+
+
+def track_from_detections(faces_per_frame: list[list[FaceBox]], min_detected_share: float = 0.5) -> FaceTrack:
+    """The smoothed track of the largest face of each frame's detections.
+
+    Args:
+        faces_per_frame: per frame, the detector's faces sorted largest first (may be empty).
+        min_detected_share: fewest frames (share) that must have a detection.
+
+    Raises:
+        MediaError: ``decode_failed`` when there is no frame; ``no_face_track`` when fewer than
+            ``min_detected_share`` of the frames have a face.
+    """
+    if not faces_per_frame:
         raise MediaError("decode_failed", "no frame decoded")
-    det = np.array(detected)
+    boxes = np.array([(f[0].x0, f[0].y0, f[0].x1, f[0].y1) if f else (0.0, 0.0, 0.0, 0.0) for f in faces_per_frame], np.float64)
+    det = np.array([bool(f) for f in faces_per_frame])
     if det.mean() < min_detected_share:
         raise MediaError("no_face_track", f"face found in {det.mean():.0%} of frames")
-    return smooth_track(np.asarray(boxes, np.float64), det)
+    return smooth_track(boxes, det)
 
 
 def crop_face(frame: np.ndarray, s: float, x: float, y: float, crop_scale: float = 0.4, size: int = 224) -> np.ndarray:

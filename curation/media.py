@@ -50,6 +50,36 @@ def run_tool(args: Sequence[str], timeout_s: float, reason: str = "ffmpeg_failed
     return proc.stdout
 
 
+def ffmpeg_args(graph) -> list[str]:
+    """The argument list of an ``ffmpeg-python`` graph for :func:`run_tool`, with this module's
+    FFmpeg binary and the global flags first (no stdin, errors only, overwrite)."""
+    args = graph.compile(cmd=FFMPEG)
+    return [args[0], "-nostdin", "-v", "error", "-y", *args[1:]]
+
+
+def frame_at(src: str | Path, start_s: float, fps: float, timeout_s: float = 60.0) -> np.ndarray:
+    """The first frame of the clip that starts at ``start_s`` seconds once resampled to ``fps``:
+    the frame :func:`vividhead.curation.stages.normalize.normalize_clip` makes frame 0 (same input
+    seek, same ``fps`` filter), display-rotated as FFmpeg decodes it.
+
+    Returns:
+        uint8 [H, W, 3] RGB.
+
+    Raises:
+        MediaError: ``decode_failed`` (no frame at that time), ``ffmpeg_failed``, ``ffmpeg_timeout``.
+    """
+    import cv2
+    import ffmpeg
+
+    graph = (ffmpeg.input(str(src), ss=f"{start_s:.6f}").video.filter("fps", fps=f"{fps:g}")
+             .output("pipe:", vframes=1, format="image2pipe", vcodec="png", pix_fmt="rgb24"))
+    png = run_tool(ffmpeg_args(graph), timeout_s)
+    frame = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR) if png else None
+    if frame is None:
+        raise MediaError("decode_failed", f"no video frame at {start_s:.3f} s")
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
 def ffprobe(path: str | Path, timeout_s: float = 60.0) -> dict:
     """ffprobe ``path`` and return its JSON (``format`` and ``streams``).
 

@@ -14,21 +14,29 @@ import contextlib
 import json
 import time
 import warnings
-from typing import Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import ray.data
 
+from vividhead.curation.frame_group import group_frame_stages
 from vividhead.curation.records import KEPT, Row, reject
 from vividhead.curation.stage import MediaError, Stage
 
+if TYPE_CHECKING:
+    from vividhead.curation.decoded_clip import DecodedClip
 
-def run_stage(stage: Stage, row: Row) -> list[Row]:
-    """Apply ``stage`` to one row with rejection routing and timing (seconds, in ``timings``)."""
+
+def run_stage(stage: Stage, row: Row, clip: Optional[DecodedClip] = None) -> list[Row]:
+    """Apply ``stage`` to one row with rejection routing and timing (seconds, in ``timings``).
+
+    ``clip``: the row's media decoded once and shared with other frame stages (a
+    :class:`~vividhead.curation.stage.FrameStage` then runs ``process_clip``).
+    """
     if row["status"] != KEPT:
         return [row]
     start = time.perf_counter()
     try:
-        out = stage.process(row)
+        out = stage.process_clip(row, clip) if clip is not None else stage.process(row)
     except MediaError as exc:
         out = [reject(row, stage.name, exc.reason, exc.detail)]
     elapsed = time.perf_counter() - start
@@ -105,8 +113,14 @@ def actor_cpu_scale(stages: Sequence[Stage], cluster_cpus: float) -> float:
     return 1.0 if need <= room or need == 0 else room / need
 
 
-def apply_stages(ds: ray.data.Dataset, stages: Sequence[Stage]) -> ray.data.Dataset:
-    """Append every stage in order, with CPU reservations that fit the cluster (:func:`actor_cpu_scale`)."""
+def apply_stages(ds: ray.data.Dataset, stages: Sequence[Stage], group_frames: bool = True) -> ray.data.Dataset:
+    """Append every stage in order, with CPU reservations that fit the cluster (:func:`actor_cpu_scale`).
+
+    ``group_frames``: run consecutive frame stages in one actor over one decoded clip
+    (:func:`vividhead.curation.frame_group.group_frame_stages`); False gives one operator per stage.
+    """
+    if group_frames:
+        stages = group_frame_stages(stages)
     scale = actor_cpu_scale(stages, ray.cluster_resources().get("CPU", 1.0))
     for stage in stages:
         ds = apply_stage(ds, stage, cpu_scale=scale)
@@ -123,7 +137,8 @@ def apply_stage(ds: ray.data.Dataset, stage: Stage, cpu_scale: float = 1.0) -> r
     cfg = stage.cfg
     if not cfg.enabled:
         return ds
-    remote = {"num_cpus": cfg.num_cpus * (cpu_scale if needs_actor(stage) else 1.0)}
+    remote = {"num_cpus": cfg.num_cpus * (cpu_scale if needs_actor(stage) else 1.0),
+              "memory": int(cfg.memory_gib * 2**30)}
     if cfg.num_gpus:
         remote["num_gpus"] = cfg.num_gpus
     if needs_actor(stage):

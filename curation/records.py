@@ -21,7 +21,8 @@ from vividhead.shard_format import KEPT, MANIFEST_SCHEMA, REJECTED, REQUIRED_MEM
 Row = dict[str, Any]
 
 # Columns that hold media or routing state and never reach the manifest.
-TRANSIENT = ("video_bytes", "audio_bytes", "local_path", "rows_of_input", "extra_members")
+#: ``frame_size``: ``[width, height]`` of the source's decoded (display-rotated) frames, from the face stage.
+TRANSIENT = ("video_bytes", "audio_bytes", "local_path", "rows_of_input", "extra_members", "frame_size")
 
 
 def new_row(**values: Any) -> Row:

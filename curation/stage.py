@@ -32,9 +32,10 @@ from vividhead.config import ConfigError, check
 
 if TYPE_CHECKING:
     from vividhead.curation.config import CurateConfig
+    from vividhead.curation.decoded_clip import DecodedClip
     from vividhead.curation.records import Row
 
-__all__ = ["BaseStage", "ConfigError", "DeviceError", "GlobalStage", "MediaError", "SinkStage", "Stage",
+__all__ = ["BaseStage", "ConfigError", "DeviceError", "FrameStage", "GlobalStage", "MediaError", "SinkStage", "Stage",
            "StageConfig", "check", "check_devices", "cuda_or_cpu"]
 
 
@@ -48,15 +49,20 @@ class StageConfig:
         num_cpus: CPUs reserved per worker (Ray resource request).
         num_gpus: GPUs reserved per worker; > 0 needs CUDA (the run stops at start-up otherwise).
         workers: size of the actor pool, or ``None`` to let Ray scale from 1 to the CPU count.
+        memory_gib: memory one worker of this stage uses at most (models, decoded frames of a
+            50 s clip), in GiB: Ray's ``memory`` request, so a node never runs more workers than
+            its memory holds. Stages with models set their own default.
     """
 
     enabled: bool = True
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     workers: Optional[int] = None
+    memory_gib: float = 0.5
 
     def validate(self, section: str) -> None:
         check(self.num_cpus > 0, f"{section}.num_cpus", "must be > 0")
+        check(self.memory_gib > 0, f"{section}.memory_gib", "must be > 0")
         check(self.num_gpus >= 0, f"{section}.num_gpus", "must be >= 0")
         check(self.workers is None or self.workers >= 1, f"{section}.workers", "must be >= 1 or null")
 
@@ -159,6 +165,25 @@ class Stage(BaseStage):
         Raise :class:`MediaError` for media problems: the adapter turns it into a rejection.
         Any other exception is a bug and fails the job.
         """
+
+
+class FrameStage(Stage):
+    """A per-row stage that looks at the frames (or face track, crops, audio) of the encoded clip.
+
+    Consecutive frame stages run in one actor over one :class:`~vividhead.curation.decoded_clip.DecodedClip`
+    (:class:`vividhead.curation.frame_group.FrameGroup`): one decode, one face track. Run alone,
+    :meth:`process` decodes the clip itself; the results are the same.
+    """
+
+    def process(self, row: Row) -> list[Row]:
+        from vividhead.curation.decoded_clip import DecodedClip
+
+        return self.process_clip(row, DecodedClip(row["video_bytes"], row.get("audio_bytes")))
+
+    @abc.abstractmethod
+    def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
+        """Process one kept row whose media ``clip`` holds (decoded lazily, shared with the other
+        frame stages of the actor); same contract as :meth:`Stage.process`."""
 
 
 class GlobalStage(BaseStage):

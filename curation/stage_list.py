@@ -30,12 +30,13 @@ STAGES: tuple[type[BaseStage], ...] = (
     ProbeStage,
     DedupStage,
     SceneSplitStage,
+    FaceStage,  # on the source's first clip frame: plans the crop normalize applies (one encode)
     NormalizeStage,
-    FaceStage,
+    SpeechStage,  # audio only: cheap, so before the frame stages
+    # Frame stages: consecutive ones run in one actor over one decode (curation/frame_group.py).
     FaceVisibilityStage,
     TransitionStage,
     OcclusionStage,
-    SpeechStage,
     SyncNetStage,
     ASDStage,
     FaceMaskStage,

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from vividhead.curation import weights
-from vividhead.curation.audio_io import mfcc_100hz, read_pcm16
+from vividhead.curation.audio_io import mfcc_100hz
+from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
 from vividhead.curation.face_detector import FaceDetector
-from vividhead.curation.face_track import detect_track, face_crops
 from vividhead.curation.models.lightasd import LightASD, load_lightasd
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
 
 
 @dataclass(frozen=True)
@@ -228,26 +228,27 @@ def centre_112(faces224: np.ndarray) -> np.ndarray:
     return faces224[:, 56:168, 56:168]
 
 
-def score_asd(video: bytes, audio: bytes, model: LightASD, detector: FaceDetector, cfg: ASDConfig,
-              device: str = "cpu") -> ASDScore:
-    """Decode a clip, track and crop the face, and score it with Light-ASD.
+def score_asd(clip: DecodedClip | bytes, audio: Optional[bytes], model: LightASD, detector: FaceDetector,
+              cfg: ASDConfig, device: str = "cpu") -> ASDScore:
+    """Track and crop the face of a clip and score it with Light-ASD.
 
     Args:
-        video: encoded clip at 25 fps (the pipeline's face-centred 512x512 crop).
-        audio: WAV bytes, 16 kHz mono PCM16 aligned with the video.
+        clip: the decoded clip (face track and crops shared with the other frame stages), or
+            encoded clip bytes at 25 fps (the pipeline's face-centred 512x512 crop).
+        audio: WAV bytes, 16 kHz mono PCM16 aligned with the video (None: the clip's own).
 
     Raises:
         MediaError: ``decode_failed``, ``bad_audio``, ``no_face_track``, ``too_short``.
     """
-    pcm, sr = read_pcm16(audio)
+    clip = as_decoded(clip, audio)
+    pcm, sr = clip.pcm
     if sr != 16000:
         raise MediaError("bad_audio", f"expected 16 kHz audio, got {sr} Hz")
-    track = detect_track(video, detector, cfg.min_face_share)
-    faces = centre_112(face_crops(video, track, cfg.crop_scale, 224, gray=True))
+    faces = centre_112(clip.gray_face_crops(detector, cfg.crop_scale, 224, cfg.min_face_share))
     return asd_scores(visual_embeddings(faces, model, device, cfg.durations_s), mfcc_100hz(pcm, sr), model, device)
 
 
-class ASDStage(Stage):
+class ASDStage(FrameStage):
     """Records ``asd_score`` and rejects clips whose face does not look like the speaker."""
 
     name = "asd"
@@ -273,8 +274,8 @@ class ASDStage(Stage):
             self._detector.close()
         self._model, self._detector = None, None
 
-    def process(self, row: Row) -> list[Row]:
-        s = score_asd(row["video_bytes"], row["audio_bytes"], self._model, self._detector, self.cfg, self._device)
+    def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
+        s = score_asd(clip, None, self._model, self._detector, self.cfg, self._device)
         row["asd_score"] = round(s.score, 4)
         if self.cfg.min_asd_score is not None and s.score < self.cfg.min_asd_score:
             raise MediaError("not_speaking", f"ASD score {s.score:.2f} < {self.cfg.min_asd_score:g}")

@@ -1,4 +1,8 @@
-"""face: one dominant face on the first frame, and a 512x512 face-centred crop (FlashHead 2.1.2).
+"""face: one dominant face on the clip's first frame, and the square face-centred crop (FlashHead 2.1.2).
+
+Runs on the source before the clip is encoded: it decodes the one frame the clip will start with
+(:func:`vividhead.curation.media.frame_at`), picks the face and plans the crop; ``normalize``
+applies the crop in the clip's one encode.
 
 Reasons: ``no_face``, ``multiple_faces``, ``face_too_small``, ``crop_out_of_frame``.
 """
@@ -10,15 +14,14 @@ from typing import Optional
 
 from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
 from vividhead.curation.face_detector import FaceBox, FaceDetector
-from vividhead.curation.media import FFMPEG, first_frame, run_tool, temp_dir
+from vividhead.curation.media import frame_at
 from vividhead.curation.records import Row
 from vividhead.curation.stage import MediaError, Stage, StageConfig, check
-from vividhead.shard_format import FRAME_SIZE_PX
 
 
 @dataclass(frozen=True)
 class FaceConfig(StageConfig):
-    """Face detection on the first frame and the face-centred square crop (FlashHead section 2.1.2).
+    """Face detection on the clip's first frame and the face-centred square crop (FlashHead section 2.1.2).
 
     Attributes:
         weights_path: explicit path of the MediaPipe ``FaceDetector`` model; else the registry.
@@ -26,36 +29,30 @@ class FaceConfig(StageConfig):
         min_face_px: smallest accepted face box side, in source pixels.
         dominance_ratio: a second face whose area is at least this share of the largest one makes
             the clip ``multiple_faces``.
-        out_size_px: side of the output crop, in pixels.
         face_share: face box side / crop side.
         allow_pad: pad with black when the crop leaves the frame and cannot be shifted inside;
             otherwise such clips are rejected ``crop_out_of_frame``.
         max_pad_share: largest padding accepted, as a share of the crop side.
-        keyframe_interval_frames: H.264 GOP of the output clip (25 = one key frame per second, so
-            training loaders seek cheaply).
+        timeout_s: limit for decoding the first frame, seconds.
+
+    The output size and encoding settings are ``normalize``'s (the clip's one encode).
     """
 
     weights_path: Optional[str] = None
     min_confidence: float = 0.5
     min_face_px: int = 128
     dominance_ratio: float = 0.25
-    out_size_px: int = FRAME_SIZE_PX
     face_share: float = 0.6
     allow_pad: bool = True
     max_pad_share: float = 0.1
-    crf: int = 18
-    preset: str = "fast"
-    keyframe_interval_frames: int = 25
-    timeout_s: float = 600.0
+    timeout_s: float = 120.0
 
     def validate(self, section: str) -> None:
         super().validate(section)
         check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
-        check(self.keyframe_interval_frames >= 1, f"{section}.keyframe_interval_frames", "must be >= 1")
         check(self.min_face_px >= 1, f"{section}.min_face_px", "must be >= 1")
         check(0 < self.face_share <= 1, f"{section}.face_share", "must be in (0, 1]")
         check(0 < self.dominance_ratio <= 1, f"{section}.dominance_ratio", "must be in (0, 1]")
-        check(self.out_size_px >= 16 and self.out_size_px % 2 == 0, f"{section}.out_size_px", "must be even and >= 16")
         check(0 <= self.max_pad_share < 0.5, f"{section}.max_pad_share", "must be in [0, 0.5)")
 
 
@@ -77,6 +74,11 @@ class CropBox:
     def as_list(self) -> list[int]:
         """``[x0, y0, x1, y1]`` in source pixels."""
         return [self.x0, self.y0, self.x0 + self.size, self.y0 + self.size]
+
+    @classmethod
+    def from_list(cls, box: list[int], pad_px: int) -> CropBox:
+        """Inverse of :meth:`as_list` (the manifest's ``crop_box`` and ``pad_px``)."""
+        return cls(int(box[0]), int(box[1]), int(box[2] - box[0]), int(pad_px))
 
 
 def select_face(faces: list[FaceBox], cfg: FaceConfig) -> FaceBox:
@@ -125,48 +127,22 @@ def plan_crop(face: FaceBox, width: int, height: int, cfg: FaceConfig) -> CropBo
     return CropBox(x0, y0, size, pad)
 
 
-def crop_video(video: bytes, box: CropBox, width: int, height: int, cfg: FaceConfig) -> bytes:
-    """Crop (with black padding where needed) and scale an encoded clip to ``out_size_px`` square.
-
-    Args:
-        video: H.264 MP4 bytes of size ``width`` x ``height`` pixels.
-
-    Returns:
-        H.264 MP4 bytes, ``out_size_px`` x ``out_size_px``, same frames and frame rate.
-
-    Raises:
-        MediaError: ``ffmpeg_failed``, ``ffmpeg_timeout``.
-    """
-    left, top = max(0, -box.x0), max(0, -box.y0)
-    right, bottom = max(0, box.x0 + box.size - width), max(0, box.y0 + box.size - height)
-    filters = []
-    if left or top or right or bottom:
-        filters.append(f"pad={width + left + right}:{height + top + bottom}:{left}:{top}:black")
-    filters.append(f"crop={box.size}:{box.size}:{box.x0 + left}:{box.y0 + top}")
-    filters.append(f"scale={cfg.out_size_px}:{cfg.out_size_px}:flags=lanczos,setsar=1")
-    with temp_dir() as tmp:
-        src, dst = tmp / "in.mp4", tmp / "out.mp4"
-        src.write_bytes(video)
-        run_tool(
-            [FFMPEG, "-nostdin", "-v", "error", "-y", "-i", str(src), "-vf", ",".join(filters),
-             "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf), "-pix_fmt", "yuv420p",
-             # a key frame every second: trainers seek to random windows (docs/benchmarks.md)
-             "-g", str(cfg.keyframe_interval_frames), "-movflags", "+faststart", "-an", str(dst)],
-            cfg.timeout_s,
-        )
-        return dst.read_bytes()
-
-
 class FaceStage(Stage):
-    """Detects the face on the clip's first frame and replaces ``video_bytes`` with the crop."""
+    """Detects the face on the clip's first frame (from the source) and plans the crop that
+    ``normalize`` applies; fills ``frame_size`` for it."""
 
     name = "face"
     config_class = FaceConfig
     writes_columns = ("num_faces", "face_px", "face_score", "crop_box", "pad_px")
 
-    def __init__(self, cfg: FaceConfig) -> None:
+    def __init__(self, cfg: FaceConfig, fps: float) -> None:
         super().__init__(cfg)
+        self.fps = fps
         self._detector: Optional[FaceDetector] = None
+
+    @classmethod
+    def from_config(cls, cfg) -> FaceStage:
+        return cls(cfg.face, cfg.normalize.fps)
 
     def weights(self):
         return [(FACE_WEIGHTS, self.cfg.weights_path)]
@@ -180,13 +156,13 @@ class FaceStage(Stage):
             self._detector = None
 
     def process(self, row: Row) -> list[Row]:
-        frame = first_frame(row["video_bytes"])
+        frame = frame_at(row["local_path"], row["start_s"], self.fps, self.cfg.timeout_s)
         height, width = frame.shape[:2]
+        row["frame_size"] = [width, height]
         faces = self._detector.detect(frame)
         row["num_faces"] = len(faces)
         face = select_face(faces, self.cfg)
         row.update(face_px=round(face.size, 2), face_score=round(face.score, 4))
         box = plan_crop(face, width, height, self.cfg)
         row.update(crop_box=box.as_list(), pad_px=box.pad_px)
-        row["video_bytes"] = crop_video(row["video_bytes"], box, width, height, self.cfg)
         return [row]

@@ -31,9 +31,9 @@ import cv2
 import numpy as np
 
 from vividhead.curation import weights
-from vividhead.curation.media import iter_frames
+from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row, add_member, note_annotation_error
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
 
 
 @dataclass(frozen=True)
@@ -162,11 +162,11 @@ class FaceLandmarks:
         return np.stack(out), np.array(present)
 
 
-def face_masks(video: bytes | str, landmarker: FaceLandmarks) -> FaceMasks:
+def face_masks(clip: DecodedClip | bytes | str, landmarker: FaceLandmarks) -> FaceMasks:
     """Face and lip masks of every frame of a clip.
 
     Args:
-        video: encoded clip (the 512x512 crop).
+        clip: the decoded clip, or encoded bytes or a path (the 512x512 crop).
 
     Returns:
         :class:`FaceMasks` with T = number of decoded frames.
@@ -174,17 +174,9 @@ def face_masks(video: bytes | str, landmarker: FaceLandmarks) -> FaceMasks:
     Raises:
         MediaError: ``decode_failed`` (also when no frame decodes).
     """
-    size = None
-
-    def frames():
-        nonlocal size
-        for _, frame in iter_frames(video):
-            size = frame.shape[:2]
-            yield frame
-
-    landmarks, present = landmarker.track(frames())
-    if size is None:
-        raise MediaError("decode_failed", "no frame decoded")
+    frames = as_decoded(clip).frames
+    landmarks, present = landmarker.track(frames)
+    size = frames.shape[1:3]
     t, (h, w) = len(present), size
     face = np.zeros((t, h, (w + 7) // 8), np.uint8)
     lips = np.zeros_like(face)
@@ -229,7 +221,7 @@ def decode_masks(data: bytes) -> dict[str, np.ndarray]:
     return out
 
 
-class FaceMaskStage(Stage):
+class FaceMaskStage(FrameStage):
     """Attaches ``<key>.mask.npz`` (face and lip masks, landmarks) to each kept clip; never rejects."""
 
     name = "face_mask"
@@ -252,10 +244,10 @@ class FaceMaskStage(Stage):
     def teardown(self) -> None:
         self._landmarker = None
 
-    def process(self, row: Row) -> list[Row]:
+    def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
         """Attach ``mask.npz`` and fill ``face_mask_share``; failures go to ``annotation_errors``."""
         try:
-            masks = face_masks(row["video_bytes"], self._landmarker)
+            masks = face_masks(clip, self._landmarker)
         except MediaError as exc:
             note_annotation_error(row, self.name, exc.reason)
             return [row]

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
 from vividhead.curation.face_detector import FaceDetector
-from vividhead.curation.media import iter_frames
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,13 @@ class FaceVisibilityConfig(StageConfig):
         check(0 <= self.max_missing_face_share <= 1, f"{section}.max_missing_face_share", "must be in [0, 1]")
 
 
-def missing_face_share(video: bytes, detector: FaceDetector, fps: float, sample_fps: float) -> float:
+def missing_face_share(clip: DecodedClip | bytes | str, detector: FaceDetector, fps: float, sample_fps: float) -> float:
     """Share of sampled frames in which the detector finds no face.
 
     Args:
-        video: encoded clip (the 512x512 crop) at ``fps`` frames per second.
-        sample_fps: samples per second (1 in the paper).
+        clip: the decoded clip (or encoded bytes or a path; the 512x512 crop) at ``fps`` frames per second; detections are
+            shared with the other frame stages (the face track detects every frame).
+        sample_fps: samples per second (1 in the paper): frames 0, n, 2n, ... with ``n = fps / sample_fps``.
 
     Returns:
         Share in [0, 1].
@@ -43,17 +44,13 @@ def missing_face_share(video: bytes, detector: FaceDetector, fps: float, sample_
     Raises:
         MediaError: ``decode_failed`` (also when no frame decodes).
     """
+    clip = as_decoded(clip)
     every = max(1, int(round(fps / sample_fps)))
-    sampled = missing = 0
-    for _, frame in iter_frames(video, every_n=every):
-        sampled += 1
-        missing += not detector.detect(frame)
-    if sampled == 0:
-        raise MediaError("decode_failed", "no frame decoded")
-    return missing / sampled
+    faces = clip.detections(detector, range(0, len(clip), every))
+    return sum(not f for f in faces.values()) / len(faces)
 
 
-class FaceVisibilityStage(Stage):
+class FaceVisibilityStage(FrameStage):
     """Rejects clips where the face is missing from too many 1 fps samples."""
 
     name = "face_visibility"
@@ -80,8 +77,8 @@ class FaceVisibilityStage(Stage):
             self._detector.close()
             self._detector = None
 
-    def process(self, row: Row) -> list[Row]:
-        share = missing_face_share(row["video_bytes"], self._detector, self.fps, self.cfg.sample_fps)
+    def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
+        share = missing_face_share(clip, self._detector, self.fps, self.cfg.sample_fps)
         row["missing_face_share"] = round(share, 4)
         if share > self.cfg.max_missing_face_share:
             raise MediaError("face_missing", f"no face in {share:.0%} of samples")

@@ -21,9 +21,9 @@ from typing import Optional
 import numpy as np
 
 from vividhead.curation import weights
-from vividhead.curation.media import iter_frames
+from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row
-from vividhead.curation.stage import DeviceError, MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import DeviceError, FrameStage, MediaError, StageConfig, check
 
 
 @dataclass(frozen=True)
@@ -242,30 +242,31 @@ class OcclusionResult:
     occluded_frames: tuple[int, ...]
 
 
-def hand_over_face_share(video: bytes | str, estimator, fps: float, cfg: OcclusionConfig) -> OcclusionResult:
+def hand_over_face_share(clip: DecodedClip | bytes | str, estimator, fps: float, cfg: OcclusionConfig) -> OcclusionResult:
     """Share of sampled frames with a hand over the face.
 
     Args:
-        video: encoded clip (the 512x512 face crop) at ``fps`` frames per second.
+        clip: the decoded clip, or encoded bytes or a path (the 512x512 face crop) at ``fps``
+            frames per second; frames 0, n, 2n, ... are sampled, ``n = fps / cfg.sample_fps``.
         estimator: callable ``frame_rgb -> (keypoints [N, 133, 2], scores [N, 133])``, e.g.
             :class:`WholeBodyEstimator`.
 
     Raises:
         MediaError: ``decode_failed`` (also when no frame decodes).
     """
+    frames = as_decoded(clip).frames
     every = max(1, int(round(fps / cfg.sample_fps)))
     sampled, occluded = 0, []
-    for index, frame in iter_frames(video, every_n=every):
+    for index in range(0, len(frames), every):
+        frame = frames[index]
         sampled += 1
         kpts, scores = estimator(frame)
         if frame_is_occluded(kpts, scores, (frame.shape[1], frame.shape[0]), cfg):
             occluded.append(index)
-    if sampled == 0:
-        raise MediaError("decode_failed", "no frame decoded")
     return OcclusionResult(len(occluded) / sampled, sampled, tuple(occluded))
 
 
-class OcclusionStage(Stage):
+class OcclusionStage(FrameStage):
     """Rejects clips with a hand over the face in too many sampled frames."""
 
     name = "occlusion"
@@ -309,9 +310,9 @@ class OcclusionStage(Stage):
     def teardown(self) -> None:
         self._estimator = None
 
-    def process(self, row: Row) -> list[Row]:
+    def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
         """Fill ``hand_over_face_share``; raise ``MediaError('hand_over_face')`` over the threshold."""
-        result = hand_over_face_share(row["video_bytes"], self._estimator, self.fps, self.cfg)
+        result = hand_over_face_share(clip, self._estimator, self.fps, self.cfg)
         row["hand_over_face_share"] = round(result.share, 4)
         if result.share > self.cfg.max_hand_over_face_share:
             first = result.occluded_frames[0] if result.occluded_frames else -1

@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from vividhead.curation import weights
-from vividhead.curation.audio_io import mfcc_100hz, read_pcm16
+from vividhead.curation.audio_io import mfcc_100hz
+from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
 from vividhead.curation.face_detector import FaceDetector
-from vividhead.curation.face_track import detect_track, face_crops
 from vividhead.curation.models.syncnet import SyncNet, load_syncnet
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
 
 
 @dataclass(frozen=True)
@@ -225,13 +225,15 @@ def lipsync_distances(
 
 
 def score_lipsync(
-    video: bytes, audio: bytes, model: SyncNet, detector: FaceDetector, cfg: SyncNetConfig, device: str = "cpu"
+    clip: DecodedClip | bytes, audio: Optional[bytes], model: SyncNet, detector: FaceDetector, cfg: SyncNetConfig,
+    device: str = "cpu",
 ) -> LipSyncScore:
-    """Decode a clip, track and crop the face, and score lip sync.
+    """Track and crop the face of a clip and score lip sync.
 
     Args:
-        video: encoded clip at 25 fps (the pipeline's face-centred 512x512 crop).
-        audio: WAV bytes, 16 kHz mono PCM16 aligned with the video.
+        clip: the decoded clip (face track and crops shared with the other frame stages), or
+            encoded clip bytes at 25 fps (the pipeline's face-centred 512x512 crop).
+        audio: WAV bytes, 16 kHz mono PCM16 aligned with the video (None: the clip's own).
         model: SyncNet in eval mode on ``device``.
         detector: face detector for the track.
 
@@ -239,17 +241,17 @@ def score_lipsync(
         :class:`LipSyncScore`.
 
     Raises:
-        MediaError: ``decode_failed``, ``no_face_track``, ``too_short``.
+        MediaError: ``decode_failed``, ``bad_audio``, ``no_face_track``, ``too_short``.
     """
-    pcm, sr = read_pcm16(audio)
+    clip = as_decoded(clip, audio)
+    pcm, sr = clip.pcm
     if sr != 16000:
         raise MediaError("bad_audio", f"expected 16 kHz audio, got {sr} Hz")
-    track = detect_track(video, detector, cfg.min_face_share)
-    crops = face_crops(video, track, cfg.crop_scale, 224)
+    crops = clip.face_crops(detector, cfg.crop_scale, 224, cfg.min_face_share)
     return lipsync_from_crops(crops, pcm, model, cfg.vshift_frames, cfg.batch_size, device)
 
 
-class SyncNetStage(Stage):
+class SyncNetStage(FrameStage):
     """Scores LSE-C / LSE-D / AV offset and rejects clips outside the configured bounds."""
 
     name = "syncnet"
@@ -275,8 +277,8 @@ class SyncNetStage(Stage):
             self._detector.close()
         self._model, self._detector = None, None
 
-    def process(self, row: Row) -> list[Row]:
-        s = score_lipsync(row["video_bytes"], row["audio_bytes"], self._model, self._detector, self.cfg, self._device)
+    def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
+        s = score_lipsync(clip, None, self._model, self._detector, self.cfg, self._device)
         row.update(lse_c=round(s.lse_c, 4), lse_d=round(s.lse_d, 4), av_offset_frames=s.av_offset_frames)
         cfg = self.cfg
         if cfg.min_lse_c is not None and s.lse_c < cfg.min_lse_c:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from vividhead.curation.media import iter_frames
+from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
 
 
 @dataclass(frozen=True)
@@ -110,28 +110,28 @@ def transition_score(frames: list[np.ndarray], cfg: TransitionConfig) -> Transit
     return TransitionScore(res, ratios, idx + 1, bool(hits.any()))
 
 
-def clip_transition_score(video: bytes | str, cfg: TransitionConfig) -> TransitionScore:
-    """Decode a clip (grayscale, ``analysis_size_px`` square) and score it with :func:`transition_score`.
+def clip_transition_score(clip: DecodedClip | bytes | str, cfg: TransitionConfig) -> TransitionScore:
+    """Score a clip's frames, grayscale and scaled to ``analysis_size_px`` square (area
+    interpolation, :meth:`DecodedClip.gray`), with :func:`transition_score`.
+
+    Args:
+        clip: the decoded clip, or encoded clip bytes or a path.
 
     Raises:
         MediaError: ``decode_failed``.
     """
-    size = (cfg.analysis_size_px, cfg.analysis_size_px)
-    frames = [f for _, f in iter_frames(video, size=size, fmt="gray")]
-    if not frames:
-        raise MediaError("decode_failed", "no frame decoded")
-    return transition_score(frames, cfg)
+    return transition_score(list(as_decoded(clip).gray(cfg.analysis_size_px)), cfg)
 
 
-class TransitionStage(Stage):
+class TransitionStage(FrameStage):
     """Rejects clips with an abrupt transition; records the residual and the frame index."""
 
     name = "transition"
     config_class = TransitionConfig
     writes_columns = ("transition_score", "transition_frame")
 
-    def process(self, row: Row) -> list[Row]:
-        result = clip_transition_score(row["video_bytes"], self.cfg)
+    def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
+        result = clip_transition_score(clip, self.cfg)
         row.update(transition_score=round(result.score, 3), transition_frame=result.frame)
         if result.is_transition:
             raise MediaError("abrupt_transition", f"residual {result.score:.1f} at frame {result.frame}")

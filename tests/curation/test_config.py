@@ -11,7 +11,7 @@ def test_defaults_are_valid_and_frozen():
     cfg = CurateConfig()
     assert cfg.scene_split.min_clip_s == 5.0 and cfg.scene_split.max_clip_s == 50.0
     assert cfg.normalize.fps == 25.0 and cfg.normalize.sample_rate_hz == 16000
-    assert cfg.face.out_size_px == 512
+    assert cfg.normalize.out_size_px == 512
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.face.min_face_px = 3
 

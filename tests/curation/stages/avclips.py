@@ -1,8 +1,8 @@
-"""Clip rows built from fixture videos with the pipeline's own normalize and face stages.
+"""Clip rows built from fixture videos with the pipeline's own face and normalize stages.
 
 Shared by the lip-sync, active-speaker and speech tests. Each clip is the first ``seconds`` of
 the fixture at 25 fps, cropped 512x512 around the face, with 16 kHz mono PCM16 audio
-(640 samples per frame), exactly as the ``face`` stage hands it to later stages.
+(640 samples per frame), exactly as the ``normalize`` stage hands it to later stages.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import soundfile as sf
 from vividhead.curation.media import ffprobe
 from vividhead.curation.records import new_row
 from vividhead.curation.stages.face import FaceConfig, FaceStage
-from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
+from vividhead.curation.stages.normalize import NormalizeConfig, NormalizeStage
 
 FIXTURES = (Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures").resolve()
 VIDEO_DIR = FIXTURES / "media" / "video"
@@ -33,16 +33,16 @@ def clip_row(name: str, seconds: float = 3.0) -> dict:
     src = VIDEO_DIR / name
     duration = float(ffprobe(src)["format"]["duration"])
     frames = int(min(duration - 0.1, seconds) * 25)
-    clip = normalize_clip(src, 0.0, frames, NormalizeConfig(reject_silent_audio=False))
-    row = new_row(input_id=name, source_id=name, video_bytes=clip.video, audio_bytes=clip.audio, num_frames=frames)
-    face = FaceStage(FaceConfig(weights_path=str(WEIGHTS_DIR / "face_mediapipe_detector.tflite")))
+    row = new_row(input_id=name, source_id=name, local_path=str(src), start_s=0.0, num_frames=frames)
+    face = FaceStage(FaceConfig(weights_path=str(WEIGHTS_DIR / "face_mediapipe_detector.tflite")), 25.0)
     face.setup()
     try:
-        return face.process(row)[0]
+        row = face.process(row)[0]
     finally:
         # A MediaPipe detector left to the garbage collector at interpreter exit can block pytest's
         # shutdown (its __del__ waits on a dispatcher that is already gone): tests tear stages down.
         face.teardown()
+    return NormalizeStage(NormalizeConfig(reject_silent_audio=False)).process(row)[0]
 
 
 def wav_bytes(pcm: np.ndarray, sr: int = 16000) -> bytes:

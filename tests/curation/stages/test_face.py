@@ -4,12 +4,13 @@ import io
 
 import av
 import cv2
+import numpy as np
 import pytest
 
 from vividhead.curation.face_detector import FaceBox, FaceDetector
-from vividhead.curation.media import first_frame
+from vividhead.curation.media import frame_at
 from vividhead.curation.stage import MediaError
-from vividhead.curation.stages.face import FaceConfig, crop_video, plan_crop, select_face
+from vividhead.curation.stages.face import CropBox, FaceConfig, plan_crop, select_face
 from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
 
 
@@ -53,14 +54,29 @@ def test_plan_crop_centres_shifts_pads_and_rejects():
         plan_crop(FaceBox(0, 0, 300, 300, 0.9), 320, 320, cfg)  # would need 140 px of padding
 
 
-def test_crop_video_is_512_and_keeps_the_face_centred(detector, video_dir):
-    clip = normalize_clip(video_dir / "talk_vertical_fullbody_demo1.mp4", 0.0, 25, NormalizeConfig())
-    frame = first_frame(clip.video)
+def test_face_then_normalize_is_one_512_encode_with_the_face_centred(detector, video_dir):
+    src = video_dir / "talk_vertical_fullbody_demo1.mp4"
+    frame = frame_at(src, 0.0, 25.0)
+    assert frame.shape == (1920, 1080, 3)  # display-rotated portrait frame
     face = select_face(detector.detect(frame), FaceConfig())
     box = plan_crop(face, frame.shape[1], frame.shape[0], FaceConfig())
-    out = crop_video(clip.video, box, frame.shape[1], frame.shape[0], FaceConfig())
+    clip = normalize_clip(src, 0.0, 25, NormalizeConfig(), box, (frame.shape[1], frame.shape[0]))
+    out = clip.video
     with av.open(io.BytesIO(out)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 25 and frames[0].shape == (512, 512, 3)
     cx, cy = detector.detect(frames[0])[0].center
     assert abs(cx - 256) < 40 and abs(cy - 256) < 40
+    # The frame the face stage looked at is the clip's first frame, cropped.
+    x0, y0, x1, y1 = box.as_list()
+    ref = cv2.resize(frame[y0:y1, x0:x1], (512, 512), interpolation=cv2.INTER_LANCZOS4).astype(float)
+    assert np.abs(frames[0].astype(float) - ref).mean() < 6.0
+
+
+def test_normalize_pads_a_crop_that_leaves_the_frame(video_dir):
+    box = CropBox(-20, -20, 440, 20)  # 20 px of black on the top and left of a 420 px frame
+    clip = normalize_clip(video_dir / "talk_livep_outdoor_d20.mp4", 0.0, 5, NormalizeConfig(), box, (480, 480))
+    with av.open(io.BytesIO(clip.video)) as c:
+        frame = next(iter(c.decode(video=0))).to_ndarray(format="rgb24")
+    assert frame.shape == (512, 512, 3)
+    assert frame[:15, :15].max() < 30 and frame[200:300, 200:300].mean() > 30

@@ -55,7 +55,7 @@ def test_normalize_rejects_the_silent_clip_first_unless_disabled():
         normalize_clip(src, 0.0, 50, NormalizeConfig())
     assert err.value.reason == "silent_audio"
     # With normalize's silence check off, the speech stage is what rejects the clip. Run the
-    # configured per-clip stages after `face` in pipeline order (stages without offline weights off).
+    # configured per-clip stages after `normalize` in pipeline order (stages without offline weights off).
     cfg = config_from_dict({
         "normalize": {"reject_silent_audio": False},
         "occlusion": {"enabled": False},
@@ -64,9 +64,10 @@ def test_normalize_rejects_the_silent_clip_first_unless_disabled():
     })
     stages = [s for s in build_stages(cfg) if isinstance(s, Stage)]
     names = [s.name for s in stages]
-    assert names.index("transition") < names.index("speech") < names.index("syncnet") < names.index("asd")
+    # speech (audio only, cheap) runs before the frame stages
+    assert names.index("normalize") < names.index("speech") < names.index("face_visibility") < names.index("asd")
     row = dict(clip_row("neg_silent_audio_expressions.mp4", 3.0))
-    for stage in stages[names.index("face") + 1 :]:
+    for stage in stages[names.index("normalize") + 1 :]:
         if stage.cfg.enabled and row["status"] == "kept":
             stage.setup()
             row = run_stage(stage, row)[0]

@@ -1,0 +1,95 @@
+"""Consecutive frame stages as one per-row operator: one decode, one face track, one actor.
+
+:func:`group_frame_stages` turns each run of consecutive enabled
+:class:`~vividhead.curation.stage.FrameStage` s that share a device (all on CPU, or all asking
+for GPUs) into one :class:`FrameGroup`. The group runs its stages in pipeline order over one
+:class:`~vividhead.curation.decoded_clip.DecodedClip` per row; each stage keeps its own timing,
+columns and rejection (a rejected row skips the rest of the group, as it skips the rest of the
+pipeline), so ``stats.json`` and the manifest read as if the stages ran one after another.
+The group's frame decode and face detection are timed under the first stage that asks for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from vividhead.curation.records import KEPT, Row
+from vividhead.curation.stage import FrameStage, Stage, StageConfig
+
+
+@dataclass(frozen=True)
+class GroupConfig(StageConfig):
+    """Resources of a group: the largest CPU and GPU share and pool size of its stages, and the
+    largest memory request (the stages share one decoded clip)."""
+
+
+class FrameGroup(Stage):
+    """Runs ``stages`` (frame stages, in pipeline order) on one shared decoded clip per row."""
+
+    def __init__(self, stages: Sequence[FrameStage]) -> None:
+        cfgs = [s.cfg for s in stages]
+        pools = [c.workers for c in cfgs if c.workers]
+        super().__init__(GroupConfig(
+            enabled=True,
+            num_cpus=max(c.num_cpus for c in cfgs),
+            num_gpus=max(c.num_gpus for c in cfgs),
+            workers=max(pools) if pools else None,
+            memory_gib=max(c.memory_gib for c in cfgs),
+        ))
+        self.stages = list(stages)
+        self.name = "+".join(s.name for s in stages)
+
+    def device(self) -> str:
+        for stage in self.stages:
+            stage.device()  # each stage's device check, with its own config key in the message
+        return self.stages[0].device()
+
+    def setup(self) -> None:
+        for stage in self.stages:
+            stage.setup()
+
+    def teardown(self) -> None:
+        for stage in self.stages:
+            stage.teardown()
+
+    def process(self, row: Row) -> list[Row]:
+        from vividhead.curation.decoded_clip import DecodedClip
+        from vividhead.curation.ray_adapter import run_stage
+
+        clip: Optional[DecodedClip] = None
+        for stage in self.stages:
+            if row["status"] != KEPT:
+                break
+            if clip is None:
+                clip = DecodedClip(row["video_bytes"], row.get("audio_bytes"))
+            (row,) = run_stage(stage, row, clip)
+        return [row]
+
+
+def group_frame_stages(stages: Sequence[Stage]) -> list[Stage]:
+    """``stages`` with each run of consecutive enabled frame stages on one device replaced by a
+    :class:`FrameGroup` (a run of one stays as it is); disabled stages are dropped from runs."""
+    out: list[Stage] = []
+    run: list[FrameStage] = []
+
+    def close_run() -> None:
+        if len(run) > 1:
+            out.append(FrameGroup(run))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for stage in stages:
+        if not stage.cfg.enabled and isinstance(stage, FrameStage):
+            continue
+        if isinstance(stage, FrameStage) and (not run or (run[0].cfg.num_gpus > 0) == (stage.cfg.num_gpus > 0)):
+            run.append(stage)
+            continue
+        close_run()
+        if isinstance(stage, FrameStage):
+            run.append(stage)
+        else:
+            out.append(stage)
+    close_run()
+    return out
