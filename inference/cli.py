@@ -9,11 +9,21 @@ import inspect
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 
 import typer
 
+from vividhead.inference.fidelity import FIDELITY_HELP, FidelityOptions
 from vividhead.training.models.configs import VARIANTS, get_variant
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def _fail(message: str) -> NoReturn:
+    """Stop the command with a one-line ``Error: ...`` on stderr (exit status 2, as a usage error)."""
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def _dtype(name: str):
@@ -27,17 +37,21 @@ def _dtype(name: str):
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """The options ``infer`` and ``serve`` share: which weights, where, and how to stream.
+    """The options ``infer`` and ``serve`` share: which weights, where, how to stream, the reference
+    crop and the released-code fidelity switches.
 
     :func:`with_model_options` adds them to a command (their ``--help`` text is in
-    :data:`MODEL_OPTIONS`); the command receives them as one ``ModelOptions``.
+    :data:`MODEL_OPTIONS`, the fidelity flags' in :data:`vividhead.inference.fidelity.FIDELITY_HELP`);
+    the command receives them as one ``ModelOptions``. ``checkpoint``, ``checkpoint_dir`` and
+    ``wav2vec_dir`` are local folders or Hugging Face Hub ids (``owner/name[@revision]``), resolved by
+    :func:`vividhead.inference.checkpoints.resolve_source` (offline with ``VIVIDHEAD_OFFLINE=1``).
     """
 
     variant: str = "pro"
-    checkpoint: Optional[Path] = None
-    checkpoint_dir: Optional[Path] = None
+    checkpoint: Optional[str] = None
+    checkpoint_dir: Optional[str] = None
     vae: Optional[Path] = None
-    wav2vec_dir: Optional[Path] = None
+    wav2vec_dir: Optional[str] = None
     random_weights: bool = False
     device: str = "cuda"
     dtype: str = "bf16"
@@ -45,6 +59,8 @@ class ModelOptions:
     compile: bool = False
     cuda_graphs: bool = False
     fast_start: bool = False
+    crop_face: bool = False
+    fidelity: FidelityOptions = FidelityOptions()
 
     def load(self):
         """Build :class:`vividhead.inference.pipeline.FlashHeadModels`.
@@ -56,26 +72,42 @@ class ModelOptions:
 
         Raises:
             typer.BadParameter: missing paths without ``--random-weights``.
+            typer.Exit: a source that is neither a folder nor a Hub id, or a Hub id not available
+                (offline, or the download failed): one-line error.
         """
         from diffusers.utils import logging as dlog
 
+        from vividhead.curation.weights import WeightsNotFound
+        from vividhead.inference.checkpoints import FLASHHEAD_WEIGHTS, resolve_source
         from vividhead.inference.pipeline import FlashHeadModels
+        from vividhead.training.trainers.models import EXPORT_META
 
         dlog.set_verbosity_error()
         dtype = _dtype(self.dtype)
-        if self.checkpoint is not None:
-            models = FlashHeadModels.from_export(self.checkpoint, device=self.device, dtype=dtype)
-        elif self.random_weights:
-            models = FlashHeadModels.random(get_variant(self.variant), device=self.device, dtype=dtype)
-        else:
-            v = get_variant(self.variant)
-            if self.checkpoint_dir is None or self.wav2vec_dir is None:
-                raise typer.BadParameter("--checkpoint, or --checkpoint-dir and --wav2vec-dir, are required "
-                                         "(or --random-weights)")
-            vae = self.vae or self.checkpoint_dir / ("VAE_LTX" if v.vae.value == "ltx" else "VAE_Wan/Wan2.1_VAE.pth")
-            models = FlashHeadModels.from_pretrained(
-                v, self.checkpoint_dir / v.checkpoint_subdir, vae, self.wav2vec_dir, device=self.device, dtype=dtype
-            )
+        try:
+            if self.checkpoint is not None:
+                folder = resolve_source(self.checkpoint, required=(EXPORT_META,))
+                models = FlashHeadModels.from_export(folder, device=self.device, dtype=dtype)
+            elif self.random_weights:
+                models = FlashHeadModels.random(get_variant(self.variant), device=self.device, dtype=dtype)
+            else:
+                v = get_variant(self.variant)
+                if self.checkpoint_dir is None or self.wav2vec_dir is None:
+                    raise typer.BadParameter(
+                        "--checkpoint, or --checkpoint-dir and --wav2vec-dir, are required (or --random-weights); "
+                        "e.g. --checkpoint-dir Soul-AILab/SoulX-FlashHead-1_3B --wav2vec-dir facebook/wav2vec2-base-960h")
+                vae_dir = "VAE_LTX" if v.vae.value == "ltx" else "VAE_Wan"
+                root = resolve_source(self.checkpoint_dir, FLASHHEAD_WEIGHTS, required=(v.checkpoint_subdir,),
+                                      allow_patterns=[f"{v.checkpoint_subdir}/*", f"{vae_dir}/*"])
+                wav2vec = resolve_source(self.wav2vec_dir, required=("config.json",),
+                                         allow_patterns=["*.json", "*.safetensors", "*.txt"])
+                vae = self.vae or root / ("VAE_LTX" if v.vae.value == "ltx" else "VAE_Wan/Wan2.1_VAE.pth")
+                models = FlashHeadModels.from_pretrained(
+                    v, root / v.checkpoint_subdir, vae, wav2vec, device=self.device, dtype=dtype
+                )
+        except (FileNotFoundError, WeightsNotFound) as exc:
+            _fail(str(exc))
+        models = dataclasses.replace(models, fidelity=self.fidelity)
         if self.compile:
             models.optimize(cuda_graphs=self.cuda_graphs)
         return models
@@ -84,15 +116,36 @@ class ModelOptions:
         """The loaded model's streaming geometry with ``--fast-start`` applied."""
         return dataclasses.replace(models.variant.streaming, fast_start=self.fast_start)
 
+    def reference(self, path: Path, streaming) -> np.ndarray:
+        """Read the reference image (uint8 ``[H, W, 3]`` RGB), face-cropped to the streaming frame
+        size with ``--crop-face`` (:func:`vividhead.inference.face_crop.crop_face`).
+
+        Raises:
+            typer.Exit: no face found, or the detector weights are missing (one-line error).
+        """
+        from vividhead.curation.weights import WeightsNotFound
+        from vividhead.inference.face_crop import NoFaceError, crop_face
+        from vividhead.inference.media import read_image
+
+        image = read_image(path)
+        if not self.crop_face:
+            return image
+        try:
+            return crop_face(image, streaming.height_px, streaming.width_px)
+        except (NoFaceError, WeightsNotFound) as exc:
+            _fail(f"--crop-face: {path}: {exc}")
+
 
 #: ``--help`` of each :class:`ModelOptions` field (and its option name where the default would differ).
 MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
     "variant": typer.Option(help=f"One of {sorted(VARIANTS)} (ignored with --checkpoint)."),
     "checkpoint": typer.Option(
-        "--checkpoint", help="A folder written by `vividhead train export` (trained DiT + its VAE and Wav2Vec)."),
-    "checkpoint_dir": typer.Option(help="Upstream SoulX-FlashHead-1_3B folder."),
+        "--checkpoint", help="A `vividhead train export` folder (stage 1 or 2: trained DiT + its VAE and Wav2Vec), "
+                             "local or a Hub id owner/name[@revision]."),
+    "checkpoint_dir": typer.Option(help="Released SoulX-FlashHead-1_3B: local folder or Hub id "
+                                        "(Soul-AILab/SoulX-FlashHead-1_3B, pinned revision unless @rev)."),
     "vae": typer.Option("--vae", help="VAE checkpoint (default: inside --checkpoint-dir)."),
-    "wav2vec_dir": typer.Option(help="Local wav2vec2-base-960h folder."),
+    "wav2vec_dir": typer.Option(help="wav2vec2-base-960h: local folder or Hub id (facebook/wav2vec2-base-960h, pinned)."),
     "random_weights": typer.Option(help="Random weights (smoke tests, speed)."),
     "device": typer.Option(help="cuda / cpu."),
     "dtype": typer.Option(help="bf16 / fp16 / fp32."),
@@ -100,14 +153,20 @@ MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
     "compile": typer.Option("--compile", help="Fast path: compiled DiT, accelerated VAE (GPU)."),
     "cuda_graphs": typer.Option("--cuda-graphs", help="With --compile: CUDA graphs for the DiT."),
     "fast_start": typer.Option("--fast-start", help="Short first chunk (lower first-frame latency)."),
+    "crop_face": typer.Option("--crop-face", help="Crop the reference around its largest face (released recipe; "
+                                                 "detector weights from the registry)."),
 }
 
 
 def _model_parameters() -> list[inspect.Parameter]:
     hints = typing.get_type_hints(ModelOptions)
-    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                              annotation=Annotated[hints[f.name], MODEL_OPTIONS[f.name]])
-            for f in dataclasses.fields(ModelOptions)]
+    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                annotation=Annotated[hints[f.name], MODEL_OPTIONS[f.name]])
+              for f in dataclasses.fields(ModelOptions) if f.name != "fidelity"]
+    return params + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                       annotation=Annotated[bool, typer.Option(*FIDELITY_HELP[f.name][:1],
+                                                                               help=FIDELITY_HELP[f.name][1])])
+                     for f in dataclasses.fields(FidelityOptions)]
 
 
 def with_model_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -119,11 +178,13 @@ def with_model_options(command: Callable[..., None]) -> Callable[..., None]:
     sig = inspect.signature(command, eval_str=True)
     own = [p for name, p in sig.parameters.items() if name != "model"]
     shared = _model_parameters()
-    names = [p.name for p in shared]
+    fidelity_names = [f.name for f in dataclasses.fields(FidelityOptions)]
+    names = [p.name for p in shared if p.name not in fidelity_names]
 
     @functools.wraps(command)
     def run(**kwargs):
-        model = ModelOptions(**{name: kwargs.pop(name) for name in names})
+        fidelity = FidelityOptions(**{name: kwargs.pop(name) for name in fidelity_names})
+        model = ModelOptions(**{name: kwargs.pop(name) for name in names}, fidelity=fidelity)
         return command(**kwargs, model=model)
 
     run.__signature__ = sig.replace(parameters=own + shared)
@@ -140,13 +201,16 @@ def infer(
     """Generate a talking-head video from a reference image and a speech file, chunk by chunk."""
     from tqdm import tqdm
 
-    from vividhead.inference.media import Mp4Writer, read_audio, read_image
+    from vividhead.inference.media import Mp4Writer, read_audio
     from vividhead.inference.pipeline import StreamingSession
 
     models = model.load()
     cfg = model.streaming(models)
-    ref = read_image(image)
-    speech = read_audio(audio, cfg.sample_rate_hz)
+    ref = model.reference(image, cfg)
+    try:
+        speech = read_audio(audio, cfg.sample_rate_hz)
+    except ValueError as exc:
+        _fail(f"--audio: {exc}")
     session = StreamingSession(models, ref, seed=model.seed, streaming=cfg)
     n_frames = -(-len(speech) // cfg.samples_per_frame)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,12 +239,11 @@ def serve(
     """Serve live sessions over WebSocket: s16le 16 kHz PCM in, H.264 MP4 chunks out."""
     import asyncio
 
-    from vividhead.inference.media import read_image
     from vividhead.inference.server import serve_forever
 
     models = model.load()
-    asyncio.run(serve_forever(models, read_image(image), host, port, streaming=model.streaming(models),
-                              seed=model.seed))
+    cfg = model.streaming(models)
+    asyncio.run(serve_forever(models, model.reference(image, cfg), host, port, streaming=cfg, seed=model.seed))
 
 
 def register(app: typer.Typer) -> None:

@@ -29,23 +29,29 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_audio(path: str | Path, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
-    """Read a speech file as mono float32 ``[N]`` in [-1, 1] at ``sample_rate_hz`` (polyphase
-    resampling; channels averaged).
+    """Read a speech file as mono float32 ``[N]`` at ``sample_rate_hz``, as the released FlashHead
+    code does (``librosa.load(path, sr=16000, mono=True)``): any sample rate (resampled with soxr's
+    high-quality filter), any channel count (averaged), and every format libsndfile reads (WAV, FLAC,
+    OGG, MP3 with libsndfile >= 1.1), else librosa's audioread fallback.
+
+    Returns:
+        float32 ``[N]``, nominally in [-1, 1]; ``N = ceil(frames * sample_rate_hz / file_rate)``.
 
     Raises:
         FileNotFoundError: missing file.
+        ValueError: unreadable or empty audio (one line naming the file).
     """
-    import soundfile as sf
-    from scipy.signal import resample_poly
+    import librosa
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(p)
-    data, sr = sf.read(str(p), dtype="float32", always_2d=True)
-    mono = data.mean(axis=1)
-    if sr != sample_rate_hz:
-        g = np.gcd(sr, sample_rate_hz)
-        mono = resample_poly(mono, sample_rate_hz // g, sr // g).astype(np.float32)
+    try:
+        mono, _ = librosa.load(str(p), sr=sample_rate_hz, mono=True, dtype=np.float32)
+    except Exception as exc:  # soundfile / audioread errors differ by backend and format
+        raise ValueError(f"{p}: cannot read audio ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if mono.size == 0:
+        raise ValueError(f"{p}: no audio samples")
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 

@@ -27,41 +27,16 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vividhead.inference.audio_cache import TemporalAudioContextCache
 from vividhead.inference.color import match_colors, reference_lab_stats
+from vividhead.inference.fidelity import FidelityOptions, apply_to_vae, frames_to_uint8, preprocess_reference
 from vividhead.training.flow_matching import reference_video, sample_chunk
 from vividhead.training.models.audio_encoder import Wav2VecFeatures
 from vividhead.training.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
 from vividhead.training.models.flashhead import FlashHeadTransformer
 from vividhead.training.models.loading import load_flashhead_transformer
 from vividhead.training.models.vae import VideoVAE, build_vae, load_vae
-
-
-def preprocess_reference(image: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """Resize (shorter side, bilinear) and centre-crop a reference image.
-
-    Args:
-        image: uint8 ``[H0, W0, 3]`` RGB.
-        height, width: target size in pixels.
-
-    Returns:
-        float32 ``[1, 3, 1, height, width]`` in [-1, 1].
-
-    Raises:
-        ValueError: not an RGB uint8 image.
-    """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected uint8 [H, W, 3], got {image.dtype} {image.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(image).copy()).permute(2, 0, 1)[None].float()  # [1, 3, H0, W0]
-    h0, w0 = x.shape[2:]
-    scale = max(height / h0, width / w0)
-    nh, nw = max(height, round(h0 * scale)), max(width, round(w0 * scale))
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-    top, left = (nh - height) // 2, (nw - width) // 2
-    x = x[:, :, top : top + height, left : left + width]
-    return (x / 127.5 - 1.0).clamp(-1, 1)[:, :, None]
 
 
 def pcm_to_float(pcm: np.ndarray | bytes) -> np.ndarray:
@@ -96,6 +71,9 @@ class FlashHeadModels:
         audio_encoder: :class:`Wav2VecFeatures` (float32).
         device, dtype: where / in what precision the DiT and VAE run.
         cuda_graphs: the DiT replays CUDA graphs (set by :meth:`optimize`).
+        fidelity: released-code behaviour or ours where they differ
+            (:class:`vividhead.inference.fidelity.FidelityOptions`); its LTX switches are set on the
+            VAE here, the rest every session reads.
     """
 
     variant: FlashHeadVariant
@@ -105,6 +83,10 @@ class FlashHeadModels:
     device: torch.device
     dtype: torch.dtype
     cuda_graphs: bool = False
+    fidelity: FidelityOptions = field(default_factory=FidelityOptions)
+
+    def __post_init__(self) -> None:
+        self.vae = apply_to_vae(self.vae, self.fidelity)
 
     @classmethod
     def random(
@@ -295,11 +277,17 @@ class StreamingSession:
         self.generator = torch.Generator(device=dev).manual_seed(seed)
         self.seed = seed
         self.schedule = cfg.schedule
-        ref = preprocess_reference(reference_image, cfg.height_px, cfg.width_px).to(dev)
+        fid = models.fidelity
+        ref = preprocess_reference(reference_image, cfg.height_px, cfg.width_px, antialias=fid.reference_antialias,
+                                   dtype=models.dtype).to(dev)
         self.ref_stats = reference_lab_stats(ref)
+        # LTX posterior noise (FidelityOptions.ltx_sample_posterior) has its own generators, so the
+        # sampler's noise stream is the same with and without it.
+        self._posterior_generator = torch.Generator(device=dev)
         with torch.no_grad():
             # Reference latent: the reference frame repeated over the whole chunk (public code).
-            self.ref_latent = vae.encode(reference_video(ref.to(models.dtype), cfg.frame_num))
+            self.ref_latent = self._vae_encode(reference_video(ref.to(models.dtype), cfg.frame_num),
+                                               torch.Generator(device=dev).manual_seed(seed + 1))
         self._pending = np.zeros(cfg.samples_per_chunk, dtype=np.float32)
         self._pending_len = 0
         self._ready: deque[tuple[np.ndarray, int]] = deque()  # (samples, chunk index)
@@ -319,6 +307,7 @@ class StreamingSession:
         self.frames_emitted = 0
         self.chunks_done = 0
         self.generator.manual_seed(self.seed)
+        self._posterior_generator.manual_seed(self.seed + 2)
 
     # -- public API -----------------------------------------------------------------------------
     def feed(self, pcm: np.ndarray | bytes) -> Iterator[np.ndarray]:
@@ -375,6 +364,13 @@ class StreamingSession:
         while self._ready:
             yield self._run_chunk(*self._ready.popleft())
 
+    def _vae_encode(self, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """VAE-encode ``[1, 3, T, H, W]``; an LTX VAE that samples its posterior draws from ``generator``."""
+        vae = self.models.vae
+        if getattr(vae, "sample_posterior", False):
+            return vae.encode(video, generator=generator)
+        return vae.encode(video)
+
     def _sync(self) -> float:
         if self.profile and self.models.device.type == "cuda":
             torch.cuda.synchronize(self.models.device)
@@ -418,7 +414,7 @@ class StreamingSession:
         if self._motion_video is not None:
             # The previous chunk's motion frames are encoded here, after its frames were handed
             # out, so the encode is not on the path from audio to frames.
-            self.motion_latents = vae.encode(self._motion_video)
+            self.motion_latents = self._vae_encode(self._motion_video, self._posterior_generator)
             self._motion_video = None
         t_enc = self._sync() - t0
         t0 = time.perf_counter()
@@ -459,7 +455,7 @@ class StreamingSession:
             keep = match_colors(keep, self.ref_stats, cfg.color_correction_strength)
         self._motion_video = keep[:, :, -cfg.motion_frames :].contiguous()
         new = keep[0, :, keep.shape[2] - n_emit :]  # [3, n_emit, H, W]
-        return ((new.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)
+        return frames_to_uint8(new, round_=self.models.fidelity.uint8_round)
 
 
 def state_nbytes(session: StreamingSession) -> int:

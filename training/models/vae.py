@@ -2,10 +2,13 @@
 ``AutoencoderKLLTXVideo`` (Lite), with the latent normalisation the DiT was trained on.
 
 Both wrappers take and return videos ``[B, 3, T, H, W]`` in ``[-1, 1]`` and normalised latents
-``[B, C, T', H', W']`` (``(mu - mean) / std``, per channel), using the posterior mean (no sampling),
-so encode/decode are deterministic. Upstream (``flash_head/wan/modules/vae.py``,
-``flash_head/ltx_video/ltx_vae.py``) normalises the same way; its LTX wrapper samples the
-posterior, which we do not.
+``[B, C, T', H', W']`` (``(z - mean) / std``, per channel). By default both use the posterior mean
+(no sampling) and clamp decoded videos to [-1, 1], so encode/decode are deterministic (what the
+trainers use). Upstream (``flash_head/wan/modules/vae.py``, ``flash_head/ltx_video/ltx_vae.py``)
+normalises the same way; its Wan wrapper also takes the mean and clamps, but its LTX wrapper samples
+the posterior and returns the decode unclamped. :class:`LTXVAE` does either, per
+:attr:`LTXVAE.sample_posterior` / :attr:`LTXVAE.clamp_decode` (streaming inference sets them from
+:class:`vividhead.inference.fidelity.FidelityOptions`).
 
 Checkpoints: diffusers-format state dicts load directly; original-format ones (``Wan2.1_VAE.pth``,
 LTX-Video ``VAE_LTX``) are converted with diffusers' own single-file converters
@@ -98,11 +101,19 @@ class LTXVAE(VideoVAE):
 
     Args:
         model: a diffusers ``AutoencoderKLLTXVideo`` (``latents_mean`` / ``latents_std`` buffers).
+
+    Attributes:
+        sample_posterior: ``encode`` draws ``z = mu + sigma * eps`` from the posterior, as the released
+            FlashHead LTX wrapper does (``latent_dist.sample()``); ``False`` (default): ``z = mu``.
+        clamp_decode: ``decode`` clamps to [-1, 1] (default); the released wrapper does not (values
+            slightly outside reach its colour correction).
     """
 
     def __init__(self, model: AutoencoderKLLTXVideo) -> None:
         super().__init__()
         self.model = model
+        self.sample_posterior = False
+        self.clamp_decode = True
         cfg = model.config
         self.latent_channels = cfg.latent_channels
         self.temporal_stride = model.temporal_compression_ratio
@@ -115,23 +126,31 @@ class LTXVAE(VideoVAE):
         )
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """``video: [B, 3, 1+8k, H, W]`` in [-1, 1] -> normalised latents ``[B, 128, 1+k, H/32, W/32]``."""
+    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``video: [B, 3, 1+8k, H, W]`` in [-1, 1] -> normalised latents ``[B, 128, 1+k, H/32, W/32]``.
+
+        Args:
+            generator: draws ``eps`` when :attr:`sample_posterior` is on (``None``: torch's global
+                RNG, as upstream); unused otherwise.
+        """
         dtype = self.model.dtype
-        mu = self.model.encode(video.to(dtype)).latent_dist.mode()
+        posterior = self.model.encode(video.to(dtype)).latent_dist
+        mu = posterior.sample(generator) if self.sample_posterior else posterior.mode()
         mean, std = self._stats()
         return ((mu.float() - mean) / std).to(dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """``latents: [B, 128, T', h, w]`` -> video ``[B, 3, 1+8(T'-1), 32h, 32w]`` in [-1, 1]."""
+        """``latents: [B, 128, T', h, w]`` -> video ``[B, 3, 1+8(T'-1), 32h, 32w]``, in [-1, 1] when
+        :attr:`clamp_decode` is on (else as decoded: a little outside at times)."""
         dtype = self.model.dtype
         mean, std = self._stats()
         z = (latents.float() * std + mean).to(dtype)
         temb = None
         if self.model.config.timestep_conditioning:
             temb = torch.zeros(z.shape[0], device=z.device, dtype=dtype)
-        return self.model.decode(z, temb=temb, return_dict=False)[0].clamp(-1, 1)
+        video = self.model.decode(z, temb=temb, return_dict=False)[0]
+        return video.clamp(-1, 1) if self.clamp_decode else video
 
 
 TINY_WAN_VAE_KWARGS = dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
