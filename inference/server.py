@@ -1,112 +1,358 @@
-"""Live WebSocket server: PCM in, encoded video chunks out, one :class:`StreamingSession` per connection.
+"""Live WebSocket server: PCM in, encoded video chunks out, one :class:`StreamingSession` per connection,
+the chunks of concurrent sessions generated in one batch, a browser demo page on the same port.
 
 Protocol (JSON text frames for control, binary frames for data):
 
 * server -> client on connect: ``{"type": "ready", "sample_rate": 16000, "fps": 25, "format": "s16le",
-  "samples_per_chunk": 17920, "width": 512, "height": 512, "codec": "h264/mp4"}``
+  "samples_per_chunk": 17920, "width": 512, "height": 512, "codec": "h264/mp4"}``; or, when the
+  server cannot serve one more session in real time, ``{"type": "error", "reason": "server_full",
+  "message": ...}`` and a close with code 1013 (try again later).
 * client -> server, binary: mono s16le PCM at ``sample_rate``, any length (even byte count).
 * server -> client per decoded chunk: ``{"type": "video", "index": i, "first_frame": k, "frames": n}``
   then one binary frame holding a standalone H.264 MP4 of those ``n`` frames.
 * client -> server, text: ``{"type": "flush"}`` (pad the tail with silence, emit the frames it covers,
-  answer ``{"type": "flushed", "frames_total": ...}``) or ``{"type": "reset"}`` (cold start again).
-* anything else (bad JSON, unknown type, odd byte count) -> ``{"type": "error", "message": ...}``;
-  the session stays open.
+  answer ``{"type": "flushed", "frames_total": ...}``), ``{"type": "reset"}`` (cold start again,
+  answer ``{"type": "reset", ...}``), ``{"type": "reference", "image": "<base64 PNG/JPEG>"}`` (a new
+  reference portrait for this connection: cold start with it, answer ``{"type": "reference",
+  "width": w, "height": h}`` with the uploaded size).
+* anything else (bad JSON, unknown type, odd byte count, undecodable image) ->
+  ``{"type": "error", "message": ...}``; the session stays open.
 
-Generation runs in a worker thread so the event loop keeps serving other connections; one lock
-serialises use of the shared models (one GPU).
+An HTTP ``GET`` on the port (not a WebSocket upgrade) serves the demo page from
+``inference/static/`` (``/`` is ``index.html``).
+
+Concurrency: a :class:`~vividhead.inference.batching.BatchScheduler` owns the models on one worker
+thread and batches the waiting chunks of all sessions per round. Per connection, a receive loop
+splits the PCM into chunks, a generate loop submits them in order (one in flight per session), and a
+send loop encodes the MP4s (thread pool, parallel across sessions) and sends them in order.
+
+Admission control (:class:`AdmissionConfig`): a new connection is refused when ``max_sessions`` are
+open, or when the measured cost of one round of ``n + 1`` sessions (:class:`ChunkCostModel`, filled
+by :meth:`FlashHeadServer.warm_up` and by every served round) exceeds ``realtime_margin`` times the
+chunk's duration: it could not be served in real time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
+import functools
+import http
+import io
 import json
 import logging
-import threading
+import mimetypes
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from vividhead.inference.batching import BatchingConfig, BatchScheduler, ChunkJob, run_chunks
 from vividhead.inference.media import encode_mp4_bytes
 from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
 from vividhead.training.models.configs import StreamingConfig
 
 logger = logging.getLogger(__name__)
 
+#: The demo page's files (``index.html``, ``app.js``).
+STATIC_DIR = Path(__file__).parent / "static"
+#: Largest uploaded reference image (bytes after base64 decoding).
+MAX_IMAGE_BYTES = 8 * 2**20
+#: Close code of a refused connection (RFC 6455 1013: try again later).
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """When a new session is refused.
+
+    Attributes:
+        max_sessions: most open sessions (``None``: no fixed cap, only the measured estimate).
+        realtime_margin: a session is admitted only if the estimated round time with it is at most
+            this fraction of one chunk's duration (1.12 s for Pro, 0.96 s for Lite); the rest is
+            slack for MP4 encoding, the network and jitter. ``None`` turns the estimate off.
+    """
+
+    max_sessions: int | None = None
+    realtime_margin: float | None = 0.85
+
+    def __post_init__(self) -> None:
+        if self.max_sessions is not None and self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if self.realtime_margin is not None and not 0 < self.realtime_margin <= 1:
+            raise ValueError(f"realtime_margin must be in (0, 1], got {self.realtime_margin}")
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode PNG/JPEG/... bytes to uint8 RGB ``[H, W, 3]``.
+
+    Raises:
+        ValueError: empty, too large or not an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data or len(data) > MAX_IMAGE_BYTES:
+        raise ValueError(f"image must be 1..{MAX_IMAGE_BYTES} bytes, got {len(data)}")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"not a decodable image: {exc}") from None
+
 
 class FlashHeadServer:
-    """Holds the shared models and reference image; :meth:`handler` serves one connection.
+    """Holds the shared models, the default reference image and the batch scheduler;
+    :meth:`handler` serves one connection.
 
     Args:
         models: shared weights.
-        reference_image: uint8 ``[H, W, 3]``.
+        reference_image: uint8 ``[H, W, 3]``, every session's reference until it uploads its own.
         seed: noise seed of every session.
         streaming: chunk geometry of every session (default: the variant's), e.g. with ``fast_start``.
+        batching: how chunks of concurrent sessions are batched.
+        admission: when new sessions are refused.
     """
 
     def __init__(
         self, models: FlashHeadModels, reference_image: np.ndarray, seed: int = 42,
-        streaming: StreamingConfig | None = None,
+        streaming: StreamingConfig | None = None, batching: BatchingConfig | None = None,
+        admission: AdmissionConfig | None = None,
     ) -> None:
         self.models = models
         self.reference_image = reference_image
         self.seed = seed
         self.streaming = streaming or models.variant.streaming
-        self._lock = threading.Lock()
+        self.batching = batching or BatchingConfig()
+        self.admission = admission or AdmissionConfig()
+        self.scheduler = BatchScheduler(self.batching, frame_num=self.streaming.frame_num)
+        self.active_sessions = 0
+        self.refused_sessions = 0
 
-    def _run(self, fn, *args):
-        with self._lock:
-            return fn(*args)
+    # -- admission ------------------------------------------------------------------------------
+    @property
+    def chunk_seconds(self) -> float:
+        """Duration of the audio (and video) of one standard chunk: ``new_frames / fps``."""
+        return self.streaming.new_frames / self.streaming.fps
 
-    async def handler(self, ws) -> None:
-        """Serve one WebSocket connection until it closes."""
+    def round_seconds(self, sessions: int) -> float | None:
+        """Estimated seconds of one round serving ``sessions`` standard chunks (``None``: nothing
+        measured yet); rounds above ``max_batch`` are split and their times added."""
+        mb, total = self.batching.max_batch, 0.0
+        for start in range(0, sessions, mb):
+            est = self.scheduler.cost.estimate(self.batching.padded(min(mb, sessions - start)))
+            if est is None:
+                return None
+            total += est
+        return total
+
+    def refusal(self) -> str | None:
+        """Why one more session cannot be admitted now, or ``None`` to admit it."""
+        adm, n = self.admission, self.active_sessions
+        if adm.max_sessions is not None and n >= adm.max_sessions:
+            return f"server full: {n} of at most {adm.max_sessions} sessions open"
+        if adm.realtime_margin is not None:
+            est = self.round_seconds(n + 1)
+            budget = adm.realtime_margin * self.chunk_seconds
+            if est is not None and est > budget:
+                return (f"server full: {n + 1} sessions would need an estimated {est:.3f} s per "
+                        f"{self.chunk_seconds:.2f} s chunk (real time allows {budget:.3f} s)")
+        return None
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,), rounds: int = 2) -> dict[int, float]:
+        """Serve throw-away sessions at each batch size (random audio, the default reference) so that
+        compilation happens now and admission starts from measurements: per size, the cold-start
+        chunk(s) first, then ``rounds`` measured standard rounds. Blocks; call before serving.
+
+        Returns:
+            ``{padded batch size: median seconds per round}`` measured so far.
+        """
         cfg = self.streaming
-        session = await asyncio.to_thread(
-            self._run,
-            lambda: StreamingSession(self.models, self.reference_image, seed=self.seed, streaming=cfg),
-        )
+        rng = np.random.default_rng(0)
+        skip = 2 if cfg.fast_start else 1  # cold-start rounds: shorter, or without the motion encode
+
+        def run(b: int) -> None:
+            sessions = [self._new_session(self.reference_image) for _ in range(b)]
+            for r in range(skip + rounds):
+                n = cfg.chunk_frames(r)[1] * cfg.samples_per_frame
+                jobs = [ChunkJob(s, (rng.standard_normal(n) * 0.1).astype(np.float32), r) for s in sessions]
+                t0 = time.perf_counter()
+                run_chunks(jobs, self.batching)
+                if r >= skip:
+                    self.scheduler.cost.observe(self.batching.padded(b), time.perf_counter() - t0)
+
+        for b in batch_sizes:
+            self.scheduler.call(lambda b=min(b, self.batching.max_batch): run(b)).result()
+        return self.scheduler.cost.medians()
+
+    def close(self) -> None:
+        """Stop the batch scheduler (after the work already queued)."""
+        self.scheduler.close()
+
+    # -- HTTP: the demo page --------------------------------------------------------------------
+    def process_request(self, connection, request):
+        """``websockets`` hook: serve the demo page's files to plain HTTP GETs; let WebSocket
+        upgrades through (``None``)."""
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        from websockets.datastructures import Headers
+        from websockets.http11 import Response
+
+        name = request.path.split("?", 1)[0].lstrip("/") or "index.html"
+        path = (STATIC_DIR / name).resolve()
+        if STATIC_DIR.resolve() not in path.parents or not path.is_file():
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+        body = path.read_bytes()
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        headers = Headers([("Content-Type", ctype + ("; charset=utf-8" if ctype.startswith("text/") or
+                                                     ctype.endswith("javascript") else "")),
+                           ("Content-Length", str(len(body))), ("Cache-Control", "no-cache")])
+        return Response(200, "OK", headers, body)
+
+    # -- WebSocket ------------------------------------------------------------------------------
+    async def handler(self, ws) -> None:
+        """Serve one WebSocket connection until it closes (or refuse it, see :meth:`refusal`)."""
+        reason = self.refusal()
+        if reason is not None:
+            self.refused_sessions += 1
+            logger.info("refused a session: %s", reason)
+            await ws.send(json.dumps({"type": "error", "reason": "server_full", "message": reason}))
+            await ws.close(CLOSE_TRY_AGAIN_LATER, "server full")
+            return
+        self.active_sessions += 1
+        try:
+            await self._serve(ws)
+        finally:
+            self.active_sessions -= 1
+
+    def _new_session(self, image: np.ndarray) -> StreamingSession:
+        return StreamingSession(self.models, image, seed=self.seed, streaming=self.streaming)
+
+    async def _serve(self, ws) -> None:
+        cfg = self.streaming
+        state = {"session": await asyncio.wrap_future(self.scheduler.call(
+            lambda: self._new_session(self.reference_image)))}
         await ws.send(json.dumps({
             "type": "ready", "sample_rate": cfg.sample_rate_hz, "fps": cfg.fps, "format": "s16le",
             "samples_per_chunk": cfg.samples_per_chunk, "width": cfg.width_px, "height": cfg.height_px,
             "codec": "h264/mp4",
         }))
-        index = cursor = 0
-        async for message in ws:
-            try:
-                if isinstance(message, (bytes, bytearray)):
-                    chunks = await asyncio.to_thread(self._run, lambda m=message: list(session.feed(bytes(m))))
-                    reply = None
-                else:
+        work: asyncio.Queue = asyncio.Queue()  # ("chunk", samples, index) | ("call", fn, after, done)
+        out: asyncio.Queue = asyncio.Queue()  # ("video", frames) | ("json", dict) | ("restart",)
+        tasks = [asyncio.create_task(self._generate_loop(state, work, out)),
+                 asyncio.create_task(self._send_loop(ws, out))]
+
+        async def barrier(fn, after) -> None:
+            """Run ``fn(session)`` on the model thread after this session's queued chunks; ``after(result)``
+            gives the items to send. Waits, so no PCM is split while the session changes."""
+            done = asyncio.get_running_loop().create_future()
+            work.put_nowait(("call", fn, after, done))
+            await done
+
+        try:
+            async for message in ws:
+                try:
+                    if isinstance(message, (bytes, bytearray)):
+                        session: StreamingSession = state["session"]
+                        session.feed(bytes(message))  # splits into chunks at once; generation is ours
+                        while session._ready:
+                            work.put_nowait(("chunk", *session._ready.popleft()))
+                        continue
                     msg = json.loads(message)
                     kind = msg.get("type") if isinstance(msg, dict) else None
                     if kind == "flush":
-                        chunks = await asyncio.to_thread(self._run, lambda: list(session.flush()))
-                        reply = "flushed"
+                        await barrier(lambda s: list(s.flush()), lambda frames, s: [
+                            *(("video", f) for f in frames),
+                            ("json", {"type": "flushed", "frames_total": s.frames_emitted})])
                     elif kind == "reset":
-                        await asyncio.to_thread(self._run, session.reset)
-                        chunks, reply, index, cursor = [], "reset", 0, 0
+                        await barrier(lambda s: s.reset(), lambda _, s: [
+                            ("restart",), ("json", {"type": "reset", "frames_total": 0})])
+                    elif kind == "reference":
+                        image = decode_image(_b64(msg.get("image")))
+                        await barrier(lambda s, im=image: state.update(session=self._new_session(im)),
+                                      lambda _, s, im=image: [("restart",), ("json", {
+                                          "type": "reference", "width": int(im.shape[1]), "height": int(im.shape[0])})])
                     else:
                         raise ValueError(f"unknown message type {kind!r}")
-            except (ValueError, json.JSONDecodeError) as exc:
-                await ws.send(json.dumps({"type": "error", "message": str(exc)}))
+                except (ValueError, json.JSONDecodeError) as exc:
+                    out.put_nowait(("json", {"type": "error", "message": str(exc)}))
+            work.put_nowait(None)
+            out.put_nowait(None)
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.gather(*tasks)
+
+    async def _generate_loop(self, state: dict, work: asyncio.Queue, out: asyncio.Queue) -> None:
+        while (item := await work.get()) is not None:
+            if item[0] == "chunk":
+                frames = await asyncio.wrap_future(self.scheduler.submit_chunk(state["session"], *item[1:]))
+                out.put_nowait(("video", frames))
                 continue
-            for frames in chunks:
-                data = await asyncio.to_thread(encode_mp4_bytes, frames, cfg.fps)
+            _, fn, after, done = item
+            session = state["session"]
+            try:
+                result = await asyncio.wrap_future(self.scheduler.call(functools.partial(fn, session)))
+            except ValueError as exc:
+                out.put_nowait(("json", {"type": "error", "message": str(exc)}))
+            else:
+                for x in after(result, state["session"]):
+                    out.put_nowait(x)
+            done.set_result(None)
+
+    async def _send_loop(self, ws, out: asyncio.Queue) -> None:
+        fps = self.streaming.fps
+        index = cursor = 0
+        while (item := await out.get()) is not None:
+            if item[0] == "video":
+                frames = item[1]
+                data = await asyncio.to_thread(encode_mp4_bytes, frames, fps)
                 await ws.send(json.dumps({"type": "video", "index": index, "first_frame": cursor,
                                           "frames": int(frames.shape[0])}))
                 await ws.send(data)
                 index += 1
                 cursor += int(frames.shape[0])
-            if reply:
-                await ws.send(json.dumps({"type": reply, "frames_total": session.frames_emitted}))
+            elif item[0] == "restart":
+                index = cursor = 0
+            else:
+                await ws.send(json.dumps(item[1]))
+
+
+def _b64(value) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("reference needs 'image': base64 PNG/JPEG bytes")
+    if value.startswith("data:"):
+        value = value.split(",", 1)[-1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("reference 'image' is not valid base64") from None
 
 
 async def serve_forever(
     models: FlashHeadModels, reference_image: np.ndarray, host: str, port: int,
-    streaming: StreamingConfig | None = None, seed: int = 42,
+    streaming: StreamingConfig | None = None, seed: int = 42, batching: BatchingConfig | None = None,
+    admission: AdmissionConfig | None = None, warm_up: tuple[int, ...] = (),
 ) -> None:
-    """Run the server until cancelled (``streaming``, ``seed``: see :class:`FlashHeadServer`)."""
+    """Run the server until cancelled (``streaming``, ``seed``, ``batching``, ``admission``: see
+    :class:`FlashHeadServer`; ``warm_up``: batch sizes measured before the port opens, see
+    :meth:`FlashHeadServer.warm_up`)."""
     from websockets.asyncio.server import serve
 
-    server = FlashHeadServer(models, reference_image, seed=seed, streaming=streaming)
-    async with serve(server.handler, host, port, max_size=2**24) as ws_server:
-        logger.info("serving on ws://%s:%d", host, port)
-        await ws_server.serve_forever()
+    server = FlashHeadServer(models, reference_image, seed=seed, streaming=streaming, batching=batching,
+                             admission=admission)
+    try:
+        if warm_up:
+            logger.info("warm-up at batch sizes %s", warm_up)
+            medians = await asyncio.to_thread(server.warm_up, warm_up)
+            logger.info("warm-up: seconds per round %s (chunk %.2f s)", medians, server.chunk_seconds)
+        async with serve(server.handler, host, port, max_size=2**24,
+                         process_request=server.process_request) as ws_server:
+            logger.info("serving on ws://%s:%d (demo page: http://%s:%d/)", host, port, host, port)
+            await ws_server.serve_forever()
+    finally:
+        server.close()

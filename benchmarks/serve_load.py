@@ -1,0 +1,311 @@
+"""Load test of the WebSocket server with real clients: N WebSocket clients on loopback stream fixture
+speech at real-time pace and measure what each receives (frames per second, chunk latency, playback
+stalls); one run per N, printed as JSON with the curve against N.
+
+In-process (the server object on this event loop, random weights; speed does not depend on them):
+
+    # CPU smoke run, toy model (what tests/inference/test_server_load.py runs)
+    python benchmarks/serve_load.py --variant tiny-pro --device cpu --streams 1 2 --seconds 3
+    # one H200, released shapes at random weights
+    python benchmarks/serve_load.py --variant lite --device cuda --streams 1 4 8 12 16 20 --seconds 8
+    python benchmarks/serve_load.py --variant pro --device cuda --streams 1 2 3 --seconds 8
+
+Against a running ``vividhead serve`` (no server-side figures): ``--url ws://127.0.0.1:8765``.
+
+Per client: ``fps`` = frames of its standard chunks after the first over the time between the
+first and last of their arrivals (what a player receives once running); ``latency_s`` per chunk =
+arrival of its video - sending of the chunk's last audio sample (the flush chunk: - sending of the
+flush); ``stall_s`` = time a player that starts ``--playout-buffer-s`` after the first chunk
+arrives would wait for frames; real time = ``fps >= 0.95 * 25`` and no stall. Bounded: at most
+``--max-streams`` clients, ``--seconds`` of audio each, ``--timeout-s`` per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FIXTURE_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "media" / "audio" / "speech_en_60s_16k.wav"
+PIECE_S = 0.1  # clients send 100 ms of PCM per message
+
+
+@dataclass
+class ClientResult:
+    """What one client saw. Times in seconds on the client's clock (``time.perf_counter``)."""
+
+    client: int
+    refused: str | None = None
+    ready_s: float | None = None  # connect -> "ready"
+    chunks: int = 0
+    frames: int = 0
+    bytes: int = 0
+    fps: float | None = None
+    latency_s: list[float] = field(default_factory=list)
+    max_gap_s: float | None = None  # largest time between two consecutive chunk arrivals
+    stall_s: float = 0.0
+    stalls: int = 0
+    first_video_s: float | None = None  # first audio sample sent -> first video chunk
+    errors: list[str] = field(default_factory=list)
+
+    def realtime(self, fps: float) -> bool:
+        return self.refused is None and self.fps is not None and self.fps >= 0.95 * fps and self.stalls == 0
+
+
+def _pcm(path: Path, seconds: float, offset_s: float) -> np.ndarray:
+    """``seconds`` of 16 kHz int16 speech from ``path`` starting at ``offset_s`` (cycled)."""
+    from vividhead.inference.media import read_audio
+
+    x = read_audio(path, 16000)
+    n, start = int(seconds * 16000), int(offset_s * 16000) % len(x)
+    idx = (start + np.arange(n)) % len(x)
+    return (np.clip(x[idx], -1, 1) * 32767).astype("<i2")
+
+
+async def run_client(url: str, k: int, pcm: np.ndarray, start_delay_s: float, playout_buffer_s: float,
+                     timeout_s: float) -> ClientResult:
+    """One client: connect, stream ``pcm`` at real-time pace in 100 ms pieces, flush, collect."""
+    from websockets.asyncio.client import connect
+
+    res = ClientResult(k)
+    await asyncio.sleep(start_delay_s)
+    t_connect = time.perf_counter()
+    async with connect(url, max_size=2**24, open_timeout=timeout_s) as ws:
+        hello = json.loads(await ws.recv())
+        if hello.get("type") != "ready":
+            res.refused = hello.get("message", str(hello))
+            return res
+        res.ready_s = time.perf_counter() - t_connect
+        fps, spf = hello["fps"], hello["sample_rate"] // hello["fps"]
+        piece = int(PIECE_S * hello["sample_rate"])
+        sent_at: list[tuple[int, float]] = []  # (samples sent so far, when)
+        arrivals: list[tuple[float, dict]] = []
+        flush_at: list[float] = []
+        done = asyncio.Event()
+
+        async def sender():
+            t0 = time.perf_counter()
+            for i, pos in enumerate(range(0, len(pcm), piece)):
+                await asyncio.sleep(max(0.0, t0 + i * PIECE_S - time.perf_counter()))
+                await ws.send(pcm[pos : pos + piece].tobytes())
+                sent_at.append((min(pos + piece, len(pcm)), time.perf_counter()))
+            flush_at.append(time.perf_counter())
+            await ws.send(json.dumps({"type": "flush"}))
+
+        async def receiver():
+            meta = None
+            async for msg in ws:
+                now = time.perf_counter()
+                if isinstance(msg, bytes):
+                    arrivals.append((now, meta))
+                    res.bytes += len(msg)
+                    continue
+                m = json.loads(msg)
+                if m["type"] == "video":
+                    meta = m
+                elif m["type"] == "flushed":
+                    done.set()
+                    return
+                elif m["type"] == "error":
+                    res.errors.append(m.get("message", ""))
+
+        send_task = asyncio.create_task(sender())
+        recv_task = asyncio.create_task(receiver())
+        try:
+            await asyncio.wait_for(asyncio.gather(send_task, recv_task), timeout_s)
+        except asyncio.TimeoutError:
+            res.errors.append(f"timed out after {timeout_s:.0f} s")
+            send_task.cancel()
+            recv_task.cancel()
+
+    # Metrics
+    res.chunks = len(arrivals)
+    res.frames = sum(m["frames"] for _, m in arrivals)
+    if not arrivals:
+        return res
+    audio_end = sent_at[-1][0] if sent_at else 0
+    for t, m in arrivals:
+        end_sample = (m["first_frame"] + m["frames"]) * spf
+        if end_sample <= audio_end:
+            sent = next(ts for n, ts in sent_at if n >= end_sample)
+        else:  # the flush chunk: its audio is the padded tail
+            sent = flush_at[0] if flush_at else t
+        res.latency_s.append(t - sent)
+    res.first_video_s = arrivals[0][0] - sent_at[0][1]
+    standard = [(t, m) for t, m in arrivals if m["frames"] == max(mm["frames"] for _, mm in arrivals)]
+    if len(standard) >= 2:
+        span = standard[-1][0] - standard[0][0]
+        res.fps = sum(m["frames"] for _, m in standard[1:]) / span if span > 0 else None
+    times = [t for t, _ in arrivals]
+    res.max_gap_s = max((b - a for a, b in zip(times, times[1:])), default=None)
+    # Playback: starts playout_buffer_s after the first arrival; each chunk plays for frames / fps.
+    clock = times[0] + playout_buffer_s
+    for t, m in arrivals:
+        if t > clock:
+            res.stall_s += t - clock
+            res.stalls += 1
+            clock = t
+        clock += m["frames"] / fps
+    return res
+
+
+def _q(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    return float(np.quantile(np.asarray(xs), q))
+
+
+def summarise(n: int, results: list[ClientResult], fps: float, server=None, wall_s: float = 0.0) -> dict:
+    """One point of the curve: per-stream FPS and chunk latency over the ``n`` clients."""
+    served = [r for r in results if r.refused is None]
+    lat = [x for r in served for x in r.latency_s]
+    fpss = [r.fps for r in served if r.fps is not None]
+    point = {
+        "streams": n, "served": len(served), "refused": len(results) - len(served),
+        "realtime_streams": sum(r.realtime(fps) for r in results),
+        "fps_min": min(fpss, default=None), "fps_median": statistics.median(fpss) if fpss else None,
+        "latency_p50_s": _q(lat, 0.5), "latency_p95_s": _q(lat, 0.95), "latency_max_s": max(lat, default=None),
+        "first_video_s_median": statistics.median([r.first_video_s for r in served if r.first_video_s is not None])
+        if served else None,
+        "max_gap_s": max((r.max_gap_s for r in served if r.max_gap_s is not None), default=None),
+        "stall_s_total": sum(r.stall_s for r in served), "stalls": sum(r.stalls for r in served),
+        "frames": sum(r.frames for r in served), "errors": sorted({e for r in results for e in r.errors})[:5],
+        "refusal": next((r.refused for r in results if r.refused), None), "wall_s": wall_s,
+    }
+    if server is not None:
+        point["server"] = {"rounds": server.scheduler.rounds,
+                           "round_s_by_batch": {str(k): round(v, 4) for k, v in server.scheduler.cost.medians().items()},
+                           "chunk_s": server.chunk_seconds,
+                           "admits_this_many": server.round_seconds(n) is not None
+                           and server.round_seconds(n) <= 0.85 * server.chunk_seconds}
+    return point
+
+
+async def run_sweep(args, url: str, server=None) -> list[dict]:
+    curve = []
+    fps = 25.0
+    for n in args.streams:
+        if n > args.max_streams:
+            raise SystemExit(f"--streams {n} above --max-streams {args.max_streams}")
+        rounds0 = server.scheduler.rounds if server is not None else 0
+        chunk_s = server.chunk_seconds if server is not None else 1.0
+        pcms = [_pcm(args.audio, args.seconds, 3.7 * k) for k in range(n)]
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(
+            run_client(url, k, pcms[k], (k * chunk_s / n) if args.stagger else 0.0, args.playout_buffer_s,
+                       args.seconds + args.timeout_s)
+            for k in range(n)))
+        point = summarise(n, list(results), fps, server, time.perf_counter() - t0)
+        if server is not None:
+            point["server"]["rounds"] -= rounds0
+        curve.append(point)
+        line = json.dumps(point)
+        print(line, file=sys.stderr, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+    return curve
+
+
+def build_server(args):
+    """Models at random weights (``--variant``, toy variants included) and a :class:`FlashHeadServer`."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import torch
+    from _common import find_variant
+
+    from vividhead.inference.batching import BatchingConfig
+    from vividhead.inference.media import read_image
+    from vividhead.inference.pipeline import FlashHeadModels, default_dtype_for
+    from vividhead.inference.server import AdmissionConfig, FlashHeadServer
+
+    variant, toy = find_variant(args.variant)
+    dtype = default_dtype_for(args.device)
+    if args.device == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    models = FlashHeadModels.random(variant, device=args.device, dtype=dtype, tiny_encoders=toy)
+    applied = models.optimize(cuda_graphs=args.cuda_graphs) if args.optimize else {}
+    image = read_image(args.image)
+    batching = BatchingConfig(max_batch=args.max_batch, vae_batch=args.vae_batch,
+                              batch_buckets=tuple(args.batch_buckets) if args.batch_buckets else None)
+    admission = AdmissionConfig(max_sessions=args.max_sessions,
+                                realtime_margin=0.85 if args.admission else None)
+    server = FlashHeadServer(models, image, batching=batching, admission=admission)
+    t0 = time.perf_counter()
+    warm = server.warm_up(tuple(args.warm_up), rounds=1) if args.warm_up else {}
+    return server, {"optimize": applied, "warm_up_s": time.perf_counter() - t0,
+                    "warm_up_round_s": {str(k): round(v, 4) for k, v in warm.items()}}
+
+
+async def main_async(args) -> dict:
+    info: dict = {"variant": args.variant, "device": args.device, "seconds": args.seconds,
+                  "streams": args.streams, "stagger": args.stagger, "playout_buffer_s": args.playout_buffer_s}
+    if args.url:
+        return {**info, "url": args.url, "curve": await run_sweep(args, args.url)}
+    from websockets.asyncio.server import serve
+
+    server, setup = await asyncio.to_thread(build_server, args)
+    info.update(setup, batching=asdict(server.batching), admission=asdict(server.admission),
+                chunk_s=server.chunk_seconds)
+    if args.device == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        async with serve(server.handler, "127.0.0.1", 0, max_size=2**24) as srv:
+            url = f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+            curve = await run_sweep(args, url, server)
+        if args.device == "cuda":
+            import torch
+
+            info["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    finally:
+        server.close()
+    return {**info, "curve": curve}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="connect to a running server instead of starting one in-process")
+    p.add_argument("--variant", default="tiny-pro", help="pro / lite / tiny-pro / tiny-lite (in-process)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--optimize", action="store_true", help="FlashHeadModels.optimize() (compiled DiT, fast VAE)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --optimize: replay the compiled DiT as CUDA graphs")
+    p.add_argument("--streams", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--seconds", type=float, default=4.0, help="audio each client streams")
+    p.add_argument("--max-streams", type=int, default=64)
+    p.add_argument("--timeout-s", type=float, default=60.0, help="per run, beyond --seconds")
+    p.add_argument("--playout-buffer-s", type=float, default=0.5)
+    p.add_argument("--stagger", action=argparse.BooleanOptionalAction, default=True,
+                   help="spread client starts over one chunk duration (default) or start all at once")
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--vae-batch", type=int, default=4)
+    p.add_argument("--batch-buckets", type=int, nargs="*", default=None)
+    p.add_argument("--warm-up", type=int, nargs="*", default=[1], help="batch sizes measured before the sweep")
+    p.add_argument("--admission", action="store_true", help="refuse sessions as the server would by default")
+    p.add_argument("--max-sessions", type=int, default=None)
+    p.add_argument("--image", type=Path,
+                   default=FIXTURE_AUDIO.parents[1] / "image" / "face_frontal_people0.png")
+    p.add_argument("--audio", type=Path, default=FIXTURE_AUDIO)
+    p.add_argument("--out", help="append one JSON line per point here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    result = asyncio.run(main_async(args))
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The WebSocket server with batched sessions: admission control (fixed cap and measured cost),
+concurrent clients batched, reference upload, and the demo page over HTTP (real loopback clients,
+tiny random models)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import TINY_PRO
+
+from vividhead.inference.batching import BatchingConfig
+from vividhead.inference.server import CLOSE_TRY_AGAIN_LATER, AdmissionConfig, FlashHeadServer
+
+SPC = TINY_PRO.streaming.samples_per_chunk
+
+
+def _run(server: FlashHeadServer, scenario, timeout: float = 300):
+    from websockets.asyncio.server import serve
+
+    async def main():
+        async with serve(server.handler, "127.0.0.1", 0, process_request=server.process_request) as srv:
+            return await scenario(srv.sockets[0].getsockname()[1])
+
+    try:
+        return asyncio.run(asyncio.wait_for(main(), timeout))
+    finally:
+        server.close()
+
+
+async def _video(ws) -> tuple[dict, bytes]:
+    meta = json.loads(await ws.recv())
+    assert meta["type"] == "video", meta
+    return meta, await ws.recv()
+
+
+def test_refuses_over_max_sessions(tiny_pro_fast_vae, ref_image):
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image, admission=AdmissionConfig(max_sessions=1))
+
+    async def scenario(port):
+        async with connect(f"ws://127.0.0.1:{port}") as first:
+            assert json.loads(await first.recv())["type"] == "ready"
+            async with connect(f"ws://127.0.0.1:{port}") as second:
+                err = json.loads(await second.recv())
+                assert err["type"] == "error" and err["reason"] == "server_full"
+                assert "1 of at most 1 sessions" in err["message"]
+                with pytest.raises(ConnectionClosed) as closed:
+                    await second.recv()
+                assert closed.value.rcvd.code == CLOSE_TRY_AGAIN_LATER
+        # the first one left: a new session is admitted
+        async with connect(f"ws://127.0.0.1:{port}") as third:
+            assert json.loads(await third.recv())["type"] == "ready"
+        assert server.refused_sessions == 1
+
+    _run(server, scenario)
+
+
+def test_refuses_when_measured_rounds_exceed_real_time(tiny_pro_fast_vae, ref_image):
+    """Cost model says one session takes 0.5 s per 1.12 s chunk: a second (estimated 1.0 s, above
+    0.85 x 1.12 s) is refused with the numbers; a measured 2-session round of 0.7 s admits it."""
+    from websockets.asyncio.client import connect
+
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image, admission=AdmissionConfig(realtime_margin=0.85))
+    server.scheduler.cost.observe(1, 0.5)
+    assert server.refusal() is None
+
+    async def scenario(port):
+        async with connect(f"ws://127.0.0.1:{port}") as first:
+            assert json.loads(await first.recv())["type"] == "ready"
+            async with connect(f"ws://127.0.0.1:{port}") as second:
+                err = json.loads(await second.recv())
+                assert err["reason"] == "server_full"
+                assert "2 sessions would need an estimated 1.000 s per 1.12 s chunk" in err["message"]
+            server.scheduler.cost.observe(2, 0.7)
+            async with connect(f"ws://127.0.0.1:{port}") as third:
+                assert json.loads(await third.recv())["type"] == "ready"
+
+    _run(server, scenario)
+
+
+def test_warm_up_measures_rounds(tiny_pro_fast_vae, ref_image):
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image)
+    try:
+        medians = server.warm_up((1, 2), rounds=1)
+        assert sorted(medians) == [1, 2] and all(0 < t < 60 for t in medians.values())
+        assert server.round_seconds(2) == medians[2]
+    finally:
+        server.close()
+
+
+def test_concurrent_clients_are_batched(tiny_pro_fast_vae, ref_image, speech):
+    """Three clients send two chunks each at once: every client gets its 56 frames in order, and the
+    scheduler ran fewer rounds than chunks (chunks of different sessions shared rounds)."""
+    from websockets.asyncio.client import connect
+
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image, batching=BatchingConfig(max_batch=4))
+
+    async def client(port, offset):
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(speech[offset : offset + 2 * SPC].astype("<i2").tobytes())
+            metas = [(await _video(ws))[0] for _ in range(2)]
+            return [(m["index"], m["first_frame"], m["frames"]) for m in metas]
+
+    async def scenario(port):
+        return await asyncio.gather(*(client(port, 1000 * i) for i in range(3)))
+
+    results = _run(server, scenario)
+    assert results == [[(0, 0, 28), (1, 28, 28)]] * 3
+    assert server.scheduler.rounds < 6
+
+
+def test_reference_upload_and_errors(tiny_pro_fast_vae, ref_image, speech):
+    from websockets.asyncio.client import connect
+
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image)
+    buf = io.BytesIO()
+    Image.fromarray((np.random.RandomState(3).rand(30, 50, 3) * 255).astype(np.uint8)).save(buf, "PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    async def scenario(port):
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(speech[:SPC].astype("<i2").tobytes())
+            assert (await _video(ws))[0]["index"] == 0
+            await ws.send(json.dumps({"type": "reference", "image": data_url}))
+            assert json.loads(await ws.recv()) == {"type": "reference", "width": 50, "height": 30}
+            await ws.send(speech[:SPC].astype("<i2").tobytes())
+            meta, _ = await _video(ws)
+            assert (meta["index"], meta["first_frame"]) == (0, 0)  # a new stream
+            for bad, needle in [({"type": "reference"}, "base64"), ({"type": "reference", "image": "%%"}, "base64"),
+                                ({"type": "reference", "image": base64.b64encode(b"no image").decode()}, "image")]:
+                await ws.send(json.dumps(bad))
+                err = json.loads(await ws.recv())
+                assert err["type"] == "error" and needle in err["message"], err
+
+    _run(server, scenario)
+
+
+def test_demo_page_is_served(tiny_pro_fast_vae, ref_image):
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image)
+
+    def get(port, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+                return r.status, r.headers.get("Content-Type"), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, None, ""
+
+    async def scenario(port):
+        page = await asyncio.to_thread(get, port, "/")
+        js = await asyncio.to_thread(get, port, "/app.js")
+        missing = await asyncio.to_thread(get, port, "/../server.py")
+        return page, js, missing
+
+    page, js, missing = _run(server, scenario)
+    assert page[0] == 200 and page[1].startswith("text/html") and "<video" in page[2] and "app.js" in page[2]
+    assert js[0] == 200 and "javascript" in js[1] and "new WebSocket" in js[2]
+    assert missing[0] == 404

@@ -1,0 +1,130 @@
+"""Batched serving (:mod:`vividhead.inference.batching`): a session served in a batch with others
+returns the frames it returns served alone, on tiny random models (real tiny Wan / LTX VAE and Wav2Vec)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from tiny_models import TINY_LITE, TINY_PRO
+
+from vividhead.inference.batching import BatchingConfig, BatchScheduler, ChunkCostModel, ChunkJob, run_chunks
+from vividhead.inference.pipeline import StreamingSession, pcm_to_float
+
+
+def _refs(n: int) -> list[np.ndarray]:
+    rng = np.random.RandomState(7)
+    return [(rng.rand(40 + 4 * i, 48, 3) * 255).astype(np.uint8) for i in range(n)]
+
+
+def _alone(models, ref, seed, pcm, streaming=None) -> list[np.ndarray]:
+    s = StreamingSession(models, ref, seed=seed, streaming=streaming)
+    return list(s.feed(pcm))
+
+
+def _split(session: StreamingSession, pcm) -> list[tuple[np.ndarray, int]]:
+    """Split PCM into the session's chunk jobs without generating (what the server does)."""
+    session.feed(pcm)  # splits eagerly; the returned iterator is dropped unconsumed
+    jobs = list(session._ready)
+    session._ready.clear()
+    return jobs
+
+
+def _serve_batched(models, refs, seeds, pcms, starts, cfg, streaming=None) -> list[list[np.ndarray]]:
+    """Run sessions together: session i joins at round ``starts[i]``; every round batches one chunk of
+    each live session."""
+    sessions = [StreamingSession(models, r, seed=s, streaming=streaming) for r, s in zip(refs, seeds)]
+    queues = [_split(s, p) for s, p in zip(sessions, pcms)]
+    outs: list[list[np.ndarray]] = [[] for _ in sessions]
+    rnd = 0
+    while any(queues):
+        live = [i for i, q in enumerate(queues) if q and starts[i] <= rnd]
+        jobs = [ChunkJob(sessions[i], *queues[i].pop(0)) for i in live]
+        for i, frames in zip(live, run_chunks(jobs, cfg)):
+            outs[i].append(frames)
+        rnd += 1
+    return outs
+
+
+def _assert_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w in zip(got, want):
+        assert np.abs(g.astype(int) - w.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("buckets", [None, (4,)])
+def test_batched_sessions_equal_alone_pro(tiny_pro, speech, buckets):
+    """Three Pro sessions (own reference, seed, audio), the third one chunk behind, batched in
+    rounds of 2-3 (padded to 4 with ``buckets``) == each served alone."""
+    refs, seeds = _refs(3), [1, 2, 3]
+    spc = TINY_PRO.streaming.samples_per_chunk
+    pcms = [speech[i * 3000 : i * 3000 + 3 * spc] for i in range(3)]
+    cfg = BatchingConfig(max_batch=4, vae_batch=2, batch_buckets=buckets)
+    got = _serve_batched(tiny_pro, refs, seeds, pcms, starts=[0, 0, 1], cfg=cfg)
+    for i in range(3):
+        want = _alone(tiny_pro, refs[i], seeds[i], pcms[i])
+        assert len(want) == 3
+        _assert_close(got[i], want)
+
+
+def test_batched_sessions_equal_alone_lite_fast_start(tiny_lite, speech):
+    """Lite with fast start: a session's short first chunk and another's standard chunk fall in
+    different groups of the same round; both equal their lone runs."""
+    streaming = dataclasses.replace(TINY_LITE.streaming, fast_start=True)
+    refs, seeds = _refs(2), [5, 6]
+    n = streaming.motion_frames - 1 + 2 * streaming.new_frames
+    pcms = [speech[i * 5000 : i * 5000 + n * 640] for i in range(2)]
+    got = _serve_batched(tiny_lite, refs, seeds, pcms, starts=[0, 1], cfg=BatchingConfig(), streaming=streaming)
+    for i in range(2):
+        want = _alone(tiny_lite, refs[i], seeds[i], pcms[i], streaming)
+        assert [w.shape[0] for w in want] == [streaming.motion_frames - 1] + 2 * [streaming.new_frames]
+        _assert_close(got[i], want)
+
+
+def test_run_chunks_counts_and_rejects_duplicates(tiny_pro_fast_vae, ref_image, speech):
+    s = StreamingSession(tiny_pro_fast_vae, ref_image)
+    (job,) = _split(s, speech[: TINY_PRO.streaming.samples_per_chunk])
+    with pytest.raises(ValueError, match="one chunk per session"):
+        run_chunks([ChunkJob(s, *job), ChunkJob(s, *job)])
+    (frames,) = run_chunks([ChunkJob(s, *job)])
+    assert frames.shape == (28, 32, 32, 3) and s.frames_emitted == 28 and s.chunks_done == 1
+    assert s.timings.extra["batch"] == 1
+
+
+def test_scheduler_batches_waiting_chunks(tiny_pro_fast_vae, speech):
+    """Chunks submitted while the worker is busy run as one round; results equal lone sessions."""
+    refs, seeds = _refs(3), [1, 2, 3]
+    spc = TINY_PRO.streaming.samples_per_chunk
+    sched = BatchScheduler(BatchingConfig(max_batch=8), frame_num=TINY_PRO.streaming.frame_num)
+    try:
+        sessions = sched.call(lambda: [StreamingSession(tiny_pro_fast_vae, r, seed=s) for r, s in zip(refs, seeds)]).result()
+        gate = __import__("threading").Event()
+        blocker = sched.call(gate.wait)  # hold the worker so the three chunks queue up
+        futs = [sched.submit_chunk(s, pcm_to_float(speech[i * 999 : i * 999 + spc]), 0) for i, s in enumerate(sessions)]
+        gate.set()
+        blocker.result(timeout=30)
+        frames = [f.result(timeout=120) for f in futs]
+        assert sched.rounds == 1 and list(sched.cost.medians()) == [3]
+        for i, f in enumerate(frames):
+            _assert_close([f], _alone(tiny_pro_fast_vae, refs[i], seeds[i], speech[i * 999 : i * 999 + spc]))
+    finally:
+        sched.close()
+
+
+def test_cost_model_estimates():
+    m = ChunkCostModel()
+    assert m.estimate(1) is None
+    m.observe(2, 0.5)
+    assert m.estimate(2) == 0.5 and m.estimate(4) == pytest.approx(1.0) and m.estimate(1) == 0.5
+    m.observe(4, 0.7)
+    m.observe(4, 0.9)  # median of 0.7, 0.9
+    assert m.estimate(4) == pytest.approx(0.8)
+    assert m.estimate(8) == pytest.approx(0.2 + 0.15 * 8)  # line through (2, 0.5), (4, 0.8)
+
+
+def test_batching_config_buckets():
+    cfg = BatchingConfig(max_batch=16, batch_buckets=(4, 1, 2))
+    assert cfg.batch_buckets == (1, 2, 4) and cfg.max_batch == 4 and cfg.padded(3) == 4
+    with pytest.raises(ValueError):
+        BatchingConfig(max_batch=0)

@@ -1,0 +1,33 @@
+"""``benchmarks/serve_load.py`` on the CPU: two real WebSocket clients stream 3 s of fixture speech at
+real-time pace into the in-process server (toy Pro model) and every frame comes back, measured."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("serve_load", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_serve_load_two_clients(audio_dir, image_dir, tmp_path):
+    out = tmp_path / "points.jsonl"
+    result = _load().main([
+        "--variant", "tiny-pro", "--device", "cpu", "--streams", "2", "--seconds", "3",
+        "--audio", str(audio_dir / "speech_en_60s_16k.wav"), "--image", str(image_dir / "face_frontal_happy_256.png"),
+        "--timeout-s", "120", "--out", str(out),
+    ])
+    (point,) = result["curve"]
+    assert (point["streams"], point["served"], point["refused"], point["errors"]) == (2, 2, 0, [])
+    assert point["frames"] == 2 * 75  # 3 s at 25 fps: two 28-frame chunks and a 19-frame flush, per client
+    assert 0 < point["latency_p50_s"] <= point["latency_max_s"] < 60
+    assert point["fps_median"] > 0 and point["server"]["rounds"] >= 3
+    assert out.read_text().count("\n") == 1
