@@ -44,7 +44,7 @@ def curate(
 ) -> None:
     """Curate raw talking-head videos into WebDataset shards with a Parquet manifest."""
     from rich.markup import escape
-    from rich.progress import Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from vividhead.curation.config import ConfigError, load_config
     from vividhead.curation.inputs import InputError
@@ -55,12 +55,18 @@ def curate(
     console = Console(stderr=True)
     try:
         cfg = load_config(config)
-        with Progress(console=console, disable=quiet, transient=True) as progress:
-            task = progress.add_task("inputs", total=None)
-            result = run_curation(
-                inputs, output, cfg, ray_address,
-                on_input_done=lambda done, total: progress.update(task, completed=done, total=total),
-            )
+        columns = (TextColumn("inputs"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("| {task.fields[clips]} clips kept, {task.fields[rate]} clips/s | elapsed"),
+                   TimeElapsedColumn(), TextColumn("| ETA"), TimeRemainingColumn())
+        with Progress(*columns, console=console, disable=quiet, transient=True) as progress:
+            task = progress.add_task("inputs", total=None, clips=0, rate="-")
+
+            def on_input_done(done: int, total: int, clips: int) -> None:
+                elapsed = progress.tasks[task].elapsed or 0.0
+                rate = f"{clips / elapsed:.2f}" if elapsed > 0 else "-"
+                progress.update(task, completed=done, total=total, clips=clips, rate=rate)
+
+            result = run_curation(inputs, output, cfg, ray_address, on_input_done=on_input_done)
     # Errors are one line each (soft_wrap: no wrapping at the terminal width), the key or file first.
     except (ConfigError, InputError, WeightsNotFound) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)

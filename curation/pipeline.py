@@ -92,7 +92,7 @@ def run_curation(
     output: str,
     cfg: CurateConfig,
     ray_address: Optional[str] = None,
-    on_input_done: Optional[Callable[[int, int], None]] = None,
+    on_input_done: Optional[Callable[[int, int, int], None]] = None,
 ) -> RunResult:
     """Curate ``inputs`` into WebDataset shards under ``output``.
 
@@ -101,7 +101,8 @@ def run_curation(
         output: output root, a local folder or an fsspec URL (``s3://bucket/prefix``).
         ray_address: ``None`` for an in-process local Ray (or ``$RAY_ADDRESS``), ``auto`` or
             ``ray://host:port`` to join a cluster. An already initialised Ray is reused.
-        on_input_done: called as ``(inputs_done, inputs_total)`` while the run progresses.
+        on_input_done: called as ``(inputs_done, inputs_total, clips_kept)`` each time an input
+            finishes (counts of this run).
 
     Raises:
         ConfigError: a stage asks for more GPUs than there are (before any work).
@@ -130,12 +131,13 @@ def run_curation(
         _init_ray(ray_address)
         ray.data.DataContext.get_current().enable_progress_bars = False
         order = {r["input_id"]: i for i, r in enumerate(rows)}
-        finished = 0
+        finished = kept = 0
         for row in chain_stages(todo, work, done, order, cfg.run.group_frame_stages).iter_rows():
+            kept += row["status"] == KEPT and row.get("clip_id") is not None
             if writer.add(dict(row)):
                 finished += 1
                 if on_input_done:
-                    on_input_done(finished, len(todo))
+                    on_input_done(finished, len(todo), kept)
         writer.close()
 
     manifest = writer.write_manifest()

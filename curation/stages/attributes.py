@@ -51,6 +51,8 @@ class AttributesConfig(StageConfig):
             spread over the clip (probabilities averaged).
     """
 
+    memory_gib: float = 3.0  # Whisper and the FairFace classifiers
+
     language: bool = True
     language_weights: str = "whisper_small"
     language_weights_path: Optional[str] = None

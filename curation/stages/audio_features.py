@@ -39,6 +39,8 @@ class AudioFeaturesConfig(StageConfig):
         normalize: zero-mean / unit-variance the waveform first (wav2vec2-base-960h's extractor).
     """
 
+    memory_gib: float = 2.0  # wav2vec2-base (0.4 GiB) and its activations on a 50 s clip
+
     weights: str = "wav2vec2_base_960h"
     weights_path: Optional[str] = None
     normalize: bool = True

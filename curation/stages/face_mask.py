@@ -46,6 +46,8 @@ class FaceMaskConfig(StageConfig):
         store_landmarks: also store the 478 landmarks per frame in ``<key>.mask.npz``.
     """
 
+    memory_gib: float = 2.5  # a decoded 50 s clip (1 GiB), its masks and the MediaPipe landmarker
+
     weights_path: Optional[str] = None
     min_confidence: float = 0.5
     store_landmarks: bool = True

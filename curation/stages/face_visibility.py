@@ -19,6 +19,8 @@ from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
 class FaceVisibilityConfig(StageConfig):
     """Face presence sampled at ``sample_fps`` inside the crop (FlashHead section 2.1.2)."""
 
+    memory_gib: float = 2.0  # a decoded 50 s clip (1 GiB at 512x512) and the face detector
+
     weights_path: Optional[str] = None
     sample_fps: float = 1.0
     min_confidence: float = 0.5

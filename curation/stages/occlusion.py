@@ -47,6 +47,8 @@ class OcclusionConfig(StageConfig):
             frames exceeds this.
     """
 
+    memory_gib: float = 2.5  # a decoded 50 s clip (1 GiB at 512x512) and two ONNX models
+
     det_weights_path: Optional[str] = None
     pose_weights_path: Optional[str] = None
     det_input_px: int = 416

@@ -33,6 +33,8 @@ class SpeechConfig(StageConfig):
         min_speech_share: reject ``no_speech`` below this share of the clip (0-1); ``None`` = off.
     """
 
+    memory_gib: float = 1.0  # Silero VAD and a 50 s clip's audio
+
     weights_path: Optional[str] = None
     threshold: float = 0.5
     min_speech_duration_ms: int = 250

@@ -56,6 +56,8 @@ class SyncNetConfig(StageConfig):
             (1 frame = 40 ms at 25 fps); ``None`` = off.
     """
 
+    memory_gib: float = 2.5  # a decoded 50 s clip (1 GiB), its 224 px face crops (0.2 GiB) and SyncNet
+
     weights_path: Optional[str] = None
     detector_weights_path: Optional[str] = None
     min_confidence: float = 0.5

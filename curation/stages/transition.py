@@ -33,6 +33,8 @@ class TransitionConfig(StageConfig):
             neighbouring ``context_frames`` on each side, so slow fades and motion do not fire.
     """
 
+    memory_gib: float = 2.0  # a decoded 50 s clip (1 GiB at 512x512) and its 128 px copy
+
     analysis_size_px: int = 128
     min_residual: float = 20.0
     min_spike_ratio: float = 8.0
