@@ -1,6 +1,6 @@
-# One device call on a 1 x H200 machine (about 8 minutes): the concurrency curve of `vividhead serve`
+# One device call on a 1 x H200 machine (about 8 minutes, 480 s of runs): the concurrency curve of `vividhead serve`
 # with real WebSocket clients (benchmarks/serve_load.py), released Lite and Pro shapes at random weights.
-# Writes <run>.jsonl (one line per number of streams, as soon as measured), <run>.json and <run>.log under $OUT.
+# Writes <run>.jsonl (one line per number of streams, as soon as measured), <run>.json and serve_load.log under $OUT.
 #
 # Prepare on the development machine (ignored paths, carried with the call):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -17,18 +17,18 @@ mkdir -p /tmp/pkg/vividhead && cp vividhead/*.py /tmp/pkg/vividhead/
 for p in curation training inference datasets_card; do ln -sfn "$PWD/$p" "/tmp/pkg/vividhead/$p"; done
 export PYTHONPATH=/tmp/site:/tmp/pkg
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
-MEDIA="--audio .carry_serve/speech_en_60s_16k.wav --image .carry_serve/face_frontal_people0.png --seconds 8 --timeout-s 30"
+MEDIA="--audio .carry_serve/speech_en_60s_16k.wav --image .carry_serve/face_frontal_people0.png --seconds 6 --timeout-s 30"
 
 run() {  # name, time limit (s), serve_load arguments...
   local name=$1 limit=$2; shift 2
   timeout -k 10 "$limit" python3 benchmarks/serve_load.py --device cuda $MEDIA --out "$OUT/$name.jsonl" "$@" \
-    > "$OUT/$name.json" 2> "$OUT/$name.log"
+    > "$OUT/$name.json" 2>> "$OUT/serve_load.log"
   echo "$name: rc $?"
-  grep -v -E "^(W[0-9]|INFO|WARNING)" "$OUT/$name.log" | cut -c1-400 | tail -8
+  grep -v -E "^(W[0-9]|INFO|WARNING)" "$OUT/serve_load.log" | cut -c1-400 | tail -8
 }
-# Lite, compiled DiT replayed as CUDA graphs + compiled LTX VAE, every DiT batch padded to 16 (one shape)
-run lite_fast 300 --variant lite --optimize --cuda-graphs --batch-buckets 16 --vae-batch 4 --warm-up 16 --streams 8 16 20
-# Pro, compiled DiT + accelerated Wan VAE, DiT batches padded to 2
-run pro_fast 200 --variant pro --optimize --batch-buckets 1 2 --vae-batch 2 --warm-up 1 2 --streams 1 2 3
-# Lite eager (no compilation): the default path's curve
-run lite_eager 100 --variant lite --warm-up 1 4 --streams 1 4 8 16
+# Lite eager (no compilation)
+run lite_eager 80 --variant lite --warm-up 1 4 --streams 1 4 8 16
+# Pro, compiled DiT + accelerated Wan VAE, DiT batches padded to 1 or 2
+run pro_fast 160 --variant pro --optimize --batch-buckets 1 2 --vae-batch 2 --warm-up 1 2 --streams 1 2 3
+# Lite, compiled DiT replayed as CUDA graphs + compiled LTX VAE, DiT batches padded to 16 (flushes run alone: 1)
+run lite_fast 240 --variant lite --optimize --cuda-graphs --batch-buckets 16 --vae-batch 4 --warm-up 1 16 --streams 8 16 20

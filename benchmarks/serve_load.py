@@ -61,10 +61,16 @@ class ClientResult:
 
 
 def _pcm(path: Path, seconds: float, offset_s: float) -> np.ndarray:
-    """``seconds`` of 16 kHz int16 speech from ``path`` starting at ``offset_s`` (cycled)."""
-    from vividhead.inference.media import read_audio
+    """``seconds`` of 16 kHz int16 speech from ``path`` starting at ``offset_s`` (cycled). Read with
+    soundfile (channels averaged, polyphase resampling), not librosa, which the GPU image lacks."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
 
-    x = read_audio(path, 16000)
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    x = x.mean(axis=1)
+    if sr != 16000:
+        g = np.gcd(sr, 16000)
+        x = resample_poly(x, 16000 // g, sr // g).astype(np.float32)
     n, start = int(seconds * 16000), int(offset_s * 16000) % len(x)
     idx = (start + np.arange(n)) % len(x)
     return (np.clip(x[idx], -1, 1) * 32767).astype("<i2")

@@ -44,7 +44,8 @@ class BatchingConfig:
         batch_buckets: pad each DiT batch up to the smallest of these sizes, and each VAE call up to
             the smallest of them or ``vae_batch`` (padding rows are copies of row 0 whose outputs
             are dropped), so a compiled / CUDA-graph DiT and a compiled VAE see few shapes;
-            ``None``: exact sizes. Sizes above the largest bucket are split.
+            ``None``: exact sizes. Sizes above the largest bucket are split. 1 is always added (a
+            flush runs one session alone).
     """
 
     max_batch: int = 16
@@ -55,8 +56,8 @@ class BatchingConfig:
         if self.max_batch < 1 or self.vae_batch < 1:
             raise ValueError(f"max_batch ({self.max_batch}) and vae_batch ({self.vae_batch}) must be >= 1")
         if self.batch_buckets is not None:
-            b = tuple(sorted(set(self.batch_buckets)))
-            if not b or b[0] < 1:
+            b = tuple(sorted(set(self.batch_buckets) | {1}))
+            if b[0] < 1:
                 raise ValueError(f"batch_buckets must be positive sizes, got {self.batch_buckets}")
             object.__setattr__(self, "batch_buckets", b)
             if b[-1] < self.max_batch:

@@ -124,7 +124,8 @@ def test_cost_model_estimates():
 
 
 def test_batching_config_buckets():
-    cfg = BatchingConfig(max_batch=16, batch_buckets=(4, 1, 2))
-    assert cfg.batch_buckets == (1, 2, 4) and cfg.max_batch == 4 and cfg.padded(3) == 4
+    cfg = BatchingConfig(max_batch=16, vae_batch=2, batch_buckets=(4, 2))
+    assert cfg.batch_buckets == (1, 2, 4) and cfg.max_batch == 4 and cfg.padded(3) == 4  # 1 always in
+    assert (cfg.padded_vae(1), cfg.padded_vae(2)) == (1, 2)
     with pytest.raises(ValueError):
         BatchingConfig(max_batch=0)
