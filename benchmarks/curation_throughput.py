@@ -1,11 +1,18 @@
 """Curation throughput on the fixture videos against a plain FFmpeg decode of the same inputs.
 
     VIVIDHEAD_WEIGHTS_DIR=../shared/fixtures/weights .venv/bin/python benchmarks/curation_throughput.py \
-        [--inputs ../shared/fixtures/media/video] [--config examples/curate_offline.yaml] [--cpus 2]
+        [--inputs ../shared/fixtures/media/video] [--config examples/curate_offline.yaml] [--cpus 2] \
+        [--keep OUT_DIR] [--baseline-manifest OLD_OUT/manifest.parquet]
 
 Prints input video-seconds processed per CPU-second (wall time x CPUs given to Ray) for both, and
 the ratio pipeline time / decode time. The decode baseline runs in the same process, one FFmpeg
-process per CPU, so both use the same cores.
+process per CPU, so both use the same cores. Per stage, video-seconds per CPU-second: the seconds of
+video of the rows the stage ran on (the source's for probe and scene_split, the clip's after) over
+the stage's seconds summed over rows (the manifest's ``timings``). The load average of the machine
+is printed with the figures (other jobs inflate both runs, not always equally).
+
+``--baseline-manifest``: the manifest of an earlier run on the same inputs (e.g. before a change,
+kept with ``--keep``); every clip whose status or rejection reason differs is listed.
 """
 
 from __future__ import annotations
@@ -41,11 +48,56 @@ def decode_all(paths: list[Path], cpus: int) -> float:
     return time.perf_counter() - start
 
 
+INPUT_LEVEL = ("probe", "dedup", "scene_split")  # stages that see the whole source video
+
+
+def stage_rates(manifest) -> dict[str, dict[str, float]]:
+    """Per stage: CPU seconds summed over rows, video seconds of those rows, and their ratio."""
+    out: dict[str, dict[str, float]] = {}
+    seen_inputs: set[tuple[str, str]] = set()
+    for row in manifest.to_pylist():
+        for stage, seconds in json.loads(row.get("timings") or "{}").items():
+            if stage in INPUT_LEVEL:
+                if (stage, row["input_id"]) in seen_inputs:
+                    continue
+                seen_inputs.add((stage, row["input_id"]))
+                video = row.get("source_duration_s") or 0.0
+            else:
+                video = row.get("duration_s") or 0.0
+            rec = out.setdefault(stage, {"cpu_s": 0.0, "video_s": 0.0})
+            rec["cpu_s"] += seconds
+            rec["video_s"] += video
+    for rec in out.values():
+        rec["video_s_per_cpu_s"] = round(rec["video_s"] / rec["cpu_s"], 2) if rec["cpu_s"] else None
+        rec["cpu_s"], rec["video_s"] = round(rec["cpu_s"], 2), round(rec["video_s"], 2)
+    return out
+
+
+def decision_changes(manifest, baseline_path: str) -> list[dict]:
+    """Clips whose (status, stage, reason) differ from the baseline manifest's, keyed by source file and clip index."""
+    import pyarrow.parquet as pq
+
+    def key(r: dict) -> tuple:
+        return (Path(r["input_id"]).name, r.get("clip_index"))
+
+    old = {key(r): r for r in pq.read_table(baseline_path).to_pylist()}
+    changes = []
+    for r in manifest.to_pylist():
+        o = old.pop(key(r), None)
+        if o is None or (o["status"], o["reason"]) != (r["status"], r["reason"]):
+            changes.append({"clip": key(r), "before": o and (o["status"], o["stage"], o["reason"]),
+                            "after": (r["status"], r["stage"], r["reason"])})
+    changes += [{"clip": k, "before": (o["status"], o["stage"], o["reason"]), "after": None} for k, o in old.items()]
+    return changes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", default=str(REPO / ".." / "shared" / "fixtures" / "media" / "video"))
     ap.add_argument("--config", default=str(REPO / "examples" / "curate_offline.yaml"))
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--keep", default=None, help="write the run's output here (default: a temporary folder)")
+    ap.add_argument("--baseline-manifest", default=None, help="list decisions that differ from this manifest")
     args = ap.parse_args()
 
     import ray
@@ -57,9 +109,10 @@ def main() -> None:
     video_s = sum(ffprobe_duration(p) for p in paths)
     decode_s = decode_all(paths, args.cpus)
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    with tempfile.TemporaryDirectory() as out:
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = run_curation([args.inputs], out, load_config(args.config))
+        result = run_curation([args.inputs], args.keep or tmp, load_config(args.config))
         pipe_s = time.perf_counter() - start
     ray.shutdown()
     report = {
@@ -73,7 +126,11 @@ def main() -> None:
         "pipeline_video_s_per_cpu_s": round(video_s / (pipe_s * args.cpus), 3),
         "ratio_pipeline_over_decode": round(pipe_s / decode_s, 2),
         "stage_seconds": {k: v["seconds"] for k, v in result.stats["stages"].items() if v["enabled"]},
+        "stage_video_s_per_cpu_s": stage_rates(result.manifest),
+        "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
+    if args.baseline_manifest:
+        report["decision_changes"] = decision_changes(result.manifest, args.baseline_manifest)
     print(json.dumps(report, indent=2))
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import ray.data
 
-from vividhead.curation.frame_group import group_frame_stages
+from vividhead.curation.frame_group import FrameGroup, group_frame_stages
 from vividhead.curation.records import KEPT, Row, reject
 from vividhead.curation.stage import MediaError, Stage
 
@@ -34,6 +34,8 @@ def run_stage(stage: Stage, row: Row, clip: Optional[DecodedClip] = None) -> lis
     """
     if row["status"] != KEPT:
         return [row]
+    if isinstance(stage, FrameGroup):
+        return stage.process(row)  # routes and times each of its stages itself
     start = time.perf_counter()
     try:
         out = stage.process_clip(row, clip) if clip is not None else stage.process(row)
