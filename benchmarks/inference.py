@@ -6,6 +6,13 @@ Single GPU (Pro 1.3B 512x512, Lite 1.3B + LTX VAE, 14B DiT/VAE at 720x416)::
 
     python benchmarks/inference.py --suite single --out bench.json
 
+Streaming pipeline in the default (fast) path with the stock baseline, plus the eager path
+(``--no-fast-path``) and FP8 GEMMs with their drift against bf16, then the warm-up a restarted
+server pays with the compile caches filled::
+
+    python benchmarks/inference.py --suite single --part pipeline --variants pro --also-eager --also-fp8
+    python benchmarks/inference.py --suite single --part warmup --variants pro
+
 Sequence-parallel 14B DiT step (xfuser Ulysses x Ring when importable, else plain Ulysses)::
 
     torchrun --nproc-per-node 4 benchmarks/inference.py --suite sp --variant 14b
@@ -133,49 +140,93 @@ def bench_vae(variant, dev, dtype, iters=5, accelerated=True, toy=False):
     if accelerated and hasattr(vae, "accelerate"):  # Wan: our accelerated execution, same process
         import copy
 
-        ref_dec = vae.decode(z).float()
-        fast = copy.deepcopy(vae)
-        fast.accelerate(compile_norms=dev.type == "cuda")
+        ref_dec, ref_enc = vae.decode(z).float(), vae.encode(motion).float()
         torch.backends.cudnn.benchmark = True
-        fdec = median_seconds(lambda: fast.decode(z), warmup=3, iters=iters)
-        fenc = median_seconds(lambda: fast.encode(motion), warmup=3, iters=iters)
-        err = (fast.decode(z).float() - ref_dec).abs()
-        log(figure="vae_decode_chunk", variant=variant.name, who="ours (accelerated)", ms=fdec * 1e3,
-            ratio_stock_over_ours=dec / fdec, max_abs_diff=err.max().item(), mean_abs_diff=err.mean().item())
-        log(figure="vae_encode_motion", variant=variant.name, who="ours (accelerated)", ms=fenc * 1e3,
-            ratio_stock_over_ours=enc / fenc)
-        del fast
+        for one_pass in (False, True):
+            who = "ours (accelerated, one pass)" if one_pass else "ours (accelerated, per-frame cache)"
+            fast = copy.deepcopy(vae)
+            fast.accelerate(compile_norms=dev.type == "cuda", one_pass=one_pass)
+            fdec = median_seconds(partial(fast.decode, z), warmup=3, iters=iters)
+            fenc = median_seconds(partial(fast.encode, motion), warmup=3, iters=iters)
+            err = (fast.decode(z).float() - ref_dec).abs()
+            eerr = (fast.encode(motion).float() - ref_enc).abs()
+            log(figure="vae_decode_chunk", variant=variant.name, who=who, ms=fdec * 1e3,
+                ratio_stock_over_ours=dec / fdec, max_abs_diff=err.max().item(), mean_abs_diff=err.mean().item())
+            log(figure="vae_encode_motion", variant=variant.name, who=who, ms=fenc * 1e3,
+                ratio_stock_over_ours=enc / fenc, max_abs_diff=eerr.max().item(), mean_abs_diff=eerr.mean().item())
+            del fast
     return res
 
 
 @torch.no_grad()
+def bench_fp8_dit(variant, dev, iters=10):
+    """FP8 GEMMs (:mod:`vividhead.inference.fp8`) against bf16 on the same random weights and inputs:
+    relative L2 error of one DiT step against a float32 (TF32 off) reference for bf16 and for FP8,
+    FP8 against bf16, and the eager step time of both."""
+    import copy
+
+    from vividhead.inference.fp8 import convert_linears_to_fp8
+
+    torch.manual_seed(0)
+    model = build_on(dev, torch.float32, lambda: FlashHeadTransformer.from_config_dataclass(variant.transformer))
+    x, y, ctx, _ = dit_inputs(variant, dev, torch.float32)
+    t = torch.tensor([936.0], device=dev)  # exact in bf16 (the model casts t to its dtype)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref = model(x, t, ctx, y).float()
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    bf = model.to(torch.bfloat16)
+    del model
+    args = (x.bfloat16(), t, ctx.bfloat16(), y.bfloat16())
+    out_bf = bf(*args).float()
+    f8 = copy.deepcopy(bf)
+    n = convert_linears_to_fp8(f8)
+    out_f8 = f8(*args).float()
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    row = dict(figure="dit_fp8_drift", variant=variant.name, fp8_linears=n, rel_bf16_vs_fp32=rel(out_bf, ref),
+               rel_fp8_vs_fp32=rel(out_f8, ref), rel_fp8_vs_bf16=rel(out_f8, out_bf))
+    for name, m in (("bf16", bf), ("fp8", f8)):  # eager step times (compiled: the pipeline breakdowns)
+        row[f"eager_step_ms_{name}"] = median_seconds(partial(m, *args), warmup=2, iters=iters) * 1e3
+    log(**row)
+    del bf, f8
+    torch.cuda.empty_cache()
+
+
+@torch.no_grad()
 def bench_pipeline(variant, dev, dtype, stock_chunk_s: float | None, n_chunks: int = 12, compile_models=True,
-                   fast_vae=True, cuda_graphs=False, toy=False):
+                   fast_vae=True, cuda_graphs=True, fp8=False, toy=False, who="ours", keep_chunks=3,
+                   fast_start_figure=True) -> list:
     """Sustained FPS and first-frame latency of the streaming session (random weights), with
-    :meth:`FlashHeadModels.optimize` applied; first frames also with ``fast_start``. ``toy``: the
-    few-channel VAE and Wav2Vec (CPU dry runs)."""
+    :meth:`FlashHeadModels.optimize` applied (nothing when ``compile_models``, ``fast_vae`` and ``fp8``
+    are all off: the eager path); first frames also with ``fast_start``. ``toy``: the few-channel VAE
+    and Wav2Vec (CPU dry runs).
+
+    Returns:
+        the first ``keep_chunks`` chunks of the standard session, uint8 ``[28, H, W, 3]`` each (same
+        seed, reference and audio in every call: the drift between paths).
+    """
     from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
 
     torch.backends.cudnn.benchmark = True
     models = FlashHeadModels.random(variant, device=str(dev), dtype=dtype, tiny_encoders=toy)
-    applied = models.optimize(compile_dit=compile_models, cuda_graphs=cuda_graphs, fast_vae=fast_vae)
+    applied = {}
+    if compile_models or fast_vae or fp8:
+        applied = models.optimize(compile_dit=compile_models, cuda_graphs=cuda_graphs, fast_vae=fast_vae, fp8=fp8)
     cfg = variant.streaming
     fast_cfg = dataclasses.replace(cfg, fast_start=True)
     ref = (np.random.RandomState(0).rand(cfg.height_px, cfg.width_px, 3) * 255).astype(np.uint8)
     rng = np.random.RandomState(1)
     spc = cfg.samples_per_chunk
     pcm = (rng.randn(spc * (n_chunks + 4)) * 3000).astype(np.int16)
-    # warm-up sessions (both chunk lengths): compilation / autotuning / cudnn benchmarking stay out
-    t0 = time.perf_counter()
-    for streaming in (fast_cfg, cfg):
-        warm = StreamingSession(models, ref, streaming=streaming)
-        for _ in warm.feed(pcm[: spc * 3]):
-            pass
-    sync()
-    warm_s = time.perf_counter() - t0
-    del warm
-    first = {}
-    for name, streaming in (("fast_start", fast_cfg), ("standard", cfg)):
+    # warm-up (what `vividhead serve` does at start; then the fast-start shapes): compilation,
+    # CUDA-graph recording, cuDNN autotuning stay out of the figures
+    warm_s = models.warm_up(cfg)
+    warm_fast_start_s = models.warm_up(fast_cfg) if fast_start_figure else None
+    first = {"fast_start": None}
+    for name, streaming in (("fast_start", fast_cfg), ("standard", cfg))[0 if fast_start_figure else 1 :]:
         session = StreamingSession(models, ref, profile=False, streaming=streaming)
         sync()
         t0 = time.perf_counter()
@@ -184,11 +235,14 @@ def bench_pipeline(variant, dev, dtype, stock_chunk_s: float | None, n_chunks: i
         first[name] = time.perf_counter() - t0
         assert out.shape == (streaming.chunk_frames(0)[1], cfg.height_px, cfg.width_px, 3)
     # `session` is the standard one, one chunk in
+    kept = [out]
     t0 = time.perf_counter()
     frames = 0
     for i in range(1, n_chunks):
         for out in session.feed(pcm[i * spc : (i + 1) * spc]):
             frames += out.shape[0]
+            if len(kept) < keep_chunks:
+                kept.append(out)
     sync()
     sustained = frames / (time.perf_counter() - t0)
     # per-stage breakdown (synchronised) over a few more chunks
@@ -199,14 +253,39 @@ def bench_pipeline(variant, dev, dtype, stock_chunk_s: float | None, n_chunks: i
             stages.append(dataclasses.asdict(session.timings))
     brk = {k: statistics.median(s[k] for s in stages) * 1e3 for k in ("audio", "dit", "decode", "encode", "other", "total")}
     stock_fps = cfg.new_frames / stock_chunk_s if stock_chunk_s else None
-    log(figure="pipeline", variant=variant.name, who="ours", optimize=applied,
+    log(figure="pipeline", variant=variant.name, who=who, optimize=applied,
         sustained_fps=sustained, first_frames_s=first["standard"], first_frames_fast_start_s=first["fast_start"],
-        warmup_s=warm_s, breakdown_ms=brk, stock_fps=stock_fps,
+        warmup_s=warm_s, warmup_fast_start_extra_s=warm_fast_start_s, breakdown_ms=brk, stock_fps=stock_fps,
         ratio_ours_over_stock_fps=(sustained / stock_fps) if stock_fps else None,
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None)
     del models, session
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return kept
+
+
+def log_drift(variant, a: list, b: list, name: str) -> None:
+    """Frame drift between two pipeline paths on the same inputs: mean / max absolute uint8
+    difference and PSNR over the kept chunks."""
+    x = np.concatenate(a).astype(np.float32)
+    y = np.concatenate(b).astype(np.float32)
+    mse = float(((x - y) ** 2).mean())
+    log(figure="frame_drift", variant=variant.name, compare=name, chunks=len(a),
+        mean_abs_uint8=float(np.abs(x - y).mean()), max_abs_uint8=float(np.abs(x - y).max()),
+        psnr_db=10 * np.log10(255**2 / mse) if mse > 0 else float("inf"))
+
+
+def bench_warmup(variant, dev, dtype, fp8=False, toy=False) -> None:
+    """`vividhead serve`'s start in a fresh process: load (random weights), the default fast path,
+    :meth:`FlashHeadModels.warm_up` for the standard chunk (compile caches as this machine has them)."""
+    from vividhead.inference.pipeline import FlashHeadModels
+
+    t0 = time.perf_counter()
+    models = FlashHeadModels.random(variant, device=str(dev), dtype=dtype, tiny_encoders=toy)
+    load_s = time.perf_counter() - t0
+    applied = models.optimize(fp8=fp8)
+    log(figure="server_warmup", variant=variant.name, optimize=applied, load_random_s=load_s,
+        warmup_s=models.warm_up(), cache_dir=os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default"))
 
 
 def suite_single(args) -> None:
@@ -216,15 +295,32 @@ def suite_single(args) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     log(figure="device", name=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", torch=torch.__version__,
         date=time.strftime("%Y-%m-%d"))
+    # several compiled DiT instances in one process (each a dynamo cache entry of the same code)
+    torch._dynamo.config.recompile_limit = 64
     for name in args.variants:
         variant, toy = find_variant(name)
+        if args.part == "warmup":
+            bench_warmup(variant, dev, dtype, fp8=args.fp8, toy=toy)
+            continue
         if args.part == "pipeline":
-            # stock parts eager only (no compile time), then the compiled pipeline
+            # stock parts eager only (no compile time), then the default (fast) pipeline
             dit = bench_dit(variant, dev, dtype, compile_modes=("eager",))
             vae = bench_vae(variant, dev, dtype, toy=toy)
             stock_chunk = 4 * dit[("stock", "eager")] + vae["stock_decode"] + vae["stock_encode"]
-            bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile,
-                           fast_vae=not args.stock_vae, cuda_graphs=args.cuda_graphs, toy=toy)
+            fast = bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile,
+                                  fast_vae=not args.stock_vae, cuda_graphs=not args.no_cuda_graphs, fp8=args.fp8,
+                                  toy=toy, who="ours (fp8)" if args.fp8 else "ours")
+            if args.also_eager:
+                eager = bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=False, fast_vae=False,
+                                       toy=toy, who="ours (eager: --no-fast-path)", fast_start_figure=False)
+                log_drift(variant, fast, eager, "default fast path vs eager (bf16)")
+            if args.also_fp8 and dev.type == "cuda":
+                bench_fp8_dit(variant, dev)
+                f8 = bench_pipeline(variant, dev, dtype, stock_chunk, cuda_graphs=not args.no_cuda_graphs, fp8=True,
+                                    toy=toy, who="ours (fp8)", fast_start_figure=False)
+                log_drift(variant, f8, fast, "fp8 vs bf16 fast path")
+                if args.also_eager:
+                    log_drift(variant, f8, eager, "fp8 vs eager bf16")
             continue
         if args.part == "vae":
             bench_vae(variant, dev, dtype, iters=3, toy=toy)
@@ -240,7 +336,7 @@ def suite_single(args) -> None:
         log(figure="stock_pipeline_estimate", variant=name, chunk_ms=stock_chunk * 1e3,
             fps=variant.streaming.new_frames / stock_chunk, note="4 x stock DiT step (eager) + stock VAE decode + encode")
         bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile,
-                       fast_vae=not args.stock_vae, cuda_graphs=args.cuda_graphs, toy=toy)
+                       fast_vae=not args.stock_vae, cuda_graphs=not args.no_cuda_graphs, fp8=args.fp8, toy=toy)
 
 
 def suite_sp(args) -> None:
@@ -295,10 +391,16 @@ def main() -> None:
     p.add_argument("--no-xfuser", action="store_true")
     p.add_argument("--ulysses", type=int, default=None, help="sp suite: Ulysses degree (default world / ring)")
     p.add_argument("--ring", type=int, default=1, help="sp suite: Ring degree")
-    p.add_argument("--part", choices=["all", "pipeline", "vae"], default="all",
-                   help="single suite: everything, only the streaming pipeline, or only the VAE")
+    p.add_argument("--part", choices=["all", "pipeline", "vae", "warmup"], default="all",
+                   help="single suite: everything, only the streaming pipeline, only the VAE, or the "
+                        "server warm-up in this (fresh) process")
     p.add_argument("--stock-vae", action="store_true", help="pipeline: run the VAE as stock diffusers does")
-    p.add_argument("--cuda-graphs", action="store_true", help="pipeline: CUDA graphs for the compiled DiT")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="pipeline: compiled DiT without CUDA graphs")
+    p.add_argument("--fp8", action="store_true", help="pipeline / warmup: FP8 GEMMs in the DiT")
+    p.add_argument("--also-eager", action="store_true",
+                   help="pipeline: also the eager path (--no-fast-path) and its frame drift")
+    p.add_argument("--also-fp8", action="store_true",
+                   help="pipeline: also the DiT FP8 drift / step time and the FP8 pipeline")
     p.add_argument("--out", type=Path)
     p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run with tiny-pro / tiny-lite (tests/tiny_models.py)")
     args = p.parse_args()

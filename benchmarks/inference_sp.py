@@ -312,7 +312,7 @@ def run(args) -> None:
     with torch.no_grad():
         ref_out = models.transformer(x, t, ctx, y).float()  # one device, eager: the reference
     if world == 1:
-        applied = models.optimize(compile_dit=not args.no_compile, fast_vae=not args.stock_vae)
+        applied = models.optimize(compile_dit=not args.no_compile, cuda_graphs=False, fast_vae=not args.stock_vae)
         res = measure_e2e(models, ref, pcm, args, world, ref_out)
         rec.log(figure="e2e", variant=variant.name, gpus=1, backend="sdpa", ulysses=1, ring=1, vae="single",
                 optimize=applied, build_s=build_s, **res)
@@ -351,7 +351,7 @@ def run(args) -> None:
                    "attn": getattr(proc, "attn_type", type(proc).__name__), "vae": type(par.vae).__name__}
             rec.log(figure="dit_sp_check", **tag, rel_err_vs_1gpu=rel)
             if applied is None:  # once: compiles the shared DiT forward (on first use), accelerates the Wan VAE
-                applied = par.optimize(compile_dit=not args.no_compile, fast_vae=not args.stock_vae)
+                applied = par.optimize(compile_dit=not args.no_compile, cuda_graphs=False, fast_vae=not args.stock_vae)
             res = measure_e2e(par, ref, pcm, args, world, ref_out)
             rec.log(figure="e2e", **tag, optimize=applied, build_s=build_s if i == 0 else None, **res)
             if not vae_done and par.vae is not plain_vae:  # once, after the first configuration that ran

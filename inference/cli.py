@@ -56,8 +56,8 @@ class ModelOptions:
     device: str = "cuda"
     dtype: str = "bf16"
     seed: int = 42
-    compile: bool = False
-    cuda_graphs: bool = False
+    fast_path: bool = True
+    fp8: bool = False
     fast_start: bool = False
     crop_face: bool = False
     fidelity: FidelityOptions = FidelityOptions()
@@ -108,8 +108,11 @@ class ModelOptions:
         except (FileNotFoundError, WeightsNotFound) as exc:
             _fail(str(exc))
         models = dataclasses.replace(models, fidelity=self.fidelity)
-        if self.compile:
-            models.optimize(cuda_graphs=self.cuda_graphs)
+        if self.fast_path and models.device.type == "cuda":
+            _persistent_compile_cache()
+            models.optimize(fp8=self.fp8)
+        elif self.fp8:
+            raise typer.BadParameter("--fp8 needs the fast path on a GPU")
         return models
 
     def streaming(self, models):
@@ -150,8 +153,11 @@ MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
     "device": typer.Option(help="cuda / cpu."),
     "dtype": typer.Option(help="bf16 / fp16 / fp32."),
     "seed": typer.Option(help="Noise seed."),
-    "compile": typer.Option("--compile", help="Fast path: compiled DiT, accelerated VAE (GPU)."),
-    "cuda_graphs": typer.Option("--cuda-graphs", help="With --compile: CUDA graphs for the DiT."),
+    "fast_path": typer.Option("--fast-path/--no-fast-path",
+                              help="On a GPU: compiled DiT replayed as CUDA graphs, accelerated VAE, warm-up "
+                                   "before serving (FlashHeadModels.optimize); --no-fast-path runs eager."),
+    "fp8": typer.Option("--fp8", help="FP8 GEMMs in the DiT blocks (faster, outputs move beyond bf16 "
+                                      "rounding: see docs/inference.md)."),
     "fast_start": typer.Option("--fast-start", help="Short first chunk (lower first-frame latency)."),
     "crop_face": typer.Option("--crop-face", help="Crop the reference around its largest face (released recipe; "
                                                  "detector weights from the registry)."),
@@ -244,6 +250,15 @@ def serve(
     models = model.load()
     cfg = model.streaming(models)
     asyncio.run(serve_forever(models, model.reference(image, cfg), host, port, streaming=cfg, seed=model.seed))
+
+
+def _persistent_compile_cache() -> None:
+    """Keep torch.compile's caches (Inductor FX graphs, autotuning) under
+    ``~/.cache/vividhead/torchinductor`` unless ``TORCHINDUCTOR_CACHE_DIR`` is set, so a restart
+    reuses them (the default, ``/tmp/torchinductor_<user>``, does not survive a reboot)."""
+    import os
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "vividhead" / "torchinductor"))
 
 
 def register(app: typer.Typer) -> None:

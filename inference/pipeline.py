@@ -180,18 +180,23 @@ class FlashHeadModels:
         audio = Wav2VecFeatures.from_pretrained(p / "audio_encoder").to(dev)
         return cls(variant, transformer, vae, audio, dev, dtype)
 
-    def optimize(self, compile_dit: bool = True, cuda_graphs: bool = False, fast_vae: bool = True) -> dict:
-        """Make inference fast on a GPU, in place (weights unchanged); every choice is measured in
-        ``benchmarks/inference_kernels.py`` / docs/benchmarks.md.
+    def optimize(self, compile_dit: bool = True, cuda_graphs: bool = True, fast_vae: bool = True,
+                 fp8: bool = False) -> dict:
+        """Make inference fast on a GPU, in place; every choice is measured in
+        ``benchmarks/inference.py`` / ``benchmarks/inference_kernels.py`` (docs/benchmarks.md). The
+        defaults are the fast path ``vividhead infer`` / ``serve`` take on a GPU.
 
         Args:
             compile_dit: ``torch.compile`` the DiT forward (static shapes: one graph per chunk length).
-            cuda_graphs: capture the compiled DiT in CUDA graphs (``mode="reduce-overhead"``): pays at
-                Lite's 1280 tokens (2x per step on an H100), not at Pro's 9216. Replays share output
-                buffers, so keep one session per process generating at a time.
-            fast_vae: Wan VAE: channels-last execution with fused RMS norm + SiLU
+            cuda_graphs: with ``compile_dit``, replay the compiled DiT as CUDA graphs
+                (``mode="reduce-overhead"``): 2x per step at Lite's 1280 tokens, neutral at Pro's 9216.
+                Replays share output buffers, so keep one thread generating at a time.
+            fast_vae: Wan VAE: channels-last, fused RMS norm + SiLU, one-pass decode / encode
                 (:meth:`vividhead.training.models.vae.WanVAE.accelerate`); LTX VAE: ``torch.compile`` of
                 decode/encode (2.6x / 2.8x on an H100; channels-last makes it slower).
+            fp8: row-wise FP8 GEMMs in the DiT blocks (:mod:`vividhead.inference.fp8`; Ada / Hopper
+                GPUs). Replaces the block weights by FP8 copies (not reversible); moves outputs by
+                more than bf16 rounding, so it is opt-in.
 
         Returns:
             what was applied, e.g. ``{"dit": "reduce-overhead", "vae": "wan-accelerated"}``.
@@ -200,6 +205,10 @@ class FlashHeadModels:
 
         torch.backends.cudnn.benchmark = True
         applied = {}
+        if fp8:
+            from vividhead.inference.fp8 import convert_linears_to_fp8
+
+            applied["fp8_linears"] = convert_linears_to_fp8(self.transformer)
         if compile_dit:
             mode = "reduce-overhead" if cuda_graphs else None
             self.transformer.forward = torch.compile(self.transformer.forward, mode=mode, dynamic=False)
@@ -214,6 +223,33 @@ class FlashHeadModels:
             vae.encode = torch.compile(vae.encode, dynamic=False)
             applied["vae"] = "ltx-compiled"
         return applied
+
+    def warm_up(self, streaming: StreamingConfig | None = None, chunks: int = 2) -> float:
+        """Run a throwaway session through every chunk shape ``streaming`` will use, so compilation,
+        CUDA-graph recording and cuDNN autotuning happen now (at server start) and not on a user's
+        first chunk. Standard path: one chunk length (the DiT, the decode, the reference encode and,
+        from the second chunk on, the motion encode); ``fast_start`` adds its short first chunk.
+        The models' weights and later sessions are unaffected.
+
+        Args:
+            streaming: chunk geometry (default: the variant's).
+            chunks: chunks to run, the first one short with ``fast_start`` (2 reach every shape: the
+                motion encode runs from the second on; CUDA graphs record on the first).
+
+        Returns:
+            seconds spent (device synchronised).
+        """
+        cfg = streaming or self.variant.streaming
+        t0 = time.perf_counter()
+        ref = np.random.RandomState(0).randint(0, 256, (cfg.height_px, cfg.width_px, 3), dtype=np.uint8)
+        pcm = (np.random.RandomState(1).randn(cfg.samples_per_chunk * (chunks + 1)) * 3000).astype(np.int16)
+        session = StreamingSession(self, ref, streaming=cfg)
+        n = session._next_chunk_samples() + cfg.samples_per_chunk * (chunks - 1)
+        for _ in session.feed(pcm[:n]):
+            pass
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
 
 
 @dataclass
@@ -291,6 +327,8 @@ class StreamingSession:
         self._pending = np.zeros(cfg.samples_per_chunk, dtype=np.float32)
         self._pending_len = 0
         self._ready: deque[tuple[np.ndarray, int]] = deque()  # (samples, chunk index)
+        # CUDA: the audio encoder runs on its own stream, overlapping the motion-frame encode
+        self._audio_stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         self.timings = ChunkTimings()
         self.reset()
 
@@ -411,6 +449,14 @@ class StreamingSession:
         cfg, vae = self.cfg, self.models.vae
         n_gen, n_emit = cfg.chunk_frames(index)
         t0 = self._sync()
+        if self._audio_stream is not None and not self.profile:
+            # Wav2Vec on a side stream, concurrent with the motion encode below (the DiT needs both)
+            self._audio_stream.wait_stream(torch.cuda.current_stream(self.models.device))
+            with torch.cuda.stream(self._audio_stream):
+                self.audio_cache.push(samples)
+                context = self.audio_cache.context(n_gen)  # [1, n_gen, W, L, D] float32
+            self._audio_done = self._audio_stream.record_event()
+            samples = None
         if self._motion_video is not None:
             # The previous chunk's motion frames are encoded here, after its frames were handed
             # out, so the encode is not on the path from audio to frames.
@@ -418,8 +464,13 @@ class StreamingSession:
             self._motion_video = None
         t_enc = self._sync() - t0
         t0 = time.perf_counter()
-        self.audio_cache.push(samples)
-        context = self.audio_cache.context(n_gen)
+        if samples is None:  # computed on the side stream above
+            main = torch.cuda.current_stream(self.models.device)
+            main.wait_event(self._audio_done)
+            context.record_stream(main)
+        else:
+            self.audio_cache.push(samples)
+            context = self.audio_cache.context(n_gen)
         t1 = self._sync()
         latents = self.generate_latents(context)
         t2 = self._sync()

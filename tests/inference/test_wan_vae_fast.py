@@ -1,6 +1,6 @@
 """The accelerated Wan VAE execution (channels-last, time-only causal padding, fused RMS norm +
-SiLU) computes the same function as stock diffusers ``AutoencoderKLWan`` (tiny real-architecture
-VAE, float32, CPU)."""
+SiLU, one-pass decode / encode without the causal feature cache) computes the same function as
+stock diffusers ``AutoencoderKLWan`` (tiny real-architecture VAE, float32, CPU)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ def vaes():
     return stock, fast, counts
 
 
+@pytest.fixture(scope="module")
+def per_call_vae(vaes):
+    """Accelerated, but with diffusers' per-call causal feature cache (``one_pass=False``)."""
+    fast = copy.deepcopy(vaes[0])
+    assert fast.accelerate(compile_norms=False, one_pass=False)["one_pass"] == 0
+    return fast
+
+
 def test_counts_cover_every_causal_conv_and_norm(vaes):
     stock, fast, counts = vaes
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
@@ -31,24 +39,39 @@ def test_counts_cover_every_causal_conv_and_norm(vaes):
     n_norm = sum(isinstance(m, WanRMS_norm) for m in stock.model.modules())
     assert counts["conv"] == n_conv > 0
     assert counts["norm_silu"] + counts["norm"] == n_norm and counts["norm_silu"] > counts["norm"] > 0
+    assert counts["upsample"] > 0 and counts["one_pass"] == 1
 
 
-@pytest.mark.parametrize("frames", [1, 9])
-def test_decode_matches_stock(vaes, frames):
+@pytest.mark.parametrize("frames", [1, 5, 9, 17])
+def test_decode_matches_stock(vaes, per_call_vae, frames):
+    """One pass (whole chunk, no cache) and per call (cache) both equal stock, for 1, 2, 3 and 5
+    latent frames (the first-frame rules of both temporal upsamplers are exercised from 2 on)."""
     stock, fast, _ = vaes
-    z = torch.randn(1, stock.latent_channels, (frames - 1) // 4 + 1, 6, 5, generator=torch.Generator().manual_seed(frames))
+    z = torch.randn(2, stock.latent_channels, (frames - 1) // 4 + 1, 6, 5, generator=torch.Generator().manual_seed(frames))
     with torch.no_grad():
-        a, b = stock.decode(z), fast.decode(z)
-    assert a.shape == b.shape == (1, 3, frames, 48, 40)
+        a, b, c = stock.decode(z), fast.decode(z), per_call_vae.decode(z)
+    assert a.shape == b.shape == c.shape == (2, 3, frames, 48, 40)
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
     assert a.std() > 0.01  # not a degenerate output
 
 
-def test_encode_matches_stock(vaes):
+@pytest.mark.parametrize("frames", [1, 5, 9, 33])
+def test_encode_matches_stock(vaes, per_call_vae, frames):
+    """Motion frames (5), the reference clip (33) and the edge cases 1 and 9 frames (both temporal
+    downsamplers' first-frame rules)."""
     stock, fast, _ = vaes
-    video = torch.rand(1, 3, 5, 48, 40, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    video = torch.rand(1, 3, frames, 48, 40, generator=torch.Generator().manual_seed(frames)) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(fast.encode(video), stock.encode(video), rtol=1e-5, atol=1e-5)
+        ref = stock.encode(video)
+        torch.testing.assert_close(fast.encode(video), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(per_call_vae.encode(video), ref, rtol=1e-5, atol=1e-5)
+    assert ref.shape == (1, stock.latent_channels, (frames - 1) // 4 + 1, 6, 5)
+
+
+def test_one_pass_encode_rejects_frame_counts_off_the_grid(vaes):
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        vaes[1].encode(torch.zeros(1, 3, 4, 48, 40))
 
 
 def test_weights_still_load_after_acceleration(vaes):

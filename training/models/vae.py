@@ -67,8 +67,9 @@ class WanVAE(VideoVAE):
         self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
         self.memory_format = torch.contiguous_format
 
-    def accelerate(self, compile_norms: bool = True) -> dict[str, int]:
-        """Channels-last execution, time-only causal padding and fused RMS norm + SiLU
+    def accelerate(self, compile_norms: bool = True, one_pass: bool = True) -> dict[str, int]:
+        """Channels-last execution, time-only causal padding, fused RMS norm + SiLU and (``one_pass``)
+        whole-chunk decode / encode without the causal feature cache
         (:func:`vividhead.training.models.wan_vae_fast.accelerate_wan_vae`); same weights and math.
 
         Returns:
@@ -77,7 +78,7 @@ class WanVAE(VideoVAE):
         from vividhead.training.models.wan_vae_fast import accelerate_wan_vae
 
         self.memory_format = torch.channels_last_3d
-        return accelerate_wan_vae(self.model, compile_norms=compile_norms)
+        return accelerate_wan_vae(self.model, compile_norms=compile_norms, one_pass=one_pass)
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
