@@ -127,6 +127,7 @@ def main() -> None:
         "ratio_pipeline_over_decode": round(pipe_s / decode_s, 2),
         "stage_seconds": {k: v["seconds"] for k, v in result.stats["stages"].items() if v["enabled"]},
         "stage_video_s_per_cpu_s": stage_rates(result.manifest),
+        "driver_write": result.stats["driver_write"],
         "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
     if args.baseline_manifest:

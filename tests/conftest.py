@@ -144,7 +144,7 @@ def curated_shards(tmp_path_factory, ray_local) -> Path:
             writer.writerow([str(VIDEO_DIR / video), source_id, start_s, end_s])
     cfg = fast_config(
         scene_split={"detector": "none", "min_clip_s": 1.0, "max_clip_s": 3.3},
-        face={"enabled": True, "preset": "ultrafast"},
+        face={"enabled": True},
         face_mask={"enabled": True},
         audio_features={"enabled": True, "weights_path": str(_tiny_wav2vec(tmp / "wav2vec"))},
         write={"samples_per_shard": 2},
