@@ -239,7 +239,7 @@ def build_server(args):
     models = FlashHeadModels.random(variant, device=args.device, dtype=dtype, tiny_encoders=toy)
     applied = models.optimize(cuda_graphs=args.cuda_graphs) if args.optimize else {}
     image = read_image(args.image)
-    batching = BatchingConfig(max_batch=args.max_batch, vae_batch=args.vae_batch,
+    batching = BatchingConfig(max_batch=args.max_batch, vae_batch=args.vae_batch, gather_s=args.gather_s,
                               batch_buckets=tuple(args.batch_buckets) if args.batch_buckets else None)
     admission = AdmissionConfig(max_sessions=args.max_sessions,
                                 realtime_margin=0.85 if args.admission else None)
@@ -295,6 +295,7 @@ def parse_args(argv=None):
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--vae-batch", type=int, default=4)
     p.add_argument("--batch-buckets", type=int, nargs="*", default=None)
+    p.add_argument("--gather-s", type=float, default=0.0, help="BatchingConfig.gather_s")
     p.add_argument("--warm-up", type=int, nargs="*", default=[1], help="batch sizes measured before the sweep")
     p.add_argument("--admission", action="store_true", help="refuse sessions as the server would by default")
     p.add_argument("--max-sessions", type=int, default=None)

@@ -46,15 +46,23 @@ class BatchingConfig:
             are dropped), so a compiled / CUDA-graph DiT and a compiled VAE see few shapes;
             ``None``: exact sizes. Sizes above the largest bucket are split. 1 is always added (a
             flush runs one session alone).
+        gather_s: a round waits up to this long after its oldest chunk arrived for the chunks of
+            the other open sessions (it starts at once when every open session has one waiting):
+            sessions whose chunks complete at different moments then share rounds, fewer rounds
+            pay the fixed per-round cost, at up to ``gather_s`` more latency. 0: no waiting (a chunk
+            waits only for the round in flight).
     """
 
     max_batch: int = 16
     vae_batch: int = 4
     batch_buckets: tuple[int, ...] | None = None
+    gather_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.vae_batch < 1:
             raise ValueError(f"max_batch ({self.max_batch}) and vae_batch ({self.vae_batch}) must be >= 1")
+        if self.gather_s < 0:
+            raise ValueError(f"gather_s must be >= 0, got {self.gather_s}")
         if self.batch_buckets is not None:
             b = tuple(sorted(set(self.batch_buckets) | {1}))
             if b[0] < 1:
@@ -285,15 +293,20 @@ class BatchScheduler:
     Args:
         batching: batch limits.
         frame_num: standard chunk length; only rounds of that length feed :attr:`cost`.
+        open_sessions: how many sessions are open (for ``batching.gather_s``: a round stops waiting
+            once that many have a chunk waiting); default: only the deadline ends the wait.
     """
 
-    def __init__(self, batching: BatchingConfig = BatchingConfig(), frame_num: int | None = None) -> None:
+    def __init__(self, batching: BatchingConfig = BatchingConfig(), frame_num: int | None = None,
+                 open_sessions: Callable[[], int] | None = None) -> None:
         self.batching = batching
         self.frame_num = frame_num
+        self.open_sessions = open_sessions
         self.cost = ChunkCostModel()
         self.rounds = 0
         self._cv = threading.Condition()
         self._chunks: list[tuple[ChunkJob, concurrent.futures.Future]] = []
+        self._oldest = 0.0  # time.monotonic() of the oldest waiting chunk
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="vividhead-batcher", daemon=True)
@@ -309,6 +322,8 @@ class BatchScheduler:
         with self._cv:
             if self._closed:
                 raise RuntimeError("batch scheduler is closed")
+            if not self._chunks:
+                self._oldest = time.monotonic()
             self._chunks.append((ChunkJob(session, samples, index), fut))
             self._cv.notify()
         return fut
@@ -341,6 +356,7 @@ class BatchScheduler:
                     self._cv.wait()
                 if self._closed and not (self._chunks or self._calls):
                     return
+                self._gather()
                 calls, self._calls = self._calls, deque()
                 # One chunk per session per round; a session's later chunk waits for the next round.
                 seen: set[int] = set()
@@ -349,6 +365,7 @@ class BatchScheduler:
                     (take if id(item[0].session) not in seen else keep).append(item)
                     seen.add(id(item[0].session))
                 self._chunks = keep
+                self._oldest = time.monotonic()  # what stays waits from now on (at most one round)
             for fn, fut in calls:
                 if fut.set_running_or_notify_cancel():
                     try:
@@ -357,6 +374,22 @@ class BatchScheduler:
                         fut.set_exception(exc)
             if take:
                 self._run_round(take)
+
+    def _gather(self) -> None:
+        """With ``gather_s``: wait (lock held, released while waiting) until every open session has
+        a chunk waiting, a call arrives, or ``gather_s`` has passed since the oldest waiting chunk."""
+        gather = self.batching.gather_s
+        if gather <= 0:
+            return
+        deadline = self._oldest + gather
+        while self._chunks and not (self._calls or self._closed):
+            waiting = len({id(job.session) for job, _ in self._chunks})
+            if self.open_sessions is not None and waiting >= self.open_sessions():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cv.wait(left)
 
     def _run_round(self, take: list[tuple[ChunkJob, concurrent.futures.Future]]) -> None:
         live = [(job, fut) for job, fut in take if fut.set_running_or_notify_cancel()]

@@ -127,7 +127,8 @@ class FlashHeadServer:
         self.streaming = streaming or models.variant.streaming
         self.batching = batching or BatchingConfig()
         self.admission = admission or AdmissionConfig()
-        self.scheduler = BatchScheduler(self.batching, frame_num=self.streaming.frame_num)
+        self.scheduler = BatchScheduler(self.batching, frame_num=self.streaming.frame_num,
+                                        open_sessions=lambda: self.active_sessions)
         self.active_sessions = 0
         self.refused_sessions = 0
 

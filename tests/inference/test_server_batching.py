@@ -112,6 +112,28 @@ def test_scheduler_batches_waiting_chunks(tiny_pro_fast_vae, speech):
         sched.close()
 
 
+def test_scheduler_gathers_chunks_of_open_sessions(tiny_pro_fast_vae, speech):
+    """With ``gather_s``, a chunk waits for the other open session's chunk (one round for both,
+    started as soon as both wait); with a third session open that never sends, the round starts at
+    the deadline."""
+    import time
+
+    spc = TINY_PRO.streaming.samples_per_chunk
+    for open_sessions, gather_s in [(2, 30.0), (3, 0.5)]:
+        sched = BatchScheduler(BatchingConfig(gather_s=gather_s), open_sessions=lambda n=open_sessions: n)
+        try:
+            a, b = sched.call(lambda: [StreamingSession(tiny_pro_fast_vae, r) for r in _refs(2)]).result()
+            t0 = time.monotonic()
+            fa = sched.submit_chunk(a, pcm_to_float(speech[:spc]), 0)
+            time.sleep(0.2)
+            fb = sched.submit_chunk(b, pcm_to_float(speech[spc : 2 * spc]), 0)
+            fa.result(timeout=120), fb.result(timeout=120)
+            assert sched.rounds == 1 and a.timings.extra["batch"] == 2
+            assert time.monotonic() - t0 < 20  # never the 30 s deadline: both were waiting
+        finally:
+            sched.close()
+
+
 def test_cost_model_estimates():
     m = ChunkCostModel()
     assert m.estimate(1) is None
