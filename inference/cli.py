@@ -240,16 +240,42 @@ def serve(
     image: Annotated[Path, typer.Option("--image", help="Reference portrait for every session.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+    max_sessions: Annotated[Optional[int], typer.Option(
+        help="Refuse sessions beyond this many (default: only the measured real-time estimate).")] = None,
+    realtime_margin: Annotated[float, typer.Option(
+        help="Admit a session only if a round with it is estimated at <= this fraction of a chunk's "
+             "duration (1 or more: off).")] = 0.85,
+    max_batch: Annotated[int, typer.Option(help="Most concurrent sessions in one DiT batch.")] = 16,
+    batch_buckets: Annotated[str, typer.Option(
+        help="Comma-separated DiT batch sizes to pad to (few shapes for compiled/CUDA-graph DiTs), e.g. 1,2,4,8,16.")] = "",
+    gather_s: Annotated[float, typer.Option(
+        help="A round waits up to this long for the chunks of the other open sessions (fewer, larger "
+             "batches; adds up to this much latency).")] = 0.0,
+    warm_up_batches: Annotated[str, typer.Option(
+        help="Batch sizes measured before serving, e.g. 1,4 (default on a GPU: the buckets, or 1; none on the CPU).")] = "",
     model: ModelOptions = ModelOptions(),
 ) -> None:
-    """Serve live sessions over WebSocket: s16le 16 kHz PCM in, H.264 MP4 chunks out."""
+    """Serve live sessions over WebSocket (s16le 16 kHz PCM in, H.264 MP4 chunks out), concurrent
+    sessions batched; a browser demo page at http://HOST:PORT/."""
     import asyncio
 
-    from vividhead.inference.server import serve_forever
+    from vividhead.inference.batching import BatchingConfig
+    from vividhead.inference.server import AdmissionConfig, serve_forever
 
+    def sizes(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+    batching = BatchingConfig(max_batch=max_batch, batch_buckets=sizes(batch_buckets) or None, gather_s=gather_s)
+    admission = AdmissionConfig(max_sessions=max_sessions,
+                                realtime_margin=realtime_margin if realtime_margin < 1 else None)
     models = model.load()
     cfg = model.streaming(models)
-    asyncio.run(serve_forever(models, model.reference(image, cfg), host, port, streaming=cfg, seed=model.seed))
+    warm = sizes(warm_up_batches) or ((batching.batch_buckets or (1,)) if models.device.type == "cuda" else ())
+    asyncio.run(serve_forever(models, model.reference(image, cfg), host, port, streaming=cfg, seed=model.seed,
+                              batching=batching, admission=admission, warm_up=warm))
 
 
 def _persistent_compile_cache() -> None:
