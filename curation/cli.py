@@ -44,7 +44,14 @@ def curate(
 ) -> None:
     """Curate raw talking-head videos into WebDataset shards with a Parquet manifest."""
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from vividhead.curation.config import ConfigError, load_config
     from vividhead.curation.inputs import InputError

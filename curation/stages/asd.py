@@ -63,7 +63,7 @@ class ASDConfig(StageConfig):
             and the same clips with silent audio (-4.1 to -3.2); see docs/filters.md.
     """
 
-    memory_gib: float = 2.5  # a decoded 50 s clip (1 GiB), its 224 px face crops (0.2 GiB) and Light-ASD
+    memory_gib: float = 3.5  # a decoded 50 s clip (1 GiB), its 224 px face crops (0.2 GiB), Light-ASD activations (Ray measured 2.2 GiB on a 20 s clip)
 
     weights: Literal["lightasd_ava", "lightasd_talkset"] = "lightasd_ava"
     weights_path: Optional[str] = None

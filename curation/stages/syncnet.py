@@ -56,7 +56,7 @@ class SyncNetConfig(StageConfig):
             (1 frame = 40 ms at 25 fps); ``None`` = off.
     """
 
-    memory_gib: float = 2.5  # a decoded 50 s clip (1 GiB), its 224 px face crops (0.2 GiB) and SyncNet
+    memory_gib: float = 3.0  # a decoded 50 s clip (1 GiB), its 224 px face crops (0.2 GiB) and SyncNet activations
 
     weights_path: Optional[str] = None
     detector_weights_path: Optional[str] = None
