@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -32,15 +33,14 @@ from vividhead.curation import weights
 from vividhead.curation.audio_io import mfcc_100hz
 from vividhead.curation.decoded_clip import DecodedClip
 from vividhead.curation.face_detector import FaceDetector
-from vividhead.curation.media import ffprobe
 from vividhead.curation.models.lightasd import load_lightasd
-from vividhead.curation.records import new_row
 from vividhead.curation.stages.asd import asd_scores, centre_112, visual_embeddings
-from vividhead.curation.stages.face import FaceConfig, FaceStage
-from vividhead.curation.stages.normalize import NormalizeConfig, NormalizeStage
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
+sys.path.insert(0, str(REPO / "tests" / "curation" / "stages"))
+from avclips import clip_row  # noqa: E402  (the tests' pipeline clip: face + normalize stages)
+
 SETTINGS = {
     "ref": ((1, 2, 3, 4, 5, 6), False),
     "d6": ((6,), False),
@@ -48,19 +48,6 @@ SETTINGS = {
     "d6_bf16": ((6,), True),
     "d246_bf16": ((2, 4, 6), True),
 }
-
-
-def pipeline_clip(src: Path, seconds: float) -> dict:
-    """A kept clip row of the first ``seconds`` of ``src``, built by the face and normalize stages."""
-    frames = int(min(float(ffprobe(src)["format"]["duration"]) - 0.1, seconds) * 25)
-    row = new_row(input_id=src.name, source_id=src.name, local_path=str(src), start_s=0.0, num_frames=frames)
-    face = FaceStage(FaceConfig(), 25.0)
-    face.setup()
-    try:
-        row = face.process(row)[0]
-    finally:
-        face.teardown()
-    return NormalizeStage(NormalizeConfig(reject_silent_audio=False)).process(row)[0]
 
 
 def wrong_speech(n: int) -> np.ndarray:
@@ -84,7 +71,7 @@ def main() -> None:
     ms_per_s: dict[str, list[float]] = {k: [] for k in SETTINGS}
     with FaceDetector.load() as detector:
         for src in sorted((FIXTURES / "media" / "video").glob("talk_*.mp4")):
-            row = pipeline_clip(src, args.seconds)
+            row = clip_row(src.name, args.seconds)
             clip = DecodedClip(row["video_bytes"], row["audio_bytes"])
             faces = centre_112(clip.gray_face_crops(detector))
             pcm, sr = clip.pcm

@@ -10,11 +10,8 @@
 # Usage (device tool, kind nvidia-h200, carry [".whl", ".carry"]): bash benchmarks/run_eval_gpu.sh
 set -u
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-# The vividhead namespace without pip: the root package plus links to the top-level parts.
-mkdir -p /tmp/pkg/vividhead && cp vividhead/*.py /tmp/pkg/vividhead/
-for p in curation training inference datasets_card; do ln -sfn "$PWD/$p" "/tmp/pkg/vividhead/$p"; done
-export PYTHONPATH=/tmp/site:/tmp/pkg:$PWD/.carry/pylib
+source benchmarks/device_env.sh
+export PYTHONPATH=$PYTHONPATH:$PWD/.carry/pylib
 # tests/conftest.py reads the fixtures from ../shared/fixtures.
 mkdir -p ../shared && ln -sfn "$PWD/.carry/fixtures" ../shared/fixtures
 export VIVIDHEAD_WEIGHTS_DIR=$PWD/.carry/fixtures/weights VIVIDHEAD_OFFLINE=1

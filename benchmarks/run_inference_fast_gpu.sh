@@ -15,10 +15,7 @@ set -u
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
 STEPS=${STEPS:-tests pipeline warmup}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg/vividhead && cp vividhead/*.py /tmp/pkg/vividhead/
-for p in curation training inference datasets_card; do ln -sfn "$PWD/$p" "/tmp/pkg/vividhead/$p"; done
-export PYTHONPATH=/tmp/site:/tmp/pkg
+source benchmarks/device_env.sh
 mkdir -p ../shared/fixtures/media/video  # tests/conftest.py checks for the fixtures; these tests use none
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 B=benchmarks/inference.py

@@ -6,10 +6,8 @@
 # Usage (device tool, kind nvidia-h200, carry [".whl", ".carry"]): bash benchmarks/run_model_stages_gpu.sh
 set -u
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg/vividhead && cp vividhead/*.py /tmp/pkg/vividhead/
-for p in curation training inference datasets_card; do ln -sfn "$PWD/$p" "/tmp/pkg/vividhead/$p"; done
-export PYTHONPATH=/tmp/site:/tmp/pkg:$PWD/.carry/pylib
+source benchmarks/device_env.sh
+export PYTHONPATH=$PYTHONPATH:$PWD/.carry/pylib
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 timeout -k 10 400 python3 benchmarks/model_stages_gpu.py --asd-weights .carry/fixtures/weights/asd_lightasd_pretrain_AVA.model \
   --speech .carry/jfk.npy --pylib .carry/pylib --repeats 3

@@ -11,11 +11,7 @@
 # Usage (device tool, kind nvidia-h200, carry [".whl_serve", ".carry_serve"]): bash benchmarks/run_serve_load_gpu.sh
 set -u
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl_serve/*.whl || exit 1
-# The vividhead namespace without pip: the root package plus links to the top-level parts.
-mkdir -p /tmp/pkg/vividhead && cp vividhead/*.py /tmp/pkg/vividhead/
-for p in curation training inference datasets_card; do ln -sfn "$PWD/$p" "/tmp/pkg/vividhead/$p"; done
-export PYTHONPATH=/tmp/site:/tmp/pkg
+WHEELS=.whl_serve source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 MEDIA="--audio .carry_serve/speech_en_60s_16k.wav --image .carry_serve/face_frontal_people0.png --seconds 6 --timeout-s 30"
 
