@@ -5,7 +5,8 @@
         [--keep OUT_DIR] [--baseline-manifest OLD_OUT/manifest.parquet]
 
 Prints input video-seconds processed per CPU-second (wall time x CPUs given to Ray) for both, and
-the ratio pipeline time / decode time. The decode baseline runs in the same process, one FFmpeg
+the ratio pipeline time / decode time, and the CPU seconds the whole machine was busy during the
+pipeline (``/proc/stat``; compare with wall time x CPUs to see idle cores). The decode baseline runs in the same process, one FFmpeg
 process per CPU, so both use the same cores (median of three decode runs: it varies by 30% between runs). Per stage, video-seconds per CPU-second: the seconds of
 video of the rows the stage ran on (the source's for probe and scene_split, the clip's after) over
 the stage's seconds summed over rows (the manifest's ``timings``). The load average of the machine
@@ -47,6 +48,16 @@ def decode_all(paths: list[Path], cpus: int) -> float:
     with ThreadPoolExecutor(cpus) as pool:
         list(pool.map(one, paths))
     return time.perf_counter() - start
+
+
+def cpu_busy_s() -> float | None:
+    """CPU seconds the whole machine spent busy so far (``/proc/stat``: all but idle and iowait), or None off Linux."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 INPUT_LEVEL = ("probe", "dedup", "scene_split")  # stages that see the whole source video
@@ -112,9 +123,10 @@ def main() -> None:
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
+        busy_before, start = cpu_busy_s(), time.perf_counter()
         result = run_curation([args.inputs], args.keep or tmp, load_config(args.config))
         pipe_s = time.perf_counter() - start
+        busy_after = cpu_busy_s()
     ray.shutdown()
     report = {
         "inputs": len(paths),
@@ -126,6 +138,8 @@ def main() -> None:
         "decode_video_s_per_cpu_s": round(video_s / (decode_s * args.cpus), 3),
         "pipeline_video_s_per_cpu_s": round(video_s / (pipe_s * args.cpus), 3),
         "ratio_pipeline_over_decode": round(pipe_s / decode_s, 2),
+        # all processes, Ray's included: busy / (wall x CPUs) near 1 means the CPUs were full
+        "machine_cpu_busy_s": round(busy_after - busy_before, 1) if busy_before is not None else None,
         "stage_seconds": {k: v["seconds"] for k, v in result.stats["stages"].items() if v["enabled"]},
         "stage_video_s_per_cpu_s": stage_rates(result.manifest),
         "driver_write": result.stats.get("driver_write"),
