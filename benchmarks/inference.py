@@ -198,11 +198,11 @@ def bench_fp8_dit(variant, dev, iters=10):
 @torch.no_grad()
 def bench_pipeline(variant, dev, dtype, stock_chunk_s: float | None, n_chunks: int = 12, compile_models=True,
                    fast_vae=True, cuda_graphs=True, fp8=False, toy=False, who="ours", keep_chunks=3,
-                   fast_start_figure=True) -> list:
+                   fast_start_figure=True, vae_compile: str | None = None) -> list:
     """Sustained FPS and first-frame latency of the streaming session (random weights), with
     :meth:`FlashHeadModels.optimize` applied (nothing when ``compile_models``, ``fast_vae`` and ``fp8``
     are all off: the eager path); first frames also with ``fast_start``. ``toy``: the few-channel VAE
-    and Wav2Vec (CPU dry runs).
+    and Wav2Vec (CPU dry runs); ``vae_compile``: see :meth:`FlashHeadModels.optimize`.
 
     Returns:
         the first ``keep_chunks`` chunks of the standard session, uint8 ``[28, H, W, 3]`` each (same
@@ -214,7 +214,8 @@ def bench_pipeline(variant, dev, dtype, stock_chunk_s: float | None, n_chunks: i
     models = FlashHeadModels.random(variant, device=str(dev), dtype=dtype, tiny_encoders=toy)
     applied = {}
     if compile_models or fast_vae or fp8:
-        applied = models.optimize(compile_dit=compile_models, cuda_graphs=cuda_graphs, fast_vae=fast_vae, fp8=fp8)
+        kw = {} if vae_compile is None else {"vae_compile": vae_compile or None}  # "": explicitly off
+        applied = models.optimize(compile_dit=compile_models, cuda_graphs=cuda_graphs, fast_vae=fast_vae, fp8=fp8, **kw)
     cfg = variant.streaming
     fast_cfg = dataclasses.replace(cfg, fast_start=True)
     ref = (np.random.RandomState(0).rand(cfg.height_px, cfg.width_px, 3) * 255).astype(np.uint8)
@@ -310,6 +311,11 @@ def suite_single(args) -> None:
             fast = bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=not args.no_compile,
                                   fast_vae=not args.stock_vae, cuda_graphs=not args.no_cuda_graphs, fp8=args.fp8,
                                   toy=toy, who="ours (fp8)" if args.fp8 else "ours")
+            if args.also_vae_compile is not None:
+                vc = bench_pipeline(variant, dev, dtype, stock_chunk, cuda_graphs=not args.no_cuda_graphs, toy=toy,
+                                    who=f"ours (Wan VAE compile: {args.also_vae_compile or 'off'})",
+                                    fast_start_figure=False, vae_compile=args.also_vae_compile)
+                log_drift(variant, vc, fast, f"Wan VAE compile {args.also_vae_compile or 'off'} vs default")
             if args.also_eager:
                 eager = bench_pipeline(variant, dev, dtype, stock_chunk, compile_models=False, fast_vae=False,
                                        toy=toy, who="ours (eager: --no-fast-path)", fast_start_figure=False)
@@ -401,6 +407,10 @@ def main() -> None:
                    help="pipeline: also the eager path (--no-fast-path) and its frame drift")
     p.add_argument("--also-fp8", action="store_true",
                    help="pipeline: also the DiT FP8 drift / step time and the FP8 pipeline")
+    p.add_argument("--also-vae-compile", default=None, metavar="MODE",
+                   help="pipeline: also the default path with the Wan VAE decoder/encoder compiled in this "
+                        "torch.compile mode ('default', 'max-autotune-no-cudagraphs'; '' = not compiled), "
+                        "and its frame drift against the default")
     p.add_argument("--out", type=Path)
     p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run with tiny-pro / tiny-lite (tests/tiny_models.py)")
     args = p.parse_args()

@@ -7,6 +7,9 @@
   max abs difference of the outputs against stock.
 * LTX-Video VAE decode/encode: stock vs channels_last_3d vs ``torch.compile``.
 * ``--parts vae_profile``: where the accelerated Wan VAE decode spends its GPU time (kernel classes).
+* ``--parts wan_levers --wan-lever L``: one execution lever on the accelerated Wan VAE (cuDNN engine
+  search, whole-decoder ``torch.compile``), time, first-call (compile) time, error against stock and
+  a kernel-class profile of one decode; one lever per process.
 * Scaled-dot-product attention at the DiT's shapes: PyTorch's default choice vs each backend.
 * DiT step: ``torch.compile`` default vs cuDNN attention vs CUDA graphs
   (``reduce-overhead``). (``max-autotune`` was tried: its GEMM autotuning alone took
@@ -128,6 +131,82 @@ def part_vae_profile(dev, dtype) -> None:
         top=[{"kernel": k[:90], "ms": round(t / 1e3, 2), "calls": c} for k, t, c in sorted(rows, key=lambda r: -r[1])[:12]])
 
 
+def _profile_classes(fn) -> dict:
+    """GPU time of one ``fn()`` call by kernel class (``torch.profiler``): total ms, shares of
+    convolution / copy+cat+pad / Triton (fused) / other elementwise, and the top 12 kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.device_time_total, e.count) for e in prof.key_averages()
+            if e.device_time_total > 0 and not e.key.startswith(("cudaLaunch", "cudaDevice"))]
+    total = sum(r[1] for r in rows)
+    classes: dict[str, float] = {}
+    for key, t, _ in rows:
+        k = key.lower()
+        cls = ("conv" if any(w in k for w in ("conv", "cudnn", "implicit", "xmma", "sm90", "gemm", "wgrad", "dgrad"))
+               else "copy/cat/pad" if any(w in k for w in ("copy", "cat", "pad", "memcpy", "memset"))
+               else "triton (fused)" if "triton" in k
+               else "elementwise/other")
+        classes[cls] = classes.get(cls, 0.0) + t
+    return dict(total_gpu_ms=total / 1e3,
+                share={k: round(v / total, 3) for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
+                top=[{"kernel": k[:90], "ms": round(t / 1e3, 2), "calls": c}
+                     for k, t, c in sorted(rows, key=lambda r: -r[1])[:12]])
+
+
+@torch.no_grad()
+def part_wan_levers(dev, dtype, lever: str, profile_decode: bool = True, iters: int = 7) -> None:
+    """One Wan VAE execution lever on top of the default accelerated one-pass VAE, 512x512 decode of
+    9 latent frames (33 frames) and encode of 5 frames, against stock in the same process (max / mean
+    abs difference, bf16) and against the default accelerated VAE. Run each lever in its own process
+    (cuDNN's autotuning cache and the compile caches are per process).
+
+    Levers: ``base`` (the default), ``cudnn_limit0`` (``cudnn.benchmark_limit = 0``: cuDNN tries every
+    engine, not the first 10), ``compile_default`` / ``compile_autotune`` (whole decoder and encoder
+    under ``torch.compile``, mode default / ``max-autotune-no-cudagraphs``).
+    """
+    from vividhead.training.models.vae import build_vae
+
+    torch.backends.cudnn.benchmark = True
+    if lever == "cudnn_limit0":
+        torch.backends.cudnn.benchmark_limit = 0
+    torch.manual_seed(0)
+    stock = build_vae("wan").to(dev, dtype).eval()
+    g = torch.Generator(device=dev).manual_seed(0)
+    z = torch.randn(1, 16, 9, 64, 64, device=dev, generator=g).to(dtype)
+    video = (torch.rand(1, 3, 5, 512, 512, device=dev, generator=g) * 2 - 1).to(dtype)
+    ref_dec, ref_enc = stock.decode(z).float(), stock.encode(video).float()
+    fast = copy.deepcopy(stock)
+    del stock
+    torch.cuda.empty_cache()
+    mode = {"compile_default": "default", "compile_autotune": "max-autotune-no-cudagraphs"}.get(lever)
+    counts = fast.accelerate(compile_norms=True, compile_coders=mode)
+    t0 = time.perf_counter()
+    dec = fast.decode(z).float()
+    torch.cuda.synchronize()
+    first_decode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    enc = fast.encode(video).float()
+    torch.cuda.synchronize()
+    first_encode_s = time.perf_counter() - t0
+    ddec, denc = (dec - ref_dec).abs(), (enc - ref_enc).abs()
+    row = dict(part="wan_lever", lever=lever, counts=counts, first_decode_s=first_decode_s,
+               first_encode_s=first_encode_s,
+               decode_ms=bench(partial(fast.decode, z), warmup=2, iters=iters) * 1e3,
+               encode_ms=bench(partial(fast.encode, video), warmup=2, iters=iters) * 1e3,
+               decode_max_abs_vs_stock=ddec.max().item(), decode_mean_abs_vs_stock=ddec.mean().item(),
+               encode_max_abs_vs_stock=denc.max().item(), encode_mean_abs_vs_stock=denc.mean().item(),
+               )
+    row["decode_tflop_per_s"] = 73.9 / (row["decode_ms"] / 1e3)  # 73.9 TFLOP per decode (flop_counter, docs)
+    row["decode_ms_repeat"] = bench(partial(fast.decode, z), warmup=0, iters=iters) * 1e3
+    log(**row)
+    if profile_decode:
+        log(part="wan_lever_profile", lever=lever, **_profile_classes(partial(fast.decode, z)))
+
+
 @torch.no_grad()
 def part_ltx(dev, dtype) -> None:
     """LTX VAE decode (5 latent frames -> 33) / encode (9 frames) variants at 512x512."""
@@ -229,6 +308,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", default=["vae", "sdpa", "dit", "ltx"])
     p.add_argument("--dit-variants", nargs="+", default=["pro", "lite"])
+    p.add_argument("--wan-lever", default="base",
+                   choices=["base", "cudnn_limit0", "compile_default", "compile_autotune"],
+                   help="--parts wan_levers: which lever (one per process)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     from diffusers.utils import logging as dlog
@@ -243,6 +325,7 @@ def main() -> None:
         t0 = time.perf_counter()
         {"vae": lambda: part_vae(dev, dtype), "ltx": lambda: part_ltx(dev, dtype),
          "vae_profile": lambda: part_vae_profile(dev, dtype),
+         "wan_levers": lambda: part_wan_levers(dev, dtype, args.wan_lever),
          "sdpa": lambda: part_sdpa(dev, dtype), "dit": lambda: part_dit(dev, dtype, args.dit_variants)}[part]()
         log(part=f"{part}_done", seconds=time.perf_counter() - t0)
 

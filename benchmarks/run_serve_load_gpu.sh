@@ -9,6 +9,8 @@
 #   mkdir -p .carry_serve && cp ../shared/fixtures/media/audio/speech_en_60s_16k.wav \
 #       ../shared/fixtures/media/image/face_frontal_people0.png .carry_serve/
 # Usage (device tool, kind nvidia-h200, carry [".whl_serve", ".carry_serve"]): bash benchmarks/run_serve_load_gpu.sh
+#   STEPS="lite_fast pro_fast" LITE_LIMIT=460 PRO_LIMIT=300 bash benchmarks/run_serve_load_gpu.sh  (one run after
+#   the other inside BUDGET=570 s; each limit is cut to what is left)
 set -u
 export PYTHONUNBUFFERED=1
 WHEELS=.whl_serve source benchmarks/device_env.sh
@@ -22,9 +24,16 @@ run() {  # name, time limit (s), serve_load arguments...
   echo "$name: rc $?"
   grep -v -E "^(W[0-9]|INFO|WARNING)" "$OUT/serve_load.log" | cut -c1-400 | tail -8
 }
-# Lite eager (no compilation)
-run lite_eager 80 --variant lite --warm-up 1 4 --streams 1 4 8 16
-# Pro, compiled DiT + accelerated Wan VAE, DiT batches padded to 1 or 2
-run pro_fast 160 --variant pro --optimize --batch-buckets 1 2 --vae-batch 2 --warm-up 1 2 --streams 1 2 3
-# Lite, compiled DiT replayed as CUDA graphs + compiled LTX VAE, DiT batches padded to 16 (flushes run alone: 1)
-run lite_fast 240 --variant lite --optimize --cuda-graphs --batch-buckets 16 --vae-batch 4 --warm-up 1 16 --streams 8 16 20
+T0=$(date +%s)
+left() { local l=$(( T0 + ${BUDGET:-570} - $(date +%s) )); [ $l -gt $1 ] && l=$1; echo $l; }
+for step in ${STEPS:-lite_eager pro_fast lite_fast}; do case $step in
+lite_eager)  # Lite eager (no compilation)
+  run lite_eager $(left 80) --variant lite --warm-up 1 4 --streams 1 4 8 16;;
+pro_fast)  # Pro, compiled DiT (CUDA graphs) + accelerated Wan VAE, DiT batches padded to 1 or 2
+  run pro_fast $(left ${PRO_LIMIT:-160}) --variant pro --optimize --cuda-graphs --batch-buckets 1 2 --vae-batch 2 \
+    --warm-up 1 2 --streams ${PRO_STREAMS:-1 2 3};;
+lite_fast)  # Lite, compiled DiT replayed as CUDA graphs + compiled LTX VAE, DiT batches padded to 16
+            # (flushes run alone: 1)
+  run lite_fast $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --batch-buckets 16 --vae-batch 4 \
+    --warm-up 1 16 --streams ${LITE_STREAMS:-8 16 20};;
+esac; done

@@ -60,6 +60,23 @@ def pcm_to_float(pcm: np.ndarray | bytes) -> np.ndarray:
     raise ValueError(f"unsupported PCM dtype {arr.dtype}")
 
 
+def compile_no_grad(fn, **compile_kwargs):
+    """``torch.compile(fn, dynamic=False)`` always entered with autograd off.
+
+    Dynamo guards every compiled frame on the caller's grad mode, so a compiled VAE entered from a
+    thread or call site with autograd on after one with it off recompiles (seen on an H200 in
+    ``vividhead serve``: a compiled LTX decode recompiled mid-stream, several seconds of stall);
+    entering under ``torch.no_grad`` keeps one graph per shape.
+    """
+    compiled = torch.compile(fn, dynamic=False, **compile_kwargs)
+
+    def call(*args, **kwargs):
+        with torch.no_grad():
+            return compiled(*args, **kwargs)
+
+    return call
+
+
 @dataclass
 class FlashHeadModels:
     """The weights shared by all sessions: DiT, VAE, Wav2Vec, on one device.
@@ -181,7 +198,7 @@ class FlashHeadModels:
         return cls(variant, transformer, vae, audio, dev, dtype)
 
     def optimize(self, compile_dit: bool = True, cuda_graphs: bool = True, fast_vae: bool = True,
-                 fp8: bool = False) -> dict:
+                 fp8: bool = False, vae_compile: str | None = "default") -> dict:
         """Make inference fast on a GPU, in place; every choice is measured in
         ``benchmarks/inference.py`` / ``benchmarks/inference_kernels.py`` (docs/benchmarks.md). The
         defaults are the fast path ``vividhead infer`` / ``serve`` take on a GPU.
@@ -192,8 +209,14 @@ class FlashHeadModels:
                 (``mode="reduce-overhead"``): 2x per step at Lite's 1280 tokens, neutral at Pro's 9216.
                 Replays share output buffers, so keep one thread generating at a time.
             fast_vae: Wan VAE: channels-last, fused RMS norm + SiLU, one-pass decode / encode
-                (:meth:`vividhead.training.models.vae.WanVAE.accelerate`); LTX VAE: ``torch.compile`` of
-                decode/encode (2.6x / 2.8x on an H100; channels-last makes it slower).
+                (:meth:`vividhead.training.models.vae.WanVAE.accelerate`), compiled per ``vae_compile``;
+                LTX VAE: ``torch.compile`` of the decode and of the encoder's moments (2.6x / 2.8x on
+                an H100; channels-last makes it slower), the posterior sample staying eager.
+            vae_compile: with ``fast_vae`` on a Wan VAE (GPU): ``torch.compile`` mode of the whole
+                decoder and encoder (``"default"``: decode 233 -> 187 ms per Pro chunk on an H200,
+                within the bf16 error of the uncompiled path; ``"max-autotune-no-cudagraphs"``
+                autotunes every convolution for minutes), one graph per chunk shape; ``None``: only
+                the fused norms are compiled.
             fp8: row-wise FP8 GEMMs in the DiT blocks (:mod:`vividhead.inference.fp8`; Ada / Hopper
                 GPUs). Replaces the block weights by FP8 copies (not reversible); moves outputs by
                 more than bf16 rounding, so it is opt-in.
@@ -216,11 +239,13 @@ class FlashHeadModels:
             applied["dit"] = mode or "compiled"
         vae = getattr(self.vae, "vae", self.vae)  # a ParallelWanVAE wraps a WanVAE as .vae
         if fast_vae and isinstance(vae, WanVAE):
-            vae.accelerate(compile_norms=self.device.type == "cuda")
-            applied["vae"] = "wan-accelerated"
+            on_gpu = self.device.type == "cuda"
+            vae.accelerate(compile_norms=on_gpu, compile_coders=vae_compile if on_gpu else None)
+            applied["vae"] = "wan-accelerated" + (f"+compiled ({vae_compile})" if on_gpu and vae_compile else "")
         elif fast_vae and isinstance(vae, LTXVAE):
-            vae.decode = torch.compile(vae.decode, dynamic=False)
-            vae.encode = torch.compile(vae.encode, dynamic=False)
+            vae.decode = compile_no_grad(vae.decode)
+            # the moments only: the posterior sample (with each session's generator) stays eager
+            vae.encode_moments = compile_no_grad(vae.encode_moments)
             applied["vae"] = "ltx-compiled"
         return applied
 

@@ -28,7 +28,7 @@ def test_fast_path_is_the_default_and_one_flag_turns_it_off():
 def test_optimize_defaults_are_the_fast_path():
     defaults = {k: p.default for k, p in inspect.signature(FlashHeadModels.optimize).parameters.items()}
     assert defaults == {"self": inspect.Parameter.empty, "compile_dit": True, "cuda_graphs": True,
-                        "fast_vae": True, "fp8": False}
+                        "fast_vae": True, "fp8": False, "vae_compile": "default"}
 
 
 def test_fp8_without_the_gpu_fast_path_is_refused(tiny_pro, monkeypatch):

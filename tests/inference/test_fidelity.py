@@ -280,3 +280,44 @@ def test_checkpoint_by_hub_id_offline(tmp_path, monkeypatch):
                               "--checkpoint", f"acme/absent@{REV}", "--device", "cpu"])
     errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
     assert res.exit_code == 2 and len(errors) == 1 and "offline" in errors[0], res.output
+
+
+def test_compiled_ltx_encode_does_not_recompile_per_session_generator(tiny_lite):
+    """``optimize()`` compiles the LTX encoder's moments, not the posterior sample with each
+    session's generator (compiling ``encode`` whole splits it at the sample: 3 graphs). Dynamo with
+    the ``eager`` backend (CPU): one graph for any number of generators, sampled latents unchanged."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    vae = copy.deepcopy(tiny_lite.vae)
+    video = torch.rand(1, 3, 9, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    want = [vae.encode(video, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)]
+    torch._dynamo.reset()
+    counters.clear()
+    vae.encode_moments = torch.compile(vae.encode_moments, backend="eager", dynamic=False)
+    got = [vae.encode(video, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+def test_compile_no_grad_keeps_one_graph_whatever_the_callers_grad_mode(tiny_lite):
+    """A compiled VAE entered with autograd on and then off would recompile (dynamo guards on the
+    grad mode); :func:`compile_no_grad` enters it under ``no_grad`` (eager backend, CPU)."""
+    from torch._dynamo.utils import counters
+
+    from vividhead.inference.pipeline import compile_no_grad
+
+    z = torch.randn(1, tiny_lite.vae.latent_channels, 2, 2, 2, generator=torch.Generator().manual_seed(4))
+    want = tiny_lite.vae.decode(z)
+    torch._dynamo.reset()
+    counters.clear()
+    decode = compile_no_grad(tiny_lite.vae.decode, backend="eager")
+    with torch.enable_grad():
+        a = decode(z)
+    with torch.no_grad():
+        b = decode(z)
+    torch.testing.assert_close(a, want, rtol=0, atol=0)
+    torch.testing.assert_close(b, want, rtol=0, atol=0)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

@@ -39,9 +39,11 @@ def test_streaming_on_cuda():
     assert [o.shape for o in out] == [(28, 32, 32, 3)] * 2
 
 
-def test_accelerated_wan_vae_on_cuda_matches_stock():
-    """Channels-last + Triton-fused RMS norm/SiLU (torch.compile) against stock diffusers, real Wan
-    config at 128x128, float32 (tight) and bf16 (rounding-level)."""
+@pytest.mark.parametrize("compile_coders", [None, "default"])
+def test_accelerated_wan_vae_on_cuda_matches_stock(compile_coders):
+    """Channels-last + Triton-fused RMS norm/SiLU (torch.compile) and, with ``compile_coders``, the
+    whole decoder / encoder under inductor (the fast path's default), against stock diffusers, real
+    Wan config at 128x128, float32 (tight) and bf16 (rounding-level)."""
     import copy
 
     from vividhead.training.models.vae import build_vae
@@ -49,7 +51,7 @@ def test_accelerated_wan_vae_on_cuda_matches_stock():
     torch.manual_seed(0)
     stock = build_vae("wan").cuda().eval()
     fast = copy.deepcopy(stock)
-    fast.accelerate(compile_norms=True)
+    fast.accelerate(compile_norms=True, compile_coders=compile_coders)
     z = torch.randn(1, 16, 3, 16, 16, device="cuda")
     video = torch.rand(1, 3, 5, 128, 128, device="cuda") * 2 - 1
     torch.backends.cudnn.allow_tf32 = False

@@ -67,9 +67,11 @@ class WanVAE(VideoVAE):
         self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
         self.memory_format = torch.contiguous_format
 
-    def accelerate(self, compile_norms: bool = True, one_pass: bool = True) -> dict[str, int]:
-        """Channels-last execution, time-only causal padding, fused RMS norm + SiLU and (``one_pass``)
-        whole-chunk decode / encode without the causal feature cache
+    def accelerate(self, compile_norms: bool = True, one_pass: bool = True,
+                   compile_coders: str | None = None) -> dict[str, int]:
+        """Channels-last execution, time-only causal padding, fused RMS norm + SiLU, (``one_pass``)
+        whole-chunk decode / encode without the causal feature cache and (``compile_coders``, a
+        ``torch.compile`` mode) the compiled decoder / encoder
         (:func:`vividhead.training.models.wan_vae_fast.accelerate_wan_vae`); same weights and math.
 
         Returns:
@@ -78,7 +80,8 @@ class WanVAE(VideoVAE):
         from vividhead.training.models.wan_vae_fast import accelerate_wan_vae
 
         self.memory_format = torch.channels_last_3d
-        return accelerate_wan_vae(self.model, compile_norms=compile_norms, one_pass=one_pass)
+        return accelerate_wan_vae(self.model, compile_norms=compile_norms, one_pass=one_pass,
+                                  compile_coders=compile_coders)
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -134,11 +137,19 @@ class LTXVAE(VideoVAE):
             generator: draws ``eps`` when :attr:`sample_posterior` is on (``None``: torch's global
                 RNG, as upstream); unused otherwise.
         """
-        dtype = self.model.dtype
-        posterior = self.model.encode(video.to(dtype)).latent_dist
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        # The posterior sample (with the session's generator) stays outside encode_moments, the part
+        # a compiled VAE compiles: one graph without a break at the sample.
+        posterior = DiagonalGaussianDistribution(self.encode_moments(video))
         mu = posterior.sample(generator) if self.sample_posterior else posterior.mode()
         mean, std = self._stats()
-        return ((mu.float() - mean) / std).to(dtype)
+        return ((mu.float() - mean) / std).to(self.model.dtype)
+
+    def encode_moments(self, video: torch.Tensor) -> torch.Tensor:
+        """``video: [B, 3, 1+8k, H, W]`` -> posterior moments ``[B, 2 * 128, 1+k, H/32, W/32]`` (mean,
+        log-variance; the VAE dtype), as ``AutoencoderKLLTXVideo.encode`` computes them."""
+        return self.model.encode(video.to(self.model.dtype)).latent_dist.parameters
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -161,7 +161,11 @@ def _norm_forward(fused: Callable, silu: bool):
     return forward
 
 
-def accelerate_wan_vae(model: nn.Module, compile_norms: bool = True, one_pass: bool = True) -> dict[str, int]:
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
+def accelerate_wan_vae(model: nn.Module, compile_norms: bool = True, one_pass: bool = True,
+                       compile_coders: str | None = None) -> dict[str, int]:
     """Speed up an ``AutoencoderKLWan`` in place (see the module docstring). Weights are unchanged
     (only their memory format), so checkpoints load before or after.
 
@@ -172,10 +176,18 @@ def accelerate_wan_vae(model: nn.Module, compile_norms: bool = True, one_pass: b
         one_pass: decode / encode a whole chunk in one decoder / encoder call without the causal
             feature cache (Wan2.1 layout; a Wan2.2 residual VAE, tiling or patching keep the
             per-call scheme).
+        compile_coders: ``torch.compile`` mode (one of :data:`COMPILE_MODES`) for the whole
+            decoder and encoder (with ``one_pass``: one static graph per input shape, so inductor
+            fuses the norms, residual adds, bias adds and resampling copies around the cuDNN
+            convolutions); ``None``: not compiled. The norms then run the plain
+            :func:`rms_norm_act` math inside that graph (``compile_norms`` is ignored).
 
     Returns:
         counts of rewritten modules: ``{"conv": ..., "norm_silu": ..., "norm": ..., "upsample": ...,
-        "one_pass": 0 or 1}``.
+        "one_pass": 0 or 1, "compiled_coders": 0, 1 or 2}``.
+
+    Raises:
+        ValueError: an unknown ``compile_coders`` mode.
     """
     from diffusers.models.autoencoders.autoencoder_kl_wan import (
         AutoencoderKLWan,
@@ -188,8 +200,10 @@ def accelerate_wan_vae(model: nn.Module, compile_norms: bool = True, one_pass: b
         WanUpsample,
     )
 
-    fused = _compiled_rms_norm_act() if compile_norms else rms_norm_act
-    counts = {"conv": 0, "norm_silu": 0, "norm": 0, "upsample": 0, "one_pass": 0}
+    if compile_coders is not None and compile_coders not in COMPILE_MODES:
+        raise ValueError(f"compile_coders must be one of {COMPILE_MODES} or None, got {compile_coders!r}")
+    fused = _compiled_rms_norm_act() if compile_norms and compile_coders is None else rms_norm_act
+    counts = {"conv": 0, "norm_silu": 0, "norm": 0, "upsample": 0, "one_pass": 0, "compiled_coders": 0}
     for mod in model.modules():
         if isinstance(mod, nn.Conv3d):
             mod.weight.data = mod.weight.data.contiguous(memory_format=torch.channels_last_3d)
@@ -224,4 +238,12 @@ def accelerate_wan_vae(model: nn.Module, compile_norms: bool = True, one_pass: b
         model._decode = types.MethodType(_decode_one_pass, model)
         model._encode = types.MethodType(_encode_one_pass, model)
         counts["one_pass"] = 1
+    if compile_coders is not None:
+        mode = None if compile_coders == "default" else compile_coders
+        for name in ("decoder", "encoder"):
+            coder = getattr(model, name, None)
+            if isinstance(coder, nn.Module):
+                # static shapes: one graph per chunk length and batch size (few in streaming)
+                coder.forward = torch.compile(coder.forward, mode=mode, dynamic=False)
+                counts["compiled_coders"] += 1
     return counts
