@@ -97,6 +97,31 @@ def test_warm_up_measures_rounds(tiny_pro_fast_vae, ref_image):
         server.close()
 
 
+def test_warm_up_does_not_measure_the_first_standard_round(tiny_pro_fast_vae, ref_image, monkeypatch):
+    """The first standard round at a batch size (where a compiled path compiles that shape) is run
+    but not fed to admission; ``rounds`` rounds after it are."""
+    import vividhead.inference.server as server_mod
+
+    calls = []
+    real = server_mod.run_chunks
+
+    def spy(jobs, batching):
+        calls.append((len(jobs), jobs[0].index))
+        return real(jobs, batching)
+
+    monkeypatch.setattr(server_mod, "run_chunks", spy)
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image)
+    observed = []
+    monkeypatch.setattr(server.scheduler.cost, "observe", lambda b, s: observed.append(b))
+    try:
+        server.warm_up((1, 2), rounds=2)
+    finally:
+        server.close()
+    skip = 2 if server.streaming.fast_start else 1
+    assert calls == [(b, r) for b in (1, 2) for r in range(skip + 3)]
+    assert observed == [1, 1, 2, 2]
+
+
 def test_concurrent_clients_are_batched(tiny_pro_fast_vae, ref_image, speech):
     """Three clients send two chunks each at once: every client gets its 56 frames in order, and the
     scheduler ran fewer rounds than chunks (chunks of different sessions shared rounds)."""
