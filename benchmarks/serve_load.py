@@ -190,6 +190,8 @@ def summarise(n: int, results: list[ClientResult], fps: float, server=None, wall
         point["server"] = {"rounds": server.scheduler.rounds,
                            "round_s_by_batch": {str(k): round(v, 4) for k, v in server.scheduler.cost.medians().items()},
                            "chunk_s": server.chunk_seconds,
+                           # model thread busy serving rounds over this point's wall time (0-1)
+                           "busy_share": server.scheduler.load.busy_fraction(wall_s, require_history=False) if wall_s > 0 else None,
                            "admits_this_many": server.round_seconds(n) is not None
                            and server.round_seconds(n) <= 0.85 * server.chunk_seconds}
     return point

@@ -283,6 +283,45 @@ class ChunkCostModel:
         return float(max(intercept + max(slope, 0.0) * batch, floor))
 
 
+class LoadMeter:
+    """Share of wall time the model thread spent serving rounds, over a trailing window.
+
+    Admission's round-time estimate assumes one round per chunk period; sessions that arrive out of
+    phase run in more, smaller rounds (4 staggered Lite sessions ran as 17 rounds for 24 chunks on an
+    H200), so what they cost is best read from the measured busy time itself.
+
+    Args:
+        horizon_s: how long busy intervals are kept (seconds); windows longer than this see less.
+    """
+
+    def __init__(self, horizon_s: float = 60.0) -> None:
+        self.horizon_s = horizon_s
+        self._busy: deque[tuple[float, float]] = deque()  # (start, end), time.monotonic() seconds
+        self._first: float | None = None
+        self._lock = threading.Lock()
+
+    def record(self, start: float, end: float) -> None:
+        """One busy interval of the model thread, ``time.monotonic()`` seconds."""
+        with self._lock:
+            if self._first is None:
+                self._first = start
+            self._busy.append((start, end))
+            while self._busy and self._busy[0][1] < end - self.horizon_s:
+                self._busy.popleft()
+
+    def busy_fraction(self, window_s: float, now: float | None = None, require_history: bool = True) -> float | None:
+        """Busy seconds in ``[now - window_s, now]`` over ``window_s`` (0-1), or ``None`` when the
+        first recorded interval began less than ``window_s`` ago (too little history to judge;
+        ``require_history=False``: count what there is)."""
+        now = time.monotonic() if now is None else now
+        lo = now - window_s
+        with self._lock:
+            if self._first is None or (require_history and self._first > lo):
+                return None
+            busy = sum(max(0.0, min(e, now) - max(s, lo)) for s, e in self._busy)
+        return min(1.0, busy / window_s)
+
+
 class BatchScheduler:
     """One worker thread that owns the models: batches waiting chunks of all sessions per round.
 
@@ -303,6 +342,7 @@ class BatchScheduler:
         self.frame_num = frame_num
         self.open_sessions = open_sessions
         self.cost = ChunkCostModel()
+        self.load = LoadMeter()  # rounds served to sessions only (not warm-up or other calls)
         self.rounds = 0
         self._cv = threading.Condition()
         self._chunks: list[tuple[ChunkJob, concurrent.futures.Future]] = []
@@ -401,7 +441,7 @@ class BatchScheduler:
         for items in groups.values():
             for part in _parts(items, self.batching.max_batch):
                 jobs = [job for job, _ in part]
-                t0 = time.perf_counter()
+                t0, m0 = time.perf_counter(), time.monotonic()
                 try:
                     results = _run_group(jobs, self.batching)
                 except BaseException as exc:  # every caller of the batch gets the error
@@ -410,6 +450,7 @@ class BatchScheduler:
                         fut.set_exception(exc)
                     continue
                 seconds = time.perf_counter() - t0
+                self.load.record(m0, time.monotonic())
                 self.rounds += 1
                 if self.frame_num is None or jobs[0].session.cfg.chunk_frames(jobs[0].index)[0] == self.frame_num:
                     self.cost.observe(self.batching.padded(len(jobs)), seconds)
@@ -417,4 +458,4 @@ class BatchScheduler:
                     fut.set_result(frames)
 
 
-__all__ = ["BatchScheduler", "BatchingConfig", "ChunkCostModel", "ChunkJob", "run_chunks"]
+__all__ = ["BatchScheduler", "BatchingConfig", "ChunkCostModel", "ChunkJob", "LoadMeter", "run_chunks"]

@@ -245,6 +245,9 @@ def serve(
     realtime_margin: Annotated[float, typer.Option(
         help="Admit a session only if a round with it is estimated at <= this fraction of a chunk's "
              "duration (1 or more: off).")] = 0.85,
+    load_window_s: Annotated[float, typer.Option(
+        help="With sessions open, also refuse when the model's measured busy share over this many "
+             "trailing seconds, scaled to one more session, exceeds --realtime-margin (0: off).")] = 5.0,
     max_batch: Annotated[int, typer.Option(help="Most concurrent sessions in one DiT batch.")] = 16,
     batch_buckets: Annotated[str, typer.Option(
         help="Comma-separated DiT batch sizes to pad to (few shapes for compiled/CUDA-graph DiTs), e.g. 1,2,4,8,16.")] = "",
@@ -270,7 +273,8 @@ def serve(
 
     batching = BatchingConfig(max_batch=max_batch, batch_buckets=sizes(batch_buckets) or None, gather_s=gather_s)
     admission = AdmissionConfig(max_sessions=max_sessions,
-                                realtime_margin=realtime_margin if realtime_margin < 1 else None)
+                                realtime_margin=realtime_margin if realtime_margin < 1 else None,
+                                load_window_s=load_window_s if load_window_s > 0 else None)
     models = model.load()
     cfg = model.streaming(models)
     warm = sizes(warm_up_batches) or ((batching.batch_buckets or (1,)) if models.device.type == "cuda" else ())

@@ -74,16 +74,23 @@ class AdmissionConfig:
         realtime_margin: a session is admitted only if the estimated round time with it is at most
             this fraction of one chunk's duration (1.12 s for Pro, 0.96 s for Lite); the rest is
             slack for MP4 encoding, the network and jitter. ``None`` turns the estimate off.
+        load_window_s: with sessions open, also refuse when the measured busy share of the model
+            thread over this many trailing seconds, scaled by ``(n + 1) / n``, exceeds
+            ``realtime_margin``: out-of-phase sessions run in more rounds than one per chunk, which
+            the round-time estimate does not see. ``None`` turns this check off.
     """
 
     max_sessions: int | None = None
     realtime_margin: float | None = 0.85
+    load_window_s: float | None = 5.0
 
     def __post_init__(self) -> None:
         if self.max_sessions is not None and self.max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
         if self.realtime_margin is not None and not 0 < self.realtime_margin <= 1:
             raise ValueError(f"realtime_margin must be in (0, 1], got {self.realtime_margin}")
+        if self.load_window_s is not None and not self.load_window_s > 0:
+            raise ValueError(f"load_window_s must be > 0, got {self.load_window_s}")
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -160,6 +167,11 @@ class FlashHeadServer:
             if est is not None and est > budget:
                 return (f"server full: {n + 1} sessions would need an estimated {est:.3f} s per "
                         f"{self.chunk_seconds:.2f} s chunk (real time allows {budget:.3f} s)")
+            load = self.scheduler.load.busy_fraction(adm.load_window_s) if adm.load_window_s and n else None
+            if load is not None and load * (n + 1) / n > adm.realtime_margin:
+                return (f"server full: {n} sessions keep the model busy {load:.0%} of the time; "
+                        f"{n + 1} would need about {load * (n + 1) / n:.0%} (real time allows "
+                        f"{adm.realtime_margin:.0%})")
         return None
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,), rounds: int = 2) -> dict[int, float]:

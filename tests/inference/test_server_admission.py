@@ -87,6 +87,37 @@ def test_refuses_when_measured_rounds_exceed_real_time(tiny_pro_fast_vae, ref_im
     _run(server, scenario)
 
 
+def test_refuses_when_measured_load_leaves_no_room(tiny_pro_fast_vae, ref_image):
+    """One open session kept the model busy 60% of the last 5 s: a second would need ~120% and is
+    refused with the numbers, although no round time is known; with the load check off it is admitted."""
+    import time
+
+    from websockets.asyncio.client import connect
+
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image, admission=AdmissionConfig(load_window_s=5.0))
+    now = time.monotonic()
+    server.scheduler.load.record(now - 6.0, now - 5.5)
+    server.scheduler.load.record(now - 4.0, now - 1.0)
+
+    async def scenario(port):
+        async with connect(f"ws://127.0.0.1:{port}") as first:
+            assert json.loads(await first.recv())["type"] == "ready"
+            async with connect(f"ws://127.0.0.1:{port}") as second:
+                err = json.loads(await second.recv())
+                assert err["reason"] == "server_full"
+                assert "1 sessions keep the model busy" in err["message"] and "real time allows 85%" in err["message"]
+            server.admission = AdmissionConfig(load_window_s=None)
+            async with connect(f"ws://127.0.0.1:{port}") as third:
+                assert json.loads(await third.recv())["type"] == "ready"
+
+    _run(server, scenario)
+
+
+def test_admission_config_rejects_bad_load_window():
+    with pytest.raises(ValueError, match="load_window_s"):
+        AdmissionConfig(load_window_s=0)
+
+
 def test_warm_up_measures_rounds(tiny_pro_fast_vae, ref_image):
     server = FlashHeadServer(tiny_pro_fast_vae, ref_image)
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tiny_models import TINY_LITE, TINY_PRO
 
-from vividhead.inference.batching import BatchingConfig, BatchScheduler, ChunkCostModel, ChunkJob, run_chunks
+from vividhead.inference.batching import BatchingConfig, BatchScheduler, ChunkCostModel, ChunkJob, LoadMeter, run_chunks
 from vividhead.inference.pipeline import StreamingSession, pcm_to_float
 
 
@@ -143,6 +143,33 @@ def test_cost_model_estimates():
     m.observe(4, 0.9)  # median of 0.7, 0.9
     assert m.estimate(4) == pytest.approx(0.8)
     assert m.estimate(8) == pytest.approx(0.2 + 0.15 * 8)  # line through (2, 0.5), (4, 0.8)
+
+
+def test_load_meter_busy_fraction():
+    m = LoadMeter(horizon_s=20.0)
+    assert m.busy_fraction(5.0, now=100.0) is None  # nothing recorded
+    m.record(97.0, 98.0)
+    assert m.busy_fraction(5.0, now=100.0) is None  # history shorter than the window
+    assert m.busy_fraction(5.0, now=100.0, require_history=False) == pytest.approx(0.2)
+    m.record(98.5, 99.5)
+    assert m.busy_fraction(2.0, now=100.0) == pytest.approx(0.5)  # 1.0 s of [98, 100]
+    assert m.busy_fraction(2.5, now=100.0) == pytest.approx(1.5 / 2.5)  # clipped at the window's start
+    m.record(150.0, 151.0)  # older intervals fall out of the 20 s horizon
+    assert m.busy_fraction(10.0, now=151.0) == pytest.approx(0.1)
+
+
+def test_scheduler_load_counts_rounds_not_calls(tiny_pro_fast_vae, speech):
+    scheduler = BatchScheduler(BatchingConfig(max_batch=2))
+    try:
+        scheduler.call(lambda: __import__("time").sleep(0.3)).result()  # e.g. warm-up: not load
+        assert scheduler.load.busy_fraction(5.0, require_history=False) is None
+        session = scheduler.call(lambda: StreamingSession(tiny_pro_fast_vae, _refs(1)[0], seed=0)).result()
+        spc = TINY_PRO.streaming.samples_per_chunk
+        scheduler.submit_chunk(session, pcm_to_float(speech[:spc]), 0).result(timeout=120)
+        busy = scheduler.load.busy_fraction(30.0, require_history=False)
+        assert busy is not None and 0 < busy < 1
+    finally:
+        scheduler.close()
 
 
 def test_batching_config_buckets():
