@@ -100,8 +100,6 @@ def part_vae(dev, dtype) -> None:
 def part_vae_profile(dev, dtype) -> None:
     """Where the accelerated Wan VAE decode (512x512x33) spends its GPU time: kernel classes from
     ``torch.profiler`` (convolution / elementwise+norm / copy+cat+pad / other), top kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
     from vividhead.training.models.vae import build_vae
 
     torch.manual_seed(0)
@@ -112,23 +110,7 @@ def part_vae_profile(dev, dtype) -> None:
     for _ in range(3):
         vae.decode(z)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        vae.decode(z)
-        torch.cuda.synchronize()
-    rows = [(e.key, e.device_time_total, e.count) for e in prof.key_averages()
-            if e.device_time_total > 0 and not e.key.startswith(("cudaLaunch", "cudaDevice"))]
-    total = sum(r[1] for r in rows)
-    classes: dict[str, float] = {}
-    for key, t, _ in rows:
-        k = key.lower()
-        cls = ("conv" if any(w in k for w in ("conv", "cudnn", "implicit", "xmma", "sm90", "gemm", "wgrad", "dgrad"))
-               else "copy/cat/pad" if any(w in k for w in ("copy", "cat", "pad", "memcpy", "memset"))
-               else "fused norm (triton)" if "triton" in k
-               else "elementwise/other")
-        classes[cls] = classes.get(cls, 0.0) + t
-    log(part="vae_profile", total_gpu_ms=total / 1e3,
-        share={k: round(v / total, 3) for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
-        top=[{"kernel": k[:90], "ms": round(t / 1e3, 2), "calls": c} for k, t, c in sorted(rows, key=lambda r: -r[1])[:12]])
+    log(part="vae_profile", **_profile_classes(lambda: vae.decode(z)))
 
 
 def _profile_classes(fn) -> dict:
