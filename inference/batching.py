@@ -151,15 +151,18 @@ def _run_group(jobs: Sequence[ChunkJob], cfg: BatchingConfig) -> list[np.ndarray
     # 1. Motion encode of the previous chunks' last frames (sessions past their first chunk).
     t0 = time.perf_counter()
     pending = [s for s in sessions if s._motion_video is not None]
-    if getattr(vae, "sample_posterior", False):
-        # A sampled posterior draws from each session's own generator: encode one session at a time
-        # through the session's own encode.
-        for s in pending:
-            s.motion_latents, s._motion_video = s._vae_encode(s._motion_video, s._posterior_generator), None
-        pending = []
+    sampled = getattr(vae, "sample_posterior", False)
     for part in _parts(pending, cfg.vae_batch):
-        video = _pad_rows(torch.cat([s._motion_video for s in part]), cfg.padded_vae(len(part)))
-        latents = vae.encode(video)  # [b', C, M', h, w]
+        size = cfg.padded_vae(len(part))
+        video = _pad_rows(torch.cat([s._motion_video for s in part]), size)
+        if sampled:
+            # A sampled posterior: row b draws its noise from session b's own generator (padding rows
+            # from throw-away ones), the same draws as each session encoding alone.
+            gens = [s._posterior_generator for s in part]
+            gens += [torch.Generator(device=gens[0].device) for _ in range(size - len(part))]
+            latents = vae.encode(video, generator=gens)  # [b', C, M', h, w]
+        else:
+            latents = vae.encode(video)  # [b', C, M', h, w]
         for s, lat in zip(part, latents.split(1)):
             s.motion_latents, s._motion_video = lat, None
     t1 = time.perf_counter()

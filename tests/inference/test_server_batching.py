@@ -82,6 +82,35 @@ def test_batched_sessions_equal_alone_lite_fast_start(tiny_lite, speech):
         _assert_close(got[i], want)
 
 
+def test_batched_lite_motion_encode_samples_each_sessions_posterior(tiny_lite, speech):
+    """Lite samples its LTX posterior (the released default) with each session's own generator: the
+    motion encode of three sessions runs as one padded VAE call (vae_batch 4, bucket 4) and every
+    session still equals its lone run."""
+    from vividhead.training.models.vae import LTXVAE
+
+    assert isinstance(tiny_lite.vae, LTXVAE)
+    refs, seeds = _refs(3), [11, 12, 13]
+    spc = TINY_LITE.streaming.samples_per_chunk
+    pcms = [speech[i * 4000 : i * 4000 + 3 * spc] for i in range(3)]
+    calls = []
+    encode = tiny_lite.vae.encode
+
+    def spy(video, generator=None):
+        calls.append((video.shape[0], len(generator) if isinstance(generator, list) else generator))
+        return encode(video, generator=generator)
+
+    tiny_lite.vae.encode = spy
+    try:
+        got = _serve_batched(tiny_lite, refs, seeds, pcms, starts=[0, 0, 0],
+                             cfg=BatchingConfig(max_batch=4, vae_batch=4, batch_buckets=(4,)))
+    finally:
+        del tiny_lite.vae.encode
+    assert tiny_lite.vae.sample_posterior
+    assert (4, 4) in calls  # three sessions' motion frames plus one padding row, one generator each
+    for i in range(3):
+        _assert_close(got[i], _alone(tiny_lite, refs[i], seeds[i], pcms[i]))
+
+
 def test_run_chunks_counts_and_rejects_duplicates(tiny_pro_fast_vae, ref_image, speech):
     s = StreamingSession(tiny_pro_fast_vae, ref_image)
     (job,) = _split(s, speech[: TINY_PRO.streaming.samples_per_chunk])

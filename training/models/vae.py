@@ -130,12 +130,14 @@ class LTXVAE(VideoVAE):
         )
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, video: torch.Tensor,
+               generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
         """``video: [B, 3, 1+8k, H, W]`` in [-1, 1] -> normalised latents ``[B, 128, 1+k, H/32, W/32]``.
 
         Args:
             generator: draws ``eps`` when :attr:`sample_posterior` is on (``None``: torch's global
-                RNG, as upstream); unused otherwise.
+                RNG, as upstream); a list of B generators draws row b from generator b (diffusers'
+                ``randn_tensor``), the same draws as encoding each row alone; unused otherwise.
         """
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
