@@ -60,6 +60,7 @@ class ModelOptions:
     fp8: bool = False
     fast_start: bool = False
     crop_face: bool = False
+    compile_artifacts: Optional[Path] = None
     fidelity: FidelityOptions = FidelityOptions()
 
     def load(self):
@@ -110,10 +111,26 @@ class ModelOptions:
         models = dataclasses.replace(models, fidelity=self.fidelity)
         if self.fast_path and models.device.type == "cuda":
             _persistent_compile_cache()
+            if self.compile_artifacts is not None:
+                from vividhead.inference.compile_cache import load_compile_artifacts
+
+                load_compile_artifacts(self.compile_artifacts)
             models.optimize(fp8=self.fp8)
         elif self.fp8:
             raise typer.BadParameter("--fp8 needs the fast path on a GPU")
         return models
+
+    def save_compile_artifacts(self, models) -> None:
+        """After the compiled shapes have run: write ``--compile-artifacts`` (fast path on a GPU only;
+        a write error is a one-line warning, the result of the command stands)."""
+        if self.compile_artifacts is None or not self.fast_path or models.device.type != "cuda":
+            return
+        from vividhead.inference.compile_cache import save_compile_artifacts
+
+        try:
+            save_compile_artifacts(self.compile_artifacts)
+        except OSError as exc:
+            typer.echo(f"warning: --compile-artifacts not written: {exc}", err=True)
 
     def streaming(self, models):
         """The loaded model's streaming geometry with ``--fast-start`` applied."""
@@ -161,6 +178,11 @@ MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
     "fast_start": typer.Option("--fast-start", help="Short first chunk (lower first-frame latency)."),
     "crop_face": typer.Option("--crop-face", help="Crop the reference around its largest face (released recipe; "
                                                  "detector weights from the registry)."),
+    "compile_artifacts": typer.Option(
+        "--compile-artifacts", help="Fast path: a torch.compile artifact file (PyTorch Mega-Cache), loaded before "
+                                    "compiling when it exists and written once the shapes have compiled "
+                                    "(after serve's warm-up, after infer's video): ship it so that a fresh "
+                                    "machine skips the cold compile."),
 }
 
 
@@ -233,6 +255,7 @@ def infer(
     finally:
         writer.close()
     typer.echo(f"wrote {writer.frames} frames ({writer.frames / cfg.fps:.2f} s) to {out}")
+    model.save_compile_artifacts(models)
 
 
 @with_model_options
@@ -279,7 +302,8 @@ def serve(
     cfg = model.streaming(models)
     warm = sizes(warm_up_batches) or ((batching.batch_buckets or (1,)) if models.device.type == "cuda" else ())
     asyncio.run(serve_forever(models, model.reference(image, cfg), host, port, streaming=cfg, seed=model.seed,
-                              batching=batching, admission=admission, warm_up=warm))
+                              batching=batching, admission=admission, warm_up=warm,
+                              after_warm_up=lambda: model.save_compile_artifacts(models)))
 
 
 def _persistent_compile_cache() -> None:

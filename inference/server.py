@@ -47,6 +47,7 @@ import mimetypes
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -354,10 +355,12 @@ async def serve_forever(
     models: FlashHeadModels, reference_image: np.ndarray, host: str, port: int,
     streaming: StreamingConfig | None = None, seed: int = 42, batching: BatchingConfig | None = None,
     admission: AdmissionConfig | None = None, warm_up: tuple[int, ...] = (),
+    after_warm_up: Callable[[], None] | None = None,
 ) -> None:
     """Run the server until cancelled (``streaming``, ``seed``, ``batching``, ``admission``: see
     :class:`FlashHeadServer`; ``warm_up``: batch sizes measured before the port opens, see
-    :meth:`FlashHeadServer.warm_up`)."""
+    :meth:`FlashHeadServer.warm_up`; ``after_warm_up``: called once after it, before the port opens,
+    e.g. to save the compile artifacts)."""
     from websockets.asyncio.server import serve
 
     server = FlashHeadServer(models, reference_image, seed=seed, streaming=streaming, batching=batching,
@@ -367,6 +370,8 @@ async def serve_forever(
             logger.info("warm-up at batch sizes %s", warm_up)
             medians = await asyncio.to_thread(server.warm_up, warm_up)
             logger.info("warm-up: seconds per round %s (chunk %.2f s)", medians, server.chunk_seconds)
+        if after_warm_up is not None:
+            await asyncio.to_thread(after_warm_up)
         async with serve(server.handler, host, port, max_size=2**24,
                          process_request=server.process_request) as ws_server:
             logger.info("serving on ws://%s:%d (demo page: http://%s:%d/)", host, port, host, port)
