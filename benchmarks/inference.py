@@ -276,17 +276,30 @@ def log_drift(variant, a: list, b: list, name: str) -> None:
         psnr_db=10 * np.log10(255**2 / mse) if mse > 0 else float("inf"))
 
 
-def bench_warmup(variant, dev, dtype, fp8=False, toy=False) -> None:
+def bench_warmup(variant, dev, dtype, fp8=False, toy=False, artifacts: Path | None = None) -> None:
     """`vividhead serve`'s start in a fresh process: load (random weights), the default fast path,
-    :meth:`FlashHeadModels.warm_up` for the standard chunk (compile caches as this machine has them)."""
+    :meth:`FlashHeadModels.warm_up` for the standard chunk (compile caches as this machine has them).
+    With ``artifacts`` (``--compile-artifacts``): loaded first if the file exists, written after,
+    as ``vividhead serve --compile-artifacts`` does; run twice with two empty
+    ``TORCHINDUCTOR_CACHE_DIR`` folders to time a fresh machine with and without the file."""
+    from vividhead.inference.compile_cache import load_compile_artifacts, save_compile_artifacts
     from vividhead.inference.pipeline import FlashHeadModels
 
     t0 = time.perf_counter()
     models = FlashHeadModels.random(variant, device=str(dev), dtype=dtype, tiny_encoders=toy)
     load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loaded = load_compile_artifacts(artifacts) if artifacts is not None else None
+    artifacts_load_s = time.perf_counter() - t0
     applied = models.optimize(fp8=fp8)
+    warmup_s = models.warm_up()
+    t0 = time.perf_counter()
+    written = save_compile_artifacts(artifacts) if artifacts is not None else None
     log(figure="server_warmup", variant=variant.name, optimize=applied, load_random_s=load_s,
-        warmup_s=models.warm_up(), cache_dir=os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default"))
+        warmup_s=warmup_s, cache_dir=os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default"),
+        compile_artifacts=None if artifacts is None else {
+            "path": str(artifacts), "loaded": loaded, "load_s": artifacts_load_s,
+            "written_bytes": written, "save_s": time.perf_counter() - t0})
 
 
 def suite_single(args) -> None:
@@ -301,7 +314,7 @@ def suite_single(args) -> None:
     for name in args.variants:
         variant, toy = find_variant(name)
         if args.part == "warmup":
-            bench_warmup(variant, dev, dtype, fp8=args.fp8, toy=toy)
+            bench_warmup(variant, dev, dtype, fp8=args.fp8, toy=toy, artifacts=args.compile_artifacts)
             continue
         if args.part == "pipeline":
             # stock parts eager only (no compile time), then the default (fast) pipeline
@@ -411,6 +424,8 @@ def main() -> None:
                    help="pipeline: also the default path with the Wan VAE decoder/encoder compiled in this "
                         "torch.compile mode ('default', 'max-autotune-no-cudagraphs'; '' = not compiled), "
                         "and its frame drift against the default")
+    p.add_argument("--compile-artifacts", type=Path, default=None, metavar="FILE",
+                   help="warmup: load this torch.compile artifact file first if it exists, write it after")
     p.add_argument("--out", type=Path)
     p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run with tiny-pro / tiny-lite (tests/tiny_models.py)")
     args = p.parse_args()
