@@ -109,3 +109,25 @@ class FaceDetector:
         if self._detector is not None:
             self._detector.close()
             self._detector = None
+
+
+class FaceDetectorStage:
+    """Stage mixin for stages whose one model is this face detector (``face``, ``face_visibility``).
+
+    The stage's config carries ``weights_path`` (an explicit ``.tflite`` path, else the registry's
+    :data:`WEIGHTS_NAME`) and ``min_confidence``. Gives the stage its ``weights``, ``setup`` (the
+    detector is ``self._detector`` afterwards) and ``teardown``; list it before the stage base class.
+    """
+
+    _detector: Optional[FaceDetector] = None
+
+    def weights(self):
+        return [(WEIGHTS_NAME, self.cfg.weights_path)]
+
+    def setup(self) -> None:
+        self._detector = FaceDetector.load(self.cfg.weights_path, self.cfg.min_confidence)
+
+    def teardown(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None

@@ -15,6 +15,7 @@ go through the Wav2Vec encoder, the DiT's four steps and the VAE together.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import statistics
@@ -362,13 +363,10 @@ class BatchScheduler:
             RuntimeError: the scheduler is closed.
         """
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("batch scheduler is closed")
+        with self._open():
             if not self._chunks:
                 self._oldest = time.monotonic()
             self._chunks.append((ChunkJob(session, samples, index), fut))
-            self._cv.notify()
         return fut
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
@@ -378,12 +376,18 @@ class BatchScheduler:
             RuntimeError: the scheduler is closed.
         """
         fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._open():
+            self._calls.append((fn, fut))
+        return fut
+
+    @contextlib.contextmanager
+    def _open(self):
+        """Hold the lock to queue work and wake the worker after; RuntimeError when closed."""
         with self._cv:
             if self._closed:
                 raise RuntimeError("batch scheduler is closed")
-            self._calls.append((fn, fut))
+            yield
             self._cv.notify()
-        return fut
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop after the work already queued."""

@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
-from vividhead.curation.face_detector import FaceBox, FaceDetector
+from vividhead.curation.face_detector import FaceBox, FaceDetectorStage
 from vividhead.curation.media import frame_at
 from vividhead.curation.records import Row
 from vividhead.curation.stage import MediaError, Stage, StageConfig, check
@@ -127,7 +126,7 @@ def plan_crop(face: FaceBox, width: int, height: int, cfg: FaceConfig) -> CropBo
     return CropBox(x0, y0, size, pad)
 
 
-class FaceStage(Stage):
+class FaceStage(FaceDetectorStage, Stage):
     """Detects the face on the clip's first frame (from the source) and plans the crop that
     ``normalize`` applies; fills ``frame_size`` for it."""
 
@@ -138,22 +137,10 @@ class FaceStage(Stage):
     def __init__(self, cfg: FaceConfig, fps: float) -> None:
         super().__init__(cfg)
         self.fps = fps
-        self._detector: Optional[FaceDetector] = None
 
     @classmethod
     def from_config(cls, cfg) -> FaceStage:
         return cls(cfg.face, cfg.normalize.fps)
-
-    def weights(self):
-        return [(FACE_WEIGHTS, self.cfg.weights_path)]
-
-    def setup(self) -> None:
-        self._detector = FaceDetector.load(self.cfg.weights_path, self.cfg.min_confidence)
-
-    def teardown(self) -> None:
-        if self._detector is not None:
-            self._detector.close()
-            self._detector = None
 
     def process(self, row: Row) -> list[Row]:
         frame = frame_at(row["local_path"], row["start_s"], self.fps, self.cfg.timeout_s)

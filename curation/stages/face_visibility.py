@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
-from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
-from vividhead.curation.face_detector import FaceDetector
+from vividhead.curation.face_detector import FaceDetector, FaceDetectorStage
 from vividhead.curation.records import Row
 from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
 
@@ -52,7 +51,7 @@ def missing_face_share(clip: DecodedClip | bytes | str, detector: FaceDetector, 
     return sum(not f for f in faces.values()) / len(faces)
 
 
-class FaceVisibilityStage(FrameStage):
+class FaceVisibilityStage(FaceDetectorStage, FrameStage):
     """Rejects clips where the face is missing from too many 1 fps samples."""
 
     name = "face_visibility"
@@ -62,22 +61,10 @@ class FaceVisibilityStage(FrameStage):
     def __init__(self, cfg: FaceVisibilityConfig, fps: float) -> None:
         super().__init__(cfg)
         self.fps = fps
-        self._detector: Optional[FaceDetector] = None
 
     @classmethod
     def from_config(cls, cfg) -> FaceVisibilityStage:
         return cls(cfg.face_visibility, cfg.normalize.fps)
-
-    def weights(self):
-        return [(FACE_WEIGHTS, self.cfg.weights_path)]
-
-    def setup(self) -> None:
-        self._detector = FaceDetector.load(self.cfg.weights_path, self.cfg.min_confidence)
-
-    def teardown(self) -> None:
-        if self._detector is not None:
-            self._detector.close()
-            self._detector = None
 
     def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
         share = missing_face_share(clip, self._detector, self.fps, self.cfg.sample_fps)

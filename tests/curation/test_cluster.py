@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -109,6 +110,9 @@ def test_ray_job_submit_runs_curation_on_a_local_head(tmp_path, video_dir, weigh
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0",
+        # Ray 2.60's token authentication: a fresh machine has no ~/.ray/auth_token yet (an in-process
+        # ray.init() writes one; `ray start` does not), so the head and the client get one by env.
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # `python` in the job is this venv's
     )
     log = open(tmp_path / "head.log", "wb")
