@@ -44,7 +44,7 @@ def test_package_dir_maps_the_top_level_folders():
 
 def test_every_package_folder_is_listed_and_nothing_else():
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    found = _package_folders()
+    found = _package_folders() | set(PYPROJECT["tool"]["setuptools"]["package-data"])  # data-only packages too
     assert not found - listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
     assert not listed - found, f"listed but no folder with __init__.py: {sorted(listed - found)}"
 
@@ -74,6 +74,7 @@ def test_wheel_installs_only_vividhead(tmp_path):
     assert {t for t in top if not t.endswith(".dist-info")} == {"vividhead"}, sorted(top)
     for folder in PACKAGE_DIR:  # every part's modules made it, under vividhead/
         assert any(n.startswith(PACKAGE_DIR[folder].replace(".", "/") + "/") and n.endswith(".py") for n in names)
+    assert {"vividhead/inference/static/index.html", "vividhead/inference/static/app.js"} <= set(names)  # the demo page
 
 
 def test_parts_import_from_outside_the_repository(tmp_path):
