@@ -250,6 +250,7 @@ class Storage:
                                f"{op} {self._display(rel)} failed{tries}: {describe(exc)}") from exc
 
     def exists(self, rel: str) -> bool:
+        """Whether ``rel`` exists. Raises :class:`StorageError` when the storage cannot be reached."""
         return self._call("check", rel, self.fs.exists, self.path(rel))
 
     def list(self, rel_dir: str) -> list[str]:
@@ -263,9 +264,11 @@ class Storage:
         return sorted(Path(p).name for p in paths)
 
     def read_bytes(self, rel: str) -> bytes:
+        """The whole file ``rel``. Raises FileNotFoundError, or :class:`StorageError` (with retries spent)."""
         return self._call("read", rel, self.fs.cat_file, self.path(rel))
 
     def remove(self, rel: str) -> None:
+        """Delete ``rel`` if it exists (no error when it does not)."""
         if self.exists(rel):
             self._call("remove", rel, self.fs.rm, self.path(rel))
 

@@ -61,6 +61,8 @@ class DedupStage(GlobalStage):
     writes_columns = ("duplicate_of",)
 
     def process_all(self, rows: list[Row], previous: list[Row]) -> list[Row]:
+        """Reject each row that duplicates an earlier row or one of ``previous`` (rows of earlier
+        runs into the same output); returns ``rows``, updated in place."""
         for i, (reason, kept_id) in find_duplicates(rows, previous, self.cfg).items():
             reject(rows[i], self.name, reason, f"duplicate of input {kept_id}")
             rows[i]["duplicate_of"] = kept_id

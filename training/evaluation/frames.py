@@ -46,6 +46,7 @@ class Video:
 
     @property
     def duration_s(self) -> float:
+        """Length in seconds at the protocol's frame rate (``FPS``)."""
         return len(self.frames) / FPS
 
 

@@ -82,6 +82,7 @@ class ScoreConfig:
             raise ValueError("need fid_every >= 1, fvd_clip_len >= 9, fvd_size >= 32")
 
     def wants(self, metric: str) -> bool:
+        """False when the metric group ``metric`` (one of :data:`METRICS`) is in ``skip``."""
         return metric not in self.skip
 
     def protocol(self) -> dict[str, Any]:
@@ -137,6 +138,7 @@ class EvalModels:
         self.skipped: dict[str, str] = {}
 
     def close(self) -> None:
+        """Release the face detector's MediaPipe graph (the torch models go with the object)."""
         if self.detector is not None:
             self.detector.close()
             self.detector = None

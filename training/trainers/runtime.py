@@ -121,6 +121,8 @@ class Trainer:
 
     # -- to implement ---------------------------------------------------------------------------
     def build(self) -> None:  # pragma: no cover - interface
+        """Create the models, optimisers and data stream on ``self.env.device`` (called once, before
+        resuming from a checkpoint, so the checkpoint loads into what this builds)."""
         raise NotImplementedError
 
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
