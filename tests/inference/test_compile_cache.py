@@ -57,9 +57,28 @@ def test_missing_or_unreadable_artifacts_are_not_an_error(tmp_path, caplog):
     assert "not loaded" in caplog.text and str(bad) in caplog.text
 
 
-def test_cli_writes_artifacts_only_on_the_gpu_fast_path(tmp_path, tiny_pro):
+def test_cli_writes_artifacts_only_on_the_gpu_fast_path(tmp_path, monkeypatch, capsys):
+    import types
+
+    import torch
+
+    import vividhead.inference.compile_cache as cc
     from vividhead.inference.cli import ModelOptions
 
+    written = []
+    monkeypatch.setattr(cc, "save_compile_artifacts", lambda p: written.append(p) or 1)
     path = tmp_path / "a.compile"
-    ModelOptions(device="cpu", compile_artifacts=path).save_compile_artifacts(tiny_pro)
-    assert not path.exists()
+    cuda, cpu = (types.SimpleNamespace(device=torch.device(d)) for d in ("cuda", "cpu"))
+    ModelOptions(compile_artifacts=path).save_compile_artifacts(cpu)  # CPU: nothing compiled by the fast path
+    ModelOptions(compile_artifacts=path, fast_path=False).save_compile_artifacts(cuda)  # --no-fast-path
+    ModelOptions().save_compile_artifacts(cuda)  # no --compile-artifacts
+    assert written == []
+    ModelOptions(compile_artifacts=path).save_compile_artifacts(cuda)
+    assert written == [path]
+
+    def fail(p):
+        raise PermissionError(13, "read-only file system", str(p))
+
+    monkeypatch.setattr(cc, "save_compile_artifacts", fail)
+    ModelOptions(compile_artifacts=path).save_compile_artifacts(cuda)  # a warning, not an error
+    assert "--compile-artifacts not written" in capsys.readouterr().err

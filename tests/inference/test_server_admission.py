@@ -40,6 +40,26 @@ async def _video(ws) -> tuple[dict, bytes]:
     return meta, await ws.recv()
 
 
+def _second_refused_until(server: FlashHeadServer, message_parts: list[str], relax) -> None:
+    """With one session open, a second is refused as ``server_full`` with each of ``message_parts``
+    in its message; after ``relax()`` a third is admitted."""
+    from websockets.asyncio.client import connect
+
+    async def scenario(port):
+        async with connect(f"ws://127.0.0.1:{port}") as first:
+            assert json.loads(await first.recv())["type"] == "ready"
+            async with connect(f"ws://127.0.0.1:{port}") as second:
+                err = json.loads(await second.recv())
+                assert err["reason"] == "server_full", err
+                for part in message_parts:
+                    assert part in err["message"], err["message"]
+            relax()
+            async with connect(f"ws://127.0.0.1:{port}") as third:
+                assert json.loads(await third.recv())["type"] == "ready"
+
+    _run(server, scenario)
+
+
 def test_refuses_over_max_sessions(tiny_pro_fast_vae, ref_image):
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
@@ -67,24 +87,11 @@ def test_refuses_over_max_sessions(tiny_pro_fast_vae, ref_image):
 def test_refuses_when_measured_rounds_exceed_real_time(tiny_pro_fast_vae, ref_image):
     """Cost model says one session takes 0.5 s per 1.12 s chunk: a second (estimated 1.0 s, above
     0.85 x 1.12 s) is refused with the numbers; a measured 2-session round of 0.7 s admits it."""
-    from websockets.asyncio.client import connect
-
     server = FlashHeadServer(tiny_pro_fast_vae, ref_image, admission=AdmissionConfig(realtime_margin=0.85))
     server.scheduler.cost.observe(1, 0.5)
     assert server.refusal() is None
-
-    async def scenario(port):
-        async with connect(f"ws://127.0.0.1:{port}") as first:
-            assert json.loads(await first.recv())["type"] == "ready"
-            async with connect(f"ws://127.0.0.1:{port}") as second:
-                err = json.loads(await second.recv())
-                assert err["reason"] == "server_full"
-                assert "2 sessions would need an estimated 1.000 s per 1.12 s chunk" in err["message"]
-            server.scheduler.cost.observe(2, 0.7)
-            async with connect(f"ws://127.0.0.1:{port}") as third:
-                assert json.loads(await third.recv())["type"] == "ready"
-
-    _run(server, scenario)
+    _second_refused_until(server, ["2 sessions would need an estimated 1.000 s per 1.12 s chunk"],
+                          relax=lambda: server.scheduler.cost.observe(2, 0.7))
 
 
 def test_refuses_when_measured_load_leaves_no_room(tiny_pro_fast_vae, ref_image):
@@ -92,25 +99,12 @@ def test_refuses_when_measured_load_leaves_no_room(tiny_pro_fast_vae, ref_image)
     refused with the numbers, although no round time is known; with the load check off it is admitted."""
     import time
 
-    from websockets.asyncio.client import connect
-
     server = FlashHeadServer(tiny_pro_fast_vae, ref_image, admission=AdmissionConfig(load_window_s=5.0))
     now = time.monotonic()
     server.scheduler.load.record(now - 6.0, now - 5.5)
     server.scheduler.load.record(now - 4.0, now - 1.0)
-
-    async def scenario(port):
-        async with connect(f"ws://127.0.0.1:{port}") as first:
-            assert json.loads(await first.recv())["type"] == "ready"
-            async with connect(f"ws://127.0.0.1:{port}") as second:
-                err = json.loads(await second.recv())
-                assert err["reason"] == "server_full"
-                assert "1 sessions keep the model busy" in err["message"] and "real time allows 85%" in err["message"]
-            server.admission = AdmissionConfig(load_window_s=None)
-            async with connect(f"ws://127.0.0.1:{port}") as third:
-                assert json.loads(await third.recv())["type"] == "ready"
-
-    _run(server, scenario)
+    _second_refused_until(server, ["1 sessions keep the model busy", "real time allows 85%"],
+                          relax=lambda: setattr(server, "admission", AdmissionConfig(load_window_s=None)))
 
 
 def test_admission_config_rejects_bad_load_window():
