@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-from vividhead.training.models.configs import VARIANTS, FlashHeadVariant, get_variant
+from vividhead.models.configs import VARIANTS, FlashHeadVariant, get_variant
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 

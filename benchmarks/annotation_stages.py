@@ -101,7 +101,7 @@ def build_models(tmp: Path) -> dict[str, str]:
 
 def time_stage(stage, row: dict, repeats: int) -> tuple[list[float], list[float]]:
     """Wall seconds and process CPU seconds (all threads) of ``stage.process`` on copies of ``row``."""
-    from vividhead.curation.stage import MediaError
+    from vividhead.errors import MediaError
 
     stage.setup()
     walls, cpus = [], []

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.audio_io import mfcc_100hz
 from vividhead.curation.decoded_clip import DecodedClip
-from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.models.lightasd import load_lightasd
 from vividhead.curation.stages.asd import asd_scores, centre_112, visual_embeddings
+from vividhead.models.face_detector import FaceDetector
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"

@@ -85,13 +85,13 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    from vividhead.curation import weights
+    from vividhead import weights
     from vividhead.curation.audio_io import mfcc_100hz
     from vividhead.curation.decoded_clip import DecodedClip
-    from vividhead.curation.face_detector import FaceDetector
     from vividhead.curation.models.lightasd import load_lightasd
     from vividhead.curation.stages.asd import ASDConfig, asd_scores, centre_112, use_bf16, visual_embeddings
     from vividhead.curation.stages.face_mask import FaceLandmarks
+    from vividhead.models.face_detector import FaceDetector
 
     paths = sorted(args.inputs.glob("*.mp4"))
     input_s = sum(ffprobe_duration(p) for p in paths)

@@ -40,8 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vividhead.flow_matching import NUM_TRAIN_TIMESTEPS, motion_latent_count, overwrite_motion  # noqa: E402
 from vividhead.training.data import ClipWindowBatch  # noqa: E402
-from vividhead.training.flow_matching import NUM_TRAIN_TIMESTEPS, motion_latent_count, overwrite_motion  # noqa: E402
 from vividhead.training.trainers.config import config_from_dict  # noqa: E402
 from vividhead.training.trainers.distill import DistillTrainer, RolloutOutput  # noqa: E402
 from vividhead.training.trainers.distill_config import DistillConfig  # noqa: E402

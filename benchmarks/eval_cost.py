@@ -103,7 +103,7 @@ if "av" in missing:
     notes["decode"] = "OpenCV (no PyAV here)"
     audio = (np.random.default_rng(0).normal(size=N * 640) * 0.1).astype(np.float32)
 else:
-    from vividhead.training.evaluation.frames import read_video
+    from vividhead.evaluation.frames import read_video
 
     v, t = clock(lambda: read_video(args.video, max_frames=N))
     frames, audio = v.frames, v.audio[: N * 640]
@@ -117,8 +117,8 @@ print(f"torch {torch.__version__}, device {DEV}"
 
 crops = gray = None
 if "face_track" in PARTS and "mediapipe" not in missing:
-    from vividhead.training.evaluation import loaders
-    from vividhead.training.evaluation.faces import face_crops
+    from vividhead.evaluation import loaders
+    from vividhead.evaluation.faces import face_crops
 
     det, _ = loaders.face_detector()
     fc, results["face_track"] = clock(lambda: face_crops(frames, det))
@@ -136,8 +136,8 @@ if crops is None:  # centre crops stand in for the face crops (model cost does n
     gray = np.stack([cv2.cvtColor(c, cv2.COLOR_BGR2GRAY)[56:168, 56:168] for c in crops])
 
 if "sync" in PARTS:
-    from vividhead.training.evaluation import loaders
-    from vividhead.training.evaluation.sync import sync_metrics
+    from vividhead.evaluation import loaders
+    from vividhead.evaluation.sync import sync_metrics
 
     try:
         net, rec = loaders.load_syncnet(device=DEV)
@@ -147,15 +147,15 @@ if "sync" in PARTS:
     _, results["sync"] = clock(lambda: sync_metrics(crops, audio, net, device=DEV))
 
 if "asd" in PARTS:
-    from vividhead.training.evaluation import loaders
-    from vividhead.training.evaluation.asd_score import asd_metric, asd_visual
+    from vividhead.evaluation import loaders
+    from vividhead.evaluation.asd_score import asd_metric, asd_visual
 
     model, _ = loaders.load_asd(device=DEV)
     _, results["asd"] = clock(lambda: asd_metric(asd_visual(gray, model, DEV), audio, model, DEV))
 
 if "i3d" in PARTS:
-    from vividhead.training.evaluation.fvd import i3d_features, video_clips
-    from vividhead.training.evaluation.i3d import random_i3d
+    from vividhead.evaluation.fvd import i3d_features, video_clips
+    from vividhead.evaluation.i3d import random_i3d
 
     i3d = random_i3d(0, DEV)
     clips = video_clips(frames)
@@ -168,7 +168,7 @@ if "inception" in PARTS:
 
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        from vividhead.training.evaluation.fid import InceptionFeatures
+        from vividhead.evaluation.fid import InceptionFeatures
 
         with unittest.mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None), \
                 unittest.mock.patch("torch.load", return_value={}):

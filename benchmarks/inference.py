@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from _common import find_variant, median_seconds, sync
 
-from vividhead.training.models.configs import LIVETALK_14B
-from vividhead.training.models.flashhead import FlashHeadTransformer
+from vividhead.models.configs import LIVETALK_14B
+from vividhead.models.flashhead import FlashHeadTransformer
 
 RESULTS: list[dict] = []
 
@@ -123,7 +123,7 @@ def bench_vae(variant, dev, dtype, iters=5, accelerated=True, toy=False):
     """Stock diffusers VAE decode of one chunk and encode of the motion frames and, for the Wan VAE
     (``accelerated``), the same through :meth:`WanVAE.accelerate` in the same process, with its max
     and mean absolute difference to stock. ``toy``: the few-channel VAE (CPU dry runs)."""
-    from vividhead.training.models.vae import build_vae
+    from vividhead.models.vae import build_vae
 
     s = variant.streaming
     vae = build_on(dev, dtype, lambda: build_vae(variant.vae, tiny=toy))

@@ -2,7 +2,7 @@
 
 * Wan2.1 VAE decode (9 latent frames -> 33 frames) and encode (5 frames) at 512x512 and 720x416:
   stock diffusers ``AutoencoderKLWan`` vs stock + ``cudnn.benchmark`` vs stock in channels_last_3d
-  vs :func:`vividhead.training.models.wan_vae_fast.accelerate_wan_vae` (channels-last, time-only causal
+  vs :func:`vividhead.models.wan_vae_fast.accelerate_wan_vae` (channels-last, time-only causal
   padding, fused RMS norm + SiLU);
   max abs difference of the outputs against stock.
 * LTX-Video VAE decode/encode: stock vs channels_last_3d vs ``torch.compile``.
@@ -54,8 +54,8 @@ def bench(fn, warmup: int = 2, iters: int = 5) -> float:
 @torch.no_grad()
 def part_vae(dev, dtype) -> None:
     """Wan VAE variants (decode 9 latent frames, encode 5 frames)."""
-    from vividhead.training.models.vae import build_vae
-    from vividhead.training.models.wan_vae_fast import accelerate_wan_vae
+    from vividhead.models.vae import build_vae
+    from vividhead.models.wan_vae_fast import accelerate_wan_vae
 
     torch.manual_seed(0)
     base = build_vae("wan").to(dev, dtype).eval()
@@ -100,7 +100,7 @@ def part_vae(dev, dtype) -> None:
 def part_vae_profile(dev, dtype) -> None:
     """Where the accelerated Wan VAE decode (512x512x33) spends its GPU time: kernel classes from
     ``torch.profiler`` (convolution / elementwise+norm / copy+cat+pad / other), top kernels."""
-    from vividhead.training.models.vae import build_vae
+    from vividhead.models.vae import build_vae
 
     torch.manual_seed(0)
     vae = build_vae("wan").to(dev, dtype).eval()
@@ -150,7 +150,7 @@ def part_wan_levers(dev, dtype, lever: str, profile_decode: bool = True, iters: 
     engine, not the first 10), ``compile_default`` / ``compile_autotune`` (whole decoder and encoder
     under ``torch.compile``, mode default / ``max-autotune-no-cudagraphs``).
     """
-    from vividhead.training.models.vae import build_vae
+    from vividhead.models.vae import build_vae
 
     torch.backends.cudnn.benchmark = True
     if lever == "cudnn_limit0":
@@ -192,7 +192,7 @@ def part_wan_levers(dev, dtype, lever: str, profile_decode: bool = True, iters: 
 @torch.no_grad()
 def part_ltx(dev, dtype) -> None:
     """LTX VAE decode (5 latent frames -> 33) / encode (9 frames) variants at 512x512."""
-    from vividhead.training.models.vae import build_vae
+    from vividhead.models.vae import build_vae
 
     torch.manual_seed(0)
     vae = build_vae("ltx").to(dev, dtype).eval()
@@ -254,8 +254,8 @@ def part_dit(dev, dtype, variants) -> None:
     bi = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bi)
     build_on, dit_inputs = bi.build_on, bi.dit_inputs
-    from vividhead.training.models.configs import get_variant
-    from vividhead.training.models.flashhead import FlashHeadTransformer
+    from vividhead.models.configs import get_variant
+    from vividhead.models.flashhead import FlashHeadTransformer
 
     for vname in variants:
         variant = get_variant(vname)

@@ -53,7 +53,7 @@ import torch.distributed as dist
 from _common import find_variant, median_seconds, sync
 
 from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
-from vividhead.training.models.configs import FlashHeadVariant
+from vividhead.models.configs import FlashHeadVariant
 
 
 class Recorder:

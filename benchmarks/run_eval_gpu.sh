@@ -18,7 +18,7 @@ export VIVIDHEAD_WEIGHTS_DIR=$PWD/.carry/fixtures/weights VIVIDHEAD_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 python3 -c "import torch, torchvision, scipy, torch_fidelity; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'scipy', scipy.__version__, 'torch-fidelity', torch_fidelity.__version__)" || exit 1
 
-timeout -k 10 300 python3 -m pytest -q -m gpu -s -p no:cacheprovider tests/training/evaluation/test_fid_gpu.py \
+timeout -k 10 300 python3 -m pytest -q -m gpu -s -p no:cacheprovider tests/evaluation/test_fid_gpu.py \
   > "$OUT/fid_gpu.log" 2>&1
 echo "gpu tests: rc $?"; grep -E "FID/KID|passed|failed|skipped|Error" "$OUT/fid_gpu.log" | head -20
 

@@ -230,9 +230,9 @@ def build_server(args):
     from _common import find_variant
 
     from vividhead.inference.batching import BatchingConfig
-    from vividhead.inference.media import read_image
     from vividhead.inference.pipeline import FlashHeadModels, default_dtype_for
     from vividhead.inference.server import AdmissionConfig, FlashHeadServer
+    from vividhead.media import read_image
 
     variant, toy = find_variant(args.variant)
     dtype = default_dtype_for(args.device)

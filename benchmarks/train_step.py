@@ -169,10 +169,10 @@ def bench_data(args) -> None:
     """On-the-fly encode (GPU, bf16) of one window vs reading one latent-cache sample (CPU)."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+    from vividhead.models.audio_encoder import Wav2VecFeatures
+    from vividhead.models.vae import build_vae
     from vividhead.training.data import ClipWindowBatch
     from vividhead.training.latent_cache import LatentCacheDataset  # noqa: F401  (import cost)
-    from vividhead.training.models.audio_encoder import Wav2VecFeatures
-    from vividhead.training.models.vae import build_vae
     from vividhead.training.trainers.conditioning import encode_batch
     from vividhead.training.trainers.models import FrozenEncoders
 
@@ -216,7 +216,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("needs CUDA")
     torch.backends.cuda.matmul.allow_tf32 = True
-    from vividhead.training.models.configs import get_variant
+    from vividhead.models.configs import get_variant
 
     flops = 3 * dit_forward_flops(get_variant("pro").transformer, (9, 64, 64))
     emit(args.out, kind="meta", device=torch.cuda.get_device_name(), torch=torch.__version__,

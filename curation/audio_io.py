@@ -11,7 +11,7 @@ import io
 import numpy as np
 import soundfile as sf
 
-from vividhead.curation.stage import MediaError
+from vividhead.errors import MediaError
 
 
 def read_pcm16(audio: bytes) -> tuple[np.ndarray, int]:

@@ -57,7 +57,7 @@ def curate(
     from vividhead.curation.inputs import InputError
     from vividhead.curation.pipeline import run_curation
     from vividhead.curation.storage import StorageError
-    from vividhead.curation.weights import WeightsNotFound
+    from vividhead.weights import WeightsNotFound
 
     console = Console(stderr=True)
     try:

@@ -22,10 +22,10 @@ import numpy as np
 
 from vividhead.curation.face_track import FaceTrack, crop_frames, track_from_detections
 from vividhead.curation.media import iter_frames
-from vividhead.curation.stage import MediaError
+from vividhead.errors import MediaError
 
 if TYPE_CHECKING:
-    from vividhead.curation.face_detector import FaceBox, FaceDetector
+    from vividhead.models.face_detector import FaceBox, FaceDetector
 
 
 class DecodedClip:

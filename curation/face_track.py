@@ -5,7 +5,7 @@ Both reference evaluations (``joonson/syncnet_python`` ``run_pipeline.py`` and
 missed frames, median-filter the box half-size and centre with a 13-frame kernel, and cut each
 frame as ``[y - s, y + s(1 + 2c)] x [x - s(1 + c), x + s(1 + c)]`` (``s`` = half the box's larger
 side, ``c`` = crop scale 0.4) from the frame padded with grey level 110, resized to 224 x 224.
-They use S3FD; here the detector is MediaPipe BlazeFace (:class:`vividhead.curation.face_detector.FaceDetector`),
+They use S3FD; here the detector is MediaPipe BlazeFace (:class:`vividhead.models.face_detector.FaceDetector`),
 whose boxes are somewhat tighter, so crops are a little closer than the references'.
 """
 
@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 from scipy import signal
 
-from vividhead.curation.face_detector import FaceBox, FaceDetector
 from vividhead.curation.media import iter_frames
-from vividhead.curation.stage import MediaError
+from vividhead.errors import MediaError
+from vividhead.models.face_detector import FaceBox, FaceDetector
 
 #: Median-filter length of the references' track smoothing, in frames.
 SMOOTH_FRAMES = 13

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 import av
 import numpy as np
 
-from vividhead.curation.stage import MediaError
+from vividhead.errors import MediaError
 
 if TYPE_CHECKING:
     from vividhead.curation.storage import RetryPolicy

@@ -16,7 +16,8 @@ from typing import Callable, Optional, Sequence
 
 import pyarrow as pa
 
-from vividhead.curation import __version__, weights
+from vividhead import weights
+from vividhead.curation import __version__
 from vividhead.curation.config import CurateConfig
 from vividhead.curation.inputs import expand_inputs
 from vividhead.curation.records import KEPT, Row

@@ -20,7 +20,8 @@ import ray.data
 
 from vividhead.curation.frame_group import FrameGroup, group_frame_stages
 from vividhead.curation.records import KEPT, Row, reject
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import Stage
+from vividhead.errors import MediaError
 
 if TYPE_CHECKING:
     from vividhead.curation.decoded_clip import DecodedClip

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from vividhead.curation.decoded_clip import DecodedClip
     from vividhead.curation.records import Row
 
-__all__ = ["BaseStage", "ConfigError", "DeviceError", "FrameStage", "GlobalStage", "MediaError", "SinkStage", "Stage",
+__all__ = ["BaseStage", "ConfigError", "DeviceError", "FrameStage", "GlobalStage", "SinkStage", "Stage",
            "StageConfig", "check", "check_devices", "cuda_or_cpu"]
 
 
@@ -65,20 +65,6 @@ class StageConfig:
         check(self.memory_gib > 0, f"{section}.memory_gib", "must be > 0")
         check(self.num_gpus >= 0, f"{section}.num_gpus", "must be >= 0")
         check(self.workers is None or self.workers >= 1, f"{section}.workers", "must be >= 1 or null")
-
-
-class MediaError(Exception):
-    """A problem with one input's media, recorded as data (``status=rejected``), not a crash.
-
-    Attributes:
-        reason: short reason code for the manifest (``unreadable``, ``ffmpeg_timeout``, ...).
-        detail: one line of human-readable detail.
-    """
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class DeviceError(RuntimeError):
@@ -162,7 +148,7 @@ class Stage(BaseStage):
     def process(self, row: Row) -> list[Row]:
         """Process one kept row; return the resulting rows (usually ``[row]``).
 
-        Raise :class:`MediaError` for media problems: the adapter turns it into a rejection.
+        Raise :class:`vividhead.errors.MediaError` for media problems: the adapter turns it into a rejection.
         Any other exception is a bug and fails the job.
         """
 

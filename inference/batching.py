@@ -28,8 +28,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from vividhead.flow_matching import chunk_audio_context, sample_chunk
 from vividhead.inference.pipeline import ChunkTimings, StreamingSession
-from vividhead.training.flow_matching import chunk_audio_context, sample_chunk
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Where ``vividhead infer`` / ``serve`` find their weights: a local folder or a Hugging Face Hub id,
-through the weights registry (:mod:`vividhead.curation.weights`).
+through the weights registry (:mod:`vividhead.weights`).
 
 A *source* is one of
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from vividhead.curation import weights as registry
+from vividhead import weights as registry
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def resolve_source(
 
     Raises:
         FileNotFoundError: ``source`` is neither an existing path nor a Hub id.
-        vividhead.curation.weights.WeightsNotFound: a Hub id not available locally while offline,
+        vividhead.weights.WeightsNotFound: a Hub id not available locally while offline,
             or a download that failed (the message says where to put the folder).
     """
     spec = registry.REGISTRY[default] if default else None

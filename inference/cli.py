@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 
 import typer
 
-from vividhead.inference.fidelity import FIDELITY_HELP, FidelityOptions
-from vividhead.training.models.configs import VARIANTS, get_variant
+from vividhead.models.configs import VARIANTS, get_variant
+from vividhead.streaming.fidelity import FIDELITY_HELP, FidelityOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,7 +41,7 @@ class ModelOptions:
     crop and the released-code fidelity switches.
 
     :func:`with_model_options` adds them to a command (their ``--help`` text is in
-    :data:`MODEL_OPTIONS`, the fidelity flags' in :data:`vividhead.inference.fidelity.FIDELITY_HELP`);
+    :data:`MODEL_OPTIONS`, the fidelity flags' in :data:`vividhead.streaming.fidelity.FIDELITY_HELP`);
     the command receives them as one ``ModelOptions``. ``checkpoint``, ``checkpoint_dir`` and
     ``wav2vec_dir`` are local folders or Hugging Face Hub ids (``owner/name[@revision]``), resolved by
     :func:`vividhead.inference.checkpoints.resolve_source` (offline with ``VIVIDHEAD_OFFLINE=1``).
@@ -78,10 +78,10 @@ class ModelOptions:
         """
         from diffusers.utils import logging as dlog
 
-        from vividhead.curation.weights import WeightsNotFound
         from vividhead.inference.checkpoints import FLASHHEAD_WEIGHTS, resolve_source
         from vividhead.inference.pipeline import FlashHeadModels
         from vividhead.training.trainers.models import EXPORT_META
+        from vividhead.weights import WeightsNotFound
 
         dlog.set_verbosity_error()
         dtype = _dtype(self.dtype)
@@ -143,9 +143,9 @@ class ModelOptions:
         Raises:
             typer.Exit: no face found, or the detector weights are missing (one-line error).
         """
-        from vividhead.curation.weights import WeightsNotFound
         from vividhead.inference.face_crop import NoFaceError, crop_face
-        from vividhead.inference.media import read_image
+        from vividhead.media import read_image
+        from vividhead.weights import WeightsNotFound
 
         image = read_image(path)
         if not self.crop_face:
@@ -229,8 +229,8 @@ def infer(
     """Generate a talking-head video from a reference image and a speech file, chunk by chunk."""
     from tqdm import tqdm
 
-    from vividhead.inference.media import Mp4Writer, read_audio
     from vividhead.inference.pipeline import StreamingSession
+    from vividhead.media import Mp4Writer, read_audio
 
     models = model.load()
     cfg = model.streaming(models)

@@ -5,7 +5,7 @@ The released FlashHead code (``flash_head/utils/facecrop.py::process_image``, on
 ``face_ratio x box width`` (2.0) centred horizontally on the box centre with 55 % of it above the box
 centre and 45 % below (clipped to the image, corners truncated to whole pixels), and resizes that to
 the output size (PIL's default bicubic filter; a crop clipped at the border is stretched). Here the
-detector is ours (:class:`vividhead.curation.face_detector.FaceDetector`, MediaPipe Tasks BlazeFace
+detector is ours (:class:`vividhead.models.face_detector.FaceDetector`, MediaPipe Tasks BlazeFace
 short range, registry ``face_mediapipe_detector``) and the largest face is taken. Unlike the
 released code, which logs an error and falls back to the whole image, no face is an error
 (:class:`NoFaceError`).
@@ -53,7 +53,7 @@ def face_crop_box(face, img_w: int, img_h: int, cfg: FaceCropConfig = FaceCropCo
     """The released crop box around a face.
 
     Args:
-        face: a :class:`vividhead.curation.face_detector.FaceBox` (pixels).
+        face: a :class:`vividhead.models.face_detector.FaceBox` (pixels).
         img_w, img_h: image size in pixels.
 
     Returns:
@@ -77,7 +77,7 @@ def crop_face(
         image: uint8 ``[H, W, 3]`` RGB.
         height, width: output size in pixels (the model's frame size).
         cfg: crop geometry and detector settings.
-        detector: a ready :class:`vividhead.curation.face_detector.FaceDetector` (else one is loaded
+        detector: a ready :class:`vividhead.models.face_detector.FaceDetector` (else one is loaded
             from the registry and closed again).
 
     Returns:
@@ -86,11 +86,11 @@ def crop_face(
     Raises:
         NoFaceError: no face at or above ``cfg.min_confidence``.
         ValueError: not a uint8 RGB image.
-        vividhead.curation.weights.WeightsNotFound: no detector model available.
+        vividhead.weights.WeightsNotFound: no detector model available.
     """
     from PIL import Image
 
-    from vividhead.curation.face_detector import FaceDetector
+    from vividhead.models.face_detector import FaceDetector
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected uint8 [H, W, 3], got {image.dtype} {image.shape}")

@@ -54,7 +54,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from vividhead.training.models.flashhead import FlashHeadTransformer, SDPAProcessor
+from vividhead.models.flashhead import FlashHeadTransformer, SDPAProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -594,7 +594,7 @@ def make_parallel_models(models, backend: str, groups: tuple | None = None, para
     vae = models.vae
     if parallel_vae:
         from vividhead.inference.parallel_vae import ParallelWanVAE
-        from vividhead.training.models.vae import WanVAE
+        from vividhead.models.vae import WanVAE
 
         if isinstance(vae, WanVAE):
             vae = ParallelWanVAE(vae, group=vae_group, **({} if halo is None else {"halo": halo}))

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanMidBlock
 from torch import nn
 
-from vividhead.training.models.vae import VideoVAE, WanVAE
+from vividhead.models.vae import VideoVAE, WanVAE
 
 DEFAULT_HALO = 8
 
@@ -130,7 +130,7 @@ class _SlicedAttention(nn.Module):
 class ParallelWanVAE(VideoVAE):
     """Wan2.1 VAE whose encode/decode are split along the frame height over the ranks of ``group``.
 
-    Same interface as :class:`~vividhead.training.models.vae.WanVAE` (``latent_channels``, ``temporal_stride``,
+    Same interface as :class:`~vividhead.models.vae.WanVAE` (``latent_channels``, ``temporal_stride``,
     ``spatial_stride``, ``encode``, ``decode``, same latent normalisation). Every rank must call
     ``encode``/``decode`` with the same input (shape and values); each returns the full result,
     identical on all ranks. Without an initialised process group, or with a group of one rank, it

@@ -5,7 +5,7 @@ Per chunk (FlashHead report §3.3; LiveTalk §2.3; public ``FlashHeadPipeline.ge
 1. **audio** -- push the new ``new_frames * 640`` samples into the 8 s Temporal Audio Context Cache,
    re-encode the whole buffer with Wav2Vec, cut windows for the chunk's ``frame_num`` frames;
 2. **DiT** -- 4 flow-matching steps, no CFG: the shared sampler
-   (:func:`vividhead.training.flow_matching.sample_chunk`, the one recipe the trainers use too);
+   (:func:`vividhead.flow_matching.sample_chunk`, the one recipe the trainers use too);
 3. **decode** -- VAE-decode all ``frame_num`` frames, colour-correct to the reference image;
 4. emit frames ``motion_frames..frame_num-1`` (``new_frames`` of them);
 5. **encode** -- VAE-encode the last ``motion_frames`` decoded frames as the next chunk's motion
@@ -28,15 +28,15 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from vividhead.inference.audio_cache import TemporalAudioContextCache
-from vividhead.inference.color import match_colors, reference_lab_stats
-from vividhead.inference.fidelity import FidelityOptions, apply_to_vae, frames_to_uint8, preprocess_reference
-from vividhead.training.flow_matching import reference_video, sample_chunk
-from vividhead.training.models.audio_encoder import Wav2VecFeatures
-from vividhead.training.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
-from vividhead.training.models.flashhead import FlashHeadTransformer
-from vividhead.training.models.loading import load_flashhead_transformer
-from vividhead.training.models.vae import VideoVAE, build_vae, load_vae
+from vividhead.flow_matching import reference_video, sample_chunk
+from vividhead.models.audio_encoder import Wav2VecFeatures
+from vividhead.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
+from vividhead.models.flashhead import FlashHeadTransformer
+from vividhead.models.loading import load_flashhead_transformer
+from vividhead.models.vae import VideoVAE, build_vae, load_vae
+from vividhead.streaming.audio_cache import TemporalAudioContextCache
+from vividhead.streaming.color import match_colors, reference_lab_stats
+from vividhead.streaming.fidelity import FidelityOptions, apply_to_vae, frames_to_uint8, preprocess_reference
 
 
 def pcm_to_float(pcm: np.ndarray | bytes) -> np.ndarray:
@@ -89,7 +89,7 @@ class FlashHeadModels:
         device, dtype: where / in what precision the DiT and VAE run.
         cuda_graphs: the DiT replays CUDA graphs (set by :meth:`optimize`).
         fidelity: released-code behaviour or ours where they differ
-            (:class:`vividhead.inference.fidelity.FidelityOptions`); its LTX switches are set on the
+            (:class:`vividhead.streaming.fidelity.FidelityOptions`); its LTX switches are set on the
             VAE here, the rest every session reads.
     """
 
@@ -186,7 +186,7 @@ class FlashHeadModels:
             FileNotFoundError: not an export folder.
             KeyError: DiT or VAE keys that do not match (strict loading).
         """
-        from vividhead.training.models.loading import load_flashhead_transformer
+        from vividhead.models.loading import load_flashhead_transformer
         from vividhead.training.trainers.export import read_export_variant
 
         p = Path(path)
@@ -209,7 +209,7 @@ class FlashHeadModels:
                 (``mode="reduce-overhead"``): 2x per step at Lite's 1280 tokens, neutral at Pro's 9216.
                 Replays share output buffers, so keep one thread generating at a time.
             fast_vae: Wan VAE: channels-last, fused RMS norm + SiLU, one-pass decode / encode
-                (:meth:`vividhead.training.models.vae.WanVAE.accelerate`), compiled per ``vae_compile``;
+                (:meth:`vividhead.models.vae.WanVAE.accelerate`), compiled per ``vae_compile``;
                 LTX VAE: ``torch.compile`` of the decode and of the encoder's moments (2.6x / 2.8x on
                 an H100; channels-last makes it slower), the posterior sample staying eager.
             vae_compile: with ``fast_vae`` on a Wan VAE (GPU): ``torch.compile`` mode of the whole
@@ -224,7 +224,7 @@ class FlashHeadModels:
         Returns:
             what was applied, e.g. ``{"dit": "reduce-overhead", "vae": "wan-accelerated"}``.
         """
-        from vividhead.training.models.vae import LTXVAE, WanVAE
+        from vividhead.models.vae import LTXVAE, WanVAE
 
         torch.backends.cudnn.benchmark = True
         applied = {}

@@ -52,9 +52,9 @@ from typing import Callable
 import numpy as np
 
 from vividhead.inference.batching import BatchingConfig, BatchScheduler, ChunkJob, run_chunks
-from vividhead.inference.media import encode_mp4_bytes
 from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
-from vividhead.training.models.configs import StreamingConfig
+from vividhead.media import encode_mp4_bytes
+from vividhead.models.configs import StreamingConfig
 
 logger = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ def _tiny_wav2vec(path: Path) -> Path:
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from vividhead.training.models.audio_encoder import TINY_WAV2VEC_KWARGS
+    from vividhead.models.audio_encoder import TINY_WAV2VEC_KWARGS
 
     torch.manual_seed(0)
     Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC_KWARGS)).save_pretrained(path)

@@ -51,7 +51,8 @@ def _data_package_folders() -> set[str]:
 def test_package_dir_maps_the_top_level_folders():
     assert PACKAGE_DIR == {"vividhead": "vividhead", "curation": "vividhead.curation",
                            "training": "vividhead.training", "inference": "vividhead.inference",
-                           "datasets_card": "vividhead.datasets_card"}
+                           "datasets_card": "vividhead.datasets_card",
+                           "evaluation": "vividhead.evaluation"}
 
 
 def test_every_package_folder_is_listed_and_nothing_else():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vividhead.training.models.configs import LITE_1_3B, PRO_1_3B, FlashHeadTransformerConfig, FlashHeadVariant
+from vividhead.models.configs import LITE_1_3B, PRO_1_3B, FlashHeadTransformerConfig, FlashHeadVariant
 
 #: A two-layer, 32-wide DiT with a 16-channel, two-layer audio adapter (Pro latent layout: 4 channels).
 TINY_DIT = FlashHeadTransformerConfig(

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vividhead.training.flow_matching import audio_frame_windows
+from vividhead.flow_matching import audio_frame_windows
 from vividhead.training.trainers.conditioning import ChunkInputs
 
 logger = logging.getLogger(__name__)

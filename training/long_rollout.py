@@ -4,14 +4,14 @@ FlashHead (§1, §4) and LiveTalk (§3.1, Fig. 4) both claim infinite streaming 
 This rolls an exported generator out for N chunks on a long audio with the serving path itself
 (:class:`vividhead.inference.pipeline.StreamingSession`: re-encoded motion frames, colour
 correction, the shared 4-step sampler) and measures drift per chunk with the evaluation module's
-:func:`vividhead.training.evaluation.drift.drift_metrics` (one window = one chunk's new frames):
+:func:`vividhead.evaluation.drift.drift_metrics` (one window = one chunk's new frames):
 colour distance, contrast and sharpness against the reference image, the RMS of each chunk's
 generated latents (``latent_norm``), and the Light-ASD score per chunk when its weights and the
-face detector resolve (``vividhead.training.evaluation.loaders``). Writes::
+face detector resolve (``vividhead.evaluation.loaders``). Writes::
 
     OUT/rollout.mp4   the stream (H.264 + AAC)
     OUT/drift.json    {"export", "audio", "image", "chunks", "frames", "asd", "rows": [per-chunk dicts]}
-    OUT/drift.png     the curves (:func:`vividhead.training.evaluation.drift.plot_drift`)
+    OUT/drift.png     the curves (:func:`vividhead.evaluation.drift.plot_drift`)
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ def long_rollout(
         ValueError: the audio is shorter than ``num_chunks`` chunks, or ``num_chunks < 1``.
         FileNotFoundError: ``export`` is not an export folder.
     """
-    from vividhead.inference.media import Mp4Writer, read_audio, read_image
+    from vividhead.evaluation.drift import drift_metrics, plot_drift
     from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
-    from vividhead.training.evaluation.drift import drift_metrics, plot_drift
+    from vividhead.media import Mp4Writer, read_audio, read_image
 
     out = Path(out)
     models = FlashHeadModels.from_export(export, device=device, dtype=dtype)
@@ -100,7 +100,7 @@ def long_rollout(
     asd_model = detector = None
     asd_note = "off"
     if asd:
-        from vividhead.training.evaluation.loaders import MissingEvalWeights, face_detector, load_asd
+        from vividhead.evaluation.loaders import MissingEvalWeights, face_detector, load_asd
 
         try:
             asd_model, rec = load_asd(device=device)

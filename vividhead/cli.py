@@ -4,7 +4,7 @@
 * ``card``, ``publish``  -- :mod:`vividhead.datasets_card.cli`
 * ``infer``, ``serve``   -- :mod:`vividhead.inference.cli`
 * ``train ...``          -- :mod:`vividhead.training.cli`
-* ``eval ...``           -- :mod:`vividhead.training.evaluation.cli`
+* ``eval ...``           -- :mod:`vividhead.evaluation.cli`
 
 A part whose optional dependencies are not installed (``pip install vividhead[curation]`` etc.)
 still shows its commands; running one prints which extra to install.
@@ -23,7 +23,7 @@ SUBCOMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("vividhead.datasets_card.cli", "curation"),
     ("vividhead.inference.cli", "serve"),
     ("vividhead.training.cli", "train"),
-    ("vividhead.training.evaluation.cli", "eval"),
+    ("vividhead.evaluation.cli", "eval"),
 )
 
 

@@ -3,7 +3,7 @@
 This module is the one home of the format. The writer (``curation/stages/write.py``), the stages
 that fix the media (``normalize``, ``face``, ``scene_split``), the training loader
 (``training/data.py``), the dataset card and publisher (``datasets_card/``), the streaming defaults
-(``training/models/configs.py``) and the tests import it; nothing else restates these facts.
+(``vividhead/models/configs.py``) and the tests import it; nothing else restates these facts.
 It imports only ``re`` and ``pyarrow`` (no torch, no Ray).
 
 Output layout under ``OUT`` (a folder or an fsspec prefix)::

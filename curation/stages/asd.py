@@ -25,14 +25,15 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.audio_io import mfcc_100hz
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
-from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
-from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.models.lightasd import LightASD, load_lightasd
 from vividhead.curation.records import Row
-from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
+from vividhead.curation.stage import FrameStage, StageConfig, check
+from vividhead.errors import MediaError
+from vividhead.models.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.models.face_detector import FaceDetector
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,14 @@ from typing import Optional
 
 import numpy as np
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.audio_io import read_pcm16
-from vividhead.curation.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
-from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.media import iter_frames
 from vividhead.curation.records import Row, note_annotation_error
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import Stage, StageConfig, check
+from vividhead.errors import MediaError
+from vividhead.models.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.models.face_detector import FaceDetector
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The clip's 16 kHz audio is encoded with a transformers ``Wav2Vec2Model`` (default
 ``facebook/wav2vec2-base-960h``, as the public FlashHead code uses) exactly as the model side does
-(:class:`vividhead.training.models.audio_encoder.Wav2VecFeatures`): the 50 Hz CNN features are linearly
+(:class:`vividhead.models.audio_encoder.Wav2VecFeatures`): the 50 Hz CNN features are linearly
 interpolated to the clip's T video frames before the transformer, so row t of every layer belongs to
 video frame t. The outputs of all transformer layers are stacked and stored as float16 ``[T, L, D]``
 (``L = 12``, ``D = 768`` for wav2vec2-base) in the sample member ``<key>.wav2vec.npy``, which
@@ -23,10 +23,11 @@ from typing import Optional
 
 import numpy as np
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.audio_io import read_pcm16
 from vividhead.curation.records import Row, add_member, note_annotation_error
-from vividhead.curation.stage import MediaError, Stage, StageConfig
+from vividhead.curation.stage import Stage, StageConfig
+from vividhead.errors import MediaError
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,14 @@ def load_wav2vec(path: str | Path, normalize: bool = True, device: str = "cpu"):
         device: torch device.
 
     Returns:
-        :class:`vividhead.training.models.audio_encoder.Wav2VecFeatures` in eval mode.
+        :class:`vividhead.models.audio_encoder.Wav2VecFeatures` in eval mode.
 
     Raises:
         OSError: no model in ``path``. ValueError: a stable-layer-norm (large) model.
     """
     from transformers import Wav2Vec2Model
 
-    from vividhead.training.models.audio_encoder import Wav2VecFeatures
+    from vividhead.models.audio_encoder import Wav2VecFeatures
 
     model = Wav2Vec2Model.from_pretrained(str(path), local_files_only=True)
     return Wav2VecFeatures(model, normalize=normalize).eval().requires_grad_(False).to(device)

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from vividhead.curation.face_detector import FaceBox, FaceDetectorStage
 from vividhead.curation.media import frame_at
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import Stage, StageConfig, check
+from vividhead.errors import MediaError
+from vividhead.models.face_detector import FaceBox, FaceDetectorStage
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,11 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row, add_member, note_annotation_error
-from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
+from vividhead.curation.stage import FrameStage, StageConfig, check
+from vividhead.errors import MediaError
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
-from vividhead.curation.face_detector import FaceDetector, FaceDetectorStage
 from vividhead.curation.records import Row
-from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
+from vividhead.curation.stage import FrameStage, StageConfig, check
+from vividhead.errors import MediaError
+from vividhead.models.face_detector import FaceDetector, FaceDetectorStage
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ import soundfile as sf
 
 from vividhead.curation.media import count_video_frames, ffmpeg_args, run_tool, temp_dir
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import Stage, StageConfig, check
+from vividhead.errors import MediaError
 from vividhead.shard_format import AUDIO_CHANNELS, AUDIO_SUBTYPE, FPS, FRAME_SIZE_PX, SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:

@@ -20,10 +20,11 @@ from typing import Optional
 
 import numpy as np
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row
-from vividhead.curation.stage import DeviceError, FrameStage, MediaError, StageConfig, check
+from vividhead.curation.stage import DeviceError, FrameStage, StageConfig, check
+from vividhead.errors import MediaError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from typing import Optional
 
 from vividhead.curation.media import fetch_remote, ffprobe, file_md5, is_remote, local_path_of
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import Stage, StageConfig, check
+from vividhead.errors import MediaError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from vividhead.curation.records import Row, clip_id_for, new_row, reject
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import Stage, StageConfig, check
+from vividhead.errors import MediaError
 from vividhead.shard_format import floor_frame_count
 
 

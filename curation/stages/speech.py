@@ -17,7 +17,8 @@ import numpy as np
 
 from vividhead.curation.audio_io import read_pcm16
 from vividhead.curation.records import Row
-from vividhead.curation.stage import MediaError, Stage, StageConfig, check
+from vividhead.curation.stage import Stage, StageConfig, check
+from vividhead.errors import MediaError
 
 
 @dataclass(frozen=True)

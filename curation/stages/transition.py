@@ -18,7 +18,8 @@ import numpy as np
 
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row
-from vividhead.curation.stage import FrameStage, MediaError, StageConfig, check
+from vividhead.curation.stage import FrameStage, StageConfig, check
+from vividhead.errors import MediaError
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def test_every_long_talk_clip_is_kept_face_centred_and_aligned(curated, video_di
             assert meta["source_id"] == path.stem and meta["crop_box"] == list(r["crop_box"])
             assert meta["start_s"] == pytest.approx(r["start_s"]) and "lse_c" in meta
             # the face sits near the centre of the crop
-            from vividhead.curation.face_detector import FaceDetector
+            from vividhead.models.face_detector import FaceDetector
 
             with FaceDetector(weights_dir / "face_mediapipe_detector.tflite") as det:
                 face = det.detect(frames[0].to_ndarray(format="rgb24"))[0]

@@ -25,8 +25,8 @@ from netutil import QuietHandler, http_server, moto_server  # noqa: E402
 
 from vividhead.curation.media import fetch_remote  # noqa: E402
 from vividhead.curation.pipeline import run_curation  # noqa: E402
-from vividhead.curation.stage import MediaError  # noqa: E402
 from vividhead.curation.storage import RetryPolicy, Storage, StorageError, is_transient, register_webdataset_scheme  # noqa: E402
+from vividhead.errors import MediaError  # noqa: E402
 
 CLIPS = ("talk_retalking_face2.mp4", "talk_retalking_face3.mp4")
 FAST_RETRY = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)

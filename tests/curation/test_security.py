@@ -18,8 +18,8 @@ from netutil import QuietHandler, http_server
 
 from vividhead.curation.media import fetch_remote
 from vividhead.curation.pipeline import run_curation
-from vividhead.curation.stage import MediaError
 from vividhead.curation.storage import RetryPolicy
+from vividhead.errors import MediaError
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_RETRY = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05)

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.config import SECTIONS, ConfigError, CurateConfig, config_from_dict
 from vividhead.curation.pipeline import build_stages
 from vividhead.curation.ray_adapter import StageActor

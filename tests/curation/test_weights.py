@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from vividhead.curation import weights
+from vividhead import weights
 
 
 def test_resolution_order(tmp_path, monkeypatch, weights_dir):

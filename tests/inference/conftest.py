@@ -13,7 +13,7 @@ from diffusers.utils import logging as dlog
 from tiny_models import TINY_LITE, TINY_PRO, tiny_models
 
 from vividhead.inference.pipeline import FlashHeadModels
-from vividhead.training.models.vae import VideoVAE
+from vividhead.models.vae import VideoVAE
 
 dlog.set_verbosity_error()
 torch.set_num_threads(2)

@@ -15,8 +15,8 @@ from tiny_models import TINY_LITE, write_tiny_export
 from typer.testing import CliRunner
 
 from vividhead.inference.cli import register
-from vividhead.inference.media import count_video_frames
 from vividhead.inference.server import FlashHeadServer
+from vividhead.media import count_video_frames
 
 FIXTURES = Path(os.environ.get("VIVIDHEAD_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 

@@ -1,5 +1,5 @@
-"""Released-code fidelity switches (inference/fidelity.py), the reference face crop
-(inference/face_crop.py), audio reading through librosa (inference/media.py) and weights by Hub id
+"""Released-code fidelity switches (vividhead/streaming/fidelity.py), the reference face crop
+(inference/face_crop.py), audio reading through librosa (vividhead/media.py) and weights by Hub id
 (inference/checkpoints.py), on tiny seeded models and the shared fixture media."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from tiny_models import TINY_PRO, write_tiny_export
 from typer.testing import CliRunner
 
 from vividhead.inference.cli import ModelOptions, register, with_model_options
-from vividhead.inference.fidelity import FidelityOptions, frames_to_uint8, preprocess_reference
 from vividhead.inference.pipeline import StreamingSession
+from vividhead.streaming.fidelity import FidelityOptions, frames_to_uint8, preprocess_reference
 
 FIXTURES = Path(os.environ.get("VIVIDHEAD_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 IMAGES, AUDIO = FIXTURES / "media" / "image", FIXTURES / "media" / "audio"
@@ -96,7 +96,7 @@ def test_ltx_switches_reach_the_vae_without_touching_shared_models(tiny_lite):
 
 
 def test_ltx_posterior_sample_or_mean_in_the_session(tiny_lite, ref_image, speech):
-    from vividhead.training.flow_matching import reference_video
+    from vividhead.flow_matching import reference_video
 
     seed = 5
     mean_models = dataclasses.replace(tiny_lite, fidelity=FidelityOptions(ltx_sample_posterior=False))
@@ -160,8 +160,8 @@ def _nature_frame() -> np.ndarray:
 
 @needs_fixtures
 def test_crop_face_centres_the_face_as_released(detector_weights):
-    from vividhead.curation.face_detector import FaceDetector
     from vividhead.inference.face_crop import crop_face, face_crop_box
+    from vividhead.models.face_detector import FaceDetector
 
     img = np.asarray(Image.open(IMAGES / "face_frontal_musk.png").convert("RGB"))
     with FaceDetector.load() as det:
@@ -203,7 +203,7 @@ def test_crop_face_without_a_face_is_a_one_line_error(detector_weights, tmp_path
 def test_read_audio_44k_stereo_wav_and_flac(tmp_path):
     from scipy.signal import resample_poly
 
-    from vividhead.inference.media import read_audio
+    from vividhead.media import read_audio
 
     wav = AUDIO / "speech_retalking1_44k.wav"
     data, sr = sf.read(str(wav), dtype="float32", always_2d=True)
@@ -244,8 +244,8 @@ def _fake_hub_cache(root: Path, repo_id: str, folder: Path) -> None:
 def test_checkpoint_by_hub_id_offline(tmp_path, monkeypatch):
     import huggingface_hub.constants as hub_constants
 
-    from vividhead.curation.weights import WeightsNotFound
     from vividhead.inference.checkpoints import HubId, resolve_source
+    from vividhead.weights import WeightsNotFound
 
     assert HubId.parse("hf://acme/tiny@v1") == HubId("acme/tiny", "v1") and HubId.parse("a b") is None
     hub = tmp_path / "hub"
@@ -273,7 +273,7 @@ def test_checkpoint_by_hub_id_offline(tmp_path, monkeypatch):
     res = runner.invoke(app, ["infer", "--image", str(image), "--audio", str(speech), "--out", str(tmp_path / "o.mp4"),
                               "--checkpoint", f"acme/tiny-flashhead@{REV}", "--device", "cpu", "--dtype", "fp32"])
     assert res.exit_code == 0, res.output
-    from vividhead.inference.media import count_video_frames
+    from vividhead.media import count_video_frames
 
     assert count_video_frames(tmp_path / "o.mp4") == 25
     res = runner.invoke(app, ["infer", "--image", str(image), "--audio", str(speech), "--out", str(tmp_path / "x.mp4"),

@@ -11,7 +11,7 @@ import torch
 from tiny_models import TINY_PRO
 
 from vividhead.inference.fp8 import E4M3_MAX, Float8Linear, convert_linears_to_fp8, quantize_rowwise
-from vividhead.training.models.flashhead import FlashHeadTransformer
+from vividhead.models.flashhead import FlashHeadTransformer
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

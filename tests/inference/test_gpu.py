@@ -8,7 +8,7 @@ import torch
 from tiny_models import TINY_PRO, TINY_VARIANTS, tiny_models
 
 from vividhead.inference.pipeline import StreamingSession
-from vividhead.training.models.flashhead import FlashHeadTransformer
+from vividhead.models.flashhead import FlashHeadTransformer
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
@@ -46,7 +46,7 @@ def test_accelerated_wan_vae_on_cuda_matches_stock(compile_coders):
     Wan config at 128x128, float32 (tight) and bf16 (rounding-level)."""
     import copy
 
-    from vividhead.training.models.vae import build_vae
+    from vividhead.models.vae import build_vae
 
     torch.manual_seed(0)
     stock = build_vae("wan").cuda().eval()

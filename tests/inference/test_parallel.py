@@ -15,7 +15,7 @@ from tiny_models import TINY_PRO
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     init_rank(rank, world, port)
     from vividhead.inference.parallel import disable_sequence_parallel, enable_sequence_parallel
-    from vividhead.training.models.flashhead import FlashHeadTransformer
+    from vividhead.models.flashhead import FlashHeadTransformer
 
     torch.manual_seed(0)
     model = FlashHeadTransformer.from_config_dataclass(TINY_PRO.transformer).eval()

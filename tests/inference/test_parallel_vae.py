@@ -27,8 +27,8 @@ TOL = {(True, 8): 2e-3, (True, 24): 1e-5}
 
 
 def _tiny_vae():
-    from vividhead.training.models.configs import VAEKind
-    from vividhead.training.models.vae import build_vae
+    from vividhead.models.configs import VAEKind
+    from vividhead.models.vae import build_vae
 
     torch.manual_seed(0)
     return build_vae(VAEKind.WAN, tiny=True).eval()

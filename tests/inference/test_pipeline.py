@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from vividhead.inference.audio_cache import AudioRingBuffer, TemporalAudioContextCache
-from vividhead.inference.color import lab_to_rgb, match_colors, reference_lab_stats, rgb_to_lab
+from vividhead.flow_matching import audio_frame_windows as frame_windows
+from vividhead.flow_matching import shift_timestep
 from vividhead.inference.pipeline import StreamingSession, pcm_to_float, preprocess_reference, state_nbytes
-from vividhead.training.flow_matching import audio_frame_windows as frame_windows
-from vividhead.training.flow_matching import shift_timestep
+from vividhead.streaming.audio_cache import AudioRingBuffer, TemporalAudioContextCache
+from vividhead.streaming.color import lab_to_rgb, match_colors, reference_lab_stats, rgb_to_lab
 
 
 def test_shifted_timesteps():

@@ -86,7 +86,7 @@ def test_batched_lite_motion_encode_samples_each_sessions_posterior(tiny_lite, s
     """Lite samples its LTX posterior (the released default) with each session's own generator: the
     motion encode of three sessions runs as one padded VAE call (vae_batch 4, bucket 4) and every
     session still equals its lone run."""
-    from vividhead.training.models.vae import LTXVAE
+    from vividhead.models.vae import LTXVAE
 
     assert isinstance(tiny_lite.vae, LTXVAE)
     refs, seeds = _refs(3), [11, 12, 13]

@@ -10,8 +10,8 @@ import pytest
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 
-from vividhead.training.models.vae import build_vae
-from vividhead.training.models.wan_vae_fast import rms_norm_act
+from vividhead.models.vae import build_vae
+from vividhead.models.wan_vae_fast import rms_norm_act
 
 
 @pytest.fixture(scope="module")

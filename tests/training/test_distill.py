@@ -21,7 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from vividhead.config import ConfigError
-from vividhead.training.flow_matching import add_noise, motion_loss_mask, overwrite_motion
+from vividhead.flow_matching import add_noise, motion_loss_mask, overwrite_motion
 from vividhead.training.trainers.config import SFTConfig, config_from_dict, load_train_config
 from vividhead.training.trainers.distill import DistillTrainer, distribution_matching_loss, window_chunks
 from vividhead.training.trainers.distill_config import DistillConfig
@@ -313,7 +313,7 @@ def test_one_generator_update_per_five_fake_score_updates(curated_shards, tmp_pa
 def test_nan_loss_stops_before_the_update(curated_shards, tmp_path, monkeypatch):
     """A non-finite fake-score loss at step 3 stops the run before that update, naming the step and
     the last good checkpoint."""
-    from vividhead.training.flow_matching import flow_matching_loss as real_loss
+    from vividhead.flow_matching import flow_matching_loss as real_loss
     from vividhead.training.trainers import distill
     from vividhead.training.trainers.runtime import TrainingDiverged
 
@@ -438,7 +438,7 @@ def test_exported_generator_runs_in_vividhead_infer(distilled, tmp_path, image_d
     import soundfile as sf
 
     from vividhead.cli import build_app
-    from vividhead.inference.media import count_video_frames
+    from vividhead.media import count_video_frames
 
     _, _, export = distilled
     meta = json.loads((export / "vividhead_export.json").read_text())
@@ -457,7 +457,7 @@ def test_rollout_command_plots_per_chunk_drift(distilled, tmp_path, image_dir, a
     """`vividhead train rollout` on the 60 s fixture audio, 4 chunks: one drift row per chunk (colour,
     sharpness, latent norm; Light-ASD attempted with the fixture weights), the MP4 and the plot."""
     from vividhead.cli import build_app
-    from vividhead.inference.media import count_video_frames
+    from vividhead.media import count_video_frames
 
     _, _, export = distilled
     res = CliRunner().invoke(build_app(), [

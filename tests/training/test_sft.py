@@ -14,7 +14,7 @@ from tiny_models import TINY_DIT
 from typer.testing import CliRunner
 
 from vividhead.config import ConfigError
-from vividhead.training.flow_matching import FlowMatchingSchedule, flow_matching_loss, motion_latent_count
+from vividhead.flow_matching import FlowMatchingSchedule, flow_matching_loss, motion_latent_count
 from vividhead.training.trainers.config import SFTConfig, config_from_dict, load_train_config
 from vividhead.training.trainers.runtime import TrainingDiverged
 from vividhead.training.trainers.sft import SFTTrainer
@@ -116,7 +116,7 @@ def test_motion_schedule_is_point_nine_five_frames_point_one_cold_start():
 def test_training_and_inference_share_the_schedule():
     sig = FlowMatchingSchedule().sigmas()
     assert [round(s, 4) for s in sig] == [1.0, 0.9375, 0.8333, 0.625, 0.0]
-    from vividhead.training.models.configs import get_variant
+    from vividhead.models.configs import get_variant
 
     assert get_variant("pro").streaming.schedule == FlowMatchingSchedule()
 
@@ -222,7 +222,7 @@ def test_corrupt_sample_is_skipped_and_counted(copy_curated, tmp_path):
 def _fsdp_worker(rank: int, world: int, init_file: str, result_file: str, steps: int) -> None:
     import torch.distributed as dist
 
-    from vividhead.training.models.flashhead import FlashHeadTransformer
+    from vividhead.models.flashhead import FlashHeadTransformer
     from vividhead.training.trainers.config import OptimConfig, ParallelConfig
     from vividhead.training.trainers.distributed import DistEnv, wrap_model
     from vividhead.training.trainers.runtime import make_optimizer
@@ -300,7 +300,7 @@ def test_curate_train_export_infer(curated_shards, tmp_path, image_dir, audio_di
                               str(image_dir / "face_frontal_happy_256.png"), "--audio", str(speech),
                               "--out", str(tmp_path / "out.mp4"), "--device", "cpu", "--dtype", "fp32"])
     assert res.exit_code == 0, res.output
-    from vividhead.inference.media import count_video_frames
+    from vividhead.media import count_video_frames
 
     assert count_video_frames(tmp_path / "out.mp4") == 50  # 2 s at 25 fps
 

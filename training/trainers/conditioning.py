@@ -1,5 +1,5 @@
 """From a batch of curated windows to the DiT's inputs, exactly as streaming inference builds them
-(FlashHead report §3.1-3.3; the recipe is :mod:`vividhead.training.flow_matching`):
+(FlashHead report §3.1-3.3; the recipe is :mod:`vividhead.flow_matching`):
 
 * ``latents``: VAE latents of the window (the causal VAE makes the first ``1 + (m - 1) / stride``
   of them the latents of the ``m`` motion frames alone, as inference re-encodes them);
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vividhead.flow_matching import chunk_audio_context, motion_latent_count, reference_video
 from vividhead.shard_format import SAMPLES_PER_FRAME
 from vividhead.training.data import ClipWindowBatch, to_unit_range
-from vividhead.training.flow_matching import chunk_audio_context, motion_latent_count, reference_video
 from vividhead.training.trainers.models import FrozenEncoders
 
 
@@ -95,7 +95,7 @@ def encode_frames(frames: torch.Tensor, vae, device: torch.device,
 
     Args:
         frames: ``[B, F, 3, H, W]`` uint8 or float in [-1, 1] (F = 1 + k * stride).
-        vae: the frozen :class:`vividhead.training.models.vae.VideoVAE`.
+        vae: the frozen :class:`vividhead.models.vae.VideoVAE`.
 
     Returns:
         float32 ``[B, C, F', h, w]``.
@@ -130,7 +130,7 @@ def encode_audio_context(audio: torch.Tensor, audio_encoder, num_frames: int, au
 
     Args:
         audio: float32 ``[B, S]`` caches (S = 128000 for 8 s at 16 kHz).
-        audio_encoder: :class:`vividhead.training.models.audio_encoder.Wav2VecFeatures`.
+        audio_encoder: :class:`vividhead.models.audio_encoder.Wav2VecFeatures`.
 
     Returns:
         float32 ``[B, num_frames, audio_window, L, D]``.

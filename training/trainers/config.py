@@ -21,7 +21,7 @@ class ModelConfig:
     """What to train and where its frozen parts come from.
 
     Attributes:
-        variant: a name from :data:`vividhead.training.models.configs.VARIANTS` (``pro``, ``lite``,
+        variant: a name from :data:`vividhead.models.configs.VARIANTS` (``pro``, ``lite``,
             ``14b``) or ``custom`` with ``transformer`` overrides.
         init: ``random`` (tests), ``flashhead`` (a released or exported FlashHead DiT folder,
             strict keys), ``wan_t2v`` (a diffusers Wan2.1-T2V transformer folder: backbone mapped
@@ -51,7 +51,7 @@ class ModelConfig:
     seed: int = 0
 
     def validate(self, section: str) -> None:
-        from vividhead.training.models.configs import VARIANTS
+        from vividhead.models.configs import VARIANTS
 
         check(self.variant in VARIANTS, f"{section}.variant", f"unknown variant (known: {sorted(VARIANTS)})")
         check(self.init == "random" or self.init_path is not None, f"{section}.init_path",
@@ -211,7 +211,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class FlowConfig:
-    """Stage-1 flow-matching objective (the recipe itself is :mod:`vividhead.training.flow_matching`).
+    """Stage-1 flow-matching objective (the recipe itself is :mod:`vividhead.flow_matching`).
 
     Attributes:
         shift: timestep shift of the training sigmas (Wan: 5).

@@ -15,7 +15,7 @@ One trainer step (:meth:`DistillTrainer.train_step`, one window of a curated cli
 2. **fake-score update** -- draw ``k ~ U(1, K)`` and ``t' ~ U(1, T)`` (rank 0, broadcast), roll the
    generator out for k chunks without graph (:meth:`DistillTrainer.rollout`), train ``fake_score``
    with the flow-matching loss on the detached output of step t' of chunk k
-   (:func:`vividhead.training.flow_matching.flow_matching_loss`; motion slots clean, no loss there).
+   (:func:`vividhead.flow_matching.flow_matching_loss`; motion slots clean, no loss there).
 3. **generator update** (after every 5th fake update) -- a fresh draw and rollout in which only
    step t' of chunk k keeps its graph (``sample_chunk(exit_step=t', grad_step=t')``; every earlier
    chunk and step runs under ``no_grad``), then the DMD loss (:func:`distribution_matching_loss`)
@@ -58,10 +58,7 @@ import torch
 import torch.distributed as dist
 
 from vividhead.config import ConfigError
-from vividhead.inference.color import match_colors, reference_lab_stats
-from vividhead.shard_format import SAMPLES_PER_FRAME
-from vividhead.training.data import ClipWindowDataset
-from vividhead.training.flow_matching import (
+from vividhead.flow_matching import (
     NUM_TRAIN_TIMESTEPS,
     add_noise,
     flow_matching_loss,
@@ -72,6 +69,9 @@ from vividhead.training.flow_matching import (
     sample_chunk,
     sample_training_sigmas,
 )
+from vividhead.shard_format import SAMPLES_PER_FRAME
+from vividhead.streaming.color import match_colors, reference_lab_stats
+from vividhead.training.data import ClipWindowDataset
 from vividhead.training.trainers.checkpoint import CheckpointError, latest_checkpoint
 from vividhead.training.trainers.conditioning import (
     encode_audio_context,
@@ -363,8 +363,8 @@ class DistillTrainer(Trainer):
         d = self.cfg.distill
         if d.init_checkpoint is None or (Path(d.init_checkpoint) / EXPORT_META).exists():
             return build_transformer(self.cfg.model, self.variant)
-        from vividhead.training.models.flashhead import FlashHeadTransformer
-        from vividhead.training.models.loading import load_strict
+        from vividhead.models.flashhead import FlashHeadTransformer
+        from vividhead.models.loading import load_strict
         from vividhead.training.trainers.export import read_checkpoint_weights
 
         _, sd, info = read_checkpoint_weights(d.init_checkpoint, d.init_weights)
@@ -422,7 +422,7 @@ class DistillTrainer(Trainer):
     # -- the networks -----------------------------------------------------------------------------
     def velocity(self, role: str, context: torch.Tensor, ref: torch.Tensor):
         """The network ``role`` closed over its conditioning: ``(x_t, timestep [B or 1] on 0..1000) ->
-        v`` in the compute dtype (:data:`vividhead.training.flow_matching.VelocityFn`)."""
+        v`` in the compute dtype (:data:`vividhead.flow_matching.VelocityFn`)."""
         net = self.nets[role]
 
         def velocity(x_t: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -535,7 +535,7 @@ class DistillTrainer(Trainer):
     def rollout(self, window: RolloutWindow, k: int, exit_step: int | None, grad: bool,
                 rng: torch.Generator | None = None, keep_chunks: bool = False) -> RolloutOutput:
         """Generate chunks 1..k autoregressively with the shared sampler
-        (:func:`vividhead.training.flow_matching.sample_chunk`), each conditioned on motion latents
+        (:func:`vividhead.flow_matching.sample_chunk`), each conditioned on motion latents
         from its own previous output; chunk k stops at step ``exit_step``.
 
         Args:
@@ -726,7 +726,7 @@ class DistillTrainer(Trainer):
                 "val/chunks": float(len(mses))}
 
     def _write_preview(self, window: RolloutWindow, chunks: list[torch.Tensor], path: Path) -> Path:
-        from vividhead.inference.media import write_video
+        from vividhead.media import write_video
 
         s, vae = self.variant.streaming, self.encoders.vae
         dtype = next(vae.parameters()).dtype

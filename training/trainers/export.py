@@ -24,8 +24,8 @@ from typing import Literal
 import torch
 
 from vividhead.config import to_dict
-from vividhead.training.models.configs import FlashHeadVariant
-from vividhead.training.models.flashhead import FlashHeadTransformer
+from vividhead.models.configs import FlashHeadVariant
+from vividhead.models.flashhead import FlashHeadTransformer
 from vividhead.training.trainers.checkpoint import CheckpointError, latest_checkpoint
 from vividhead.training.trainers.models import EXPORT_META, FrozenEncoders
 
@@ -57,7 +57,7 @@ def write_export(
     Raises:
         KeyError: the state dict does not match the variant's DiT.
     """
-    from vividhead.training.models.loading import load_strict
+    from vividhead.models.loading import load_strict
 
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -93,7 +93,7 @@ def read_export_variant(path: str | Path) -> FlashHeadVariant:
     Raises:
         FileNotFoundError: not an export folder.
     """
-    from vividhead.training.models.configs import FlashHeadTransformerConfig, StreamingConfig, VAEKind, get_variant
+    from vividhead.models.configs import FlashHeadTransformerConfig, StreamingConfig, VAEKind, get_variant
 
     p = Path(path) / EXPORT_META
     if not p.exists():

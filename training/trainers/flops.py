@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from vividhead.training.models.configs import FlashHeadTransformerConfig
+from vividhead.models.configs import FlashHeadTransformerConfig
 
 #: Dense bf16 peak of one H100/H200 SXM (FLOP/s).
 H200_BF16_PEAK = 989e12

@@ -6,7 +6,7 @@ Initialisation (FlashHead report §4; summary in README "Training"):
 * ``random``   -- seeded random init of the variant's DiT (with ``transformer`` overrides);
 * ``flashhead`` -- a released ``Model_Pro`` / ``Model_Lite`` folder (strict keys);
 * ``wan_t2v``  -- a diffusers Wan2.1-T2V transformer folder mapped strictly into the FlashHead
-  layout (:func:`vividhead.training.models.loading.flashhead_from_wan_t2v`);
+  layout (:func:`vividhead.models.loading.flashhead_from_wan_t2v`);
 * ``checkpoint`` -- a folder written by ``vividhead train export`` (DiT, VAE, Wav2Vec).
 """
 
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from vividhead.training.models.audio_encoder import TINY_WAV2VEC_KWARGS, Wav2VecFeatures
-from vividhead.training.models.configs import FlashHeadTransformerConfig, FlashHeadVariant, get_variant
-from vividhead.training.models.flashhead import FlashHeadTransformer
-from vividhead.training.models.vae import VideoVAE, build_vae, load_vae
+from vividhead.models.audio_encoder import TINY_WAV2VEC_KWARGS, Wav2VecFeatures
+from vividhead.models.configs import FlashHeadTransformerConfig, FlashHeadVariant, get_variant
+from vividhead.models.flashhead import FlashHeadTransformer
+from vividhead.models.vae import VideoVAE, build_vae, load_vae
 from vividhead.training.trainers.config import ModelConfig
 
 #: DiT submodules the forward pass does not use (text embedding, unused audio MLP).
@@ -82,7 +82,7 @@ def build_transformer(cfg: ModelConfig, variant: FlashHeadVariant) -> FlashHeadT
     Raises:
         FileNotFoundError, KeyError: see the loaders (missing files, keys that do not map).
     """
-    from vividhead.training.models import loading
+    from vividhead.models import loading
 
     if cfg.init == "random":
         torch.manual_seed(cfg.seed)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from vividhead.training.flow_matching import (
+from vividhead.flow_matching import (
     FlowMatchingSchedule,
     flow_matching_loss,
     sample_chunk,
@@ -221,7 +221,7 @@ class SFTTrainer(Trainer):
             return None
         vae = self.encoders.vae
         video = vae.decode(x.to(next(vae.parameters()).dtype))[0]  # [3, F, H, W]
-        from vividhead.inference.media import write_video
+        from vividhead.media import write_video
 
         return write_video(path, video, self.variant.streaming.fps)
 

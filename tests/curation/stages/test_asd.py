@@ -13,11 +13,11 @@ import torch
 from avclips import AUDIO_DIR, TALK_CLIPS, WEIGHTS_DIR, clip_row, load_pcm16, pcm_of, wav_bytes
 
 from vividhead.curation.audio_io import mfcc_100hz
-from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.face_track import detect_track, face_crops
 from vividhead.curation.models.lightasd import LightASD, load_lightasd
 from vividhead.curation.ray_adapter import run_stage
 from vividhead.curation.stages.asd import ASDConfig, ASDStage, asd_scores, centre_112, visual_embeddings
+from vividhead.models.face_detector import FaceDetector
 
 AVA = WEIGHTS_DIR / "asd_lightasd_pretrain_AVA.model"
 TALKSET = WEIGHTS_DIR / "asd_lightasd_finetuning_TalkSet.model"

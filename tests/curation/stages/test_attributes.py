@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.config import ConfigError, config_from_dict
 from vividhead.curation.ray_adapter import run_stage
 from vividhead.curation.records import new_row

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.ray_adapter import run_stage
 from vividhead.curation.records import members_of, new_row
 from vividhead.curation.stages.audio_features import MEMBER, AudioFeaturesConfig, AudioFeaturesStage
@@ -18,7 +18,7 @@ from vividhead.curation.stages.audio_features import MEMBER, AudioFeaturesConfig
 torch = pytest.importorskip("torch")
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Model  # noqa: E402
 
-from vividhead.training.models.audio_encoder import TINY_WAV2VEC_KWARGS, Wav2VecFeatures  # noqa: E402
+from vividhead.models.audio_encoder import TINY_WAV2VEC_KWARGS, Wav2VecFeatures  # noqa: E402
 
 FRAMES = 50  # 2 s at 25 fps
 

@@ -7,11 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
-from vividhead.curation.face_detector import FaceBox, FaceDetector
 from vividhead.curation.media import frame_at
-from vividhead.curation.stage import MediaError
 from vividhead.curation.stages.face import CropBox, FaceConfig, plan_crop, select_face
 from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
+from vividhead.errors import MediaError
+from vividhead.models.face_detector import FaceBox, FaceDetector
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from avclips import WEIGHTS_DIR, clip_row
 
 from vividhead.curation import decoded_clip
 from vividhead.curation.config import config_from_dict, load_config
-from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.frame_group import FrameGroup, group_frame_stages
 from vividhead.curation.pipeline import build_stages
 from vividhead.curation.ray_adapter import run_stage
 from vividhead.curation.stage import FrameStage, Stage
+from vividhead.models.face_detector import FaceDetector
 
 REPO = Path(__file__).resolve().parents[3]
 DETECTOR = str(WEIGHTS_DIR / "face_mediapipe_detector.tflite")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vividhead.curation.stage import MediaError
 from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
+from vividhead.errors import MediaError
 
 
 def test_vfr_source_becomes_cfr_25fps_with_sample_accurate_audio(video_dir):

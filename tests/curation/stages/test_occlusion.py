@@ -9,11 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.media import first_frame
 from vividhead.curation.ray_adapter import run_stage
 from vividhead.curation.records import new_row
-from vividhead.curation.stage import MediaError
 from vividhead.curation.stages.occlusion import (
     FACE,
     HEAD_BODY,
@@ -26,6 +25,7 @@ from vividhead.curation.stages.occlusion import (
     hand_over_face_share,
     main_face_box,
 )
+from vividhead.errors import MediaError
 
 torch = pytest.importorskip("torch")
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from vividhead.curation.records import new_row
-from vividhead.curation.stage import MediaError
 from vividhead.curation.stages.dedup import DedupConfig, DedupStage, find_duplicates
 from vividhead.curation.stages.probe import ProbeConfig, probe_media
+from vividhead.errors import MediaError
 
 
 def test_probe_reads_real_metadata(video_dir):

@@ -8,9 +8,10 @@ from avclips import AUDIO_DIR, VIDEO_DIR, WEIGHTS_DIR, clip_row, load_pcm16
 from vividhead.curation.config import config_from_dict
 from vividhead.curation.pipeline import build_stages
 from vividhead.curation.ray_adapter import run_stage
-from vividhead.curation.stage import MediaError, Stage
+from vividhead.curation.stage import Stage
 from vividhead.curation.stages.normalize import NormalizeConfig, normalize_clip
 from vividhead.curation.stages.speech import SpeechConfig, SpeechStage, load_vad, speech_share
+from vividhead.errors import MediaError
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,9 @@ import pytest
 import torch
 from avclips import WEIGHTS_DIR, clip_row, pcm_of, wav_bytes
 
-from vividhead.curation import weights
+from vividhead import weights
 from vividhead.curation.models.syncnet import SyncNet, load_syncnet
 from vividhead.curation.ray_adapter import run_stage
-from vividhead.curation.stage import MediaError
 from vividhead.curation.stages.syncnet import (
     SyncNetConfig,
     SyncNetStage,
@@ -24,6 +23,7 @@ from vividhead.curation.stages.syncnet import (
     offset_distances,
     sync_scores,
 )
+from vividhead.errors import MediaError
 
 DETECTOR = str(WEIGHTS_DIR / "face_mediapipe_detector.tflite")
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from vividhead.curation.face_detector import FaceDetector
 from vividhead.curation.stages.face_visibility import missing_face_share
 from vividhead.curation.stages.transition import TransitionConfig, clip_transition_score
+from vividhead.models.face_detector import FaceDetector
 
 
 def test_transition_fires_on_the_hard_cut(video_dir):

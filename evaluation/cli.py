@@ -1,0 +1,242 @@
+"""``vividhead eval``: ``score``, ``run``, ``drift`` and ``split``, registered on the root command by
+:func:`register`.
+
+This module imports only Typer at import time (every heavy import is inside a command), so the
+``vividhead`` command lists ``eval`` even where torch or torch-fidelity are missing. A missing
+weights file or package stops a command at start-up with one line naming it (exit code 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+eval_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                       help="Evaluate talking-head videos: FID/KID, FVD, Sync-C/Sync-D, Light-ASD, drift.")
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="Report folder (report.json, report.md, plots/).")]
+Device = Annotated[str, typer.Option(help="cpu / cuda.")]
+Skip = Annotated[str, typer.Option(help="Comma list of metrics not to compute: fid,kid,fvd,sync,asd.")]
+Random = Annotated[str, typer.Option(
+    "--random-weights", help="Comma list of models run at seeded random weights (i3d, syncnet): smoke tests "
+    "and cost only; their figures are marked NOT REAL.")]
+FidEvery = Annotated[int, typer.Option(help="FID/KID use every N-th frame of each video (1 = all).")]
+FvdSize = Annotated[int, typer.Option(help="I3D input side; the protocol is 224.")]
+AsdWeights = Annotated[str, typer.Option(help="Light-ASD weights: lightasd_ava or lightasd_talkset.")]
+WeightsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--weights", help="NAME=PATH overriding the registry lookup (e.g. syncnet_v2=/models/syncnet_v2.model); repeatable.")]
+MaxFrames = Annotated[Optional[int], typer.Option(help="Score at most this many frames per video.")]
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in value.split(",") if x.strip())
+
+
+def _weights(items: Optional[list[str]]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--weights {item!r}: expected NAME=PATH")
+        out[name.strip()] = path.strip()
+    return out
+
+
+def _fail(exc: BaseException) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from vividhead.evaluation.fid import EvalDependencyError
+    from vividhead.evaluation.loaders import MissingEvalWeights
+
+    return (MissingEvalWeights, EvalDependencyError, FileNotFoundError, ValueError)
+
+
+def _score_config(device, skip, random_weights, fid_every, fvd_size, asd_weights, weights, max_frames, score_real=True):
+    from vividhead.evaluation.score import ScoreConfig
+
+    return ScoreConfig(device=device, skip=_csv(skip), random_weights=_csv(random_weights), fid_every=fid_every,
+                       fvd_size=fvd_size, asd_weights=asd_weights, weights_paths=_weights(weights),
+                       max_frames=max_frames, score_real=score_real)
+
+
+@eval_app.command("score")
+def score(
+    generated: Annotated[str, typer.Argument(help="Folder of MP4s or shard URL(s) of generated videos.")],
+    real: Annotated[str, typer.Argument(help="Folder of MP4s or shard URL(s) of the ground truth (paired by name).")],
+    out: Out = Path("report"),
+    device: Device = "cpu",
+    skip: Skip = "",
+    random_weights: Random = "",
+    fid_every: FidEvery = 1,
+    fvd_size: FvdSize = 224,
+    asd_weights: AsdWeights = "lightasd_ava",
+    weights: WeightsOpt = None,
+    max_frames: MaxFrames = None,
+    score_real: Annotated[bool, typer.Option(help="Also score Sync/ASD of the real videos.")] = True,
+) -> None:
+    """FID, KID, FVD, Sync-C/Sync-D and Light-ASD of GENERATED against REAL, paired by name."""
+    try:
+        from vividhead.evaluation.frames import list_videos, pair_names
+        from vividhead.evaluation.report import write_report
+        from vividhead.evaluation.score import load_eval_models, score_videos
+
+        cfg = _score_config(device, skip, random_weights, fid_every, fvd_size, asd_weights, weights, max_frames,
+                            score_real)
+        models = load_eval_models(cfg)
+    except _expected_errors() as exc:
+        _fail(exc)
+    try:
+        gen, ref = list_videos(generated), list_videos(real)
+        names, only_gen, only_real = pair_names(gen, ref)
+        if only_gen or only_real:
+            typer.echo(f"unpaired: {len(only_gen)} generated, {len(only_real)} real (e.g. {(only_gen + only_real)[:3]})",
+                       err=True)
+        report = score_videos(names, gen, ref, cfg, models, log=typer.echo)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    finally:
+        models.close()
+    report["inputs"] = {"generated": generated, "real": real}
+    report["unpaired"] = {"generated": only_gen, "real": only_real}
+    paths = write_report(report, out)
+    typer.echo(f"wrote {paths['md']} and {paths['json']}")
+
+
+@eval_app.command("run")
+def run(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A `vividhead train export` folder.")],
+    shards: Annotated[str, typer.Option("--shards", help="Test shards: URL(s), brace pattern or curation output folder.")],
+    out: Out = Path("report"),
+    num_clips: Annotated[int, typer.Option(help="Test clips (split by source id).")] = 75,
+    split_seed: Annotated[int, typer.Option(help="Seed of the test split.")] = 0,
+    split: Annotated[Optional[Path], typer.Option(help="A split.json from `vividhead eval split` (overrides --num-clips).")] = None,
+    reference_frame: Annotated[int, typer.Option(help="Clip frame used as the reference image.")] = 0,
+    seed: Annotated[int, typer.Option(help="Generator noise seed.")] = 42,
+    dtype: Annotated[str, typer.Option(help="Generator precision: bf16 / fp16 / fp32.")] = "bf16",
+    fast_start: Annotated[bool, typer.Option("--fast-start", help="Short first chunk.")] = False,
+    device: Device = "cuda",
+    skip: Skip = "",
+    random_weights: Random = "",
+    fid_every: FidEvery = 1,
+    fvd_size: FvdSize = 224,
+    asd_weights: AsdWeights = "lightasd_ava",
+    weights: WeightsOpt = None,
+    max_frames: MaxFrames = None,
+) -> None:
+    """Generate every test clip from its first frame and own audio, then score against the ground truth."""
+    try:
+        from vividhead.evaluation.run import run_eval
+        from vividhead.evaluation.split import TestSplit
+
+        if dtype not in ("bf16", "fp16", "fp32"):
+            raise ValueError("--dtype must be bf16, fp16 or fp32")
+        cfg = _score_config(device, skip, random_weights, fid_every, fvd_size, asd_weights, weights, max_frames)
+        test_split = TestSplit.from_json(split) if split else None
+        report = run_eval(checkpoint, shards, out, cfg, split=test_split, num_clips=num_clips, split_seed=split_seed,
+                          reference_frame=reference_frame, gen_seed=seed, device=device, dtype=dtype,
+                          fast_start=fast_start, log=typer.echo)
+    except _expected_errors() as exc:
+        _fail(exc)
+    typer.echo(f"wrote {out / 'report.md'} ({report['metrics']['num_videos']} clips)")
+
+
+@eval_app.command("drift")
+def drift(
+    video: Annotated[Path, typer.Argument(help="A long generated video (MP4).")],
+    reference: Annotated[Path, typer.Option("--reference", help="The reference image (or a video: its first frame).")],
+    out: Out = Path("drift"),
+    audio: Annotated[Optional[Path], typer.Option(help="Driving audio (default: the video's own track).")] = None,
+    window_s: Annotated[float, typer.Option(help="Window length in seconds.")] = 10.0,
+    latent_norms: Annotated[Optional[Path], typer.Option(help=".npy float [N] per-frame latent norms.")] = None,
+    fid_reference: Annotated[Optional[Path], typer.Option(
+        help="Reference clip (MP4) for FID of each minute (torch-fidelity, GPU).")] = None,
+    device: Device = "cpu",
+    skip: Skip = "",
+    random_weights: Random = "",
+    asd_weights: AsdWeights = "lightasd_ava",
+    weights: WeightsOpt = None,
+) -> None:
+    """Per-window drift of a long generation (colour, sharpness, Light-ASD, Sync-C/D, latent norm) as a plot."""
+    detector = None
+    try:
+        import numpy as np
+
+        from vividhead.evaluation import loaders
+        from vividhead.evaluation.drift import drift_metrics, fid_per_window, plot_drift
+        from vividhead.evaluation.frames import read_video
+        from vividhead.evaluation.report import render_drift_markdown, write_json
+
+        skipped, rnd, paths = set(_csv(skip)), set(_csv(random_weights)), _weights(weights)
+        records, asd_model, syncnet, features = {}, None, None, None
+        if "asd" not in skipped:
+            asd_model, rec = loaders.load_asd(paths.get(asd_weights), device, asd_weights)
+            records[rec.name] = rec.to_dict()
+        if "sync" not in skipped:
+            syncnet, rec = loaders.load_syncnet(paths.get("syncnet_v2"), device, 0 if "syncnet" in rnd else None)
+            records[rec.name] = rec.to_dict()
+        if asd_model is not None or syncnet is not None:
+            detector, rec = loaders.face_detector(paths.get("face_mediapipe_detector"))
+            records[rec.name] = rec.to_dict()
+        if fid_reference is not None:
+            from vividhead.evaluation.fid import InceptionFeatures
+
+            rec = loaders.inception_weights(paths.get("inception_fid"))
+            features = InceptionFeatures(rec.path, device)
+            records[rec.name] = rec.to_dict()
+        v = read_video(video, audio)
+        if reference.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".avi"):
+            ref = read_video(reference, max_frames=1).frames[0]
+        else:
+            from vividhead.media import read_image
+
+            ref = read_image(reference)
+        norms = np.load(latent_norms, allow_pickle=False) if latent_norms else None
+        rows = drift_metrics(v.frames, v.audio, ref, window_s, asd_model=asd_model, syncnet=syncnet,
+                             detector=detector, latent_norms=norms, device=device)
+        if features is not None:
+            for row, fid in zip(rows, fid_per_window(v.frames, read_video(fid_reference).frames, features, window_s)):
+                row["fid_vs_reference"] = fid
+    except _expected_errors() as exc:
+        _fail(exc)
+    finally:
+        if detector is not None:
+            detector.close()
+    out.mkdir(parents=True, exist_ok=True)
+    fake = ("sync_c", "sync_d") if records.get("syncnet_v2", {}).get("random_weights") else ()
+    plot_drift(rows, out / "drift.png", title=video.name, not_real=fake)
+    report = {"inputs": {"video": str(video), "reference": str(reference), "audio": str(audio or video)},
+              "window_s": window_s, "rows": rows, "weights": records,
+              "random_weights": sorted(k for k, r in records.items() if r.get("random_weights"))}
+    write_json(report, out / "drift.json")
+    (out / "drift.md").write_text(render_drift_markdown(report, "drift.png"))
+    typer.echo(f"wrote {out / 'drift.md'} ({len(rows)} windows)")
+
+
+@eval_app.command("split")
+def split(
+    manifest: Annotated[str, typer.Argument(help="The curation output's manifest.parquet.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="split.json to write.")] = Path("split.json"),
+    num_clips: Annotated[int, typer.Option(help="Test clips.")] = 75,
+    seed: Annotated[int, typer.Option(help="Ranking seed.")] = 0,
+    group_column: Annotated[str, typer.Option(help="Manifest column whose groups are held out whole.")] = "source_id",
+) -> None:
+    """A fixed test split by source id; train with ClipFilter(exclude_keys=split's train_exclude_keys)."""
+    try:
+        from vividhead.evaluation.split import split_from_manifest
+
+        s = split_from_manifest(manifest, num_clips, seed, group_column)
+    except _expected_errors() as exc:
+        _fail(exc)
+    s.to_json(out)
+    typer.echo(f"wrote {out}: {len(s.test_keys)} test clips from {len(s.test_groups)} of {s.num_groups_total} "
+               f"groups; {len(s.train_exclude_keys)} clips to exclude from training")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``eval`` command group to the ``vividhead`` Typer app."""
+    app.add_typer(eval_app, name="eval")

@@ -1,0 +1,1 @@
+"""Test setup for vividhead/models tests."""

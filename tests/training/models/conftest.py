@@ -1,1 +1,0 @@
-"""Test setup for training/models tests."""
