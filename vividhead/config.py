@@ -16,9 +16,14 @@ from typing import Any, Literal
 
 import yaml
 
+from vividhead.errors import UserError
 
-class ConfigError(ValueError):
-    """A configuration value is unknown or invalid; the message names the key (``face.min_face_px``)."""
+
+class ConfigError(UserError, ValueError):
+    """A configuration value is unknown or invalid; the message names the key (``face.min_face_px``).
+
+    A :class:`~vividhead.errors.UserError`: the CLI prints it as one line and exits with code 2.
+    """
 
 
 def check(cond: bool, key: str, msg: str) -> None:

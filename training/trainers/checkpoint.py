@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from vividhead.errors import UserError
 from vividhead.training.trainers.distributed import DistEnv, barrier
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ logger = logging.getLogger(__name__)
 _STEP_DIR = "step_{:08d}"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or does not match the run (one-line reason)."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint is missing, incomplete or does not match the run (one-line reason; the CLI prints
+    it as ``error: ...`` and exits with code 2)."""
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,0 +1,79 @@
+"""The ``vividhead`` entry point: ``--version``, one-line expected errors, ``--debug`` tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+import typer
+
+import vividhead.cli as cli
+from vividhead.errors import UserError
+
+
+@pytest.fixture
+def app_with_failures(monkeypatch):
+    """The real app plus ``user-error`` (raises a two-line UserError) and ``bug`` (a RuntimeError)."""
+    real_build = cli.build_app
+
+    def build() -> typer.Typer:
+        app = real_build()
+
+        @app.command("user-error")
+        def _user_error() -> None:
+            raise UserError("data/shards: no shards here\nrun `vividhead curate` first")
+
+        @app.command("bug")
+        def _bug() -> None:
+            raise RuntimeError("an unexpected bug")
+
+        return app
+
+    monkeypatch.setattr(cli, "build_app", build)
+    monkeypatch.delenv("VIVIDHEAD_DEBUG", raising=False)
+
+
+def _exit_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    return info.value.code
+
+
+def test_version_prints_package_metadata(capsys):
+    assert _exit_code(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"vividhead {version('vividhead')}"
+
+
+def test_user_error_is_one_line_exit_2(app_with_failures, capsys):
+    assert _exit_code(["user-error"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: data/shards: no shards here; run `vividhead curate` first\n"
+
+
+def test_debug_flag_and_env_show_the_traceback(app_with_failures, monkeypatch):
+    with pytest.raises(UserError, match="no shards here"):
+        cli.main(["--debug", "user-error"])
+    monkeypatch.setenv("VIVIDHEAD_DEBUG", "1")
+    with pytest.raises(UserError, match="no shards here"):
+        cli.main(["user-error"])
+    monkeypatch.setenv("VIVIDHEAD_DEBUG", "0")
+    assert _exit_code(["user-error"]) == 2
+
+
+def test_unexpected_exception_keeps_its_traceback(app_with_failures):
+    with pytest.raises(RuntimeError, match="an unexpected bug"):
+        cli.main(["bug"])
+
+
+def test_config_error_through_the_real_script(tmp_path):
+    """A real command and process: a missing config is one line on stderr and exit code 2."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "vividhead", "train", "sft", "--config", str(tmp_path / "missing.yaml")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.yaml" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
