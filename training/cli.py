@@ -120,11 +120,11 @@ def rollout(
 ) -> None:
     """Long-horizon check: stream a generator for N chunks and plot per-chunk drift (colour,
     sharpness vs the reference, latent norm, Light-ASD)."""
-    from vividhead.inference.cli import _dtype
+    from vividhead.devices import parse_dtype
     from vividhead.training.long_rollout import long_rollout
 
     try:
-        report = long_rollout(checkpoint, image, audio, out, num_chunks=chunks, device=device, dtype=_dtype(dtype),
+        report = long_rollout(checkpoint, image, audio, out, num_chunks=chunks, device=device, dtype=parse_dtype(dtype),
                               seed=seed, asd=asd)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
