@@ -11,11 +11,17 @@ The group's frame decode and face detection are timed under the first stage that
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from vividhead.curation.records import KEPT, Row
+from vividhead.curation.records import KEPT, Row, reject
 from vividhead.curation.stage import FrameStage, Stage, StageConfig
+from vividhead.errors import MediaError
+
+if TYPE_CHECKING:
+    from vividhead.curation.decoded_clip import DecodedClip
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,6 @@ class FrameGroup(Stage):
 
     def process(self, row: Row) -> list[Row]:
         from vividhead.curation.decoded_clip import DecodedClip
-        from vividhead.curation.ray_adapter import run_stage
 
         clip: Optional[DecodedClip] = None
         for stage in self.stages:
@@ -65,6 +70,29 @@ class FrameGroup(Stage):
                 clip = DecodedClip(row["video_bytes"], row.get("audio_bytes"))
             (row,) = run_stage(stage, row, clip)
         return [row]
+
+
+def run_stage(stage: Stage, row: Row, clip: Optional[DecodedClip] = None) -> list[Row]:
+    """Apply ``stage`` to one row with rejection routing and timing (seconds, in ``timings``).
+
+    ``clip``: the row's media decoded once and shared with other frame stages (a
+    :class:`~vividhead.curation.stage.FrameStage` then runs ``process_clip``).
+    """
+    if row["status"] != KEPT:
+        return [row]
+    if isinstance(stage, FrameGroup):
+        return stage.process(row)  # routes and times each of its stages itself
+    start = time.perf_counter()
+    try:
+        out = stage.process_clip(row, clip) if clip is not None else stage.process(row)
+    except MediaError as exc:
+        out = [reject(row, stage.name, exc.reason, exc.detail)]
+    elapsed = time.perf_counter() - start
+    if out:
+        timings = json.loads(out[0].get("timings") or "{}")
+        timings[stage.name] = round(timings.get(stage.name, 0.0) + elapsed, 4)
+        out[0]["timings"] = json.dumps(timings, sort_keys=True)
+    return out
 
 
 def group_frame_stages(stages: Sequence[Stage]) -> list[Stage]:

@@ -4,50 +4,22 @@ A :class:`~vividhead.curation.stage.Stage` becomes a ``Dataset.flat_map``: stage
 run in an actor pool (``ActorPoolStrategy``) so the model loads once per actor, and ``teardown``
 runs when the actor shuts down; others run as tasks. Resources come from the stage's config
 (``num_cpus``, ``num_gpus``, ``workers``). Rejected rows pass through untouched; a
-:class:`~vividhead.curation.stage.MediaError` becomes a rejection; any other exception is a bug and
+:class:`~vividhead.errors.MediaError` becomes a rejection (:func:`run_stage`); any other exception is a bug and
 fails the dataset.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 import warnings
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Sequence
 
 import ray.data
 
-from vividhead.curation.frame_group import FrameGroup, group_frame_stages
-from vividhead.curation.records import KEPT, Row, reject
+# run_stage (one row through one stage or group, no Ray) lives with the frame group, which calls it.
+from vividhead.curation.frame_group import group_frame_stages, run_stage
+from vividhead.curation.records import Row
 from vividhead.curation.stage import Stage
-from vividhead.errors import MediaError
-
-if TYPE_CHECKING:
-    from vividhead.curation.decoded_clip import DecodedClip
-
-
-def run_stage(stage: Stage, row: Row, clip: Optional[DecodedClip] = None) -> list[Row]:
-    """Apply ``stage`` to one row with rejection routing and timing (seconds, in ``timings``).
-
-    ``clip``: the row's media decoded once and shared with other frame stages (a
-    :class:`~vividhead.curation.stage.FrameStage` then runs ``process_clip``).
-    """
-    if row["status"] != KEPT:
-        return [row]
-    if isinstance(stage, FrameGroup):
-        return stage.process(row)  # routes and times each of its stages itself
-    start = time.perf_counter()
-    try:
-        out = stage.process_clip(row, clip) if clip is not None else stage.process(row)
-    except MediaError as exc:
-        out = [reject(row, stage.name, exc.reason, exc.detail)]
-    elapsed = time.perf_counter() - start
-    if out:
-        timings = json.loads(out[0].get("timings") or "{}")
-        timings[stage.name] = round(timings.get(stage.name, 0.0) + elapsed, 4)
-        out[0]["timings"] = json.dumps(timings, sort_keys=True)
-    return out
 
 
 class StageActor:

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Sequence
 
 from vividhead.config import ConfigError, check
 
 if TYPE_CHECKING:
-    from vividhead.curation.config import CurateConfig
     from vividhead.curation.decoded_clip import DecodedClip
     from vividhead.curation.records import Row
 
@@ -121,8 +120,12 @@ class BaseStage(abc.ABC):
         self.cfg = cfg
 
     @classmethod
-    def from_config(cls, cfg: CurateConfig) -> BaseStage:
-        """Build the stage from the whole pipeline config (its own section by default)."""
+    def from_config(cls, cfg: Any) -> BaseStage:
+        """Build the stage from the whole pipeline config (its own section by default).
+
+        ``cfg`` is a :class:`~vividhead.curation.config.CurateConfig`, which is built from the stage
+        list and so is not imported here (not even for type checking: no import cycle).
+        """
         return cls(getattr(cfg, cls.name))
 
     def weights(self) -> Sequence[tuple[str, str | None]]:

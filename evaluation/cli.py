@@ -1,4 +1,4 @@
-"""``vividhead eval``: ``score``, ``run``, ``drift`` and ``split``, registered on the root command by
+"""``vividhead eval``: ``score``, ``run``, ``drift``, ``rollout`` and ``split``, registered on the root command by
 :func:`register`.
 
 This module imports only Typer at import time (every heavy import is inside a command), so the
@@ -237,6 +237,40 @@ def split(
                f"groups; {len(s.train_exclude_keys)} clips to exclude from training")
 
 
+@eval_app.command("rollout")
+def rollout(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A `vividhead train export` folder (the generator).")],
+    image: Annotated[Path, typer.Option("--image", help="Reference portrait (any size; resized and centre-cropped).")],
+    audio: Annotated[Path, typer.Option("--audio", help="Long speech file, e.g. ../shared/fixtures/media/audio/"
+                                                        "speech_en_60s_16k.wav.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for rollout.mp4, drift.json, drift.png.")],
+    chunks: Annotated[Optional[int], typer.Option(help="Chunks to generate (default: the whole audio).")] = None,
+    device: Annotated[str, typer.Option(help="cuda / cpu.")] = "cuda",
+    dtype: Annotated[str, typer.Option(help="bf16 / fp16 / fp32.")] = "bf16",
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 42,
+    asd: Annotated[bool, typer.Option("--asd/--no-asd", help="Light-ASD score per chunk (when its weights exist).")] = True,
+) -> None:
+    """Long-horizon check: stream a generator for N chunks and plot per-chunk drift (colour,
+    sharpness vs the reference, latent norm, Light-ASD)."""
+    from vividhead.devices import parse_dtype
+    from vividhead.evaluation.long_rollout import long_rollout
+
+    try:
+        report = long_rollout(checkpoint, image, audio, out, num_chunks=chunks, device=device, dtype=parse_dtype(dtype),
+                              seed=seed, asd=asd)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    last = report["rows"][-1]
+    typer.echo(f"{report['chunks']} chunks, {report['frames']} frames; last chunk: colour dE "
+               f"{last['color_delta_e']:.2f}, sharpness ratio {last['sharpness_ratio']:.2f}, latent norm "
+               f"{last.get('latent_norm', float('nan')):.3f}; {report['paths']['png']}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``eval`` command group to the ``vividhead`` Typer app."""
+    """Add the ``eval`` command group to the ``vividhead`` Typer app, and ``rollout`` to its ``train``
+    group too (``vividhead train rollout``, the command's first name, kept as an alias)."""
     app.add_typer(eval_app, name="eval")
+    for group in app.registered_groups:  # the root command registers training before evaluation
+        train = group.typer_instance
+        if group.name == "train" and train is not None and all(c.name != "rollout" for c in train.registered_commands):
+            train.command("rollout", help="The same as `vividhead eval rollout`.")(rollout)

@@ -1,5 +1,6 @@
 """``vividhead train``: ``sft`` (stage 1), ``distill`` (stage 2), ``cache-latents``, ``export``,
-``rollout`` (long-horizon drift check), registered on the root command by :func:`register`.
+registered on the root command by :func:`register`. ``train rollout`` (the long-horizon drift check)
+is evaluation's command, added to this group by :func:`vividhead.evaluation.cli.register`.
 
 Under torchrun every rank runs the same command::
 
@@ -103,35 +104,6 @@ def cache_latents(
         _fail(exc)
     n = write_latent_cache(cfg, out, windows_per_clip=windows_per_clip, samples_per_shard=samples_per_shard)
     typer.echo(f"wrote {n} windows to {out}")
-
-
-@train_app.command("rollout")
-def rollout(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A `vividhead train export` folder (the generator).")],
-    image: Annotated[Path, typer.Option("--image", help="Reference portrait (any size; resized and centre-cropped).")],
-    audio: Annotated[Path, typer.Option("--audio", help="Long speech file, e.g. ../shared/fixtures/media/audio/"
-                                                        "speech_en_60s_16k.wav.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for rollout.mp4, drift.json, drift.png.")],
-    chunks: Annotated[Optional[int], typer.Option(help="Chunks to generate (default: the whole audio).")] = None,
-    device: Annotated[str, typer.Option(help="cuda / cpu.")] = "cuda",
-    dtype: Annotated[str, typer.Option(help="bf16 / fp16 / fp32.")] = "bf16",
-    seed: Annotated[int, typer.Option(help="Noise seed.")] = 42,
-    asd: Annotated[bool, typer.Option("--asd/--no-asd", help="Light-ASD score per chunk (when its weights exist).")] = True,
-) -> None:
-    """Long-horizon check: stream a generator for N chunks and plot per-chunk drift (colour,
-    sharpness vs the reference, latent norm, Light-ASD)."""
-    from vividhead.devices import parse_dtype
-    from vividhead.training.long_rollout import long_rollout
-
-    try:
-        report = long_rollout(checkpoint, image, audio, out, num_chunks=chunks, device=device, dtype=parse_dtype(dtype),
-                              seed=seed, asd=asd)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
-    last = report["rows"][-1]
-    typer.echo(f"{report['chunks']} chunks, {report['frames']} frames; last chunk: colour dE "
-               f"{last['color_delta_e']:.2f}, sharpness ratio {last['sharpness_ratio']:.2f}, latent norm "
-               f"{last.get('latent_norm', float('nan')):.3f}; {report['paths']['png']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -454,14 +454,15 @@ def test_exported_generator_runs_in_vividhead_infer(distilled, tmp_path, image_d
 
 
 def test_rollout_command_plots_per_chunk_drift(distilled, tmp_path, image_dir, audio_dir):
-    """`vividhead train rollout` on the 60 s fixture audio, 4 chunks: one drift row per chunk (colour,
-    sharpness, latent norm; Light-ASD attempted with the fixture weights), the MP4 and the plot."""
+    """`vividhead eval rollout` on the 60 s fixture audio, 4 chunks: one drift row per chunk (colour,
+    sharpness, latent norm; Light-ASD attempted with the fixture weights), the MP4 and the plot; its
+    alias `vividhead train rollout` fails on too short an audio with one line."""
     from vividhead.cli import build_app
     from vividhead.media import count_video_frames
 
     _, _, export = distilled
     res = CliRunner().invoke(build_app(), [
-        "train", "rollout", "--checkpoint", str(export), "--image", str(image_dir / "face_frontal_happy_256.png"),
+        "eval", "rollout", "--checkpoint", str(export), "--image", str(image_dir / "face_frontal_happy_256.png"),
         "--audio", str(audio_dir / "speech_en_60s_16k.wav"), "--chunks", "4", "--out", str(tmp_path / "roll"),
         "--device", "cpu", "--dtype", "fp32"])
     assert res.exit_code == 0, res.output

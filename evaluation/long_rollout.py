@@ -1,9 +1,9 @@
-"""Long-horizon check of a streaming generator: ``vividhead train rollout``.
+"""Long-horizon check of a streaming generator: ``vividhead eval rollout`` (also ``vividhead train rollout``).
 
 FlashHead (§1, §4) and LiveTalk (§3.1, Fig. 4) both claim infinite streaming without collapse.
 This rolls an exported generator out for N chunks on a long audio with the serving path itself
 (:class:`vividhead.inference.pipeline.StreamingSession`: re-encoded motion frames, colour
-correction, the shared 4-step sampler) and measures drift per chunk with the evaluation module's
+correction, the shared 4-step sampler) and measures drift per chunk with
 :func:`vividhead.evaluation.drift.drift_metrics` (one window = one chunk's new frames):
 colour distance, contrast and sharpness against the reference image, the RMS of each chunk's
 generated latents (``latent_norm``), and the Light-ASD score per chunk when its weights and the
