@@ -78,16 +78,16 @@ class ModelOptions:
         """
         from diffusers.utils import logging as dlog
 
+        from vividhead.export_format import METADATA_FILE
         from vividhead.inference.checkpoints import FLASHHEAD_WEIGHTS, resolve_source
         from vividhead.inference.pipeline import FlashHeadModels
-        from vividhead.training.trainers.models import EXPORT_META
         from vividhead.weights import WeightsNotFound
 
         dlog.set_verbosity_error()
         dtype = _dtype(self.dtype)
         try:
             if self.checkpoint is not None:
-                folder = resolve_source(self.checkpoint, required=(EXPORT_META,))
+                folder = resolve_source(self.checkpoint, required=(METADATA_FILE,))
                 models = FlashHeadModels.from_export(folder, device=self.device, dtype=dtype)
             elif self.random_weights:
                 models = FlashHeadModels.random(get_variant(self.variant), device=self.device, dtype=dtype)

@@ -183,19 +183,18 @@ class FlashHeadModels:
         DiT, VAE and Wav2Vec, with the variant (shapes, streaming geometry) it was trained as.
 
         Raises:
-            FileNotFoundError: not an export folder.
+            vividhead.export_format.ExportFormatError: not an export folder, or another format version.
             KeyError: DiT or VAE keys that do not match (strict loading).
         """
+        from vividhead.export_format import read_export
         from vividhead.models.loading import load_flashhead_transformer
-        from vividhead.training.trainers.export import read_export_variant
 
-        p = Path(path)
-        variant = read_export_variant(p)
+        export = read_export(path)
         dev = torch.device(device)
-        transformer = load_flashhead_transformer(p / "transformer", dtype=dtype, device=dev)
-        vae = load_vae(variant.vae, p / "vae").to(dev, dtype)
-        audio = Wav2VecFeatures.from_pretrained(p / "audio_encoder").to(dev)
-        return cls(variant, transformer, vae, audio, dev, dtype)
+        transformer = load_flashhead_transformer(export.transformer_dir, dtype=dtype, device=dev)
+        vae = load_vae(export.variant.vae, export.vae_dir).to(dev, dtype)
+        audio = Wav2VecFeatures.from_pretrained(export.audio_encoder_dir).to(dev)
+        return cls(export.variant, transformer, vae, audio, dev, dtype)
 
     def optimize(self, compile_dit: bool = True, cuda_graphs: bool = True, fast_vae: bool = True,
                  fp8: bool = False, vae_compile: str | None = "default") -> dict:

@@ -1,33 +1,24 @@
 """Export a trainer checkpoint as a self-contained folder that ``vividhead infer --checkpoint``,
-``serve`` and ``eval run`` load::
-
-    EXPORT/
-        vividhead_export.json      variant, transformer and streaming config, weights kind, step
-        transformer/               diffusers format: config.json + diffusion_pytorch_model.safetensors
-                                   (the released FlashHead key layout; loads strictly)
-        vae/                       the frozen VAE, diffusers format
-        audio_encoder/             the frozen Wav2Vec 2.0, transformers format
+``serve`` and ``eval run`` load. The folder's layout, metadata, writer and reader are
+:mod:`vividhead.export_format`; this module turns a checkpoint into the modules it writes.
 
 The DiT weights are the EMA (when the run kept one and ``weights="ema"``) or the raw weights.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from vividhead.config import to_dict
+from vividhead.export_format import write_export_folder
 from vividhead.models.configs import FlashHeadVariant
 from vividhead.models.flashhead import FlashHeadTransformer
 from vividhead.training.trainers.checkpoint import CheckpointError, latest_checkpoint
-from vividhead.training.trainers.models import EXPORT_META, FrozenEncoders
+from vividhead.training.trainers.models import FrozenEncoders
 
 
 def write_export(
@@ -39,8 +30,9 @@ def write_export(
     weights: str,
     step: int,
     source: str,
+    kind: str | None = None,
 ) -> Path:
-    """Write the export folder atomically (``OUT.tmp`` then rename).
+    """Write the export folder (:func:`vividhead.export_format.write_export_folder`, atomic).
 
     Args:
         out: target folder (replaced if it exists).
@@ -50,6 +42,7 @@ def write_export(
         weights: ``ema`` or ``raw`` (recorded).
         step: optimiser steps of the source checkpoint.
         source: the checkpoint folder.
+        kind: the trainer (``sft`` / ``distill``), recorded when given.
 
     Returns:
         the export folder.
@@ -59,54 +52,12 @@ def write_export(
     """
     from vividhead.models.loading import load_strict
 
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     with torch.device("meta"):
         dit = FlashHeadTransformer.from_config_dataclass(variant.transformer)
     dit = dit.to_empty(device="cpu")
     load_strict(dit, {k: v.float() for k, v in state_dict.items()})
-    dit.save_pretrained(tmp / "transformer", safe_serialization=True)
-    encoders.vae.model.to("cpu", torch.float32).save_pretrained(tmp / "vae", safe_serialization=True)
-    encoders.audio.model.to("cpu").save_pretrained(tmp / "audio_encoder", safe_serialization=True)
-    meta = {
-        "format": 1,
-        "variant": variant.name,
-        "vae": variant.vae.value,
-        "transformer": to_dict(variant.transformer),
-        "streaming": to_dict(variant.streaming),
-        "weights": weights,
-        "step": step,
-        "source": str(source),
-    }
-    (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
-
-
-def read_export_variant(path: str | Path) -> FlashHeadVariant:
-    """The :class:`FlashHeadVariant` an export folder was trained as.
-
-    Raises:
-        FileNotFoundError: not an export folder.
-    """
-    from vividhead.models.configs import FlashHeadTransformerConfig, StreamingConfig, VAEKind, get_variant
-
-    p = Path(path) / EXPORT_META
-    if not p.exists():
-        raise FileNotFoundError(f"{path} is not a vividhead export (no {EXPORT_META})")
-    meta = json.loads(p.read_text())
-    tcfg = FlashHeadTransformerConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                         for k, v in meta["transformer"].items()})
-    scfg = StreamingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["streaming"].items()})
-    try:
-        base = get_variant(meta["variant"])
-    except ValueError:  # a variant defined outside VARIANTS: the folder describes it fully
-        return FlashHeadVariant(meta["variant"], tcfg, scfg, VAEKind(meta["vae"]))
-    return dataclasses.replace(base, transformer=tcfg, streaming=scfg, vae=VAEKind(meta["vae"]))
+    return write_export_folder(out, dit, encoders.vae.model.to("cpu", torch.float32), encoders.audio.model.to("cpu"),
+                               variant, weights=weights, step=step, source=source, kind=kind)
 
 
 def read_checkpoint_weights(checkpoint: str | Path, weights: Literal["ema", "raw", "auto"] = "auto"):
@@ -182,4 +133,4 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path,
     variant = resolve_variant(cfg.model)
     encoders = build_encoders(cfg.model, variant, torch.device("cpu"), torch.float32)
     return write_export(out, sd, variant, encoders, weights=info["weights"], step=info["step"],
-                        source=info["checkpoint"])
+                        source=info["checkpoint"], kind=info["kind"])

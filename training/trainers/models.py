@@ -13,12 +13,12 @@ Initialisation (FlashHead report §4; summary in README "Training"):
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from vividhead.export_format import TRANSFORMER_DIR, read_export
 from vividhead.models.audio_encoder import TINY_WAV2VEC_KWARGS, Wav2VecFeatures
 from vividhead.models.configs import FlashHeadTransformerConfig, FlashHeadVariant, get_variant
 from vividhead.models.flashhead import FlashHeadTransformer
@@ -27,9 +27,6 @@ from vividhead.training.trainers.config import ModelConfig
 
 #: DiT submodules the forward pass does not use (text embedding, unused audio MLP).
 UNUSED_MODULES = ("text_embedding", "audio_emb")
-
-#: File that marks and describes an exported checkpoint folder.
-EXPORT_META = "vividhead_export.json"
 
 
 @dataclass
@@ -90,7 +87,7 @@ def build_transformer(cfg: ModelConfig, variant: FlashHeadVariant) -> FlashHeadT
     elif cfg.init == "flashhead":
         model = loading.load_flashhead_transformer(cfg.init_path, dtype=torch.float32)
     elif cfg.init == "checkpoint":
-        model = loading.load_flashhead_transformer(Path(cfg.init_path) / "transformer", dtype=torch.float32)
+        model = loading.load_flashhead_transformer(Path(cfg.init_path) / TRANSFORMER_DIR, dtype=torch.float32)
     else:
         model = loading.flashhead_from_wan_t2v(cfg.init_path, variant.transformer)
     model = model.float().train().requires_grad_(True)
@@ -110,10 +107,9 @@ def build_encoders(cfg: ModelConfig, variant: FlashHeadVariant, device: torch.de
     """
     t = variant.transformer
     if cfg.init == "checkpoint":
-        root = Path(cfg.init_path)
-        meta = json.loads((root / EXPORT_META).read_text())
-        vae = load_vae(variant.vae, root / "vae", config=meta.get("vae_config"))
-        audio = Wav2VecFeatures.from_pretrained(root / "audio_encoder")
+        export = read_export(cfg.init_path)  # checks the format version; vae/config.json is the VAE config
+        vae = load_vae(variant.vae, export.vae_dir)
+        audio = Wav2VecFeatures.from_pretrained(export.audio_encoder_dir)
     else:
         if cfg.vae_path:
             vae = load_vae(variant.vae, cfg.vae_path)
