@@ -7,12 +7,15 @@ import dataclasses
 import functools
 import inspect
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 
 import typer
 
+from vividhead.devices import default_dtype_name, parse_dtype, resolve_device
+from vividhead.errors import UserError
 from vividhead.models.configs import VARIANTS, get_variant
 from vividhead.streaming.fidelity import FIDELITY_HELP, FidelityOptions
 
@@ -21,18 +24,9 @@ if TYPE_CHECKING:
 
 
 def _fail(message: str) -> NoReturn:
-    """Stop the command with a one-line ``Error: ...`` on stderr (exit status 2, as a usage error)."""
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def _dtype(name: str):
-    import torch
-
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name not in table:
-        raise typer.BadParameter(f"dtype must be one of {sorted(table)}")
-    return table[name]
+    """Stop the command with an expected error: ``vividhead`` prints ``error: <message>`` as one line
+    and exits with code 2 (:class:`vividhead.errors.UserError`)."""
+    raise UserError(message)
 
 
 @dataclass(frozen=True)
@@ -53,8 +47,8 @@ class ModelOptions:
     vae: Optional[Path] = None
     wav2vec_dir: Optional[str] = None
     random_weights: bool = False
-    device: str = "cuda"
-    dtype: str = "bf16"
+    device: str = "auto"
+    dtype: Optional[str] = None
     seed: int = 42
     fast_path: bool = True
     fp8: bool = False
@@ -62,6 +56,86 @@ class ModelOptions:
     crop_face: bool = False
     compile_artifacts: Optional[Path] = None
     fidelity: FidelityOptions = FidelityOptions()
+
+    def prepare(self) -> ModelOptions:
+        """:meth:`validate`, then :meth:`resolved`: what a command calls once its own inputs are
+        checked and before :meth:`load` (so that a bad option fails before any model loads).
+
+        Raises:
+            UserError: see :meth:`validate` and :meth:`resolved`.
+        """
+        self.validate()
+        return self.resolved()
+
+    def resolved(self, announce: bool = True) -> ModelOptions:
+        """These options with ``--device auto`` and the default ``--dtype`` made concrete
+        (:mod:`vividhead.devices`: CUDA when torch sees one, else the CPU with fp32), said once on
+        stderr (``device: cpu, fp32 (auto: no CUDA device)``) when ``announce``.
+
+        Raises:
+            UserError: ``--device cuda`` without a CUDA device, an unknown ``--dtype``, or ``--fp8``
+                without the fast path on a GPU.
+        """
+        device = resolve_device(self.device)
+        dtype = self.dtype or default_dtype_name(device)
+        parse_dtype(dtype)
+        if self.fp8 and not (self.fast_path and device.startswith("cuda")):
+            raise UserError("--fp8 needs the fast path on a GPU: drop --fp8 (or --no-fast-path), or run on a CUDA device")
+        if announce:
+            why = "--device" if self.device != "auto" else (
+                "auto: CUDA device found" if device.startswith("cuda") else "auto: no CUDA device")
+            typer.echo(f"device: {device}, {dtype} ({why})", err=True)
+        return dataclasses.replace(self, device=device, dtype=dtype)
+
+    def validate(self) -> None:
+        """Check the weights sources the options name, before any model loads: local folders must
+        exist (with ``Model_Pro`` / ``Model_Lite`` and the VAE inside a ``--checkpoint-dir``); a Hub id
+        is resolved (or refused offline) by :meth:`load` before it loads anything; ``--crop-face``
+        needs the face detector weights.
+
+        Raises:
+            UserError: a missing folder or file, no weights source at all, or no detector weights.
+        """
+        from vividhead.inference.checkpoints import HubId
+
+        def local(option: str, source: Optional[str], what: str) -> Optional[Path]:
+            """The local path of ``source``; None for a Hub id (or no source)."""
+            if source is None:
+                return None
+            path = Path(source).expanduser()
+            if path.exists():
+                return path
+            if HubId.parse(str(source)) is None:
+                raise UserError(f"{option} {source}: no such folder (and not a Hub id owner/name); give {what}")
+            return None
+
+        if self.checkpoint is not None:
+            path = local("--checkpoint", self.checkpoint, "the folder `vividhead train export --out` wrote")
+            if path is not None and not path.is_dir():
+                raise UserError(f"--checkpoint {path}: not a folder; give the folder `vividhead train export --out` wrote")
+        elif not self.random_weights:
+            if self.checkpoint_dir is None or self.wav2vec_dir is None:
+                raise UserError(
+                    "no weights given: pass --checkpoint EXPORT, or --checkpoint-dir and --wav2vec-dir "
+                    "(e.g. --checkpoint-dir Soul-AILab/SoulX-FlashHead-1_3B --wav2vec-dir facebook/wav2vec2-base-960h), "
+                    "or --random-weights")
+            v = get_variant(self.variant)
+            root = local("--checkpoint-dir", self.checkpoint_dir, "the SoulX-FlashHead-1_3B folder or its Hub id")
+            if root is not None and not (root / v.checkpoint_subdir).exists():
+                raise UserError(f"--checkpoint-dir {root}: no {v.checkpoint_subdir}/ inside; give the "
+                                f"SoulX-FlashHead-1_3B folder (or another --variant)")
+            vae = self.vae or (root / ("VAE_LTX" if v.vae.value == "ltx" else "VAE_Wan/Wan2.1_VAE.pth") if root else None)
+            if vae is not None and not Path(vae).exists():
+                raise UserError(f"VAE weights {vae} not found; pass --vae PATH (or a complete --checkpoint-dir)")
+            local("--wav2vec-dir", self.wav2vec_dir, "the wav2vec2-base-960h folder or its Hub id")
+        if self.crop_face:
+            from vividhead import weights as registry
+            from vividhead.models.face_detector import WEIGHTS_NAME
+
+            try:
+                registry.resolve(WEIGHTS_NAME)
+            except registry.WeightsNotFound as exc:
+                raise UserError(f"--crop-face needs the face detector: {exc}") from None
 
     def load(self):
         """Build :class:`vividhead.inference.pipeline.FlashHeadModels`.
@@ -84,7 +158,9 @@ class ModelOptions:
         from vividhead.weights import WeightsNotFound
 
         dlog.set_verbosity_error()
-        dtype = _dtype(self.dtype)
+        if self.device == "auto" or self.dtype is None:
+            return self.resolved(announce=False).load()
+        dtype = parse_dtype(self.dtype)
         try:
             if self.checkpoint is not None:
                 folder = resolve_source(self.checkpoint, required=(METADATA_FILE,))
@@ -136,24 +212,65 @@ class ModelOptions:
         """The loaded model's streaming geometry with ``--fast-start`` applied."""
         return dataclasses.replace(models.variant.streaming, fast_start=self.fast_start)
 
-    def reference(self, path: Path, streaming) -> np.ndarray:
-        """Read the reference image (uint8 ``[H, W, 3]`` RGB), face-cropped to the streaming frame
-        size with ``--crop-face`` (:func:`vividhead.inference.face_crop.crop_face`).
+    def reference(self, path: Path | np.ndarray, streaming, name: Optional[Path] = None) -> np.ndarray:
+        """The reference image (uint8 ``[H, W, 3]`` RGB: ``path`` read with :func:`read_image_option`,
+        or the array already read from ``name``), face-cropped to the streaming frame size with
+        ``--crop-face`` (:func:`vividhead.inference.face_crop.crop_face`).
 
         Raises:
-            typer.Exit: no face found, or the detector weights are missing (one-line error).
+            UserError: unreadable image, no face found, or the detector weights are missing.
         """
         from vividhead.inference.face_crop import NoFaceError, crop_face
-        from vividhead.media import read_image
         from vividhead.weights import WeightsNotFound
 
-        image = read_image(path)
+        if isinstance(path, Path):
+            image, name = read_image_option(path), path
+        else:
+            image = path
         if not self.crop_face:
             return image
         try:
             return crop_face(image, streaming.height_px, streaming.width_px)
         except (NoFaceError, WeightsNotFound) as exc:
-            _fail(f"--crop-face: {path}: {exc}")
+            _fail(f"--crop-face: {name}: {exc}")
+
+
+def read_image_option(path: Path, option: str = "--image") -> np.ndarray:
+    """Read a reference image given on the command line (uint8 ``[H, W, 3]`` RGB).
+
+    Raises:
+        UserError: missing, a folder, or not an image (one line naming it and what to give).
+    """
+    from vividhead.media import read_image
+
+    if not path.is_file():
+        raise UserError(f"{option} {path}: {'is a folder' if path.is_dir() else 'no such file'}; "
+                        "give a portrait image (PNG or JPEG)")
+    try:
+        return read_image(path)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError is an OSError
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{option} {path}: not a readable image ({reason}); give a portrait image "
+                        "(PNG or JPEG)") from None
+
+
+def read_audio_option(path: Path, sample_rate_hz: int, option: str = "--audio") -> np.ndarray:
+    """Read a speech file given on the command line (mono float32 at ``sample_rate_hz``).
+
+    Raises:
+        UserError: missing, a folder, unreadable or empty (one line naming it and what to give).
+    """
+    from vividhead.media import read_audio
+
+    if not path.is_file():
+        raise UserError(f"{option} {path}: {'is a folder' if path.is_dir() else 'no such file'}; "
+                        "give a speech file (WAV, FLAC, MP3, ...)")
+    try:
+        with warnings.catch_warnings():  # librosa's audioread fallback warns before it fails
+            warnings.simplefilter("ignore")
+            return read_audio(path, sample_rate_hz)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{option} {exc}; give a speech file (WAV, FLAC, MP3, ...)") from None
 
 
 #: ``--help`` of each :class:`ModelOptions` field (and its option name where the default would differ).
@@ -167,8 +284,8 @@ MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
     "vae": typer.Option("--vae", help="VAE checkpoint (default: inside --checkpoint-dir)."),
     "wav2vec_dir": typer.Option(help="wav2vec2-base-960h: local folder or Hub id (facebook/wav2vec2-base-960h, pinned)."),
     "random_weights": typer.Option(help="Random weights (smoke tests, speed)."),
-    "device": typer.Option(help="cuda / cpu."),
-    "dtype": typer.Option(help="bf16 / fp16 / fp32."),
+    "device": typer.Option(help="auto (CUDA when present, else CPU) / cuda / cuda:N / cpu."),
+    "dtype": typer.Option(help="bf16 / fp16 / fp32 (default: bf16 on CUDA, fp32 on the CPU)."),
     "seed": typer.Option(help="Noise seed."),
     "fast_path": typer.Option("--fast-path/--no-fast-path",
                               help="On a GPU: compiled DiT replayed as CUDA graphs, accelerated VAE, warm-up "
@@ -229,16 +346,22 @@ def infer(
     """Generate a talking-head video from a reference image and a speech file, chunk by chunk."""
     from tqdm import tqdm
 
+    from vividhead.media import Mp4Writer
+    from vividhead.shard_format import SAMPLE_RATE_HZ
+
+    # every input is checked before any model loads
+    if out.is_dir():
+        _fail(f"--out {out}: is a folder; give the .mp4 file to write")
+    picture = read_image_option(image)
+    speech = read_audio_option(audio, SAMPLE_RATE_HZ)
+    model = model.prepare()
     from vividhead.inference.pipeline import StreamingSession
-    from vividhead.media import Mp4Writer, read_audio
 
     models = model.load()
     cfg = model.streaming(models)
-    ref = model.reference(image, cfg)
-    try:
-        speech = read_audio(audio, cfg.sample_rate_hz)
-    except ValueError as exc:
-        _fail(f"--audio: {exc}")
+    if cfg.sample_rate_hz != SAMPLE_RATE_HZ:
+        speech = read_audio_option(audio, cfg.sample_rate_hz)
+    ref = model.reference(picture, cfg, image)
     session = StreamingSession(models, ref, seed=model.seed, streaming=cfg)
     n_frames = -(-len(speech) // cfg.samples_per_frame)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -298,10 +421,12 @@ def serve(
     admission = AdmissionConfig(max_sessions=max_sessions,
                                 realtime_margin=realtime_margin if realtime_margin < 1 else None,
                                 load_window_s=load_window_s if load_window_s > 0 else None)
+    picture = read_image_option(image)  # checked before any model loads
+    model = model.prepare()
     models = model.load()
     cfg = model.streaming(models)
     warm = sizes(warm_up_batches) or ((batching.batch_buckets or (1,)) if models.device.type == "cuda" else ())
-    asyncio.run(serve_forever(models, model.reference(image, cfg), host, port, streaming=cfg, seed=model.seed,
+    asyncio.run(serve_forever(models, model.reference(picture, cfg, image), host, port, streaming=cfg, seed=model.seed,
                               batching=batching, admission=admission, warm_up=warm,
                               after_warm_up=lambda: model.save_compile_artifacts(models)))
 

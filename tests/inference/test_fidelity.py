@@ -178,7 +178,7 @@ def test_crop_face_centres_the_face_as_released(detector_weights):
 
 
 @needs_fixtures
-def test_crop_face_without_a_face_is_a_one_line_error(detector_weights, tmp_path):
+def test_crop_face_without_a_face_is_a_one_line_error(detector_weights, tmp_path, capsys):
     from vividhead.inference.face_crop import NoFaceError, crop_face
 
     frame = _nature_frame()
@@ -188,14 +188,16 @@ def test_crop_face_without_a_face_is_a_one_line_error(detector_weights, tmp_path
     image = tmp_path / "leaf.png"
     Image.fromarray(frame).save(image)
     export = write_tiny_export(tmp_path / "export", TINY_PRO)
-    app = typer.Typer()
-    register(app)
-    res = CliRunner().invoke(app, ["infer", "--image", str(image), "--audio", str(AUDIO / "speech_jfk_16k.wav"),
-                                   "--out", str(tmp_path / "o.mp4"), "--checkpoint", str(export), "--device", "cpu",
-                                   "--dtype", "fp32", "--crop-face"])
-    assert res.exit_code == 2 and not (tmp_path / "o.mp4").exists()
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "no face found" in errors[0] and "leaf.png" in errors[0], res.output
+    from vividhead.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["infer", "--image", str(image), "--audio", str(AUDIO / "speech_jfk_16k.wav"),
+              "--out", str(tmp_path / "o.mp4"), "--checkpoint", str(export), "--device", "cpu",
+              "--dtype", "fp32", "--crop-face"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and not (tmp_path / "o.mp4").exists()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no face found" in errors[0] and "leaf.png" in errors[0], err
 
 
 # -- audio through librosa ----------------------------------------------------------------------------

@@ -1,0 +1,144 @@
+"""``vividhead infer`` / ``serve`` with bad input, through the real entry point (:func:`vividhead.cli.main`):
+one line ``error: ...`` on stderr naming the input, exit code 2, and no model loaded before the
+inputs are checked (``ModelOptions.load`` raises if it is reached). Issue 24's rows ``infer --image
+missing.png / notes.txt`` and ``infer`` without ``--device`` on a machine without CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FIXTURES
+from tiny_models import TINY_LITE, write_tiny_export
+
+import vividhead.cli as cli
+from vividhead.inference.cli import ModelOptions
+
+IMAGE = FIXTURES / "media" / "image" / "face_frontal_happy_256.png"
+AUDIO = FIXTURES / "media" / "audio" / "speech_jfk_16k.wav"
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``vividhead ARGV``."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    captured = capsys.readouterr()
+    return info.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a command gets as far as loading a model."""
+
+    def refuse(self):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(ModelOptions, "load", refuse)
+    monkeypatch.delenv("VIVIDHEAD_DEBUG", raising=False)
+
+
+@pytest.fixture
+def files(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image, not audio\n")
+    checkpoint_dir = tmp_path / "SoulX-FlashHead-1_3B"
+    checkpoint_dir.mkdir()
+    return {"notes": str(notes), "tmp": tmp_path, "checkpoint_dir": str(checkpoint_dir)}
+
+
+ROWS = [
+    # (id, argv after the command, words the one line must hold)
+    ("image_missing", ["--image", "missing.png"], ["--image missing.png", "no such file"]),
+    ("image_not_an_image", ["--image", "{notes}"], ["--image", "notes.txt", "not a readable image"]),
+    ("image_is_a_folder", ["--image", "{tmp}"], ["--image", "is a folder"]),
+    ("audio_missing", ["--audio", "missing.wav"], ["--audio missing.wav", "no such file"]),
+    ("audio_unreadable", ["--audio", "{notes}"], ["--audio", "notes.txt", "cannot read audio"]),
+    ("no_weights", [], ["no weights given", "--checkpoint", "--random-weights"]),
+    ("checkpoint_missing", ["--checkpoint", "{tmp}/no_export"], ["--checkpoint", "no_export", "no such folder"]),
+    ("checkpoint_is_a_file", ["--checkpoint", "{notes}"], ["--checkpoint", "not a folder"]),
+    ("checkpoint_dir_incomplete", ["--checkpoint-dir", "{checkpoint_dir}", "--wav2vec-dir", "{tmp}"],
+     ["--checkpoint-dir", "no Model_Pro/ inside"]),
+    ("bad_dtype", ["--random-weights", "--dtype", "fp64"], ["--dtype 'fp64'", "bf16"]),
+    ("fp8_on_cpu", ["--random-weights", "--device", "cpu", "--fp8"], ["--fp8 needs the fast path on a GPU"]),
+]
+
+
+def _argv(command: str, extra: list[str], files: dict, out: bool = True) -> list[str]:
+    base = {"--image": str(IMAGE), "--audio": str(AUDIO)} if command == "infer" else {"--image": str(IMAGE)}
+    extra = [x.format(**files) for x in extra]
+    for flag, value in base.items():
+        if flag not in extra:
+            extra = [flag, value, *extra]
+    return [command, *extra, *(["--out", str(files["tmp"] / "out.mp4")] if out and command == "infer" else [])]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_infer_bad_input_is_one_line_before_any_model_loads(row, files, no_model_load, capsys):
+    _, extra, words = row
+    code, _, err = run_cli(_argv("infer", extra, files), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert not (files["tmp"] / "out.mp4").exists()
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r[0].startswith(("image", "no_weights", "checkpoint"))],
+                         ids=lambda r: r[0])
+def test_serve_bad_input_is_one_line_before_any_model_loads(row, files, no_model_load, capsys):
+    _, extra, words = row
+    code, _, err = run_cli(_argv("serve", extra, files), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert all(word in lines[0] for word in words), lines[0]
+
+
+def test_out_folder_is_refused(files, no_model_load, capsys):
+    code, _, err = run_cli(["infer", "--image", str(IMAGE), "--audio", str(AUDIO), "--out", str(files["tmp"]),
+                            "--random-weights"], capsys)
+    assert code == 2 and err.strip() == f"error: --out {files['tmp']}: is a folder; give the .mp4 file to write"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_line(files, no_model_load, capsys):
+    code, _, err = run_cli(_argv("infer", ["--random-weights", "--device", "cuda"], files), capsys)
+    assert code == 2 and err.strip() == "error: --device cuda: this machine has no CUDA device; use --device cpu (or auto)"
+
+
+def test_crop_face_without_detector_weights(files, no_model_load, capsys, monkeypatch, tmp_path):
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    monkeypatch.setenv("VIVIDHEAD_WEIGHTS_DIR", str(empty))
+    monkeypatch.setenv("VIVIDHEAD_CACHE", str(empty))
+    monkeypatch.setenv("VIVIDHEAD_OFFLINE", "1")
+    code, _, err = run_cli(_argv("infer", ["--random-weights", "--crop-face"], files), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "--crop-face needs the face detector" in lines[0] and "face_mediapipe_detector.tflite" in lines[0]
+
+
+def test_debug_shows_the_traceback(files, no_model_load, capsys, monkeypatch):
+    monkeypatch.setenv("VIVIDHEAD_DEBUG", "1")
+    from vividhead.errors import UserError
+
+    with pytest.raises(UserError, match="no such file"):
+        cli.main(_argv("infer", ["--image", "missing.png"], files))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_infer_without_device_runs_on_the_cpu(tmp_path, capsys, monkeypatch):
+    """No ``--device``: auto picks the CPU with fp32 and says so once (the issue's row was
+    ``AssertionError: Torch not compiled with CUDA enabled``)."""
+    import soundfile as sf
+
+    monkeypatch.delenv("VIVIDHEAD_DEBUG", raising=False)
+    data, sr = sf.read(str(AUDIO), dtype="float32")
+    clip = tmp_path / "clip.wav"
+    sf.write(str(clip), data[: int(0.5 * sr)], sr)
+    export = write_tiny_export(tmp_path / "export", TINY_LITE)
+    out = tmp_path / "out.mp4"
+    code, stdout, err = run_cli(["infer", "--image", str(IMAGE), "--audio", str(clip), "--out", str(out),
+                                 "--checkpoint", str(export)], capsys)
+    assert code == 0, err
+    assert err.count("device: cpu, fp32 (auto: no CUDA device)") == 1
+    assert out.stat().st_size > 0 and "wrote" in stdout
