@@ -142,9 +142,9 @@ def main() -> None:
         tmp = Path(tmp)
         models = build_models(tmp)
         stages = {
-            "occlusion (YOLOX-nano real + stand-in pose, 2 fps)": OcclusionStage(OcclusionConfig(pose_weights_path=standin_pose_onnx(tmp / "pose.onnx")), 25.0),
+            "occlusion (YOLOX-nano real + stand-in pose, 2 fps)": OcclusionStage(OcclusionConfig(pose_weights_path=standin_pose_onnx(tmp / "pose.onnx"))),
             "face_mask (FaceLandmarker real, every frame)": FaceMaskStage(FaceMaskConfig()),
-            "audio_features (wav2vec2-base arch.)": AudioFeaturesStage(AudioFeaturesConfig(weights_path=models["wav2vec2"]), 25.0),
+            "audio_features (wav2vec2-base arch.)": AudioFeaturesStage(AudioFeaturesConfig(weights_path=models["wav2vec2"])),
             "attributes: language (Whisper small arch., 8 s)": AttributesStage(AttributesConfig(language_weights_path=models["whisper"], gender=False, age=False)),
             "attributes: gender + age (2x ViT-base arch., 3 frames)": AttributesStage(AttributesConfig(language=False, gender_weights_path=models["gender"], age_weights_path=models["age"])),
         }

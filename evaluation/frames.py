@@ -22,12 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-#: Frame rate every metric works at (the SyncNet / Light-ASD protocols and our curated clips).
-FPS = 25
-#: Audio sample rate every metric works at, in Hz.
-SAMPLE_RATE = 16000
-#: Audio samples per video frame.
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+# The frame rate (FPS), audio sample rate in Hz (SAMPLE_RATE) and audio samples per video frame
+# every metric works at are the shard contract's (the SyncNet / Light-ASD protocols, our curated clips).
+from vividhead.shard_format import FPS, SAMPLES_PER_FRAME
+from vividhead.shard_format import SAMPLE_RATE_HZ as SAMPLE_RATE
 
 
 @dataclass

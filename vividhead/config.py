@@ -100,6 +100,8 @@ def build_dataclass(name: str, cls: type, raw: Any) -> Any:
     kwargs = {}
     for key, value in raw.items():
         full = f"{name}.{key}" if name else str(key)
+        removed = getattr(cls, "REMOVED_KEYS", {}).get(key)  # a ClassVar {key: hint} of keys no longer settable
+        check(removed is None, full, f"unknown key ({removed})")
         check(key in known, full, f"unknown key (known: {', '.join(sorted(known))})")
         kwargs[key] = coerce(value, hints[key], full)
     try:

@@ -28,6 +28,22 @@ A sample's key is its ``clip_id`` (``<safe source id>-<clip index:04d>``, charac
   ``present`` bool [N], ``size`` int32 [2] = (H, W).
 * ``<key>.wav2vec.npy`` (:data:`WAV2VEC`, optional, ``audio_features`` stage): ``numpy.save`` of
   float16 [N, L, D] Wav2Vec 2.0 hidden states of all L layers; row t belongs to video frame t.
+
+Fixed, not configured: the frame rate, sample rate, samples per frame and frame size are constants
+here, not settings of ``vividhead curate`` (``normalize`` has no ``fps`` / ``sample_rate_hz`` /
+``out_size_px``; a config that sets them fails at load naming the key). Every reader (the loader's
+seek-by-timestamp decode, the audio cut at ``SAMPLES_PER_FRAME * t``, the trained models, the
+streaming audio cache) assumes these values, so a shard written at another rate would be silently
+misread or fail far from its cause; one value means nothing has to be carried along or agreed on.
+The writer still records ``fps`` and ``sample_rate`` in every ``<key>.json``, and the loader
+(``training/data.py``) checks them against :data:`FPS` / :data:`SAMPLE_RATE_HZ`, naming the sample
+and both values on a mismatch: shards from another writer, or from before this rule, are refused
+with a cause instead of being decoded at the wrong rate. Stages take ``FPS`` from here.
+
+Streaming defaults: the chunk geometry the models are trained and served with
+(:data:`CHUNK_FRAMES`, :data:`MOTION_FRAMES`, :data:`AUDIO_CONTEXT_S`) also lives here, as the
+defaults of :class:`vividhead.models.configs.StreamingConfig`, the trainers' ``data`` section, the
+loader's windows and the streaming audio cache.
 """
 
 from __future__ import annotations
@@ -56,6 +72,20 @@ FRAME_STRIDE: int = 4
 AUDIO_CHANNELS: int = 1
 #: soundfile subtype of the WAV (16-bit signed PCM).
 AUDIO_SUBTYPE: str = "PCM_16"
+
+
+# ------------------------------------------------------------------------------------------------
+# Streaming defaults (the window / chunk the models train and stream on)
+# ------------------------------------------------------------------------------------------------
+
+#: Frames per training window and per streaming chunk (33 = 4*8 + 1: Wan 4k+1 and LTX 8k+1).
+CHUNK_FRAMES: int = 33
+#: Leading frames of a chunk that are the previous chunk's last ones (motion frames; Pro and 14B 5, Lite 9).
+MOTION_FRAMES: int = 5
+#: Audio context of a chunk, seconds: the Temporal Audio Context Cache length T_max.
+AUDIO_CONTEXT_S: float = 8.0
+#: :data:`AUDIO_CONTEXT_S` in samples at :data:`SAMPLE_RATE_HZ` (128000).
+AUDIO_CONTEXT_SAMPLES: int = int(round(AUDIO_CONTEXT_S * SAMPLE_RATE_HZ))
 
 
 def is_valid_frame_count(n: int, stride: int = FRAME_STRIDE) -> bool:
@@ -267,8 +297,11 @@ REASONS: frozenset[str] = MEDIA_REASONS.union(*STAGE_REASONS.values())
 
 __all__ = [
     "ANNOTATION_ERRORS",
+    "AUDIO_CONTEXT_S",
+    "AUDIO_CONTEXT_SAMPLES",
     "AUDIO_CHANNELS",
     "AUDIO_SUBTYPE",
+    "CHUNK_FRAMES",
     "FPS",
     "FRAME_SIZE_PX",
     "FRAME_STRIDE",
@@ -280,6 +313,7 @@ __all__ = [
     "MASK",
     "MEDIA_REASONS",
     "MEMBERS",
+    "MOTION_FRAMES",
     "MP4",
     "OPTIONAL_MEMBERS",
     "PART_DIR",

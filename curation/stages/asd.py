@@ -34,6 +34,7 @@ from vividhead.curation.stage import FrameStage, StageConfig, check
 from vividhead.errors import MediaError
 from vividhead.models.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
 from vividhead.models.face_detector import FaceDetector
+from vividhead.shard_format import FPS, SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,6 @@ class ASDConfig(StageConfig):
 #: Chunk lengths (seconds) whose scores are averaged. The authors' script writes
 #: ``{1,1,1,2,2,2,3,3,4,5,6}``, a Python set literal, which is {1, 2, 3, 4, 5, 6}.
 DURATIONS_S = (1, 2, 3, 4, 5, 6)
-FPS = 25
 
 
 @dataclass(frozen=True)
@@ -267,8 +267,8 @@ def score_asd(clip: DecodedClip | bytes, audio: Optional[bytes], model: LightASD
     """
     clip = as_decoded(clip, audio)
     pcm, sr = clip.pcm
-    if sr != 16000:
-        raise MediaError("bad_audio", f"expected 16 kHz audio, got {sr} Hz")
+    if sr != SAMPLE_RATE_HZ:
+        raise MediaError("bad_audio", f"expected {SAMPLE_RATE_HZ} Hz audio, got {sr} Hz")
     faces = centre_112(clip.gray_face_crops(detector, cfg.crop_scale, 224, cfg.min_face_share))
     with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device)):
         return asd_scores(visual_embeddings(faces, model, device, cfg.durations_s), mfcc_100hz(pcm, sr), model, device)

@@ -28,6 +28,7 @@ from vividhead.curation.audio_io import read_pcm16
 from vividhead.curation.records import Row, add_member, note_annotation_error
 from vividhead.curation.stage import Stage, StageConfig
 from vividhead.errors import MediaError
+from vividhead.shard_format import FPS
 
 
 @dataclass(frozen=True)
@@ -113,15 +114,10 @@ class AudioFeaturesStage(Stage):
     config_class = AudioFeaturesConfig
     writes_columns = ("annotation_errors",)
 
-    def __init__(self, cfg: AudioFeaturesConfig, fps: float) -> None:
+    def __init__(self, cfg: AudioFeaturesConfig) -> None:
         super().__init__(cfg)
-        self.fps = fps
         self._encoder = None
         self._device = "cpu"
-
-    @classmethod
-    def from_config(cls, cfg) -> AudioFeaturesStage:
-        return cls(cfg.audio_features, cfg.normalize.fps)
 
     def weights(self):
         """The configured Wav2Vec 2.0 registry entry (a Hub folder) or explicit folder."""
@@ -140,7 +136,7 @@ class AudioFeaturesStage(Stage):
         """Attach ``wav2vec.npy``; failures go to ``annotation_errors``."""
         try:
             audio, sr = read_pcm16(row["audio_bytes"])
-            num_frames = row.get("num_frames") or int(round(len(audio) * self.fps / sr))
+            num_frames = row.get("num_frames") or int(round(len(audio) * FPS / sr))
             if sr != 16000:
                 raise MediaError("bad_sample_rate", f"{sr} Hz, wav2vec 2.0 needs 16000")
             feats = wav2vec_features(audio, int(num_frames), self._encoder, self._device)

@@ -17,6 +17,7 @@ from vividhead.curation.records import Row
 from vividhead.curation.stage import Stage, StageConfig, check
 from vividhead.errors import MediaError
 from vividhead.models.face_detector import FaceBox, FaceDetectorStage
+from vividhead.shard_format import FPS
 
 
 @dataclass(frozen=True)
@@ -135,16 +136,8 @@ class FaceStage(FaceDetectorStage, Stage):
     config_class = FaceConfig
     writes_columns = ("num_faces", "face_px", "face_score", "crop_box", "pad_px")
 
-    def __init__(self, cfg: FaceConfig, fps: float) -> None:
-        super().__init__(cfg)
-        self.fps = fps
-
-    @classmethod
-    def from_config(cls, cfg) -> FaceStage:
-        return cls(cfg.face, cfg.normalize.fps)
-
     def process(self, row: Row) -> list[Row]:
-        frame = frame_at(row["local_path"], row["start_s"], self.fps, self.cfg.timeout_s)
+        frame = frame_at(row["local_path"], row["start_s"], FPS, self.cfg.timeout_s)
         height, width = frame.shape[:2]
         row["frame_size"] = [width, height]
         faces = self._detector.detect(frame)

@@ -13,6 +13,7 @@ from vividhead.curation.records import Row
 from vividhead.curation.stage import FrameStage, StageConfig, check
 from vividhead.errors import MediaError
 from vividhead.models.face_detector import FaceDetector, FaceDetectorStage
+from vividhead.shard_format import FPS
 
 
 @dataclass(frozen=True)
@@ -59,16 +60,8 @@ class FaceVisibilityStage(FaceDetectorStage, FrameStage):
     config_class = FaceVisibilityConfig
     writes_columns = ("missing_face_share",)
 
-    def __init__(self, cfg: FaceVisibilityConfig, fps: float) -> None:
-        super().__init__(cfg)
-        self.fps = fps
-
-    @classmethod
-    def from_config(cls, cfg) -> FaceVisibilityStage:
-        return cls(cfg.face_visibility, cfg.normalize.fps)
-
     def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
-        share = missing_face_share(clip, self._detector, self.fps, self.cfg.sample_fps)
+        share = missing_face_share(clip, self._detector, FPS, self.cfg.sample_fps)
         row["missing_face_share"] = round(share, 4)
         if share > self.cfg.max_missing_face_share:
             raise MediaError("face_missing", f"no face in {share:.0%} of samples")

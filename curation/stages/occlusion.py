@@ -25,6 +25,7 @@ from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row
 from vividhead.curation.stage import DeviceError, FrameStage, StageConfig, check
 from vividhead.errors import MediaError
+from vividhead.shard_format import FPS
 
 
 @dataclass(frozen=True)
@@ -276,14 +277,9 @@ class OcclusionStage(FrameStage):
     config_class = OcclusionConfig
     writes_columns = ("hand_over_face_share",)
 
-    def __init__(self, cfg: OcclusionConfig, fps: float) -> None:
+    def __init__(self, cfg: OcclusionConfig) -> None:
         super().__init__(cfg)
-        self.fps = fps
         self._estimator: Optional[WholeBodyEstimator] = None
-
-    @classmethod
-    def from_config(cls, cfg) -> OcclusionStage:
-        return cls(cfg.occlusion, cfg.normalize.fps)
 
     def weights(self):
         """YOLOX-nano person detector and the DWPose whole-body model."""
@@ -315,7 +311,7 @@ class OcclusionStage(FrameStage):
 
     def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
         """Fill ``hand_over_face_share``; raise ``MediaError('hand_over_face')`` over the threshold."""
-        result = hand_over_face_share(clip, self._estimator, self.fps, self.cfg)
+        result = hand_over_face_share(clip, self._estimator, FPS, self.cfg)
         row["hand_over_face_share"] = round(result.share, 4)
         if result.share > self.cfg.max_hand_over_face_share:
             first = result.occluded_frames[0] if result.occluded_frames else -1

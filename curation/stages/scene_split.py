@@ -16,7 +16,7 @@ from typing import Literal
 from vividhead.curation.records import Row, clip_id_for, new_row, reject
 from vividhead.curation.stage import Stage, StageConfig, check
 from vividhead.errors import MediaError
-from vividhead.shard_format import floor_frame_count
+from vividhead.shard_format import FPS, floor_frame_count
 
 
 @dataclass(frozen=True)
@@ -133,14 +133,6 @@ class SceneSplitStage(Stage):
     required = True
     funnel_units = ("input", "clip")  # one input row in, one row per planned clip out
 
-    def __init__(self, cfg: SceneSplitConfig, fps: float) -> None:
-        super().__init__(cfg)
-        self.fps = fps
-
-    @classmethod
-    def from_config(cls, cfg) -> SceneSplitStage:
-        return cls(cfg.scene_split, cfg.normalize.fps)
-
     def process(self, row: Row) -> list[Row]:
         duration = row["source_duration_s"]
         if row.get("start_s") is not None or row.get("end_s") is not None:
@@ -153,7 +145,7 @@ class SceneSplitStage(Stage):
             shots = [(0.0, duration)]
         else:
             shots = detect_shots(row["local_path"], self.cfg)
-        plans = plan_clips(shots, self.cfg, self.fps)
+        plans = plan_clips(shots, self.cfg, FPS)
         out = []
         for i, plan in enumerate(plans):
             clip = new_row(**{k: v for k, v in row.items() if k not in ("status", "stage", "reason", "detail")})

@@ -37,6 +37,7 @@ from vividhead.curation.stage import FrameStage, StageConfig, check
 from vividhead.errors import MediaError
 from vividhead.models.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
 from vividhead.models.face_detector import FaceDetector
+from vividhead.shard_format import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,6 @@ class SyncNetConfig(StageConfig):
 #: Video frames per SyncNet window and MFCC steps per video frame (25 fps video, 100 Hz MFCC).
 WINDOW_FRAMES = 5
 MFCC_PER_FRAME = 4
-#: Audio samples per video frame (16 kHz / 25 fps).
-SAMPLES_PER_FRAME = 640
 
 
 @dataclass(frozen=True)
@@ -222,7 +221,7 @@ def lipsync_distances(
     num_windows = min_length - WINDOW_FRAMES  # the reference's range(0, min_length - 5)
     if num_windows < 1:
         raise MediaError("too_short", f"{min_length} frames with audio; SyncNet needs at least {WINDOW_FRAMES + 1}")
-    mfcc = mfcc_100hz(pcm, 16000)
+    mfcc = mfcc_100hz(pcm, SAMPLE_RATE_HZ)
     video_emb, audio_emb = embed_windows(crops, mfcc, num_windows, model, batch_size, device)
     return offset_distances(video_emb, audio_emb, vshift)
 
@@ -248,8 +247,8 @@ def score_lipsync(
     """
     clip = as_decoded(clip, audio)
     pcm, sr = clip.pcm
-    if sr != 16000:
-        raise MediaError("bad_audio", f"expected 16 kHz audio, got {sr} Hz")
+    if sr != SAMPLE_RATE_HZ:
+        raise MediaError("bad_audio", f"expected {SAMPLE_RATE_HZ} Hz audio, got {sr} Hz")
     crops = clip.face_crops(detector, cfg.crop_scale, 224, cfg.min_face_share)
     return lipsync_from_crops(crops, pcm, model, cfg.vshift_frames, cfg.batch_size, device)
 

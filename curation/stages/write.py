@@ -28,6 +28,7 @@ from vividhead.curation.records import Row, manifest_table, members_of
 from vividhead.curation.stage import SinkStage, StageConfig, check
 from vividhead.curation.storage import Storage, StorageError, describe
 from vividhead.shard_format import (
+    FPS,
     JSON,
     KEPT,
     MANIFEST_FILE,
@@ -35,6 +36,7 @@ from vividhead.shard_format import (
     MP4,
     PART_DIR,
     SAMPLE_JSON_EXCLUDE,
+    SAMPLE_RATE_HZ,
     SHARD_DIR,
     WAV,
     part_index,
@@ -68,11 +70,11 @@ def to_py(value: Any) -> Any:
     return value
 
 
-def sample_json(row: Row, fps: float, sample_rate_hz: int) -> dict:
+def sample_json(row: Row) -> dict:
     """The ``<key>.json`` of a kept clip: every manifest column but routing state, plus ``fps`` and
     ``sample_rate`` (:func:`vividhead.shard_format.sample_json_keys`)."""
     meta = {k: to_py(row.get(k)) for k in MANIFEST_SCHEMA.names if k not in SAMPLE_JSON_EXCLUDE}
-    meta.update(fps=fps, sample_rate=sample_rate_hz)
+    meta.update(fps=float(FPS), sample_rate=SAMPLE_RATE_HZ)
     return meta
 
 
@@ -97,17 +99,14 @@ class ShardWriter:
     Args:
         storage: the output root.
         samples_per_shard: a shard is closed once it holds at least this many kept clips.
-        fps / sample_rate_hz: written into each sample's ``.json``.
 
     Raises:
         OSError: the output is not writable (checked at start-up by :meth:`prepare`).
     """
 
-    def __init__(self, storage: Storage, samples_per_shard: int, fps: float, sample_rate_hz: int) -> None:
+    def __init__(self, storage: Storage, samples_per_shard: int) -> None:
         self.storage = storage
         self.samples_per_shard = samples_per_shard
-        self.fps = fps
-        self.sample_rate_hz = sample_rate_hz
         self._incomplete: dict[str, list[Row]] = defaultdict(list)
         self._pending: list[Row] = []
         self._pending_kept = 0
@@ -177,7 +176,7 @@ class ShardWriter:
                 members = {MP4: bytes(r["video_bytes"]), WAV: bytes(r["audio_bytes"])}
                 for ext, data in sorted(members_of(r).items()):
                     members[ext] = bytes(data)
-                members[JSON] = json.dumps(sample_json(r, self.fps, self.sample_rate_hz), sort_keys=True).encode()
+                members[JSON] = json.dumps(sample_json(r), sort_keys=True).encode()
                 samples.append((r["clip_id"], members))
             shard_rel = shard_path(shard)
             fd, tmp = self.storage.local_temp(shard_rel)
@@ -235,15 +234,6 @@ class WriteStage(SinkStage):
     writes_columns = ("shard", "key")
     required = True
 
-    def __init__(self, cfg: WriteConfig, fps: float, sample_rate_hz: int) -> None:
-        super().__init__(cfg)
-        self.fps = fps
-        self.sample_rate_hz = sample_rate_hz
-
-    @classmethod
-    def from_config(cls, cfg) -> WriteStage:
-        return cls(cfg.write, cfg.normalize.fps, cfg.normalize.sample_rate_hz)
-
     def open(self, storage: Storage) -> ShardWriter:
         """A writer for the output root ``storage`` (call :meth:`ShardWriter.prepare` before use)."""
-        return ShardWriter(storage, self.cfg.samples_per_shard, self.fps, self.sample_rate_hz)
+        return ShardWriter(storage, self.cfg.samples_per_shard)

@@ -10,8 +10,7 @@ from vividhead.curation.config import ConfigError, CurateConfig, config_from_dic
 def test_defaults_are_valid_and_frozen():
     cfg = CurateConfig()
     assert cfg.scene_split.min_clip_s == 5.0 and cfg.scene_split.max_clip_s == 50.0
-    assert cfg.normalize.fps == 25.0 and cfg.normalize.sample_rate_hz == 16000
-    assert cfg.normalize.out_size_px == 512
+    assert not hasattr(cfg.normalize, "fps")  # the shard contract fixes fps, sample rate and frame size
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.face.min_face_px = 3
 
@@ -38,6 +37,7 @@ def test_yaml_sections_load_into_dataclasses(tmp_path):
         ({"scene_split": {"min_clip_s": 10, "max_clip_s": 5}}, "scene_split.max_clip_s"),
         ({"face": {"face_share": 0}}, "face.face_share"),
         ({"normalize": {"sample_rate_hz": 16001}}, "normalize.sample_rate_hz"),
+        ({"normalize": {"crf": 60}}, "normalize.crf"),
         ({"face": [1, 2]}, "face"),
     ],
 )
@@ -55,3 +55,17 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(("key", "value", "constant"), [("fps", 20, "FPS = 25"), ("sample_rate_hz", 16000, "SAMPLE_RATE_HZ = 16000"),
+                                                       ("out_size_px", 256, "FRAME_SIZE_PX = 512")])
+def test_contract_values_are_not_configurable(tmp_path, key, value, constant):
+    """A curate config that sets a value the shard contract fixes fails at load: one line naming
+    the key and the contract's constant (vividhead/shard_format.py says why)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"normalize:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"normalize.{key}: unknown key") and "\n" not in message
+    assert "shard contract" in message and constant in message

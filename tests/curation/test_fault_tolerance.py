@@ -207,7 +207,7 @@ _EFBIG_SCRIPT = textwrap.dedent(
     from vividhead.curation.storage import Storage, StorageError
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of a signal
-    writer = ShardWriter(Storage(sys.argv[1]), 1, 25.0, 16000)
+    writer = ShardWriter(Storage(sys.argv[1]), 1)
     writer.prepare()
     resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))  # files over 300 kB cannot grow
     def clip(name, size):
@@ -239,7 +239,7 @@ def test_file_size_limit_on_output_fails_with_one_line_and_no_half_shard(tmp_pat
 
 def test_permission_error_publishing_a_shard_fails_without_leftovers(tmp_path, monkeypatch):
     storage = Storage(str(tmp_path / "out"))
-    writer = ShardWriter(storage, 1, 25.0, 16000)
+    writer = ShardWriter(storage, 1)
     writer.prepare()
     real_replace = os.replace
 

@@ -390,3 +390,30 @@ def test_streams_from_hub_when_online():
         pytest.skip("set VIVIDHEAD_HUB_TEST_DATASET=ORG/NAME (a published vividhead dataset) to test hf:// streaming")
     ds = ClipWindowDataset(f"hf://datasets/{repo}/shards/00000.tar", num_frames=9, num_motion_frames=5)
     assert next(iter(ds)).frames.shape[0] == 9
+
+
+@pytest.mark.parametrize(("field", "value", "want"), [("fps", 20.0, "25"), ("sample_rate", 22050, "16000")])
+def test_sample_json_off_the_contract_is_one_line_naming_sample_and_values(members, tmp_path, field, value, want):
+    """A shard whose <key>.json records another frame or sample rate than the shard contract fails
+    with one line naming the sample and both values, even with a skipping handler."""
+    import json
+
+    import webdataset as wds
+
+    from vividhead.curation.stages.write import write_tar
+    from vividhead.errors import UserError
+    from vividhead.shard_format import JSON
+    from vividhead.training.data import ShardContractError
+
+    key = "talk_retalking_face3-0000"
+    meta = json.loads(members[key][JSON])
+    assert meta["fps"] == 25 and meta["sample_rate"] == 16000  # what the writer records
+    meta[field] = value
+    tar = str(tmp_path / "00000.tar")
+    write_tar(tar, [(key, {**members[key], JSON: json.dumps(meta).encode()})])
+    ds = ClipWindowDataset([tar], num_frames=5, num_motion_frames=1, handler=wds.warn_and_continue)
+    with pytest.raises(ShardContractError) as exc:
+        next(iter(ds))
+    msg = str(exc.value)
+    assert isinstance(exc.value, UserError) and "\n" not in msg and len(exc.value.args) == 1
+    assert key in msg and f"{field} {value:g}" in msg and want in msg

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from vividhead.config import ConfigError, build_dataclass, check, read_yaml
+from vividhead.shard_format import CHUNK_FRAMES, MOTION_FRAMES
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,8 @@ class DataConfig:
     latent_cache: Optional[str] = None
     storage_options: dict = field(default_factory=dict)
     clip_filter: dict = field(default_factory=dict)
-    num_frames: int = 33
-    motion_frames: int = 5
+    num_frames: int = CHUNK_FRAMES
+    motion_frames: int = MOTION_FRAMES
     cold_start_prob: float = 0.1
     batch_size: int = 1
     num_workers: int = 2

@@ -21,7 +21,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vividhead.shard_format import FPS, FRAME_SIZE_PX, SAMPLE_RATE_HZ
+from vividhead.shard_format import AUDIO_CONTEXT_S, CHUNK_FRAMES, FPS, FRAME_SIZE_PX, MOTION_FRAMES, SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:
     from vividhead.flow_matching import FlowMatchingSchedule
@@ -93,8 +93,10 @@ class StreamingConfig:
         sample_rate_hz: audio sample rate.
         cache_seconds: Temporal Audio Context Cache length T_max (s).
         height_px, width_px: output frame size.
-        (``fps``, ``sample_rate_hz`` and the frame size default to the shard contract,
-        :mod:`vividhead.shard_format`, so the model streams what it was trained on.)
+        (Every default, frame rate, sample rate, frame size, chunk, motion frames and audio
+        context, is a constant of :mod:`vividhead.shard_format`, the one home the loader, the
+        trainers, the streaming audio cache and evaluation share, so the model streams what it
+        was trained on.)
         timesteps: flow-matching timesteps on the 0..1000 scale before the shift.
         shift: timestep shift ``t' = s t / (1 + (s - 1) t)``.
         color_correction_strength: 0..1 blend of Lab mean/std transfer to the reference image.
@@ -105,11 +107,11 @@ class StreamingConfig:
             chunk lengths at the cost of one short chunk the model was not trained on.
     """
 
-    frame_num: int = 33
-    motion_frames: int = 5
+    frame_num: int = CHUNK_FRAMES
+    motion_frames: int = MOTION_FRAMES
     fps: int = FPS
     sample_rate_hz: int = SAMPLE_RATE_HZ
-    cache_seconds: float = 8.0
+    cache_seconds: float = AUDIO_CONTEXT_S
     height_px: int = FRAME_SIZE_PX
     width_px: int = FRAME_SIZE_PX
     timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from vividhead.flow_matching import chunk_audio_context
-from vividhead.shard_format import FPS, SAMPLE_RATE_HZ
+from vividhead.shard_format import AUDIO_CONTEXT_S, CHUNK_FRAMES, FPS, SAMPLE_RATE_HZ
 
 
 class AudioRingBuffer:
@@ -84,8 +84,8 @@ class TemporalAudioContextCache:
         encoder,
         sample_rate_hz: int = SAMPLE_RATE_HZ,
         fps: int = FPS,
-        cache_seconds: float = 8.0,
-        frame_num: int = 33,
+        cache_seconds: float = AUDIO_CONTEXT_S,
+        frame_num: int = CHUNK_FRAMES,
         audio_window: int = 5,
         device: str | torch.device = "cpu",
     ) -> None:

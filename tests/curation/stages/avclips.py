@@ -34,7 +34,7 @@ def clip_row(name: str, seconds: float = 3.0) -> dict:
     duration = float(ffprobe(src)["format"]["duration"])
     frames = int(min(duration - 0.1, seconds) * 25)
     row = new_row(input_id=name, source_id=name, local_path=str(src), start_s=0.0, num_frames=frames)
-    face = FaceStage(FaceConfig(weights_path=str(WEIGHTS_DIR / "face_mediapipe_detector.tflite")), 25.0)
+    face = FaceStage(FaceConfig(weights_path=str(WEIGHTS_DIR / "face_mediapipe_detector.tflite")))
     face.setup()
     try:
         row = face.process(row)[0]

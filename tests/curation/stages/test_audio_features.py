@@ -45,7 +45,7 @@ def _wav(pcm: np.ndarray, sr: int = 16000) -> bytes:
 
 
 def _stage(path) -> AudioFeaturesStage:
-    stage = AudioFeaturesStage(AudioFeaturesConfig(weights_path=str(path)), fps=25.0)
+    stage = AudioFeaturesStage(AudioFeaturesConfig(weights_path=str(path)))
     stage.setup()
     return stage
 
@@ -91,7 +91,7 @@ def test_default_model_is_registered_and_missing_offline_names_it(monkeypatch, t
     monkeypatch.setenv("VIVIDHEAD_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("VIVIDHEAD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    stage = AudioFeaturesStage(AudioFeaturesConfig(), fps=25.0)
+    stage = AudioFeaturesStage(AudioFeaturesConfig())
     assert stage.weights() == [("wav2vec2_base_960h", None)]
     assert weights.REGISTRY["wav2vec2_base_960h"].url == "hf://facebook/wav2vec2-base-960h"
     with pytest.raises(weights.WeightsNotFound, match="wav2vec2-base-960h"):

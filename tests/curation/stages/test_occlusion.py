@@ -186,7 +186,7 @@ def test_stage_decision_with_crafted_pose_model(video_dir, weights_dir, tmp_path
         pose_weights_path=_export(tmp_path / f"{kind}.onnx", kind),
         sample_fps=1.0,
     )
-    stage = OcclusionStage(cfg, fps=25.0)
+    stage = OcclusionStage(cfg)
     stage.setup()
     row = new_row(video_bytes=(video_dir / CLIP).read_bytes())
     out = run_stage(stage, row)[0]
@@ -202,7 +202,7 @@ def test_stage_reports_undecodable_clip(weights_dir, tmp_path):
         det_weights_path=str(weights_dir / "person_yolox_nano_416.onnx"),
         pose_weights_path=_export(tmp_path / "r.onnx", "random"),
     )
-    stage = OcclusionStage(cfg, fps=25.0)
+    stage = OcclusionStage(cfg)
     stage.setup()
     with pytest.raises(MediaError) as err:
         stage.process(new_row(video_bytes=b"not a video"))
@@ -214,7 +214,7 @@ def test_dwpose_registered_and_missing_offline_names_the_file(monkeypatch, tmp_p
     monkeypatch.setenv("VIVIDHEAD_CACHE", str(tmp_path / "cache"))
     spec = weights.REGISTRY["dwpose_ll_ucoco_384"]
     assert spec.url.endswith("/dw-ll_ucoco_384.onnx")
-    stage = OcclusionStage(OcclusionConfig(), fps=25.0)
+    stage = OcclusionStage(OcclusionConfig())
     assert [n for n, _ in stage.weights()] == ["person_yolox_nano", "dwpose_ll_ucoco_384"]
     with pytest.raises(weights.WeightsNotFound, match="dw-ll_ucoco_384.onnx"):
         weights.resolve("dwpose_ll_ucoco_384", download=False)

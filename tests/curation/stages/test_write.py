@@ -20,7 +20,7 @@ def _clip(input_id, i, n, kept=True):
 
 
 def _writer(tmp_path, n=2):
-    w = ShardWriter(Storage(str(tmp_path)), samples_per_shard=n, fps=FPS, sample_rate_hz=SAMPLE_RATE_HZ)
+    w = ShardWriter(Storage(str(tmp_path)), samples_per_shard=n)
     w.prepare()
     return w
 
@@ -53,7 +53,7 @@ def test_resume_after_a_kill_between_shard_and_part(tmp_path):
     (tmp_path / "shards" / "00001.tar").write_bytes(b"orphan")
     (tmp_path / "shards" / ".tmp-123.tar").write_bytes(b"half")
     (tmp_path / "_parts" / ".tmp-9.parquet").write_bytes(b"half")
-    w2 = ShardWriter(Storage(str(tmp_path)), 1, FPS, SAMPLE_RATE_HZ)
+    w2 = ShardWriter(Storage(str(tmp_path)), 1)
     done = w2.prepare()
     assert done.column("input_id").to_pylist() == ["a"]
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["00000.tar"]
@@ -76,5 +76,5 @@ def test_unwritable_output_fails_fast(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")  # a folder cannot be made under a file, even by root
     with pytest.raises(OSError):
-        ShardWriter(Storage(str(blocker / "out")), 1, FPS, SAMPLE_RATE_HZ).prepare()
+        ShardWriter(Storage(str(blocker / "out")), 1).prepare()
     assert not list(tmp_path.rglob(".tmp-*"))
