@@ -58,13 +58,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vividhead.errors import UserError
 from vividhead.shard_format import (
     AUDIO_CHANNELS,
-    AUDIO_CONTEXT_S,
-    CHUNK_FRAMES,
     FPS,
     JSON,
     MANIFEST_FILE,
     MANIFEST_SCHEMA,
-    MOTION_FRAMES,
     MP4,
     SAMPLE_RATE_HZ,
     SAMPLES_PER_FRAME,
@@ -80,28 +77,56 @@ logger = logging.getLogger(__name__)
 _LOCAL_SCHEMES = ("", "file")
 
 
-class ShardContractError(UserError, ValueError):
-    """A sample's ``<key>.json`` records a frame rate or sample rate other than the shard
-    contract's (:mod:`vividhead.shard_format`): one line naming the sample and both values."""
+class DataError(UserError, ValueError):
+    """The training data cannot be used as configured (no shard, unreadable manifest, no clip
+    selected): one line naming the folder and what to do; the CLI exits with code 2."""
 
 
-def check_sample_contract(meta: dict[str, Any], key: str, url: str | None = None) -> None:
-    """Check the ``fps`` and ``sample_rate`` a sample's ``<key>.json`` records (when it records
-    them) against :data:`~vividhead.shard_format.FPS` / :data:`~vividhead.shard_format.SAMPLE_RATE_HZ`.
+class NoShardsError(DataError, FileNotFoundError):
+    """No ``shards/*.tar`` under a curation output folder."""
 
-    The loader decodes by those constants (frame ``t`` at ``t / FPS`` s, audio sample
-    ``SAMPLES_PER_FRAME * t``), so a clip written at another rate would be misread, not just slow.
+
+def one_line_reason(exn: BaseException) -> str:
+    """``Type: first line of the message`` (what a skipped sample is logged with)."""
+    text = str(exn.args[0]) if getattr(exn, "args", None) else str(exn)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exn).__name__}: {first}"[:300]
+
+
+def check_training_data(out: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Check a curation output before training on it: shards exist, the manifest is readable or absent.
+
+    Args:
+        out: local path or fsspec URL of the curation output (``OUT/shards/*.tar``, ``OUT/manifest.parquet``).
+        storage_options: fsspec options.
+
+    Returns:
+        Whether ``OUT/manifest.parquet`` exists.
 
     Raises:
-        ShardContractError: a recorded value differs (the message names the sample, its shard and both values).
+        NoShardsError: no shard (one line naming the folder).
+        DataError: a manifest that exists but cannot be read as Parquet.
     """
-    where = f"{key.rsplit('/', 1)[-1]}" + (f" in {url}" if url else "")
-    for field, want, unit in (("fps", FPS, "frames per second"), ("sample_rate", SAMPLE_RATE_HZ, "Hz")):
-        got = meta.get(field)
-        if got is not None and float(got) != want:
-            raise ShardContractError(
-                f"sample {where}: {field} {got:g} {unit} in its json, the shard contract (vividhead.shard_format) "
-                f"fixes {want} {unit}; re-curate these shards with `vividhead curate`")
+    import fsspec
+    import pyarrow.parquet as pq
+
+    if not str(out):
+        raise DataError("data.shards: not set; point it at the output folder of `vividhead curate`")
+    fs, path = fsspec.core.url_to_fs(str(out), **(storage_options or {}))
+    root = path.rstrip("/")
+    if not fs.glob(f"{root}/{SHARD_GLOB}"):
+        raise NoShardsError(f"data.shards: no shards under {out}/{SHARD_GLOB}; point data.shards at the output "
+                            "folder of `vividhead curate`")
+    manifest = f"{root}/{MANIFEST_FILE}"
+    if not fs.exists(manifest):
+        return False
+    try:
+        with fs.open(manifest, "rb") as fh:
+            pq.read_schema(fh)
+    except Exception as exc:  # noqa: BLE001 - any reader error means the same to the user
+        raise DataError(f"data.shards: {out}/{MANIFEST_FILE} is not a readable Parquet manifest "
+                        f"({one_line_reason(exc)}); re-run `vividhead curate` or remove it to use every sample") from exc
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,8 +235,8 @@ class WindowPlan:
 def plan_window(
     clip_num_frames: int,
     rng: random.Random,
-    num_frames: int = CHUNK_FRAMES,
-    num_motion_frames: int = MOTION_FRAMES,
+    num_frames: int = 33,
+    num_motion_frames: int = 5,
     cold_start_prob: float = 0.1,
 ) -> WindowPlan:
     """Draw a window, a reference frame outside it and the motion-frame count (FlashHead §3.1).
@@ -532,10 +557,16 @@ class ClipWindowDataset(IterableDataset):
             ``torch.uint8`` keeps the decoded values in [0, 255] (4x less memory and inter-process
             copying); convert on the GPU with :func:`to_unit_range`.
         decode_threads: PyAV decoder threads per worker.
-        handler: webdataset error handler (``wds.reraise_exception`` or ``wds.warn_and_continue``).
+        handler: webdataset error handler (``wds.reraise_exception``, ``wds.warn_and_continue``,
+            ``wds.ignore_and_continue``), for shard read errors and undecodable samples alike.
+            Whatever it decides, every skipped sample is counted once per ``(shard, key)`` in
+            :attr:`skipped` / :attr:`skipped_by_shard` and reported with the next window's meta
+            (``skipped_new``: ``[(shard_url, key, reason)]``; key None for a shard read error such as a
+            truncated tar), so a trainer can log and count it (``data/skipped_samples``).
 
     Raises:
-        ValueError: no URL, ``clip_filter`` without ``manifest``, or no selected clip.
+        ValueError: no URL, ``clip_filter`` without ``manifest``, or no selected clip
+            (:class:`DataError`).
     """
 
     def __init__(
@@ -544,10 +575,10 @@ class ClipWindowDataset(IterableDataset):
         manifest: str | os.PathLike | None = None,
         clip_filter: ClipFilter | None = None,
         *,
-        num_frames: int = CHUNK_FRAMES,
-        num_motion_frames: int = MOTION_FRAMES,
+        num_frames: int = 33,
+        num_motion_frames: int = 5,
         cold_start_prob: float = 0.1,
-        audio_context_s: float = AUDIO_CONTEXT_S,
+        audio_context_s: float = 8.0,
         shuffle_buffer: int = 16,
         shuffle_shards: bool = True,
         resampled: bool = False,
@@ -585,7 +616,10 @@ class ClipWindowDataset(IterableDataset):
         self.handler = handler
         self.epoch = 0
         self.next_index: dict[int, int] = {}
-        self.skipped = 0  # samples this process's workers could not decode (the handler went on)
+        self.skipped = 0  # distinct samples this process (worker) skipped: undecodable, incomplete, unreadable
+        self.skipped_by_shard: dict[str, set[str | None]] = {}
+        self._skipped_new: list[tuple[str, str | None, str]] = []
+        self._current_url: str | None = None
 
         # Manifest selection: the clip set per shard, read once on the driver.
         self.selected: dict[int, frozenset[str]] | None = None
@@ -602,7 +636,8 @@ class ClipWindowDataset(IterableDataset):
             logger.info("manifest selects %d clips in %d of %d shards", len(self.keys), len(kept), len(self.urls))
             self.urls = kept
             if not self.keys or not self.urls:
-                raise ValueError(f"the manifest selects no clip in the given shards ({manifest})")
+                raise DataError(f"the manifest selects no clip in the given shards ({manifest}); "
+                                "check data.clip_filter and data.num_frames")
 
     @property
     def num_clips(self) -> int | None:
@@ -639,7 +674,39 @@ class ClipWindowDataset(IterableDataset):
 
     def _keep(self, sample: dict) -> bool:
         key = sample["__key__"].rsplit("/", 1)[-1]
-        return (self.keys is None or key in self.keys) and MP4 in sample and WAV in sample
+        if self.keys is not None and key not in self.keys:
+            return False
+        if MP4 in sample and WAV in sample:
+            return True
+        # A selected clip without its video or audio: a truncated shard cut it, or a bad write.
+        self.record_skip(sample.get("__url__"), key, f"incomplete sample (no {MP4 if MP4 not in sample else WAV})")
+        return False
+
+    def record_skip(self, url: str | None, key: str | None, reason: str) -> bool:
+        """Count a skipped sample once per ``(url, key)`` (key None: the shard's read error).
+
+        Returns:
+            True the first time.
+        """
+        url = str(url if url is not None else self._current_url)
+        keys = self.skipped_by_shard.setdefault(url, set())
+        if key in keys:
+            return False
+        keys.add(key)
+        self.skipped += 1
+        self._skipped_new.append((url, key, reason))
+        return True
+
+    def _track_url(self, src: Iterator[dict]) -> Iterator[dict]:
+        # The shard being read, for read errors whose exception does not name it.
+        for item in src:
+            self._current_url = item.get("url")
+            yield item
+
+    def _read_error(self, exn: Exception) -> bool:
+        url = next((a for a in reversed(getattr(exn, "args", ())) if isinstance(a, str) and a in self.urls), None)
+        self.record_skip(url, None, one_line_reason(exn))
+        return self.handler(exn)
 
     def pipeline(self) -> wds.DataPipeline:
         """The webdataset pipeline of raw samples (dicts of member bytes) for this worker/epoch."""
@@ -670,7 +737,8 @@ class ClipWindowDataset(IterableDataset):
                 # Same permutation on every rank and worker, so the splits stay disjoint.
                 random.Random(wds.utils.make_seed(self.seed, self.epoch)).shuffle(urls)
             stages += [wds.SimpleShardList(urls), self._split_by_node, wds.split_by_worker]
-        stages.append(wds.tarfile_to_samples(handler=self.handler, select_files=self._select_files))
+        stages.append(self._track_url)
+        stages.append(wds.tarfile_to_samples(handler=self._read_error, select_files=self._select_files))
         stages.append(wds.select(self._keep))
         if self.shuffle_buffer > 0:
             rng = random.Random(wds.utils.make_seed(self.seed, self.epoch, rank, worker, 1))
@@ -695,16 +763,16 @@ class ClipWindowDataset(IterableDataset):
             rng = random.Random(wds.utils.make_seed(self.seed, self.epoch, rank, worker, 2, index))
             try:
                 window = self.decode_sample(sample, rng)
-            except ShardContractError:  # the shards break the contract: no handler may skip that
-                raise
             except Exception as exn:  # media errors: the handler decides
+                self.record_skip(sample.get("__url__"), sample.get("__key__", "").rsplit("/", 1)[-1],
+                                 one_line_reason(exn))
                 exn.args = exn.args + (sample.get("__key__"), sample.get("__url__"))
-                self.skipped += 1
                 if self.handler(exn):
                     continue
                 break
+            new, self._skipped_new = self._skipped_new, []
             window.meta.update(stream_index=index, stream_worker=worker, epoch=self.epoch,
-                               skipped_in_worker=self.skipped)
+                               skipped_in_worker=self.skipped, skipped_new=new)
             yield window
 
     # -- decoding ------------------------------------------------------------------------------
@@ -728,13 +796,10 @@ class ClipWindowDataset(IterableDataset):
             The decoded window.
 
         Raises:
-            ShardContractError: the ``<key>.json`` records another ``fps`` or ``sample_rate`` than
-                the shard contract's (never skipped by ``handler``).
             ValueError: inconsistent clip (too short, audio shorter than 640 * N, wav2vec rows != N).
             av.FFmpegError: undecodable video.
         """
         meta = json.loads(sample[JSON]) if JSON in sample else {"key": sample["__key__"]}
-        check_sample_contract(meta, sample.get("__key__", ""), sample.get("__url__"))
         n = meta.get("num_frames")
         if n is None:
             with av.open(io.BytesIO(sample[MP4])) as c:
@@ -772,12 +837,15 @@ class ClipWindowDataset(IterableDataset):
     def from_output_dir(cls, out: str, **kwargs: Any) -> ClipWindowDataset:
         """Dataset over every ``OUT/shards/*.tar`` of a curation output, selected by ``OUT/manifest.parquet``.
 
+        Without the manifest every sample is used, with one warning (per folder and process); a
+        ``clip_filter`` is then ignored (it filters manifest columns).
+
         Args:
             out: local path or fsspec URL of the curation output directory.
             **kwargs: passed to :class:`ClipWindowDataset` (``storage_options`` also used to list).
 
         Raises:
-            FileNotFoundError: if there is no shard.
+            NoShardsError: (a ``FileNotFoundError``) if there is no shard.
         """
         import fsspec
 
@@ -785,15 +853,29 @@ class ClipWindowDataset(IterableDataset):
         root = path.rstrip("/")
         shards = sorted(fs.glob(f"{root}/{SHARD_GLOB}"))
         if not shards:
-            raise FileNotFoundError(f"no shards under {out}/{SHARD_GLOB}")
+            raise NoShardsError(f"no shards under {out}/{SHARD_GLOB}; point data.shards at the output folder "
+                                "of `vividhead curate`")
         proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         urls = shards if proto in ("file", "local") else [fs.unstrip_protocol(s) for s in shards]
         manifest = f"{root}/{MANIFEST_FILE}"
         manifest_url = manifest if proto in ("file", "local") else fs.unstrip_protocol(manifest)
-        if not fs.exists(manifest):
-            warnings.warn(f"{manifest_url} not found: using every sample", stacklevel=2)
+        if not fs.exists(manifest) and kwargs.get("manifest") is None:
+            _warn_no_manifest(manifest_url, kwargs.get("clip_filter"))
             manifest_url = None
+            kwargs.pop("clip_filter", None)
         return cls(urls, manifest=kwargs.pop("manifest", manifest_url), **kwargs)
+
+
+#: Manifest URLs already warned about in this process (one warning each).
+_NO_MANIFEST_WARNED: set[str] = set()
+
+
+def _warn_no_manifest(manifest_url: str, clip_filter: ClipFilter | None) -> None:
+    if manifest_url in _NO_MANIFEST_WARNED:
+        return
+    _NO_MANIFEST_WARNED.add(manifest_url)
+    ignored = "" if clip_filter in (None, ClipFilter()) else " (data.clip_filter ignored: it filters manifest columns)"
+    logger.warning("%s not found: training on every sample of the shards%s", manifest_url, ignored)
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,13 +71,19 @@ def write_latent_cache(cfg, out: str | Path, windows_per_clip: int = 4, samples_
 
     Returns:
         windows written.
+
+    Raises:
+        vividhead.training.data.DataError: no shard or an unreadable manifest (checked before any
+            model loads or anything is written).
     """
     import webdataset as wds
+    from tqdm import tqdm
 
-    from vividhead.training.data import ClipFilter, ClipWindowDataset, collate_clip_windows
+    from vividhead.training.data import ClipFilter, ClipWindowDataset, check_training_data, collate_clip_windows
     from vividhead.training.trainers.conditioning import encode_batch
     from vividhead.training.trainers.models import build_encoders, resolve_variant
 
+    check_training_data(cfg.data.shards, cfg.data.storage_options or None)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     variant = resolve_variant(cfg.model)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -87,7 +93,7 @@ def write_latent_cache(cfg, out: str | Path, windows_per_clip: int = 4, samples_
         cfg.data.shards, clip_filter=ClipFilter(**flt), num_frames=cfg.data.num_frames,
         num_motion_frames=cfg.data.motion_frames, cold_start_prob=0.0, shuffle_buffer=0, shuffle_shards=False,
         seed=cfg.run.seed, storage_options=cfg.data.storage_options or None, dtype=torch.uint8,
-        rank=0, world_size=1, handler=wds.warn_and_continue,
+        rank=0, world_size=1, handler=wds.ignore_and_continue,  # skipped samples: logged once each below
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,9 +116,14 @@ def write_latent_cache(cfg, out: str | Path, windows_per_clip: int = 4, samples_
 
     from vividhead.shard_format import SAMPLES_PER_FRAME
 
+    total = windows_per_clip * ds.num_clips if ds.num_clips is not None else None
+    bar = tqdm(total=total, desc="cache-latents", unit="window", dynamic_ncols=True)
     for p in range(windows_per_clip):
         ds.set_position(p)
         for window in ds:
+            for url, key, reason in window.meta.get("skipped_new", ()):
+                logger.warning("skipped %s of %s: %s", f"sample {key}" if key else "the rest of the shard", url, reason)
+            bar.update(1)
             batch = collate_clip_windows([window])
             inp = encode_batch(batch, enc, variant.transformer.audio_window, dev, size=size)
             feats = enc.audio(batch.audio.to(dev), batch.audio.shape[1] // SAMPLES_PER_FRAME)[0]
@@ -125,6 +136,7 @@ def write_latent_cache(cfg, out: str | Path, windows_per_clip: int = 4, samples_
             if len(buf) >= samples_per_shard:
                 flush()
     flush()
+    bar.close()
     tmp = out / (INDEX_FILE + ".tmp")
     tmp.write_text(json.dumps({"windows": n, "shards": shard, "geometry": _geometry(cfg)}, indent=2))
     os.replace(tmp, out / INDEX_FILE)

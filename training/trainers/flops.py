@@ -51,6 +51,29 @@ def dit_forward_flops(cfg: FlashHeadTransformerConfig, latent_shape: tuple[int, 
     return float(batch * (cfg.num_layers * per_block + io))
 
 
+#: Dense tensor-core peaks (FLOP/s) by GPU name fragment: (bf16/fp16, tf32 for fp32 precision).
+_GPU_PEAKS: tuple[tuple[str, float, float], ...] = (
+    ("H200", 989e12, 494.5e12),
+    ("H100", 989e12, 494.5e12),
+    ("A100", 312e12, 156e12),
+)
+
+
+def peak_flops(device, precision: str = "bf16") -> float | None:
+    """Dense peak FLOP/s of ``device`` for ``precision`` when known (H100/H200/A100), else None
+    (CPUs and other GPUs: no MFU is shown rather than a made-up one)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, half, tf32 in _GPU_PEAKS:
+        if fragment in name:
+            return half if precision in ("bf16", "fp16") else tf32
+    return None
+
+
 def mfu(train_flops_per_step: float, step_s: float, world_size: int = 1, peak: float = H200_BF16_PEAK) -> float:
     """Model FLOPs utilisation of one step (``train_flops_per_step`` summed over all ranks)."""
     return train_flops_per_step / max(step_s, 1e-12) / (peak * world_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections import defaultdict
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vividhead.config import to_dict
+from vividhead.errors import UserError
 from vividhead.training.trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -31,9 +33,30 @@ from vividhead.training.trainers.checkpoint import (
     set_rng_state,
 )
 from vividhead.training.trainers.config import DataConfig, OptimConfig
-from vividhead.training.trainers.distributed import DistEnv, init_distributed
+from vividhead.training.trainers.distributed import DistEnv, barrier, init_distributed
 
 logger = logging.getLogger(__name__)
+
+
+#: Files and folders whose presence means ``run.output_dir`` already holds a run.
+RUN_MARKERS = ("config.json", "checkpoints", "metrics.jsonl")
+
+
+def holds_run(out: Path) -> list[str]:
+    """The :data:`RUN_MARKERS` present in ``out`` (an empty ``checkpoints/`` does not count)."""
+    found = []
+    for name in RUN_MARKERS:
+        p = out / name
+        if p.is_dir() and any(p.iterdir()) or p.is_file():
+            found.append(name)
+    return found
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and :func:`os.replace`."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,7 +111,8 @@ class Trainer:
         cfg: the trainer's config dataclass (sections ``data``, ``optim``, ``parallel``,
             ``checkpoint``, ``log``, ``run`` at least).
         resume: checkpoint dir or run output dir to resume from; ``"auto"`` resumes from the
-            run's own newest checkpoint when there is one.
+            run's own newest checkpoint when there is one. Without it, an ``output_dir`` that
+            already holds a run (:func:`holds_run`) is refused before anything is written.
 
     Subclasses set in :meth:`build`: ``self.modules`` / ``self.optimizers`` (checkpointed by name),
     ``self.schedulers`` (by the optimiser's name), ``self.emas`` (by module name), and implement
@@ -107,7 +131,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.next_index: dict[int, int] = {}
-        self.skipped_samples: dict[int, int] = {}
+        self.skipped_samples: dict[str, int] = {}  # shard URL -> distinct samples skipped
+        self._skipped_seen: set[tuple[str, str | None]] = set()
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
@@ -158,7 +183,9 @@ class Trainer:
             seed=self.cfg.run.seed if seed is None else seed,
             storage_options=data.storage_options or None,
             dtype=torch.uint8,
-            handler=wds.warn_and_continue,
+            # Quiet: every skipped sample and shard read error is counted and logged once by
+            # note_skipped (data/skipped_samples) instead of webdataset's raw warnings.
+            handler=wds.ignore_and_continue,
             **kwargs,
         )
 
@@ -173,8 +200,11 @@ class Trainer:
 
         from vividhead.training.data import ClipFilter
 
+        manifest = Path(data.shards) / "manifest.parquet"
+        if not manifest.exists():  # every sample is used (ClipWindowDataset.from_output_dir warns)
+            return []
         flt = ClipFilter(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.clip_filter.items()})
-        table = pq.read_table(str(Path(data.shards) / "manifest.parquet"), columns=None)
+        table = pq.read_table(str(manifest), columns=None)
         table = table.filter(flt.expression())
         table = table.filter(pc.field("num_frames") > data.num_frames)
         return sorted(table.column("key").to_pylist())[: data.validation_clips]
@@ -202,13 +232,23 @@ class Trainer:
                 for m in batch.meta:
                     w = int(m["stream_worker"])
                     self.next_index[w] = max(self.next_index.get(w, 0), int(m["stream_index"]) + 1)
-                    self.skipped_samples[w] = max(self.skipped_samples.get(w, 0), int(m.get("skipped_in_worker", 0)))
+                    self.note_skipped(m.get("skipped_new", ()))
                 n += 1
                 yield batch
             if n == 0:
                 raise RuntimeError(f"no training windows in {data.shards} (check data.clip_filter and num_frames)")
             self.epoch += 1
             self.next_index = {}
+
+    def note_skipped(self, skipped: Any) -> None:
+        """Count and log (once each) the ``(shard_url, key, reason)`` the dataset skipped."""
+        for url, key, reason in skipped:
+            if (url, key) in self._skipped_seen:
+                continue
+            self._skipped_seen.add((url, key))
+            self.skipped_samples[url] = self.skipped_samples.get(url, 0) + 1
+            what = f"sample {key}" if key is not None else "the rest of the shard"
+            logger.warning("skipped %s of %s: %s", what, url, reason)
 
     # -- checks -----------------------------------------------------------------------------------
     def check_finite(self, *values: torch.Tensor) -> None:
@@ -252,6 +292,7 @@ class Trainer:
             "epoch": self.epoch,
             "next_index": dict(self.next_index),
             "skipped": dict(self.skipped_samples),
+            "skipped_keys": sorted(([u, k] for u, k in self._skipped_seen), key=lambda x: (x[0], x[1] or "")),
         }
         self.last_checkpoint = save_checkpoint(
             self.ckpt_dir, self.step, self.env, self.modules, self.optimizers, self._tensors(), meta, rank_state,
@@ -270,7 +311,8 @@ class Trainer:
             self.generator.set_state(rank_state["generator"])
             self.epoch = int(rank_state["epoch"])
             self.next_index = {int(k): int(v) for k, v in rank_state["next_index"].items()}
-            self.skipped_samples = {int(k): int(v) for k, v in rank_state.get("skipped", {}).items()}
+            self.skipped_samples = {str(k): int(v) for k, v in rank_state.get("skipped", {}).items()}
+            self._skipped_seen = {(str(u), k) for u, k in rank_state.get("skipped_keys", [])}
 
     # -- logging ----------------------------------------------------------------------------------
     def _open_writer(self) -> None:
@@ -328,22 +370,24 @@ class Trainer:
         """
         from tqdm import tqdm
 
-        from vividhead.training.trainers.flops import mfu
+        from vividhead.training.trainers.flops import mfu, peak_flops
 
-        if self.env.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
+        self.preflight()  # nothing is built or written before the run folder and the data are checked
         self.build()
         if self.resume is not None:
             target = self.out if self.resume == "auto" else self.resume
             if self.resume != "auto" or latest_checkpoint(target) is not None:
                 self.load(target)
+        if self.env.is_main:  # the run folder's first write
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.out / "config.json", to_dict(self.cfg))
         self._open_writer()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         cfg = self.cfg
         bar = tqdm(total=cfg.run.max_steps, initial=self.step, disable=not (self.env.is_main and cfg.log.progress),
                    desc=self.kind, unit="step", dynamic_ncols=True)
         stopped = "max_steps"
+        peak = peak_flops(self.env.device, cfg.parallel.precision)  # None: MFU not shown (CPU, unknown GPU)
         stream = self.data_stream()
         # Scalars stay on the device until a log step: no host sync per step besides the trainer's
         # own finiteness check, so the host queues the next step while the device runs this one.
@@ -385,15 +429,15 @@ class Trainer:
                     avg["perf/data_wait_share"] = t_data / max(elapsed, 1e-12)
                     if tokens:
                         avg["perf/tokens_per_s"] = tokens * n / elapsed
-                    if flops:
-                        avg["perf/mfu"] = mfu(flops, elapsed / n)
+                    if flops and peak:
+                        avg["perf/mfu"] = mfu(flops, elapsed / n, peak=peak)
                     for name, sch in self.schedulers.items():
                         avg[f"lr/{name}"] = sch.get_last_lr()[0]
                     if self.env.device.type == "cuda":
                         avg["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
                     avg["data/skipped_samples"] = float(sum(self.skipped_samples.values()))
                     post = {"loss": f"{avg.get('train/loss', float('nan')):.4f}"}
-                    if flops:
+                    if "perf/mfu" in avg:
                         post["MFU"] = f"{100 * avg['perf/mfu']:.1f}%"
                     if tokens:
                         post["tok/s"] = f"{avg['perf/tokens_per_s']:.0f}"
@@ -416,6 +460,39 @@ class Trainer:
                 self.writer.close()
         return {"step": self.step, "stopped": stopped, "last_checkpoint": self.last_checkpoint,
                 "history": self.history}
+
+    def preflight(self) -> None:
+        """Refuse a run folder that holds a run unless resuming, and check the data (every rank,
+        then a barrier, so no rank's check sees another rank's first write).
+
+        Raises:
+            UserError: ``run.output_dir`` holds a run and no ``--resume`` was given; a ``--resume``
+                path that does not exist; no shard, an unreadable manifest or a missing latent cache.
+        """
+        found = holds_run(self.out)
+        if found and self.resume is None:
+            raise UserError(f"run.output_dir {self.out} already holds a run ({', '.join(found)}); continue it with "
+                            "--resume auto, or set a new run.output_dir")
+        if self.resume not in (None, "auto") and not Path(self.resume).exists():
+            raise UserError(f"--resume {self.resume}: no such checkpoint or run folder")
+        self.check_data()
+        barrier(self.env)
+
+    def check_data(self) -> None:
+        """The configured data exists: shards (and a readable manifest, or none) or a latent cache.
+
+        Raises:
+            UserError: one line naming the folder.
+        """
+        data = self.cfg.data
+        if data.latent_cache:
+            if not Path(data.latent_cache).is_dir():
+                raise UserError(f"data.latent_cache: {data.latent_cache} is not a folder; write it with "
+                                "`vividhead train cache-latents`")
+            return
+        from vividhead.training.data import check_training_data
+
+        check_training_data(data.shards, data.storage_options or None)
 
     def _on_sigterm(self, signum, frame) -> None:
         logger.warning("SIGTERM: writing a checkpoint at the next step boundary")
