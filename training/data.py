@@ -58,10 +58,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vividhead.errors import UserError
 from vividhead.shard_format import (
     AUDIO_CHANNELS,
+    AUDIO_CONTEXT_S,
+    CHUNK_FRAMES,
     FPS,
     JSON,
     MANIFEST_FILE,
     MANIFEST_SCHEMA,
+    MOTION_FRAMES,
     MP4,
     SAMPLE_RATE_HZ,
     SAMPLES_PER_FRAME,
@@ -127,6 +130,30 @@ def check_training_data(out: str, storage_options: dict[str, Any] | None = None)
         raise DataError(f"data.shards: {out}/{MANIFEST_FILE} is not a readable Parquet manifest "
                         f"({one_line_reason(exc)}); re-run `vividhead curate` or remove it to use every sample") from exc
     return True
+
+
+class ShardContractError(UserError, ValueError):
+    """A sample's ``<key>.json`` records a frame rate or sample rate other than the shard
+    contract's (:mod:`vividhead.shard_format`): one line naming the sample and both values."""
+
+
+def check_sample_contract(meta: dict[str, Any], key: str, url: str | None = None) -> None:
+    """Check the ``fps`` and ``sample_rate`` a sample's ``<key>.json`` records (when it records
+    them) against :data:`~vividhead.shard_format.FPS` / :data:`~vividhead.shard_format.SAMPLE_RATE_HZ`.
+
+    The loader decodes by those constants (frame ``t`` at ``t / FPS`` s, audio sample
+    ``SAMPLES_PER_FRAME * t``), so a clip written at another rate would be misread, not just slow.
+
+    Raises:
+        ShardContractError: a recorded value differs (the message names the sample, its shard and both values).
+    """
+    where = f"{key.rsplit('/', 1)[-1]}" + (f" in {url}" if url else "")
+    for field, want, unit in (("fps", FPS, "frames per second"), ("sample_rate", SAMPLE_RATE_HZ, "Hz")):
+        got = meta.get(field)
+        if got is not None and float(got) != want:
+            raise ShardContractError(
+                f"sample {where}: {field} {got:g} {unit} in its json, the shard contract (vividhead.shard_format) "
+                f"fixes {want} {unit}; re-curate these shards with `vividhead curate`")
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,8 +262,8 @@ class WindowPlan:
 def plan_window(
     clip_num_frames: int,
     rng: random.Random,
-    num_frames: int = 33,
-    num_motion_frames: int = 5,
+    num_frames: int = CHUNK_FRAMES,
+    num_motion_frames: int = MOTION_FRAMES,
     cold_start_prob: float = 0.1,
 ) -> WindowPlan:
     """Draw a window, a reference frame outside it and the motion-frame count (FlashHead §3.1).
@@ -575,10 +602,10 @@ class ClipWindowDataset(IterableDataset):
         manifest: str | os.PathLike | None = None,
         clip_filter: ClipFilter | None = None,
         *,
-        num_frames: int = 33,
-        num_motion_frames: int = 5,
+        num_frames: int = CHUNK_FRAMES,
+        num_motion_frames: int = MOTION_FRAMES,
         cold_start_prob: float = 0.1,
-        audio_context_s: float = 8.0,
+        audio_context_s: float = AUDIO_CONTEXT_S,
         shuffle_buffer: int = 16,
         shuffle_shards: bool = True,
         resampled: bool = False,
@@ -763,6 +790,8 @@ class ClipWindowDataset(IterableDataset):
             rng = random.Random(wds.utils.make_seed(self.seed, self.epoch, rank, worker, 2, index))
             try:
                 window = self.decode_sample(sample, rng)
+            except ShardContractError:  # the shards break the contract: no handler may skip that
+                raise
             except Exception as exn:  # media errors: the handler decides
                 self.record_skip(sample.get("__url__"), sample.get("__key__", "").rsplit("/", 1)[-1],
                                  one_line_reason(exn))
@@ -796,10 +825,13 @@ class ClipWindowDataset(IterableDataset):
             The decoded window.
 
         Raises:
+            ShardContractError: the ``<key>.json`` records another ``fps`` or ``sample_rate`` than
+                the shard contract's (never skipped by ``handler``).
             ValueError: inconsistent clip (too short, audio shorter than 640 * N, wav2vec rows != N).
             av.FFmpegError: undecodable video.
         """
         meta = json.loads(sample[JSON]) if JSON in sample else {"key": sample["__key__"]}
+        check_sample_contract(meta, sample.get("__key__", ""), sample.get("__url__"))
         n = meta.get("num_frames")
         if n is None:
             with av.open(io.BytesIO(sample[MP4])) as c:
