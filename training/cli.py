@@ -20,7 +20,8 @@ train_app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 ConfigPath = Annotated[Path, typer.Option("--config", "-c", help="Trainer YAML (see examples/).")]
 Resume = Annotated[Optional[str], typer.Option(
-    "--resume", help="Checkpoint folder or run output folder to resume from; 'auto' = this run's newest.")]
+    "--resume", help="Continue a run: 'auto' = run.output_dir from its newest checkpoint, or a checkpoint or "
+                     "run folder. Without it, an output_dir that holds a run is refused.")]
 
 
 def _fail(exc: Exception) -> None:
