@@ -2,23 +2,39 @@
 :func:`register`.
 
 This module imports only Typer at import time (every heavy import is inside a command), so the
-``vividhead`` command lists ``eval`` even where torch or torch-fidelity are missing. A missing
-weights file or package stops a command at start-up with one line naming it (exit code 2).
+``vividhead`` command lists ``eval`` even where torch or torch-fidelity are missing.
+
+``score`` and ``run`` check their inputs and every metric's prerequisites before any model loads;
+a metric whose weights or package are missing is "not computed" in the report (one line on stderr
+lists them all with file and URL) unless ``--require`` names it, which makes it an error. Expected
+failures are :class:`vividhead.errors.UserError`: one line, exit code 2. ``score`` exits with 1
+when some videos could not be scored (their rows carry the error; the report is written).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, NoReturn, Optional
 
 import typer
+
+from vividhead.errors import UserError
 
 eval_app = typer.Typer(no_args_is_help=True, add_completion=False,
                        help="Evaluate talking-head videos: FID/KID, FVD, Sync-C/Sync-D, Light-ASD, drift.")
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Report folder (report.json, report.md, plots/).")]
-Device = Annotated[str, typer.Option(help="cpu / cuda.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU) / cuda / cpu.")]
 Skip = Annotated[str, typer.Option(help="Comma list of metrics not to compute: fid,kid,fvd,sync,asd.")]
+Require = Annotated[str, typer.Option(
+    help="Comma list of metrics that must be computed (or 'all'): a missing prerequisite of one is an error "
+         "(default: such a metric is reported as not computed, with the reason).")]
+Verbose = Annotated[bool, typer.Option("--verbose", help="Also show the native libraries' log lines (MediaPipe/LiteRT).")]
 Random = Annotated[str, typer.Option(
     "--random-weights", help="Comma list of models run at seeded random weights (i3d, syncnet): smoke tests "
     "and cost only; their figures are marked NOT REAL.")]
@@ -44,9 +60,9 @@ def _weights(items: Optional[list[str]]) -> dict[str, str]:
     return out
 
 
-def _fail(exc: BaseException) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
+def _fail(exc: BaseException) -> NoReturn:
+    """An expected failure: ``vividhead`` prints ``error: <message>`` as one line, exit code 2."""
+    raise UserError(str(exc)) from None
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -56,58 +72,116 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return (MissingEvalWeights, EvalDependencyError, FileNotFoundError, ValueError)
 
 
-def _score_config(device, skip, random_weights, fid_every, fvd_size, asd_weights, weights, max_frames, score_real=True):
-    from vividhead.evaluation.score import ScoreConfig
+@dataclass(frozen=True)
+class ScoreOptions:
+    """The options ``score`` and ``run`` share (one definition: :func:`with_score_options` adds them
+    to a command, which receives them as one ``ScoreOptions``)."""
 
-    return ScoreConfig(device=device, skip=_csv(skip), random_weights=_csv(random_weights), fid_every=fid_every,
-                       fvd_size=fvd_size, asd_weights=asd_weights, weights_paths=_weights(weights),
-                       max_frames=max_frames, score_real=score_real)
+    device: Device = "auto"
+    skip: Skip = ""
+    require: Require = ""
+    random_weights: Random = ""
+    fid_every: FidEvery = 1
+    fvd_size: FvdSize = 224
+    asd_weights: AsdWeights = "lightasd_ava"
+    weights: WeightsOpt = None
+    max_frames: MaxFrames = None
+    verbose: Verbose = False
+
+    def config(self, score_real: bool = True):
+        """The :class:`~vividhead.evaluation.score.ScoreConfig` of these options, ``--device auto``
+        resolved (said once on stderr) and ``--verbose`` applied.
+
+        Raises:
+            UserError: an unknown metric or model name, a bad ``--weights`` item, no CUDA device.
+        """
+        from vividhead.devices import resolve_device
+        from vividhead.evaluation.quiet import set_verbose
+        from vividhead.evaluation.score import ScoreConfig
+
+        set_verbose(self.verbose)
+        try:
+            cfg = ScoreConfig(device="cpu", skip=_csv(self.skip), require=_csv(self.require),
+                              random_weights=_csv(self.random_weights), fid_every=self.fid_every,
+                              fvd_size=self.fvd_size, asd_weights=self.asd_weights, weights_paths=_weights(self.weights),
+                              max_frames=self.max_frames, score_real=score_real)
+        except (ValueError, typer.BadParameter) as exc:
+            _fail(exc)
+        device = resolve_device(self.device)
+        if self.device == "auto":
+            typer.echo(f"device: {device} (auto: {'CUDA device found' if device.startswith('cuda') else 'no CUDA device'})",
+                       err=True)
+        return dataclasses.replace(cfg, device=device)
+
+
+def with_score_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the :class:`ScoreOptions` to a Typer command after its own options; the command declares
+    ``opts: ScoreOptions`` as its last parameter and is called with them gathered."""
+    sig = inspect.signature(command, eval_str=True)
+    own = [p for name, p in sig.parameters.items() if name != "opts"]
+    hints = typing.get_type_hints(ScoreOptions, include_extras=True)
+    fields = [f.name for f in dataclasses.fields(ScoreOptions)]
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+              for f in dataclasses.fields(ScoreOptions)]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        opts = ScoreOptions(**{name: kwargs.pop(name) for name in fields})
+        return command(**kwargs, opts=opts)
+
+    wrapper.__signature__ = sig.replace(parameters=own + shared)
+    return wrapper
 
 
 @eval_app.command("score")
+@with_score_options
 def score(
     generated: Annotated[str, typer.Argument(help="Folder of MP4s or shard URL(s) of generated videos.")],
     real: Annotated[str, typer.Argument(help="Folder of MP4s or shard URL(s) of the ground truth (paired by name).")],
     out: Out = Path("report"),
-    device: Device = "cpu",
-    skip: Skip = "",
-    random_weights: Random = "",
-    fid_every: FidEvery = 1,
-    fvd_size: FvdSize = 224,
-    asd_weights: AsdWeights = "lightasd_ava",
-    weights: WeightsOpt = None,
-    max_frames: MaxFrames = None,
     score_real: Annotated[bool, typer.Option(help="Also score Sync/ASD of the real videos.")] = True,
+    opts: ScoreOptions = ScoreOptions(),
 ) -> None:
-    """FID, KID, FVD, Sync-C/Sync-D and Light-ASD of GENERATED against REAL, paired by name."""
-    try:
-        from vividhead.evaluation.frames import list_videos, pair_names
-        from vividhead.evaluation.report import write_report
-        from vividhead.evaluation.score import load_eval_models, score_videos
+    """FID, KID, FVD, Sync-C/Sync-D and Light-ASD of GENERATED against REAL, paired by name.
 
-        cfg = _score_config(device, skip, random_weights, fid_every, fvd_size, asd_weights, weights, max_frames,
-                            score_real)
-        models = load_eval_models(cfg)
-    except _expected_errors() as exc:
-        _fail(exc)
-    try:
+    Metrics whose weights or packages are missing are reported as not computed (--require makes
+    that an error); a video that cannot be decoded becomes a row with its error and the exit code is 1.
+    """
+    from vividhead.evaluation.frames import list_videos, pair_names
+
+    try:  # the inputs first: no model loads for a missing folder
         gen, ref = list_videos(generated), list_videos(real)
-        names, only_gen, only_real = pair_names(gen, ref)
-        if only_gen or only_real:
-            typer.echo(f"unpaired: {len(only_gen)} generated, {len(only_real)} real (e.g. {(only_gen + only_real)[:3]})",
-                       err=True)
-        report = score_videos(names, gen, ref, cfg, models, log=typer.echo)
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc)
+    names, only_gen, only_real = pair_names(gen, ref)
+    if not names:
+        _fail(f"no video pairs to score: {len(gen)} videos in {generated}, {len(ref)} in {real}, none with the same "
+              "name (pairs are matched by file stem or shard key)")
+    cfg = opts.config(score_real)
+    from vividhead.evaluation.report import write_report
+    from vividhead.evaluation.score import load_eval_models, score_videos
+
+    log_err = functools.partial(typer.echo, err=True)
+    models = load_eval_models(cfg, log=log_err)
+    if only_gen or only_real:
+        log_err(f"unpaired: {len(only_gen)} generated, {len(only_real)} real (e.g. {(only_gen + only_real)[:3]})")
+    try:
+        report = score_videos(names, gen, ref, cfg, models, log=typer.echo)
     finally:
         models.close()
     report["inputs"] = {"generated": generated, "real": real}
     report["unpaired"] = {"generated": only_gen, "real": only_real}
     paths = write_report(report, out)
     typer.echo(f"wrote {paths['md']} and {paths['json']}")
+    failed = [r for r in report["per_video"] if r.get("error")]
+    if failed:
+        log_err(f"{len(failed)} of {len(names)} videos not scored (their rows in {paths['md']} say why), e.g. "
+                f"{failed[0]['name']}: {failed[0]['error']}")
+        raise typer.Exit(1)
 
 
 @eval_app.command("run")
+@with_score_options
 def run(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A `vividhead train export` folder.")],
     shards: Annotated[str, typer.Option("--shards", help="Test shards: URL(s), brace pattern or curation output folder.")],
@@ -117,32 +191,36 @@ def run(
     split: Annotated[Optional[Path], typer.Option(help="A split.json from `vividhead eval split` (overrides --num-clips).")] = None,
     reference_frame: Annotated[int, typer.Option(help="Clip frame used as the reference image.")] = 0,
     seed: Annotated[int, typer.Option(help="Generator noise seed.")] = 42,
-    dtype: Annotated[str, typer.Option(help="Generator precision: bf16 / fp16 / fp32.")] = "bf16",
+    dtype: Annotated[Optional[str], typer.Option(
+        help="Generator precision: bf16 / fp16 / fp32 (default: bf16 on CUDA, fp32 on the CPU).")] = None,
     fast_start: Annotated[bool, typer.Option("--fast-start", help="Short first chunk.")] = False,
-    device: Device = "cuda",
-    skip: Skip = "",
-    random_weights: Random = "",
-    fid_every: FidEvery = 1,
-    fvd_size: FvdSize = 224,
-    asd_weights: AsdWeights = "lightasd_ava",
-    weights: WeightsOpt = None,
-    max_frames: MaxFrames = None,
+    opts: ScoreOptions = ScoreOptions(),
 ) -> None:
     """Generate every test clip from its first frame and own audio, then score against the ground truth."""
+    from vividhead.devices import default_dtype_name, parse_dtype
+
+    if not checkpoint.is_dir():
+        _fail(f"--checkpoint {checkpoint}: no such folder; give the folder `vividhead train export --out` wrote")
+    if split is not None and not split.is_file():
+        _fail(f"--split {split}: no such file; make one with `vividhead eval split`")
+    cfg = opts.config()
+    dtype = dtype or default_dtype_name(cfg.device)
+    parse_dtype(dtype)
     try:
         from vividhead.evaluation.run import run_eval
         from vividhead.evaluation.split import TestSplit
 
-        if dtype not in ("bf16", "fp16", "fp32"):
-            raise ValueError("--dtype must be bf16, fp16 or fp32")
-        cfg = _score_config(device, skip, random_weights, fid_every, fvd_size, asd_weights, weights, max_frames)
         test_split = TestSplit.from_json(split) if split else None
         report = run_eval(checkpoint, shards, out, cfg, split=test_split, num_clips=num_clips, split_seed=split_seed,
-                          reference_frame=reference_frame, gen_seed=seed, device=device, dtype=dtype,
+                          reference_frame=reference_frame, gen_seed=seed, device=cfg.device, dtype=dtype,
                           fast_start=fast_start, log=typer.echo)
     except _expected_errors() as exc:
         _fail(exc)
     typer.echo(f"wrote {out / 'report.md'} ({report['metrics']['num_videos']} clips)")
+    failed = [r for r in report["per_video"] if r.get("error")]
+    if failed:
+        typer.echo(f"{len(failed)} clips not scored (their rows in {out / 'report.md'} say why)", err=True)
+        raise typer.Exit(1)
 
 
 @eval_app.command("drift")

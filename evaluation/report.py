@@ -113,7 +113,8 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     lines = ["# vividhead evaluation", ""]
     if report.get("inputs"):
         lines += [f"- {k}: `{v}`" for k, v in report["inputs"].items()]
-    lines += [f"- created: {report.get('created')}", f"- videos: {m.get('num_videos')}, frames: {m.get('num_frames')}", ""]
+    failed = f" ({m['num_failed']} not scored: see their rows)" if m.get("num_failed") else ""
+    lines += [f"- created: {report.get('created')}", f"- videos: {m.get('num_videos')}{failed}, frames: {m.get('num_frames')}", ""]
     if any(rnd.values()):
         lines += ["> **Random weights**: " + ", ".join(sorted(k for k, v in rnd.items() if v))
                   + " were computed with seeded random weights to exercise the code. They are NOT real figures.", ""]
@@ -143,7 +144,9 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     lines.append("|---|" + "---|" * len(cols) + "---|")
     for r in rows:
         note = "; ".join(f"{w}: {r[f'{p}_error']}" for p, w in (("gen", "generated"), ("real", "real")) if r.get(f"{p}_error"))
-        if r.get("generated_frames") != r.get("real_frames"):
+        if r.get("error"):
+            note = f"**not scored**: {r['error']}".replace("|", "/")
+        elif r.get("generated_frames") != r.get("real_frames"):
             note = "; ".join(x for x in (note, f"frames {r.get('generated_frames')} vs {r.get('real_frames')}") if x)
         lines.append(f"| {r['name']} | " + " | ".join(_fmt(r.get(k), f) for k, _, f in cols) + f" | {note} |")
     if plots:

@@ -118,23 +118,22 @@ def run_eval(
         the report dict (also written).
 
     Raises:
-        MissingEvalWeights / EvalDependencyError: at start-up, before generating anything.
+        vividhead.errors.UserError: a required metric's prerequisites are missing, or none can be
+            computed (at start-up, before generating anything).
         ValueError: ``reference_frame`` outside a clip, or split keys missing from the shards.
     """
-    import torch
-
+    from vividhead.devices import parse_dtype
     from vividhead.evaluation.report import write_report
     from vividhead.evaluation.score import load_eval_models, score_videos
     from vividhead.media import Mp4Writer
 
     out = Path(out)
-    eval_models = load_eval_models(score_cfg)  # start-up check before the generator loads
+    eval_models = load_eval_models(score_cfg, log=log)  # start-up check before the generator loads
     try:
         if models is None:
             from vividhead.inference.pipeline import FlashHeadModels
 
-            table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-            models = FlashHeadModels.from_export(checkpoint, device=device, dtype=table[dtype])
+            models = FlashHeadModels.from_export(checkpoint, device=device, dtype=parse_dtype(dtype))
         streaming = dataclasses.replace(models.variant.streaming, fast_start=fast_start)
         samples, split = load_split_samples(shards, split, num_clips, split_seed, storage_options)
         split.to_json(out / "split.json")

@@ -9,16 +9,24 @@ Pairs are aligned on their first ``min(len(generated), len(real))`` frames at 25
 both is the real clip's track (the driving audio; ``audio_from="generated"`` uses the generated
 file's own track, whose AAC encoding may shift it by a frame or two).
 
-All models and weights are loaded by :func:`load_eval_models` before any video is read, so a missing
-file or package stops the command at start-up with one line naming it and the ``--skip`` flag.
+Every prerequisite (torch-fidelity for FID/KID, each weights file) is checked by
+:func:`check_prerequisites` before any model loads or video is read. By default a metric whose
+prerequisites are missing is not computed and the report says why ("not computed: ..."); one line on
+stderr lists every missing one with its file and URL. ``--require fid,fvd,...`` (``ScoreConfig.require``)
+makes a missing one an error that names them all (:class:`vividhead.errors.UserError`, exit 2).
+
+A video that cannot be decoded (truncated, not a video) becomes a row with its ``error``; the other
+pairs are scored and the report is written (``metrics.num_failed`` counts such rows).
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +59,8 @@ class ScoreConfig:
         max_frames: score at most this many frames per video (None: all).
         weights_paths: registry name -> explicit weights path.
         batch_size: frames (Inception) per forward pass; I3D takes ``batch_size // 8`` clips.
+        require: metric groups whose missing prerequisites are an error (default: a missing one is
+            "not computed").
     """
 
     device: str = "cpu"
@@ -68,11 +78,18 @@ class ScoreConfig:
     max_frames: int | None = None
     weights_paths: dict[str, str] = field(default_factory=dict)
     batch_size: int = 32
+    require: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        bad = sorted(set(self.skip) - set(METRICS))
-        if bad:
-            raise ValueError(f"--skip: unknown metrics {bad}; choose from {list(METRICS)}")
+        if "all" in self.require:
+            object.__setattr__(self, "require", tuple(m for m in METRICS if m not in self.skip))
+        for flag, names in (("--skip", self.skip), ("--require", self.require)):
+            bad = sorted(set(names) - set(METRICS))
+            if bad:
+                raise ValueError(f"{flag}: unknown metrics {bad}; choose from {list(METRICS)}")
+        both = sorted(set(self.skip) & set(self.require))
+        if both:
+            raise ValueError(f"--skip and --require both name {both}")
         bad = sorted(set(self.random_weights) - set(RANDOMIZABLE))
         if bad:
             raise ValueError(f"--random-weights: unknown models {bad}; choose from {list(RANDOMIZABLE)}")
@@ -140,45 +157,143 @@ class EvalModels:
     def close(self) -> None:
         """Release the face detector's MediaPipe graph (the torch models go with the object)."""
         if self.detector is not None:
-            self.detector.close()
+            from vividhead.evaluation.quiet import native_log_filter
+
+            with native_log_filter():
+                self.detector.close()
             self.detector = None
 
 
-def load_eval_models(cfg: ScoreConfig) -> EvalModels:
-    """Load every model the config asks for (start-up check).
+@dataclass
+class Prerequisites:
+    """What the wanted metrics need and which of it is missing (:func:`check_prerequisites`).
+
+    Attributes:
+        missing: ``{metric: reason}`` for each wanted metric that cannot be computed.
+        items: one entry per missing thing (a package or a weights file, with where to get it),
+            each listed once however many metrics need it.
+    """
+
+    missing: dict[str, str] = field(default_factory=dict)
+    items: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
+
+    def message(self, metrics: list[str] | None = None) -> str:
+        """One line: the metrics, then every missing thing with its file and URL, then how to fix."""
+        from vividhead import weights as registry
+
+        names = metrics if metrics is not None else list(self.missing)
+        what = [w for ms, w in self.items if set(ms) & set(names)]
+        where = os.environ.get("VIVIDHEAD_WEIGHTS_DIR") or "unset"
+        return (f"{', '.join(names)}: missing " + "; ".join(what)
+                + f" -- put weight files in $VIVIDHEAD_WEIGHTS_DIR (now {where}) or {registry.cache_dir()}, "
+                "or pass --weights NAME=PATH")
+
+
+def _missing_weights(name: str, explicit: str | None) -> str | None:
+    """None when the registry entry ``name`` resolves (``explicit`` first, as ``--weights``), else
+    what is missing in eval's words (``--weights NAME=PATH``, not a stage config)."""
+    from vividhead import weights as registry
+
+    if explicit and not Path(explicit).expanduser().is_file():
+        return f"--weights {name}={explicit}: no such file"
+    try:
+        registry.resolve(name, explicit)
+        return None
+    except registry.WeightsNotFound:
+        spec = registry.REGISTRY[name]
+        how = "not found offline" if registry.offline() else "not found and its download failed"
+        return f"{spec.filename} ({name}, {how}; from {spec.url})"
+
+
+def check_prerequisites(cfg: ScoreConfig) -> Prerequisites:
+    """Check every prerequisite of the metrics ``cfg`` wants (packages, weights files) without loading
+    a model; weights are resolved through the registry (downloaded unless ``VIVIDHEAD_OFFLINE=1``)."""
+    from vividhead.models.face_detector import WEIGHTS_NAME
+
+    p = cfg.weights_paths
+    needs: list[tuple[tuple[str, ...], str | None]] = []  # (metrics, what is missing or None)
+    if cfg.wants("fid") or cfg.wants("kid"):
+        from vividhead.evaluation.fid import EvalDependencyError, require_torch_fidelity
+
+        group = tuple(m for m in ("fid", "kid") if cfg.wants(m))
+        try:
+            require_torch_fidelity()
+        except EvalDependencyError:
+            needs.append((group, "torch-fidelity with a torchvision that matches your torch "
+                                 "(pip install 'vividhead[eval]' where such a torchvision exists, e.g. a CUDA machine)"))
+        needs.append((group, _missing_weights("inception_fid", p.get("inception_fid"))))
+    if cfg.wants("fvd") and "i3d" not in cfg.random_weights:
+        needs.append((("fvd",), _missing_weights("i3d_rgb_imagenet", p.get("i3d_rgb_imagenet"))))
+    if cfg.wants("sync") and "syncnet" not in cfg.random_weights:
+        needs.append((("sync",), _missing_weights("syncnet_v2", p.get("syncnet_v2"))))
+    if cfg.wants("asd"):
+        needs.append((("asd",), _missing_weights(cfg.asd_weights, p.get(cfg.asd_weights))))
+    face = tuple(m for m in ("sync", "asd") if cfg.wants(m))
+    if face:
+        needs.append((face, _missing_weights(WEIGHTS_NAME, p.get(WEIGHTS_NAME))))
+    out = Prerequisites()
+    for metrics, what in needs:
+        if what is None:
+            continue
+        out.items.append((metrics, what))
+        for m in metrics:
+            out.missing[m] = f"{out.missing[m]}; {what}" if m in out.missing else f"missing {what}"
+    return out
+
+
+def load_eval_models(cfg: ScoreConfig, log: Callable[[str], None] = lambda s: None) -> EvalModels:
+    """Check every prerequisite (:func:`check_prerequisites`), then load the models of the metrics
+    that can be computed; the others are listed in ``EvalModels.skipped`` as "not computed" with the
+    reason, and ``log`` gets one line naming every missing file with its URL.
 
     Raises:
-        vividhead.evaluation.loaders.MissingEvalWeights: a weights file is missing (the
-            message names it and the ``--skip`` flag).
-        vividhead.evaluation.fid.EvalDependencyError: FID/KID asked without torch-fidelity.
+        vividhead.errors.UserError: a metric in ``cfg.require`` cannot be computed, or no wanted
+            metric can (one line listing every missing file with its URL).
     """
+    from vividhead.errors import UserError
     from vividhead.evaluation import loaders
+    from vividhead.evaluation.quiet import native_log_filter
 
     m = EvalModels()
     p = cfg.weights_paths
     for metric in cfg.skip:
         m.skipped[metric] = "skipped (--skip)"
-    try:
-        if cfg.wants("fid") or cfg.wants("kid"):
-            from vividhead.evaluation.fid import InceptionFeatures, require_torch_fidelity
+    pre = check_prerequisites(cfg)
+    required = [x for x in cfg.require if x in pre.missing]
+    if required:
+        raise UserError(f"--require {','.join(cfg.require)}: cannot compute {pre.message(required)}")
+    wanted = [x for x in METRICS if cfg.wants(x)]
+    if wanted and all(x in pre.missing for x in wanted):
+        raise UserError(f"no metric can be computed: {pre.message()}")
+    if pre.missing:
+        log(f"not computed: {pre.message()} (--require METRICS makes this an error; --skip METRICS silences it)")
+    for metric, reason in pre.missing.items():
+        m.skipped[metric] = reason
 
-            require_torch_fidelity()
+    def can(metric: str) -> bool:
+        return cfg.wants(metric) and metric not in pre.missing
+
+    try:
+        if can("fid") or can("kid"):
+            from vividhead.evaluation.fid import InceptionFeatures
+
             rec = loaders.inception_weights(p.get("inception_fid"))
             m.inception = InceptionFeatures(rec.path, cfg.device, cfg.batch_size)
             m.records[rec.name] = rec.to_dict()
-        if cfg.wants("fvd"):
+        if can("fvd"):
             seed = cfg.seed if "i3d" in cfg.random_weights else None
             m.i3d, rec = loaders.load_i3d(p.get("i3d_rgb_imagenet"), cfg.device, seed)
             m.records[rec.name] = rec.to_dict()
-        if cfg.wants("sync"):
+        if can("sync"):
             seed = cfg.seed if "syncnet" in cfg.random_weights else None
             m.syncnet, rec = loaders.load_syncnet(p.get("syncnet_v2"), cfg.device, seed)
             m.records[rec.name] = rec.to_dict()
-        if cfg.wants("asd"):
+        if can("asd"):
             m.asd, rec = loaders.load_asd(p.get(cfg.asd_weights), cfg.device, cfg.asd_weights)
             m.records[rec.name] = rec.to_dict()
-        if cfg.wants("sync") or cfg.wants("asd"):
-            m.detector, rec = loaders.face_detector(p.get("face_mediapipe_detector"))
+        if can("sync") or can("asd"):
+            with native_log_filter():
+                m.detector, rec = loaders.face_detector(p.get("face_mediapipe_detector"))
             m.records[rec.name] = rec.to_dict()
     except BaseException:
         m.close()
@@ -196,9 +311,12 @@ def _face_scores(video_frames: np.ndarray, audio: np.ndarray, cfg: ScoreConfig, 
     out: dict[str, Any] = {"sync_c": None, "sync_d": None, "av_offset": None, "asd": None, "error": None}
     if m.syncnet is None and m.asd is None:
         return out
+    from vividhead.evaluation.quiet import native_log_filter
+
     try:
         t = time.perf_counter()
-        faces = face_crops(video_frames, m.detector, keep_bgr=m.syncnet is not None)
+        with native_log_filter():
+            faces = face_crops(video_frames, m.detector, keep_bgr=m.syncnet is not None)
         timing["face_track"] = timing.get("face_track", 0.0) + time.perf_counter() - t
         if m.syncnet is not None:
             from vividhead.evaluation.sync import sync_metrics
@@ -217,6 +335,24 @@ def _face_scores(video_frames: np.ndarray, audio: np.ndarray, cfg: ScoreConfig, 
     except MediaError as exc:
         out["error"] = exc.reason
     return out
+
+
+class VideoError(Exception):
+    """One pair could not be decoded (or generated): its row gets the message as ``error``."""
+
+
+def _decode(loader: Loader, side: str) -> Video:
+    """Call a video loader; a truncated file, a file that is not a video, or a video without frames
+    becomes a :class:`VideoError` naming the side (``generated`` / ``real``)."""
+    import av
+
+    from vividhead.errors import MediaError
+
+    try:
+        return loader()
+    except (av.FFmpegError, ValueError, OSError, IndexError, EOFError, MediaError) as exc:
+        lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+        raise VideoError(f"{side}: {type(exc).__name__}: {'; '.join(lines)[:300]}") from exc
 
 
 def _mean(values: list) -> float | None:
@@ -256,11 +392,19 @@ def score_videos(
     timing: dict[str, float] = {}
     fid_gen, fid_real, fvd_gen, fvd_real, rows = [], [], [], [], []
     total_frames = 0
+    failed = 0
     for i, name in enumerate(names):
         t = time.perf_counter()
-        g: Video = generated[name]()
-        r: Video = real[name]()
-        timing["decode_or_generate"] = timing.get("decode_or_generate", 0.0) + time.perf_counter() - t
+        try:
+            g: Video = _decode(generated[name], "generated")
+            r: Video = _decode(real[name], "real")
+        except VideoError as exc:
+            failed += 1
+            rows.append({"name": name, "error": str(exc)})
+            log(f"[{i + 1}/{len(names)}] {name}: not scored ({exc})")
+            continue
+        finally:
+            timing["decode_or_generate"] = timing.get("decode_or_generate", 0.0) + time.perf_counter() - t
         n = min(len(g.frames), len(r.frames))
         if cfg.max_frames:
             n = min(n, cfg.max_frames)
@@ -292,9 +436,13 @@ def score_videos(
             + "".join(f", {k} {row[k]:.3f}" for k in ("gen_sync_c", "gen_sync_d", "gen_asd") if row.get(k) is not None)
             + (f" ({row['gen_error']})" if row.get("gen_error") else ""))
 
-    metrics: dict[str, Any] = {"num_videos": len(rows), "num_frames": total_frames}
+    metrics: dict[str, Any] = {"num_videos": len(rows), "num_failed": failed, "num_frames": total_frames}
     skipped = dict(models.skipped)
-    if models.inception is not None:
+    if failed == len(rows):
+        for metric in METRICS:
+            if cfg.wants(metric) and metric not in skipped:
+                skipped[metric] = "no video could be scored"
+    elif models.inception is not None:
         from vividhead.evaluation.fid import fid_from_features, kid_from_features
 
         a, b = np.concatenate(fid_gen), np.concatenate(fid_real)
@@ -303,7 +451,7 @@ def score_videos(
             metrics["fid"] = fid_from_features(a, b)
         if cfg.wants("kid"):
             metrics["kid_mean"], metrics["kid_std"], metrics["kid_subset_size"] = kid_from_features(a, b)
-    if models.i3d is not None:
+    if models.i3d is not None and fvd_gen:
         from vividhead.evaluation.fvd import frechet_distance
 
         a, b = np.concatenate(fvd_gen), np.concatenate(fvd_real)
@@ -315,7 +463,7 @@ def score_videos(
     for prefix in ("gen", "real") if cfg.score_real else ("gen",):
         keys = (("sync_c", "sync_d") if models.syncnet is not None else ()) + (("asd",) if models.asd is not None else ())
         for key in keys:
-            vals = [r[f"{prefix}_{key}"] for r in rows]
+            vals = [r.get(f"{prefix}_{key}") for r in rows]
             metrics[f"{prefix}_{key}_mean"] = _mean(vals)
             metrics[f"{prefix}_{key}_videos"] = sum(v is not None for v in vals)
     random = {
