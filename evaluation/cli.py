@@ -90,7 +90,7 @@ class ScoreOptions:
 
     def config(self, score_real: bool = True):
         """The :class:`~vividhead.evaluation.score.ScoreConfig` of these options, ``--device auto``
-        resolved (said once on stderr) and ``--verbose`` applied.
+        resolved (:meth:`announce` says it) and ``--verbose`` applied.
 
         Raises:
             UserError: an unknown metric or model name, a bad ``--weights`` item, no CUDA device.
@@ -107,11 +107,13 @@ class ScoreOptions:
                               max_frames=self.max_frames, score_real=score_real)
         except (ValueError, typer.BadParameter) as exc:
             _fail(exc)
-        device = resolve_device(self.device)
+        return dataclasses.replace(cfg, device=resolve_device(self.device))
+
+    def announce(self, cfg) -> None:
+        """Say once on stderr which device ``--device auto`` chose."""
         if self.device == "auto":
-            typer.echo(f"device: {device} (auto: {'CUDA device found' if device.startswith('cuda') else 'no CUDA device'})",
-                       err=True)
-        return dataclasses.replace(cfg, device=device)
+            why = "CUDA device found" if cfg.device.startswith("cuda") else "no CUDA device"
+            typer.echo(f"device: {cfg.device} (auto: {why})", err=True)
 
 
 def with_score_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -163,6 +165,7 @@ def score(
 
     log_err = functools.partial(typer.echo, err=True)
     models = load_eval_models(cfg, log=log_err)
+    opts.announce(cfg)
     if only_gen or only_real:
         log_err(f"unpaired: {len(only_gen)} generated, {len(only_real)} real (e.g. {(only_gen + only_real)[:3]})")
     try:
@@ -206,6 +209,7 @@ def run(
     cfg = opts.config()
     dtype = dtype or default_dtype_name(cfg.device)
     parse_dtype(dtype)
+    opts.announce(cfg)
     try:
         from vividhead.evaluation.run import run_eval
         from vividhead.evaluation.split import TestSplit

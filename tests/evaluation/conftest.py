@@ -7,13 +7,13 @@ from pathlib import Path
 
 # ``tests/training/`` (no __init__) would shadow the real ``training`` package as a namespace package
 # when pytest runs as ``.venv/bin/pytest`` (repo root not on sys.path); ``python -m pytest`` is fine.
-_REPO = str(Path(__file__).resolve().parents[3])
+_REPO = str(Path(__file__).resolve().parents[2])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 import pytest  # noqa: E402
 
-FIXTURES = (Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures").resolve()
+FIXTURES = (Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures").resolve()
 VIDEO_DIR = FIXTURES / "media" / "video"
 AUDIO_DIR = FIXTURES / "media" / "audio"
 WEIGHTS_DIR = FIXTURES / "weights"

@@ -72,20 +72,29 @@ def test_score_writes_the_report(pair_dirs, tmp_path):
     assert (out / "plots" / "per_video.png").stat().st_size > 5000
 
 
-def test_missing_weights_stop_at_start_up_naming_the_file(pair_dirs, tmp_path):
-    r = invoke("score", str(pair_dirs / "generated"), str(pair_dirs / "real"), "--out", str(tmp_path / "x"),
-               "--skip", "fid,kid,fvd,asd")
-    assert r.exit_code == 2
-    assert "syncnet_v2.model not found offline" in r.output and "--skip sync" in r.output
-    assert "Traceback" not in r.output and not (tmp_path / "x").exists()
+def _main(argv: list[str], capsys) -> tuple[int, str]:
+    from vividhead.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code, capsys.readouterr().err
 
 
-def test_fid_on_cpu_is_a_one_line_message(pair_dirs, tmp_path):
-    r = invoke("score", str(pair_dirs / "generated"), str(pair_dirs / "real"), "--out", str(tmp_path / "x"),
-               "--skip", "fvd,sync,asd")
-    assert r.exit_code == 2
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "torch-fidelity" in lines[0] and "pip install" in lines[0] and "--skip fid,kid" in lines[0]
+def test_required_missing_weights_stop_at_start_up_naming_the_file(pair_dirs, tmp_path, capsys):
+    code, err = _main(["eval", "score", str(pair_dirs / "generated"), str(pair_dirs / "real"), "--out",
+                       str(tmp_path / "x"), "--skip", "fid,kid,fvd,asd", "--require", "sync"], capsys)
+    assert code == 2
+    assert "syncnet_v2.model (syncnet_v2, not found offline" in err and "--weights NAME=PATH" in err
+    assert "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+def test_required_fid_on_cpu_is_a_one_line_message(pair_dirs, tmp_path, capsys):
+    code, err = _main(["eval", "score", str(pair_dirs / "generated"), str(pair_dirs / "real"), "--out",
+                       str(tmp_path / "x"), "--skip", "fvd,sync,asd", "--require", "fid,kid"], capsys)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "torch-fidelity" in lines[0] and "pip install" in lines[0]
+    assert "weights-inception-2015-12-05-6726825d.pth" in lines[0]
 
 
 def test_cli_module_imports_with_only_typer():
@@ -103,7 +112,7 @@ def test_cli_module_imports_with_only_typer():
         "print(sorted(c.name for c in cli.eval_app.registered_commands))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['drift', 'run', 'score', 'split']"
+    assert out.stdout.strip() == "['drift', 'rollout', 'run', 'score', 'split']"
 
 
 def test_drift_command(tmp_path, clips):
