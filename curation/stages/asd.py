@@ -25,32 +25,29 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from vividhead import weights
 from vividhead.curation.audio_io import mfcc_100hz
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
+from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage
 from vividhead.curation.models.lightasd import LightASD, load_lightasd
 from vividhead.curation.records import Row
-from vividhead.curation.stage import FrameStage, StageConfig, check
+from vividhead.curation.stage import FrameStage, check
 from vividhead.errors import MediaError
-from vividhead.models.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
 from vividhead.models.face_detector import FaceDetector
 from vividhead.shard_format import FPS, SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True)
-class ASDConfig(StageConfig):
+class ASDConfig(FaceScorerConfig):
     """Light-ASD active-speaker score (Liao et al., CVPR 2023): mean per-frame speaking logit.
 
-    Mainly a speaking-activity signal, only weakly a lip-sync signal.
+    Mainly a speaking-activity signal, only weakly a lip-sync signal. The face-track fields
+    (``weights_path``: explicit checkpoint path, overriding the registry lookup of ``weights``;
+    ``detector_weights_path``, ``min_confidence``, ``min_face_share``, ``crop_scale``) are
+    :class:`~vividhead.curation.face_scorer.FaceScorerConfig`'s.
 
     Attributes:
         weights: registry name of the checkpoint: ``lightasd_ava`` (AVA-ActiveSpeaker pre-training,
             default) or ``lightasd_talkset`` (TalkSet fine-tuning).
-        weights_path: explicit checkpoint path (overrides the registry lookup of ``weights``).
-        detector_weights_path: explicit path of the MediaPipe face detector; else the registry.
-        min_confidence: face detector score threshold for the face track.
-        min_face_share: reject ``no_face_track`` when fewer frames (share) have a face.
-        crop_scale: face crop context around the box (0.4 in the authors' evaluation).
         durations_s: chunk lengths (seconds) whose per-frame scores are averaged. The authors'
             evaluation uses 1-6 (:data:`DURATIONS_S`, what ``vividhead eval`` reports); the filter
             defaults to 2, 4 and 6 (the visual front-end runs once per clip plus 12-frame windows at
@@ -68,11 +65,6 @@ class ASDConfig(StageConfig):
     memory_gib: float = 3.5  # a decoded 50 s clip (1 GiB), its 224 px face crops (0.2 GiB), Light-ASD activations (Ray measured 2.2 GiB on a 20 s clip)
 
     weights: Literal["lightasd_ava", "lightasd_talkset"] = "lightasd_ava"
-    weights_path: Optional[str] = None
-    detector_weights_path: Optional[str] = None
-    min_confidence: float = 0.5
-    min_face_share: float = 0.5
-    crop_scale: float = 0.4
     durations_s: tuple = (2, 4, 6)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     min_asd_score: Optional[float] = -2.0
@@ -82,9 +74,6 @@ class ASDConfig(StageConfig):
 
     def validate(self, section: str) -> None:
         super().validate(section)
-        check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
-        check(0 <= self.min_face_share <= 1, f"{section}.min_face_share", "must be in [0, 1]")
-        check(self.crop_scale >= 0, f"{section}.crop_scale", "must be >= 0")
         check(self.precision in ("auto", "fp32", "bf16"), f"{section}.precision", "must be auto, fp32 or bf16")
         check(
             isinstance(self.durations_s, tuple) and len(self.durations_s) > 0
@@ -274,31 +263,18 @@ def score_asd(clip: DecodedClip | bytes, audio: Optional[bytes], model: LightASD
         return asd_scores(visual_embeddings(faces, model, device, cfg.durations_s), mfcc_100hz(pcm, sr), model, device)
 
 
-class ASDStage(FrameStage):
+class ASDStage(FaceScorerStage, FrameStage):
     """Records ``asd_score`` and rejects clips whose face does not look like the speaker."""
 
     name = "asd"
     config_class = ASDConfig
     writes_columns = ("asd_score",)
 
-    def __init__(self, cfg: ASDConfig) -> None:
-        super().__init__(cfg)
-        self._model: Optional[LightASD] = None
-        self._detector: Optional[FaceDetector] = None
-        self._device = "cpu"
+    def model_weights(self) -> str:
+        return self.cfg.weights
 
-    def weights(self):
-        return [(self.cfg.weights, self.cfg.weights_path), (FACE_WEIGHTS, self.cfg.detector_weights_path)]
-
-    def setup(self) -> None:
-        self._device = self.device()
-        self._model = load_lightasd(weights.resolve(self.cfg.weights, self.cfg.weights_path), self._device)
-        self._detector = FaceDetector.load(self.cfg.detector_weights_path, self.cfg.min_confidence)
-
-    def teardown(self) -> None:
-        if self._detector is not None:
-            self._detector.close()
-        self._model, self._detector = None, None
+    def load_model(self, path, device: str) -> LightASD:
+        return load_lightasd(path, device)
 
     def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
         s = score_asd(clip, None, self._model, self._detector, self.cfg, self._device)

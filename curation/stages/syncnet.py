@@ -28,28 +28,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vividhead import weights
 from vividhead.curation.audio_io import mfcc_100hz
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
+from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage
 from vividhead.curation.models.syncnet import SyncNet, load_syncnet
 from vividhead.curation.records import Row
-from vividhead.curation.stage import FrameStage, StageConfig, check
+from vividhead.curation.stage import FrameStage, check
 from vividhead.errors import MediaError
-from vividhead.models.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
 from vividhead.models.face_detector import FaceDetector
 from vividhead.shard_format import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
 
 @dataclass(frozen=True)
-class SyncNetConfig(StageConfig):
+class SyncNetConfig(FaceScorerConfig):
     """SyncNet lip-sync scores LSE-C / LSE-D / AV offset (FlashHead section 2.1.2).
 
+    The face-track fields (``weights_path``: explicit path of ``syncnet_v2.model``, else the
+    registry's ``syncnet_v2``; ``detector_weights_path``, ``min_confidence``, ``min_face_share``,
+    ``crop_scale``) are :class:`~vividhead.curation.face_scorer.FaceScorerConfig`'s.
+
     Attributes:
-        weights_path: explicit path of ``syncnet_v2.model``; else the registry (``syncnet_v2``).
-        detector_weights_path: explicit path of the MediaPipe face detector; else the registry.
-        min_confidence: face detector score threshold for the face track.
-        min_face_share: reject ``no_face_track`` when fewer frames (share) have a face.
-        crop_scale: face crop context around the box (0.4 in syncnet_python).
         vshift_frames: offsets searched on each side, in video frames (15 in the LSE protocol).
         batch_size: 5-frame windows per forward pass.
         min_lse_c: reject ``low_sync_confidence`` below this LSE-C; ``None`` = off.
@@ -60,11 +58,6 @@ class SyncNetConfig(StageConfig):
 
     memory_gib: float = 3.0  # a decoded 50 s clip (1 GiB), its 224 px face crops (0.2 GiB) and SyncNet activations
 
-    weights_path: Optional[str] = None
-    detector_weights_path: Optional[str] = None
-    min_confidence: float = 0.5
-    min_face_share: float = 0.5
-    crop_scale: float = 0.4
     vshift_frames: int = 15
     batch_size: int = 20
     min_lse_c: Optional[float] = 3.0
@@ -73,9 +66,6 @@ class SyncNetConfig(StageConfig):
 
     def validate(self, section: str) -> None:
         super().validate(section)
-        check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
-        check(0 <= self.min_face_share <= 1, f"{section}.min_face_share", "must be in [0, 1]")
-        check(self.crop_scale >= 0, f"{section}.crop_scale", "must be >= 0")
         check(self.vshift_frames >= 1, f"{section}.vshift_frames", "must be >= 1")
         check(self.batch_size >= 1, f"{section}.batch_size", "must be >= 1")
         check(self.max_lse_d is None or self.max_lse_d > 0, f"{section}.max_lse_d", "must be > 0 or null")
@@ -253,31 +243,18 @@ def score_lipsync(
     return lipsync_from_crops(crops, pcm, model, cfg.vshift_frames, cfg.batch_size, device)
 
 
-class SyncNetStage(FrameStage):
+class SyncNetStage(FaceScorerStage, FrameStage):
     """Scores LSE-C / LSE-D / AV offset and rejects clips outside the configured bounds."""
 
     name = "syncnet"
     config_class = SyncNetConfig
     writes_columns = ("lse_c", "lse_d", "av_offset_frames")
 
-    def __init__(self, cfg: SyncNetConfig) -> None:
-        super().__init__(cfg)
-        self._model: Optional[SyncNet] = None
-        self._detector: Optional[FaceDetector] = None
-        self._device = "cpu"
+    def model_weights(self) -> str:
+        return "syncnet_v2"
 
-    def weights(self):
-        return [("syncnet_v2", self.cfg.weights_path), (FACE_WEIGHTS, self.cfg.detector_weights_path)]
-
-    def setup(self) -> None:
-        self._device = self.device()
-        self._model = load_syncnet(weights.resolve("syncnet_v2", self.cfg.weights_path), self._device)
-        self._detector = FaceDetector.load(self.cfg.detector_weights_path, self.cfg.min_confidence)
-
-    def teardown(self) -> None:
-        if self._detector is not None:
-            self._detector.close()
-        self._model, self._detector = None, None
+    def load_model(self, path, device: str) -> SyncNet:
+        return load_syncnet(path, device)
 
     def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
         s = score_lipsync(clip, None, self._model, self._detector, self.cfg, self._device)

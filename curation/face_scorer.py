@@ -1,0 +1,75 @@
+"""What the two face-track scorers (``asd``: Light-ASD, ``syncnet``: SyncNet) share: the config of
+their model and face track (:class:`FaceScorerConfig`) and the model-plus-detector set-up of their
+stages (:class:`FaceScorerStage`). The face track and its crops are :mod:`vividhead.curation.face_track`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from vividhead import weights
+from vividhead.curation.stage import StageConfig, check
+from vividhead.models.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
+from vividhead.models.face_detector import FaceDetector
+
+
+@dataclass(frozen=True)
+class FaceScorerConfig(StageConfig):
+    """Fields of a face-track scorer's config (the stage's own fields follow).
+
+    Attributes:
+        weights_path: explicit path of the scoring model's checkpoint; else the registry.
+        detector_weights_path: explicit path of the MediaPipe face detector; else the registry.
+        min_confidence: face detector score threshold for the face track.
+        min_face_share: reject ``no_face_track`` when fewer frames (share) have a face.
+        crop_scale: face crop context around the box (0.4 in both references).
+    """
+
+    weights_path: Optional[str] = None
+    detector_weights_path: Optional[str] = None
+    min_confidence: float = 0.5
+    min_face_share: float = 0.5
+    crop_scale: float = 0.4
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
+        check(0 <= self.min_face_share <= 1, f"{section}.min_face_share", "must be in [0, 1]")
+        check(self.crop_scale >= 0, f"{section}.crop_scale", "must be >= 0")
+
+
+class FaceScorerStage:
+    """Stage mixin for a frame stage that scores the face track with one model (list it before
+    :class:`~vividhead.curation.stage.FrameStage`).
+
+    The stage gives :meth:`model_weights` (the model's registry name) and :meth:`load_model`; the
+    mixin gives ``weights``, ``setup`` (``self._model``, ``self._detector`` and ``self._device``
+    afterwards) and ``teardown``.
+    """
+
+    _model: Any = None
+    _detector: Optional[FaceDetector] = None
+    _device: str = "cpu"
+
+    def model_weights(self) -> str:  # pragma: no cover - interface
+        """Registry name of the scoring model's checkpoint."""
+        raise NotImplementedError
+
+    def load_model(self, path: Path, device: str) -> Any:  # pragma: no cover - interface
+        """The scoring model from its checkpoint at ``path``, on ``device``, in eval mode."""
+        raise NotImplementedError
+
+    def weights(self):
+        return [(self.model_weights(), self.cfg.weights_path), (FACE_WEIGHTS, self.cfg.detector_weights_path)]
+
+    def setup(self) -> None:
+        self._device = self.device()
+        self._model = self.load_model(weights.resolve(self.model_weights(), self.cfg.weights_path), self._device)
+        self._detector = FaceDetector.load(self.cfg.detector_weights_path, self.cfg.min_confidence)
+
+    def teardown(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+        self._model, self._detector = None, None
