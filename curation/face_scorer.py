@@ -9,10 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from vividhead import weights
+from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.stage import StageConfig, check
+from vividhead.errors import MediaError
 from vividhead.models.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
 from vividhead.models.face_detector import FaceDetector
+from vividhead.shard_format import SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,24 @@ class FaceScorerConfig(StageConfig):
         check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
         check(0 <= self.min_face_share <= 1, f"{section}.min_face_share", "must be in [0, 1]")
         check(self.crop_scale >= 0, f"{section}.crop_scale", "must be >= 0")
+
+
+def clip_and_pcm(clip: DecodedClip | bytes, audio: Optional[bytes]) -> tuple[DecodedClip, np.ndarray]:
+    """The decoded clip (decoded here when given as bytes) and its audio at the contract's rate.
+
+    Args:
+        clip: a decoded clip or encoded clip bytes.
+        audio: WAV bytes aligned with the video (None: the clip's own track).
+
+    Raises:
+        MediaError: ``decode_failed``; ``bad_audio`` when the audio is not at
+            :data:`~vividhead.shard_format.SAMPLE_RATE_HZ`.
+    """
+    clip = as_decoded(clip, audio)
+    pcm, sr = clip.pcm
+    if sr != SAMPLE_RATE_HZ:
+        raise MediaError("bad_audio", f"expected {SAMPLE_RATE_HZ} Hz audio, got {sr} Hz")
+    return clip, pcm
 
 
 class FaceScorerStage:

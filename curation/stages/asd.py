@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from vividhead.curation.audio_io import mfcc_100hz
-from vividhead.curation.decoded_clip import DecodedClip, as_decoded
-from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage
+from vividhead.curation.decoded_clip import DecodedClip
+from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage, clip_and_pcm
 from vividhead.curation.models.lightasd import LightASD, load_lightasd
 from vividhead.curation.records import Row
 from vividhead.curation.stage import FrameStage, check
@@ -254,13 +254,10 @@ def score_asd(clip: DecodedClip | bytes, audio: Optional[bytes], model: LightASD
     Raises:
         MediaError: ``decode_failed``, ``bad_audio``, ``no_face_track``, ``too_short``.
     """
-    clip = as_decoded(clip, audio)
-    pcm, sr = clip.pcm
-    if sr != SAMPLE_RATE_HZ:
-        raise MediaError("bad_audio", f"expected {SAMPLE_RATE_HZ} Hz audio, got {sr} Hz")
+    clip, pcm = clip_and_pcm(clip, audio)
     faces = centre_112(clip.gray_face_crops(detector, cfg.crop_scale, 224, cfg.min_face_share))
     with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device)):
-        return asd_scores(visual_embeddings(faces, model, device, cfg.durations_s), mfcc_100hz(pcm, sr), model, device)
+        return asd_scores(visual_embeddings(faces, model, device, cfg.durations_s), mfcc_100hz(pcm, SAMPLE_RATE_HZ), model, device)
 
 
 class ASDStage(FaceScorerStage, FrameStage):

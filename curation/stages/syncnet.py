@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from vividhead.curation.audio_io import mfcc_100hz
-from vividhead.curation.decoded_clip import DecodedClip, as_decoded
-from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage
+from vividhead.curation.decoded_clip import DecodedClip
+from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage, clip_and_pcm
 from vividhead.curation.models.syncnet import SyncNet, load_syncnet
 from vividhead.curation.records import Row
 from vividhead.curation.stage import FrameStage, check
@@ -235,10 +235,7 @@ def score_lipsync(
     Raises:
         MediaError: ``decode_failed``, ``bad_audio``, ``no_face_track``, ``too_short``.
     """
-    clip = as_decoded(clip, audio)
-    pcm, sr = clip.pcm
-    if sr != SAMPLE_RATE_HZ:
-        raise MediaError("bad_audio", f"expected {SAMPLE_RATE_HZ} Hz audio, got {sr} Hz")
+    clip, pcm = clip_and_pcm(clip, audio)
     crops = clip.face_crops(detector, cfg.crop_scale, 224, cfg.min_face_share)
     return lipsync_from_crops(crops, pcm, model, cfg.vshift_frames, cfg.batch_size, device)
 
