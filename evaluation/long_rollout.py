@@ -80,16 +80,11 @@ def long_rollout(
 
     norms: list[float] = []
 
-    class _Recording(StreamingSession):
-        """The serving session, recording the RMS of each chunk's generated latents."""
+    def record(out) -> None:  # RMS of each chunk's generated latents (not its motion slots)
+        m = out.motion.shape[2]
+        norms.append(float(out.latents[:, :, m:].float().pow(2).mean().sqrt()))
 
-        def generate_latents(self, context: torch.Tensor) -> torch.Tensor:
-            latents = super().generate_latents(context)
-            m = self.motion_latents.shape[2]
-            norms.append(float(latents[:, :, m:].float().pow(2).mean().sqrt()))
-            return latents
-
-    session = _Recording(models, ref, seed=seed, streaming=cfg)
+    session = StreamingSession(models, ref, seed=seed, streaming=cfg, on_chunk=record)
     chunks: list[np.ndarray] = []
     for start in range(0, len(speech), cfg.samples_per_chunk):
         chunks.extend(session.feed(speech[start : start + cfg.samples_per_chunk]))

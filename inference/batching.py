@@ -2,10 +2,11 @@
 (each at its own chunk index, with its own audio cache, motion latents, reference latent and RNG)
 go through the Wav2Vec encoder, the DiT's four steps and the VAE together.
 
-* :func:`run_chunks` is the batched form of ``StreamingSession._run_chunk``: row ``b`` of every
-  batched call is session ``b``'s batch-of-one call, so a session served in a batch returns the
-  frames it returns served alone (up to the floating-point differences of batched kernels; the
-  test checks <= 1 uint8 level in float32).
+* :func:`run_chunks` groups the waiting chunks and advances each group through the one chunk step
+  (:class:`vividhead.streaming.step.ChunkStep`, the step ``infer`` runs as a batch of one): row
+  ``b`` of every batched call is session ``b``'s batch-of-one call, so a session served in a batch
+  returns the frames it returns served alone (up to the floating-point differences of batched
+  kernels; the test checks <= 1 uint8 level in float32).
 * :class:`BatchScheduler` owns the models on one worker thread: sessions submit chunks as their
   audio completes them, and each round batches every chunk that is waiting (continuous batching: a
   chunk waits at most for the round in flight). It measures every round into a
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import logging
 import statistics
 import threading
@@ -26,73 +26,18 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
-from vividhead.flow_matching import chunk_audio_context, sample_chunk
-from vividhead.inference.pipeline import ChunkTimings, StreamingSession
+from vividhead.inference.pipeline import StreamingSession, advance
+from vividhead.streaming.step import BatchingConfig
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BatchingConfig:
-    """How chunks of concurrent sessions are batched.
-
-    Attributes:
-        max_batch: most sessions in one DiT batch; a round with more waiting chunks runs several.
-        vae_batch: most sessions per VAE decode / encode call (bounds activation memory: a Wan or
-            LTX decode of 33 frames at 512x512 holds several GiB per session).
-        batch_buckets: pad each DiT batch up to the smallest of these sizes, and each VAE call up to
-            the smallest of them or ``vae_batch`` (padding rows are copies of row 0 whose outputs
-            are dropped), so a compiled / CUDA-graph DiT and a compiled VAE see few shapes;
-            ``None``: exact sizes. Sizes above the largest bucket are split. 1 is always added (a
-            flush runs one session alone).
-        gather_s: a round waits up to this long after its oldest chunk arrived for the chunks of
-            the other open sessions (it starts at once when every open session has one waiting):
-            sessions whose chunks complete at different moments then share rounds, fewer rounds
-            pay the fixed per-round cost, at up to ``gather_s`` more latency. 0: no waiting (a chunk
-            waits only for the round in flight).
-    """
-
-    max_batch: int = 16
-    vae_batch: int = 4
-    batch_buckets: tuple[int, ...] | None = None
-    gather_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.vae_batch < 1:
-            raise ValueError(f"max_batch ({self.max_batch}) and vae_batch ({self.vae_batch}) must be >= 1")
-        if self.gather_s < 0:
-            raise ValueError(f"gather_s must be >= 0, got {self.gather_s}")
-        if self.batch_buckets is not None:
-            b = tuple(sorted(set(self.batch_buckets) | {1}))
-            if b[0] < 1:
-                raise ValueError(f"batch_buckets must be positive sizes, got {self.batch_buckets}")
-            object.__setattr__(self, "batch_buckets", b)
-            if b[-1] < self.max_batch:
-                object.__setattr__(self, "max_batch", b[-1])
-
-    def padded(self, n: int) -> int:
-        """DiT batch size that runs ``n <= max_batch`` sessions."""
-        if self.batch_buckets is None:
-            return n
-        return next(b for b in self.batch_buckets if b >= n)
-
-    def padded_vae(self, n: int) -> int:
-        """VAE batch size that runs ``n <= vae_batch`` sessions."""
-        return n if self.batch_buckets is None else min(self.vae_batch, self.padded(n))
-
-
-def _pad_rows(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``x`` ``[b, ...]`` with copies of row 0 appended up to ``size`` rows."""
-    pad = size - x.shape[0]
-    return torch.cat([x, x[:1].expand(pad, *x.shape[1:])]) if pad > 0 else x
-
-
 @dataclass
 class ChunkJob:
-    """One chunk of one session: ``samples`` float32 ``[n_gen_new * 640]`` (what ``feed`` split off),
-    ``index`` its chunk index in the session (0 = first after a cold start)."""
+    """One chunk of one session: ``samples`` float32 ``[n_emit * 640]`` (what
+    :meth:`StreamingSession.split` gave), ``index`` its chunk index in the session (0 = first after a
+    cold start)."""
 
     session: StreamingSession
     samples: np.ndarray
@@ -101,21 +46,19 @@ class ChunkJob:
 
 def _group_key(job: ChunkJob) -> tuple:
     s = job.session
-    # Sessions batch together when they share the weights and the chunk geometry of this chunk.
-    return (id(s.models), dataclasses.replace(s.cfg, fast_start=False), s.cfg.chunk_frames(job.index))
+    # Sessions batch together when they share the weights, the streaming geometry and this chunk's length.
+    return (id(s.models), s.cfg, s.cfg.chunk_frames(job.index))
 
 
 def _parts(seq: Sequence, size: int) -> list[Sequence]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
-@torch.no_grad()
 def run_chunks(jobs: Sequence[ChunkJob], cfg: BatchingConfig = BatchingConfig()) -> list[np.ndarray]:
-    """Generate one chunk for each job, batching across sessions; updates each session's state as
-    its own ``_run_chunk`` would (audio cache, motion latents, RNG, counters, :attr:`timings`).
-
-    Jobs whose sessions share models, streaming geometry and chunk length run as one batch (split at
-    ``cfg.max_batch``); others run as separate batches.
+    """Generate one chunk for each job, batching across sessions: jobs whose sessions share models,
+    streaming geometry and chunk length advance together through the one chunk step
+    (:func:`vividhead.inference.pipeline.advance`, split at ``cfg.max_batch``); others run as
+    separate steps. Each session's state advances as it would alone.
 
     Args:
         jobs: at most one job per session, in each session's chunk order.
@@ -141,107 +84,8 @@ def run_chunks(jobs: Sequence[ChunkJob], cfg: BatchingConfig = BatchingConfig())
 
 
 def _run_group(jobs: Sequence[ChunkJob], cfg: BatchingConfig) -> list[np.ndarray]:
-    """One batch of sessions with equal models, geometry and chunk length (see :func:`run_chunks`)."""
-    sessions = [j.session for j in jobs]
-    first = sessions[0]
-    m, scfg = first.models, first.cfg
-    vae, dev, dt = m.vae, m.device, m.dtype
-    n_gen, n_emit = scfg.chunk_frames(jobs[0].index)
-    b = len(sessions)
-
-    # 1. Motion encode of the previous chunks' last frames (sessions past their first chunk).
-    t0 = time.perf_counter()
-    pending = [s for s in sessions if s._motion_video is not None]
-    sampled = getattr(vae, "sample_posterior", False)
-    for part in _parts(pending, cfg.vae_batch):
-        size = cfg.padded_vae(len(part))
-        video = _pad_rows(torch.cat([s._motion_video for s in part]), size)
-        if sampled:
-            # A sampled posterior: row b draws its noise from session b's own generator (padding rows
-            # from throw-away ones), the same draws as each session encoding alone.
-            gens = [s._posterior_generator for s in part]
-            gens += [torch.Generator(device=gens[0].device) for _ in range(size - len(part))]
-            latents = vae.encode(video, generator=gens)  # [b', C, M', h, w]
-        else:
-            latents = vae.encode(video)  # [b', C, M', h, w]
-        for s, lat in zip(part, latents.split(1)):
-            s.motion_latents, s._motion_video = lat, None
-    t1 = time.perf_counter()
-
-    # 2. Audio: each ring buffer takes its samples; one Wav2Vec call encodes every buffer.
-    host = torch.empty(b, first.audio_cache.buffer.capacity, dtype=torch.float32)
-    for row, job in zip(host, jobs):
-        job.session.audio_cache.push(job.samples)
-        row.copy_(torch.from_numpy(job.session.audio_cache.buffer.view()))
-    feats = m.audio_encoder(host.to(dev), first.audio_cache.cache_frames)  # [B, S, L, D]
-    context = chunk_audio_context(feats, n_gen, first.audio_cache.audio_window).to(dt)  # [B, n_gen, W, L, D]
-    t2 = time.perf_counter()
-
-    # 3. DiT: four steps over the batch; row b draws its noise from session b's generator. A session's
-    # first chunk after a cold start has one motion latent (the reference frame), later ones
-    # ``motion_frames`` worth: rows with different counts run as separate DiT batches.
-    c = first.ref_latent.shape[1]
-    n_lat = (n_gen - 1) // vae.temporal_stride + 1
-    noise = [s._chunk_noise(c, n_lat) for s in sessions]  # B x [1, C, F', h, w] float32
-    by_motion: dict[int, list[int]] = {}
-    for i, s in enumerate(sessions):
-        by_motion.setdefault(s.motion_latents.shape[2], []).append(i)
-    rows: list[torch.Tensor | None] = [None] * b
-    for idx in by_motion.values():
-        lat = _sample(m, first.schedule, [sessions[i] for i in idx], torch.cat([noise[i] for i in idx]),
-                      context[idx], cfg)
-        for i, x in zip(idx, lat.split(1)):
-            rows[i] = x
-    latents = torch.cat(rows)  # [B, C, F', h, w] model dtype
-    t3 = time.perf_counter()
-
-    # 4. Decode in VAE-sized parts; colour correction and the motion frames per session.
-    frames = []
-    for part in _parts(range(b), cfg.vae_batch):
-        rows = _pad_rows(latents[part[0] : part[-1] + 1], cfg.padded_vae(len(part)))
-        video = vae.decode(rows)  # [b', 3, n_gen, H, W] in [-1, 1]
-        for i, v in zip(part, video.split(1)):
-            frames.append(sessions[i]._finish_chunk(v, n_gen, n_emit))
-    t4 = time.perf_counter()
-    out = [f.cpu().numpy() for f in frames]
-    t5 = time.perf_counter()
-
-    timings = ChunkTimings(audio=t2 - t1, dit=t3 - t2, decode=t4 - t3, encode=t1 - t0, other=t5 - t4,
-                           total=t5 - t0, extra={"batch": b, "dit_batches": len(by_motion)})
-    for s, f in zip(sessions, out):
-        s.timings = timings
-        s.chunks_done += 1
-        s.frames_emitted += f.shape[0]
-    return out
-
-
-def _sample(models, schedule, sessions: Sequence[StreamingSession], noise: torch.Tensor, context: torch.Tensor,
-            cfg: BatchingConfig) -> torch.Tensor:
-    """The four DiT steps for sessions with equal motion-latent counts, padded to ``cfg``'s bucket.
-
-    Args:
-        noise: float32 ``[b, C, F', h, w]`` drawn from the sessions' generators.
-        context: model-dtype ``[b, n_gen, W, L, D]`` audio windows.
-
-    Returns:
-        ``[b, C, F', h, w]`` latents (model dtype) with the motion latents in front.
-    """
-    b, n_lat = len(sessions), noise.shape[2]
-    motion = torch.cat([s.motion_latents for s in sessions])  # [b, C, M, h, w]
-    ref = torch.cat([s.ref_latent[:, :, :n_lat] for s in sessions])  # causal VAE: a prefix of the reference latent
-    generators = [s.generator for s in sessions]
-    pad = cfg.padded(b) - b
-    if pad:  # copies of row 0; their noise comes from a scratch generator, their outputs are dropped
-        scratch = torch.Generator(device=models.device).manual_seed(0)
-        noise, motion, ref, context = (_pad_rows(x, b + pad) for x in (noise, motion, ref, context))
-        generators += [scratch] * pad
-    latents = sample_chunk(
-        lambda x, t: models.transformer(x, t, context, ref),
-        noise, motion, schedule, generator=generators, dtype=models.dtype,
-        before_step=torch.compiler.cudagraph_mark_step_begin if models.cuda_graphs else None,
-    )
-    # (CUDA-graph outputs are overwritten by the next replay: slicing copies nothing, so clone.)
-    return latents[:b].clone() if models.cuda_graphs else latents[:b]
+    """One step for sessions of equal models, geometry and chunk length (see :func:`run_chunks`)."""
+    return advance([j.session for j in jobs], [j.samples for j in jobs], cfg)
 
 
 class ChunkCostModel:

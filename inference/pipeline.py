@@ -1,6 +1,10 @@
 """Streaming SoulX-FlashHead inference: PCM chunks in, uint8 frame chunks out.
 
-Per chunk (FlashHead report §3.3; LiveTalk §2.3; public ``FlashHeadPipeline.generate``):
+:class:`FlashHeadModels` holds the weights and their :class:`~vividhead.streaming.step.ChunkStep`;
+:class:`StreamingSession` splits one stream's PCM into chunks and advances its
+:class:`~vividhead.streaming.step.StreamState` through that step (alone, or batched by
+:func:`advance`). What one chunk does (implemented once, in :mod:`vividhead.streaming.step`),
+per chunk (FlashHead report §3.3; LiveTalk §2.3; public ``FlashHeadPipeline.generate``):
 
 1. **audio** -- push the new ``new_frames * 640`` samples into the 8 s Temporal Audio Context Cache,
    re-encode the whole buffer with Wav2Vec, cut windows for the chunk's ``frame_num`` frames;
@@ -23,20 +27,19 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from vividhead.flow_matching import reference_video, sample_chunk
 from vividhead.models.audio_encoder import Wav2VecFeatures
 from vividhead.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
 from vividhead.models.flashhead import FlashHeadTransformer
 from vividhead.models.loading import load_flashhead_transformer
 from vividhead.models.vae import VideoVAE, build_vae, load_vae
-from vividhead.streaming.audio_cache import TemporalAudioContextCache
-from vividhead.streaming.color import match_colors, reference_lab_stats
-from vividhead.streaming.fidelity import FidelityOptions, apply_to_vae, frames_to_uint8, preprocess_reference
+from vividhead.streaming.color import reference_lab_stats
+from vividhead.streaming.fidelity import FidelityOptions, apply_to_vae, preprocess_reference
+from vividhead.streaming.step import BatchingConfig, ChunkStep, ChunkTimings, StepOutput
 
 
 def pcm_to_float(pcm: np.ndarray | bytes) -> np.ndarray:
@@ -248,61 +251,85 @@ class FlashHeadModels:
             applied["vae"] = "ltx-compiled"
         return applied
 
-    def warm_up(self, streaming: StreamingConfig | None = None, chunks: int = 2) -> float:
-        """Run a throwaway session through every chunk shape ``streaming`` will use, so compilation,
-        CUDA-graph recording and cuDNN autotuning happen now (at server start) and not on a user's
-        first chunk. Standard path: one chunk length (the DiT, the decode, the reference encode and,
-        from the second chunk on, the motion encode); ``fast_start`` adds its short first chunk.
-        The models' weights and later sessions are unaffected.
+    @property
+    def step(self) -> ChunkStep:
+        """The per-chunk step (:class:`vividhead.streaming.step.ChunkStep`) over these weights: every
+        session of ``infer`` and ``serve`` advances through it. Built once (its pinned staging buffers
+        persist); re-pointed at the current DiT forward, VAE and CUDA-graph flag at every access, so
+        :meth:`optimize` or a parallel VAE set later are used."""
+        step = self.__dict__.get("_step")
+        if step is None:
+            cfg = self.variant.streaming
+            step = ChunkStep(self._denoise, self.vae, self.audio_encoder, cfg, cfg.schedule,
+                             self.variant.transformer.audio_window, dtype=self.dtype,
+                             uint8_round=self.fidelity.uint8_round)
+            self.__dict__["_step"] = step
+        step.vae, step.audio_encoder, step.cuda_graphs = self.vae, self.audio_encoder, self.cuda_graphs
+        return step
+
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return self.transformer(x, t, context, ref)
+
+    def warm_up(self, streaming: StreamingConfig | None = None, batch_sizes: Sequence[int] = (1,),
+                batching: BatchingConfig | None = None, measured_rounds: int = 0,
+                on_round: Callable[[int, float], None] | None = None) -> float:
+        """Run throw-away streams through every chunk shape ``streaming`` will use, at each batch size,
+        so compilation, CUDA-graph recording and cuDNN autotuning happen now (at start-up) and not on a
+        user's first chunk; the one warm-up of ``infer``, ``serve`` and the benchmarks.
+
+        Per batch size: the cold-start chunk(s) (the short first chunk with ``fast_start``; the first
+        chunk has no motion encode), one standard round (the first call of the standard shape at
+        that size, where a compiled path compiles and captures it), then ``measured_rounds`` standard
+        rounds, each reported to ``on_round(batch size, seconds)``. The weights and later sessions
+        are unaffected.
 
         Args:
             streaming: chunk geometry (default: the variant's).
-            chunks: chunks to run, the first one short with ``fast_start`` (2 reach every shape: the
-                motion encode runs from the second on; CUDA graphs record on the first).
+            batch_sizes: stream counts to run together.
+            batching: padding buckets and VAE part size (``serve``'s).
+            measured_rounds: standard rounds to time after the unmeasured ones.
+            on_round: receives each measured round.
 
         Returns:
             seconds spent (device synchronised).
         """
         cfg = streaming or self.variant.streaming
         t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
         ref = np.random.RandomState(0).randint(0, 256, (cfg.height_px, cfg.width_px, 3), dtype=np.uint8)
-        pcm = (np.random.RandomState(1).randn(cfg.samples_per_chunk * (chunks + 1)) * 3000).astype(np.int16)
-        session = StreamingSession(self, ref, streaming=cfg)
-        n = session._next_chunk_samples() + cfg.samples_per_chunk * (chunks - 1)
-        for _ in session.feed(pcm[:n]):
-            pass
+        skip = 2  # the cold-start chunk (short with fast_start, no motion encode), then one standard round
+        for b in batch_sizes:
+            sessions = [StreamingSession(self, ref, streaming=cfg) for _ in range(b)]
+            for r in range(skip + measured_rounds):
+                n = cfg.chunk_frames(r)[1] * cfg.samples_per_frame
+                pcm = [(rng.standard_normal(n) * 0.1).astype(np.float32) for _ in sessions]
+                t1 = time.perf_counter()
+                advance(sessions, pcm, batching)
+                if r >= skip and on_round is not None:
+                    on_round(b, time.perf_counter() - t1)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
 
 
-@dataclass
-class ChunkTimings:
-    """Seconds spent in each stage of the last chunk (synchronised only if ``profile=True``);
-    ``encode`` is the previous chunk's motion-frame encode, which runs at the start of this one."""
-
-    audio: float = 0.0
-    dit: float = 0.0
-    decode: float = 0.0
-    encode: float = 0.0
-    other: float = 0.0
-    total: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-
 class StreamingSession:
     """One talking-head stream: PCM chunks in, uint8 ``[N, H, W, 3]`` frame chunks out.
 
-    The heavy weights live in :class:`FlashHeadModels` and are shared; this object holds the
-    per-session state of fixed size: audio ring buffer, pending PCM (< one chunk), motion latents,
-    reference latent and RNG.
+    The heavy weights live in :class:`FlashHeadModels` and are shared; this object splits the PCM
+    into chunks and holds the stream's :class:`vividhead.streaming.step.StreamState` (audio ring
+    buffer, motion latents, reference latent, RNG), of fixed size. Every chunk goes through
+    ``models.step``, alone (:meth:`feed`) or batched with other sessions (:func:`advance`).
 
     Args:
         models: shared weights.
         reference_image: uint8 ``[H, W, 3]`` RGB.
         seed: noise seed.
         streaming: chunk geometry (default: the variant's).
-        profile: synchronise the device around stages to fill :attr:`timings`.
+        profile: synchronise the device around parts to fill :attr:`timings`.
+        on_chunk: called with every chunk's :class:`vividhead.streaming.step.StepOutput`.
+
+    Raises:
+        ValueError: chunk or motion lengths that are not ``1 + k * temporal stride``.
 
     Example::
 
@@ -321,57 +348,75 @@ class StreamingSession:
         seed: int = 42,
         streaming: StreamingConfig | None = None,
         profile: bool = False,
+        on_chunk: Callable[[StepOutput], None] | None = None,
     ) -> None:
         self.models = models
         self.cfg = streaming or models.variant.streaming
         self.profile = profile
-        cfg, tcfg, dev = self.cfg, models.variant.transformer, models.device
-        vae = models.vae
+        self.on_chunk = on_chunk
+        cfg, vae = self.cfg, models.vae
         if (cfg.frame_num - 1) % vae.temporal_stride or (cfg.motion_frames - 1) % vae.temporal_stride:
             raise ValueError("frame_num and motion_frames must be 1 + k * temporal stride")
-        self.latent_hw = (cfg.height_px // vae.spatial_stride, cfg.width_px // vae.spatial_stride)
-        self.audio_cache = TemporalAudioContextCache(
-            models.audio_encoder, cfg.sample_rate_hz, cfg.fps, cfg.cache_seconds, cfg.frame_num,
-            tcfg.audio_window, device=dev,
-        )
-        self.generator = torch.Generator(device=dev).manual_seed(seed)
         self.seed = seed
-        self.schedule = cfg.schedule
         fid = models.fidelity
         ref = preprocess_reference(reference_image, cfg.height_px, cfg.width_px, antialias=fid.reference_antialias,
-                                   dtype=models.dtype).to(dev)
-        self.ref_stats = reference_lab_stats(ref)
-        # LTX posterior noise (FidelityOptions.ltx_sample_posterior) has its own generators, so the
-        # sampler's noise stream is the same with and without it.
-        self._posterior_generator = torch.Generator(device=dev)
-        with torch.no_grad():
-            # Reference latent: the reference frame repeated over the whole chunk (public code).
-            self.ref_latent = self._vae_encode(reference_video(ref.to(models.dtype), cfg.frame_num),
-                                               torch.Generator(device=dev).manual_seed(seed + 1))
+                                   dtype=models.dtype).to(models.device)
+        self.state = self.step.new_state(ref.to(models.dtype), reference_lab_stats(ref), seed)
         self._pending = np.zeros(cfg.samples_per_chunk, dtype=np.float32)
         self._pending_len = 0
         self._ready: deque[tuple[np.ndarray, int]] = deque()  # (samples, chunk index)
-        # CUDA: the audio encoder runs on its own stream, overlapping the motion-frame encode
-        self._audio_stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         self.timings = ChunkTimings()
         self.reset()
 
+    @property
+    def step(self) -> ChunkStep:
+        """The models' chunk step, with this session's geometry and profiling."""
+        step = self.models.step
+        step.streaming, step.profile = self.cfg, self.profile
+        return step
+
     # -- state ----------------------------------------------------------------------------------
+    @property
+    def ref_latent(self) -> torch.Tensor:
+        """``[1, C, F', h, w]`` the reference latent."""
+        return self.state.ref_latent
+
+    @property
+    def motion_latents(self) -> torch.Tensor:
+        """``[1, C, M, h, w]`` the next chunk's motion latents."""
+        return self.state.motion_latents
+
+    @motion_latents.setter
+    def motion_latents(self, value: torch.Tensor) -> None:
+        self.state.motion_latents = value
+
+    @property
+    def audio_cache(self):
+        """The session's :class:`vividhead.streaming.audio_cache.TemporalAudioContextCache`."""
+        return self.state.audio
+
     def reset(self) -> None:
         """Cold start: silence in the audio cache, motion latent = first reference latent frame."""
-        self.audio_cache.reset()
-        self.motion_latents = self.ref_latent[:, :, :1].clone()
-        self._motion_video: torch.Tensor | None = None  # decoded motion frames awaiting encode
+        self.state.cold_start()
         self._pending_len = 0
         self._ready.clear()
         self._chunks_split = 0
         self.samples_received = 0
         self.frames_emitted = 0
         self.chunks_done = 0
-        self.generator.manual_seed(self.seed)
-        self._posterior_generator.manual_seed(self.seed + 2)
+        self.state.generator.manual_seed(self.seed)
+        self.state.posterior_generator.manual_seed(self.seed + 2)
 
     # -- public API -----------------------------------------------------------------------------
+    def split(self, pcm: np.ndarray | bytes) -> list[tuple[np.ndarray, int]]:
+        """Add PCM (see :func:`pcm_to_float`) and take the chunks it completes, without generating:
+        ``(samples float32 [n_emit * 640], chunk index)`` each, to be generated in order through
+        :func:`advance` (what the server's batch scheduler does)."""
+        self._split(pcm_to_float(pcm))
+        ready = list(self._ready)
+        self._ready.clear()
+        return ready
+
     def feed(self, pcm: np.ndarray | bytes) -> Iterator[np.ndarray]:
         """Add PCM (see :func:`pcm_to_float`) and return an iterator over the frame chunks that are
         now complete. The samples are split into chunks at once; generation happens as the iterator
@@ -382,9 +427,8 @@ class StreamingSession:
             uint8 ``[new_frames, H, W, 3]`` RGB frames (28 for Pro, 24 for Lite; a fast-start
             first chunk has ``motion_frames - 1``: 4 for Pro, 8 for Lite).
         """
-        samples = pcm_to_float(pcm)
-        self.samples_received += samples.shape[0]
-        return self._drain(samples)
+        self._split(pcm_to_float(pcm))
+        return self._generate_ready()
 
     def flush(self) -> Iterator[np.ndarray]:
         """Finish the stream: pad the pending samples with silence to one chunk and emit only the
@@ -396,16 +440,24 @@ class StreamingSession:
         size = self._next_chunk_samples()
         self._pending[self._pending_len : size] = 0.0
         self._pending_len = 0
-        index = self._chunks_split
         self._chunks_split += 1
-        frames = self._run_chunk(self._pending[:size], index)
+        frames = self.generate(self._pending[:size].copy())
         self.frames_emitted -= frames.shape[0] - n_frames
         out.append(frames[:n_frames])
         return iter(out)
 
+    def generate(self, samples: np.ndarray) -> np.ndarray:
+        """Generate the next chunk from its samples (a batch of one through :func:`advance`).
+
+        Returns:
+            uint8 ``[n_emit, H, W, 3]``.
+        """
+        return advance([self], [samples])[0]
+
     # -- internals ------------------------------------------------------------------------------
-    def _drain(self, samples: np.ndarray) -> Iterator[np.ndarray]:
-        # Split eagerly (so samples are never lost if the iterator is dropped), generate lazily.
+    def _split(self, samples: np.ndarray) -> None:
+        # Split eagerly (so samples are never lost if an iterator is dropped).
+        self.samples_received += samples.shape[0]
         i = 0
         while i < samples.shape[0]:
             spc = self._next_chunk_samples()
@@ -417,130 +469,55 @@ class StreamingSession:
                 self._ready.append((self._pending[:spc].copy(), self._chunks_split))
                 self._chunks_split += 1
                 self._pending_len = 0
-        return self._generate_ready()
 
     def _next_chunk_samples(self) -> int:
         return self.cfg.chunk_frames(self._chunks_split)[1] * self.cfg.samples_per_frame
 
     def _generate_ready(self) -> Iterator[np.ndarray]:
         while self._ready:
-            yield self._run_chunk(*self._ready.popleft())
+            yield self.generate(self._ready.popleft()[0])
 
-    def _vae_encode(self, video: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """VAE-encode ``[1, 3, T, H, W]``; an LTX VAE that samples its posterior draws from ``generator``."""
-        vae = self.models.vae
-        if getattr(vae, "sample_posterior", False):
-            return vae.encode(video, generator=generator)
-        return vae.encode(video)
-
-    def _sync(self) -> float:
-        if self.profile and self.models.device.type == "cuda":
-            torch.cuda.synchronize(self.models.device)
-        return time.perf_counter()
-
-    def _chunk_noise(self, channels: int, n_lat: int) -> torch.Tensor:
-        """The chunk's starting noise from this session's generator: float32 ``[1, C, F', h, w]``
-        (also drawn by the batched step, :mod:`vividhead.inference.batching`)."""
-        return torch.randn((1, channels, n_lat, *self.latent_hw), generator=self.generator,
-                           device=self.models.device, dtype=torch.float32)
-
-    @torch.no_grad()
-    def generate_latents(self, context: torch.Tensor) -> torch.Tensor:
-        """Four-step flow-matching sampling of one chunk.
-
-        Args:
-            context: float32 ``[1, F, W, L, D]`` audio windows of the chunk's ``F`` frames
-                (``frame_num``, or ``motion_frames`` for a fast-start first chunk).
-
-        Returns:
-            ``[1, C, F', h, w]`` latents (model dtype) with motion latents in front,
-            ``F' = (F - 1) / temporal_stride + 1``.
-        """
-        m, dt = self.models, self.models.dtype
-        c = self.ref_latent.shape[1]
-        n_lat = (context.shape[1] - 1) // self.models.vae.temporal_stride + 1
-        ref_latent = self.ref_latent[:, :, :n_lat]  # causal VAE: a prefix of the reference latent
-        noise = self._chunk_noise(c, n_lat)
-        ctx = context.to(dt)
-        return sample_chunk(
-            lambda x, t: m.transformer(x, t, ctx, ref_latent),
-            noise, self.motion_latents, self.schedule, generator=self.generator, dtype=dt,
-            before_step=torch.compiler.cudagraph_mark_step_begin if m.cuda_graphs else None,
-        )
-
-    @torch.no_grad()
-    def _run_chunk(self, samples: np.ndarray, index: int) -> np.ndarray:
-        cfg, vae = self.cfg, self.models.vae
-        n_gen, n_emit = cfg.chunk_frames(index)
-        t0 = self._sync()
-        if self._audio_stream is not None and not self.profile:
-            # Wav2Vec on a side stream, concurrent with the motion encode below (the DiT needs both)
-            self._audio_stream.wait_stream(torch.cuda.current_stream(self.models.device))
-            with torch.cuda.stream(self._audio_stream):
-                self.audio_cache.push(samples)
-                context = self.audio_cache.context(n_gen)  # [1, n_gen, W, L, D] float32
-            self._audio_done = self._audio_stream.record_event()
-            samples = None
-        if self._motion_video is not None:
-            # The previous chunk's motion frames are encoded here, after its frames were handed
-            # out, so the encode is not on the path from audio to frames.
-            self.motion_latents = self._vae_encode(self._motion_video, self._posterior_generator)
-            self._motion_video = None
-        t_enc = self._sync() - t0
-        t0 = time.perf_counter()
-        if samples is None:  # computed on the side stream above
-            main = torch.cuda.current_stream(self.models.device)
-            main.wait_event(self._audio_done)
-            context.record_stream(main)
-        else:
-            self.audio_cache.push(samples)
-            context = self.audio_cache.context(n_gen)
-        t1 = self._sync()
-        latents = self.generate_latents(context)
-        t2 = self._sync()
-        video = vae.decode(latents)  # [1, 3, n_gen, H, W] in [-1, 1]
-        frames = self._finish_chunk(video, n_gen, n_emit)
-        t3 = self._sync()
-        out = frames.cpu().numpy()
-        t4 = time.perf_counter()
-        self.timings = ChunkTimings(audio=t1 - t0, dit=t2 - t1, decode=t3 - t2, encode=t_enc, other=t4 - t3,
-                                    total=t4 - t0 + t_enc)
+    def _finish(self, out: StepOutput, frames: torch.Tensor) -> np.ndarray:
+        """Copy one chunk's frames to the host and count them."""
+        host = frames.cpu().numpy()
+        self.timings = out.timings
         self.chunks_done += 1
-        self.frames_emitted += out.shape[0]
-        return out
+        self.frames_emitted += host.shape[0]
+        if self.on_chunk is not None:
+            self.on_chunk(out)
+        return host
 
 
-    def _finish_chunk(self, video: torch.Tensor, n_gen: int, n_emit: int) -> torch.Tensor:
-        """Colour-correct a decoded chunk, keep its last ``motion_frames`` for the next chunk's motion
-        encode and return the emitted frames (also called per session by the batched step).
+def advance(sessions: Sequence[StreamingSession], samples: Sequence[np.ndarray],
+            batching: BatchingConfig | None = None) -> list[np.ndarray]:
+    """Generate the next chunk of each session in one step of the models' :class:`ChunkStep`.
 
-        Args:
-            video: ``[1, 3, n_gen, H, W]`` decoded frames in [-1, 1] (model dtype).
-            n_gen, n_emit: frames generated / emitted by this chunk (:meth:`StreamingConfig.chunk_frames`).
+    Args:
+        sessions: sessions of one model, geometry and chunk length (at most ``batching.max_batch``).
+        samples: per session, float32 ``[n_emit * 640]`` its next chunk's samples.
+        batching: padding buckets and VAE part size.
 
-        Returns:
-            uint8 ``[n_emit, H, W, 3]`` on the model device.
-        """
-        cfg = self.cfg
-        # Only the last n_emit frames are emitted or re-encoded (the last motion_frames lie inside,
-        # or are all n_gen frames of a fast-start chunk), so the leading frames are neither
-        # colour-corrected nor copied out.
-        keep = video[:, :, max(0, n_gen - max(n_emit, cfg.motion_frames)) :]
-        if cfg.color_correction_strength > 0:
-            keep = match_colors(keep, self.ref_stats, cfg.color_correction_strength)
-        self._motion_video = keep[:, :, -cfg.motion_frames :].contiguous()
-        new = keep[0, :, keep.shape[2] - n_emit :]  # [3, n_emit, H, W]
-        return frames_to_uint8(new, round_=self.models.fidelity.uint8_round)
+    Returns:
+        per session, uint8 ``[n_emit, H, W, 3]`` frames.
+
+    Raises:
+        ValueError: sessions of different models, or the step's (see :class:`ChunkStep`).
+    """
+    first = sessions[0]
+    if any(s.models is not first.models for s in sessions):
+        raise ValueError("one step runs sessions of one model")
+    t0 = time.perf_counter()
+    out = first.step([s.state for s in sessions], samples=samples, batching=batching)
+    result = [s._finish(out, f) for s, f in zip(sessions, out.frames)]
+    out.timings.other = time.perf_counter() - t0 - out.timings.total
+    out.timings.total += out.timings.other
+    return result
 
 
 def state_nbytes(session: StreamingSession) -> int:
     """Bytes held by a session's mutable state (ring buffer, pending PCM, motion latents): constant
     over the stream; used by the constant-memory test."""
-    n = session.audio_cache.buffer._buf.nbytes + session._pending.nbytes
-    n += session.motion_latents.numel() * session.motion_latents.element_size()
-    if session._motion_video is not None:
-        n += session._motion_video.numel() * session._motion_video.element_size()
-    return n
+    return session.state.nbytes() + session._pending.nbytes
 
 
 def default_dtype_for(device: str) -> torch.dtype:
@@ -553,6 +530,7 @@ __all__ = [
     "FlashHeadModels",
     "StreamingSession",
     "VAEKind",
+    "advance",
     "default_dtype_for",
     "pcm_to_float",
     "preprocess_reference",

@@ -44,14 +44,13 @@ import io
 import json
 import logging
 import mimetypes
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from vividhead.inference.batching import BatchingConfig, BatchScheduler, ChunkJob, run_chunks
+from vividhead.inference.batching import BatchingConfig, BatchScheduler
 from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
 from vividhead.media import encode_mp4_bytes
 from vividhead.models.configs import StreamingConfig
@@ -186,23 +185,11 @@ class FlashHeadServer:
         Returns:
             ``{padded batch size: median seconds per round}`` measured so far.
         """
-        cfg = self.streaming
-        rng = np.random.default_rng(0)
-        skip = 2 if cfg.fast_start else 1  # cold-start rounds: shorter, or without the motion encode
-        skip += 1  # the first standard round at this size compiles its shape
+        def observe(b: int, seconds: float) -> None:
+            self.scheduler.cost.observe(self.batching.padded(b), seconds)
 
-        def run(b: int) -> None:
-            sessions = [self._new_session(self.reference_image) for _ in range(b)]
-            for r in range(skip + rounds):
-                n = cfg.chunk_frames(r)[1] * cfg.samples_per_frame
-                jobs = [ChunkJob(s, (rng.standard_normal(n) * 0.1).astype(np.float32), r) for s in sessions]
-                t0 = time.perf_counter()
-                run_chunks(jobs, self.batching)
-                if r >= skip:
-                    self.scheduler.cost.observe(self.batching.padded(b), time.perf_counter() - t0)
-
-        for b in batch_sizes:
-            self.scheduler.call(lambda b=min(b, self.batching.max_batch): run(b)).result()
+        sizes = tuple(min(b, self.batching.max_batch) for b in batch_sizes)
+        self.scheduler.call(lambda: self.models.warm_up(self.streaming, sizes, self.batching, rounds, observe)).result()
         return self.scheduler.cost.medians()
 
     def close(self) -> None:
@@ -274,9 +261,8 @@ class FlashHeadServer:
                 try:
                     if isinstance(message, (bytes, bytearray)):
                         session: StreamingSession = state["session"]
-                        session.feed(bytes(message))  # splits into chunks at once; generation is ours
-                        while session._ready:
-                            work.put_nowait(("chunk", *session._ready.popleft()))
+                        for job in session.split(bytes(message)):  # generation is the scheduler's
+                            work.put_nowait(("chunk", *job))
                         continue
                     msg = json.loads(message)
                     kind = msg.get("type") if isinstance(msg, dict) else None

@@ -93,7 +93,7 @@ def test_pro_session_real_tiny_wan_vae(tiny_pro, ref_image, speech):
     out = list(s.feed(speech[:17920]))
     assert [o.shape for o in out] == [(28, 32, 32, 3)] and out[0].dtype == np.uint8
     # the 5 motion frames are kept decoded and encoded when the next chunk starts
-    assert s._motion_video.shape == (1, 3, 5, 32, 32)
+    assert s.state.motion_video.shape == (1, 3, 5, 32, 32)
     out = list(s.feed(speech[17920 : 2 * 17920]))
     assert [o.shape for o in out] == [(28, 32, 32, 3)]
     assert s.motion_latents.shape == (1, 4, 2, 4, 4)  # 5 motion frames -> 2 latent frames
@@ -127,10 +127,11 @@ def test_pro_session_chunks_cold_start_and_determinism(tiny_pro_fast_vae, ref_im
 def test_motion_latents_overwrite_first_slots(tiny_pro_fast_vae, ref_image):
     s = StreamingSession(tiny_pro_fast_vae, ref_image)
     s.motion_latents = torch.randn(1, 4, 2, 4, 4)
+    motion = s.motion_latents
     ctx = torch.randn(1, 33, 5, 2, 16)
-    lat = s.generate_latents(ctx)
-    assert lat.shape == (1, 4, 9, 4, 4)
-    assert torch.equal(lat[:, :, :2], s.motion_latents)
+    out = s.step([s.state], context=ctx, emit=False)
+    assert out.latents.shape == (1, 4, 9, 4, 4)
+    assert torch.equal(out.latents[:, :, :2], motion) and torch.equal(out.motion, motion)
 
 
 def test_audio_changes_the_video(tiny_pro_fast_vae, ref_image, speech):
@@ -218,17 +219,10 @@ def test_fast_start_short_first_chunk_keeps_alignment(tiny_pro_fast_vae, ref_ima
 
 def test_fast_start_first_chunk_runs_the_dit_on_two_latent_frames(tiny_pro_fast_vae, ref_image, speech):
     cfg = dataclasses.replace(tiny_pro_fast_vae.variant.streaming, fast_start=True)
-    s = StreamingSession(tiny_pro_fast_vae, ref_image, seed=7, streaming=cfg)
     shapes = []
-    real = s.generate_latents
-
-    def spy(context):
-        lat = real(context)
-        shapes.append((context.shape[1], lat.shape[2]))
-        return lat
-
-    s.generate_latents = spy
+    s = StreamingSession(tiny_pro_fast_vae, ref_image, seed=7, streaming=cfg,
+                         on_chunk=lambda out: shapes.append((out.frames[0].shape[0], out.latents.shape[2])))
     list(s.feed(speech[: 2560 + 17920]))
-    assert shapes == [(5, 2), (33, 9)]
+    assert shapes == [(4, 2), (28, 9)]  # frames emitted, latent frames the DiT ran on
     # chunk 1's motion latents are the encoded 5 frames of chunk 0 (2 latent frames)
     assert s.motion_latents.shape[2] == 2

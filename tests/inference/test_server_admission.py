@@ -125,16 +125,16 @@ def test_warm_up_measures_rounds(tiny_pro_fast_vae, ref_image):
 def test_warm_up_does_not_measure_the_first_standard_round(tiny_pro_fast_vae, ref_image, monkeypatch):
     """The first standard round at a batch size (where a compiled path compiles that shape) is run
     but not fed to admission; ``rounds`` rounds after it are."""
-    import vividhead.inference.server as server_mod
+    import vividhead.inference.pipeline as pipeline_mod
 
     calls = []
-    real = server_mod.run_chunks
+    real = pipeline_mod.advance
 
-    def spy(jobs, batching):
-        calls.append((len(jobs), jobs[0].index))
-        return real(jobs, batching)
+    def spy(sessions, samples, batching=None):
+        calls.append((len(sessions), sessions[0].state.chunk_index))
+        return real(sessions, samples, batching)
 
-    monkeypatch.setattr(server_mod, "run_chunks", spy)
+    monkeypatch.setattr(pipeline_mod, "advance", spy)
     server = FlashHeadServer(tiny_pro_fast_vae, ref_image)
     observed = []
     monkeypatch.setattr(server.scheduler.cost, "observe", lambda b, s: observed.append(b))
@@ -142,8 +142,7 @@ def test_warm_up_does_not_measure_the_first_standard_round(tiny_pro_fast_vae, re
         server.warm_up((1, 2), rounds=2)
     finally:
         server.close()
-    skip = 2 if server.streaming.fast_start else 1
-    assert calls == [(b, r) for b in (1, 2) for r in range(skip + 3)]
+    assert calls == [(b, r) for b in (1, 2) for r in range(2 + 2)]  # cold start, compile round, 2 measured
     assert observed == [1, 1, 2, 2]
 
 

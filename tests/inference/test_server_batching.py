@@ -25,10 +25,7 @@ def _alone(models, ref, seed, pcm, streaming=None) -> list[np.ndarray]:
 
 def _split(session: StreamingSession, pcm) -> list[tuple[np.ndarray, int]]:
     """Split PCM into the session's chunk jobs without generating (what the server does)."""
-    session.feed(pcm)  # splits eagerly; the returned iterator is dropped unconsumed
-    jobs = list(session._ready)
-    session._ready.clear()
-    return jobs
+    return session.split(pcm)
 
 
 def _serve_batched(models, refs, seeds, pcms, starts, cfg, streaming=None) -> list[list[np.ndarray]]:

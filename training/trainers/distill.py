@@ -67,11 +67,11 @@ from vividhead.flow_matching import (
     motion_loss_mask,
     overwrite_motion,
     predict_x0,
-    sample_chunk,
     sample_training_sigmas,
 )
 from vividhead.shard_format import SAMPLES_PER_FRAME
-from vividhead.streaming.color import match_colors, reference_lab_stats
+from vividhead.streaming.color import reference_lab_stats
+from vividhead.streaming.step import ChunkStep, StreamState
 from vividhead.training.data import ClipWindowDataset
 from vividhead.training.trainers.checkpoint import CheckpointError, latest_checkpoint
 from vividhead.training.trainers.conditioning import (
@@ -212,6 +212,8 @@ class RolloutOutput:
         chunk: 0-based index of chunk k (``k - 1``).
         exit_step: 0-based step t' (``None``: the full schedule).
         chunks: float32 latents of every chunk (full schedule), when asked for (previews).
+        frames: uint8 ``[n_emit, H, W, 3]`` the frames the chunk step emitted for every chunk, with
+            ``chunks``.
     """
 
     x0: torch.Tensor
@@ -219,6 +221,7 @@ class RolloutOutput:
     chunk: int
     exit_step: int | None
     chunks: list[torch.Tensor] | None = None
+    frames: list[torch.Tensor] | None = None
 
     @property
     def num_motion(self) -> int:
@@ -509,34 +512,29 @@ class DistillTrainer(Trainer):
         self._hist["t"].append(t_exit)
         return k, t_exit
 
-    @torch.no_grad()
-    def next_motion(self, latents: torch.Tensor, window: RolloutWindow) -> torch.Tensor:
-        """Motion latents of the next chunk from a generated chunk (no graph).
-
-        ``reencode_motion``: decode, colour-correct to the reference and VAE-encode the last
-        ``motion_frames`` frames (:meth:`StreamingSession._run_chunk`); otherwise the chunk's last
-        ``M`` latent slots.
-
-        Args:
-            latents: ``[1, C, F, h, w]`` a chunk's latents (model dtype).
-
-        Returns:
-            float32 ``[1, C, M, h, w]``.
-        """
-        s, vae = self.variant.streaming, self.encoders.vae
-        if not self.cfg.distill.reencode_motion:
-            return latents[:, :, -motion_latent_count(s.motion_frames, vae.temporal_stride):].float()
-        video = vae.decode(latents.to(next(vae.parameters()).dtype))  # [1, 3, F_v, H, W]
-        keep = video[:, :, -s.motion_frames :]
-        if s.color_correction_strength > 0:
-            keep = match_colors(keep, window.ref_stats, s.color_correction_strength)
-        return vae.encode(keep.contiguous()).float()
+    @property
+    def chunk_step(self) -> ChunkStep:
+        """The streaming chunk step (:class:`vividhead.streaming.step.ChunkStep`, the one ``infer`` and
+        ``serve`` run) over the generator and the frozen encoders: the rollout advances through it."""
+        step = self.__dict__.get("_chunk_step")
+        if step is None:
+            s = dataclasses.replace(self.variant.streaming, fast_start=False)
+            step = ChunkStep(
+                lambda x, t, ctx, ref: self.velocity("generator", ctx, ref)(x, t),
+                self.encoders.vae, self.encoders.audio, s, self.schedule, self.variant.transformer.audio_window,
+                dtype=self.compute_dtype, cond_dtype=torch.float32,
+                reencode_motion=self.cfg.distill.reencode_motion,
+            )
+            self._chunk_step = step
+        return step
 
     def rollout(self, window: RolloutWindow, k: int, exit_step: int | None, grad: bool,
                 rng: torch.Generator | None = None, keep_chunks: bool = False) -> RolloutOutput:
-        """Generate chunks 1..k autoregressively with the shared sampler
-        (:func:`vividhead.flow_matching.sample_chunk`), each conditioned on motion latents
-        from its own previous output; chunk k stops at step ``exit_step``.
+        """Generate chunks 1..k autoregressively through the streaming chunk step
+        (:attr:`chunk_step`, exactly what ``infer`` and ``serve`` run), each conditioned on motion
+        latents from its own previous output (``distill.reencode_motion``: the VAE re-encoding of its
+        last ``motion_frames`` decoded, colour-corrected frames; otherwise its last motion-latent
+        slots); chunk k stops at step ``exit_step`` (stochastic truncation).
 
         Args:
             window: the ground-truth window (chunk 1's motion latents, audio contexts, reference).
@@ -557,28 +555,23 @@ class DistillTrainer(Trainer):
             raise ValueError(f"k={k} outside 1..{window.num_chunks}")
         if grad and exit_step is None:
             raise ValueError("grad needs an exit_step")
-        rng = self.generator if rng is None else rng
-        shape = window.ref_latent.shape
-        motion = window.first_motion
+        state = StreamState(ref_latent=window.ref_latent, ref_stats=window.ref_stats,
+                            motion_latents=window.first_motion,
+                            generator=self.generator if rng is None else rng)
+        step = self.chunk_step
         chunks: list[torch.Tensor] = []
-        x0 = motion  # replaced below
+        frames: list[torch.Tensor] = []
         for j in range(k):
-            vel = self.velocity("generator", window.context(j), window.ref_latent)
-            noise = torch.randn(shape, generator=rng, device=self.env.device)
-            last = j == k - 1
-            if last and exit_step is not None:
-                x0 = sample_chunk(vel, noise, motion, self.schedule, generator=rng, exit_step=exit_step,
-                                  grad_step=exit_step if grad else None, dtype=self.compute_dtype)
-                break
-            x = sample_chunk(vel, noise, motion, self.schedule, generator=rng, dtype=self.compute_dtype)
+            if j == k - 1 and exit_step is not None:
+                out = step([state], context=window.context(j), exit_step=exit_step,
+                           grad_step=exit_step if grad else None)
+                return RolloutOutput(x0=out.latents, motion=out.motion, chunk=k - 1, exit_step=exit_step)
+            out = step([state], context=window.context(j), emit=keep_chunks)
             if keep_chunks:
-                chunks.append(x.float())
-            if last:
-                x0 = x.float()
-                break
-            motion = self.next_motion(x, window)
-        return RolloutOutput(x0=x0, motion=motion, chunk=k - 1, exit_step=exit_step,
-                             chunks=chunks if keep_chunks else None)
+                chunks.append(out.latents.float())
+                frames.append(out.frames[0])
+        return RolloutOutput(x0=out.latents.float(), motion=out.motion, chunk=k - 1, exit_step=exit_step,
+                             chunks=chunks if keep_chunks else None, frames=frames if keep_chunks else None)
 
     # -- losses -----------------------------------------------------------------------------------
     def generator_loss(self, window: RolloutWindow, out: RolloutOutput) -> dict[str, torch.Tensor]:
@@ -721,22 +714,16 @@ class DistillTrainer(Trainer):
                                                                 device=lat.device))
             mses.append(float(masked_mean((lat - window.gt_latents(j)).pow(2), keep)))
         if video_path is not None and self.env.is_main:
-            self._write_preview(window, out.chunks, video_path)
+            self._write_preview(window, out.frames, video_path)
         return {"val/rollout_mse": sum(mses) / len(mses), "val/rollout_mse_last": mses[-1],
                 "val/chunks": float(len(mses))}
 
-    def _write_preview(self, window: RolloutWindow, chunks: list[torch.Tensor], path: Path) -> Path:
+    def _write_preview(self, window: RolloutWindow, frames: list[torch.Tensor], path: Path) -> Path:
         from vividhead.media import write_video
 
-        s, vae = self.variant.streaming, self.encoders.vae
-        dtype = next(vae.parameters()).dtype
-        gen = []
-        for lat in chunks:
-            video = vae.decode(lat.to(dtype))
-            if s.color_correction_strength > 0:
-                video = match_colors(video, window.ref_stats, s.color_correction_strength)
-            gen.append(video[:, :, s.motion_frames :])
-        generated = torch.cat(gen, dim=2)[0]  # [3, N, H, W]
+        s = self.variant.streaming
+        # the frames the chunk step emitted (uint8 [n_emit, H, W, 3] each), as infer shows them
+        generated = torch.cat(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # [3, N, H, W] in [-1, 1]
         n = generated.shape[1]
         truth = model_frames(window.frames[0, s.motion_frames : s.motion_frames + n], torch.float32,
                              self.env.device, self.frame_size).permute(1, 0, 2, 3)  # [3, N, H, W]
