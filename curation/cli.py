@@ -41,6 +41,7 @@ def curate(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config, one section per stage."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join ('auto'); default: $RAY_ADDRESS or a local in-process Ray."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show Ray's routine notices (progress-bar and token-auth lines)."),
 ) -> None:
     """Curate raw talking-head videos into WebDataset shards with a Parquet manifest."""
     from rich.markup import escape
@@ -60,6 +61,10 @@ def curate(
     from vividhead.weights import WeightsNotFound
 
     console = Console(stderr=True)
+    if not verbose:
+        from vividhead.curation.ray_adapter import quiet_ray_notices
+
+        quiet_ray_notices()
     try:
         cfg = load_config(config)
         columns = (TextColumn("inputs"), BarColumn(), MofNCompleteColumn(),

@@ -11,6 +11,7 @@ fails the dataset.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from typing import Sequence
 
@@ -57,6 +58,32 @@ class _StageTask:
 ACTOR_MAX_RESTARTS = 4  # a dead actor is re-created (setup() runs again) at most this many times
 ACTOR_MAX_TASK_RETRIES = 3  # a call lost with its actor is re-sent at most this many times
 TASK_MAX_RETRIES = 3  # a task whose worker process died is re-run at most this many times
+
+
+#: Ray's Python log lines that every curate run would print (``--verbose`` shows them): (logger, message start).
+RAY_NOTICES = (
+    ("ray.data._internal.progress", "Progress bars disabled"),
+    ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled"),
+)
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(str(record.msg).startswith(start) for _, start in RAY_NOTICES)
+
+
+def quiet_ray_notices() -> None:
+    """Drop :data:`RAY_NOTICES` (a filter on those loggers; installed once, before ``ray.init``).
+
+    Not covered: the driver's C++ line ``E ... core_worker.cc:2465: Actor ... has constructor
+    arguments in the object store and max_restarts > 0`` (written to descriptor 2 by Ray's core
+    worker; ``RAY_BACKEND_LOG_LEVEL=fatal`` hides it but prints an ``I ... logging.cc`` line of its
+    own and silences every Ray process's error log).
+    """
+    for name, _ in RAY_NOTICES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices())
 
 
 def retry_options(actor: bool) -> dict:
