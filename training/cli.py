@@ -15,6 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vividhead.training.trainers.registry import TRAIN_SPECS, TrainSpec
+
 train_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Train FlashHead models on curated shards (stage 1 SFT, stage 2 DMD distillation).")
 
@@ -29,22 +31,18 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _run(trainer_cls_path: str, config_cls_path: str, config: Path, resume: Optional[str]) -> None:
-    import importlib
-
+def _run(spec: TrainSpec, config: Path, resume: Optional[str]) -> None:
     from vividhead.config import ConfigError
     from vividhead.training.trainers.checkpoint import CheckpointError
     from vividhead.training.trainers.config import load_train_config
     from vividhead.training.trainers.distributed import shutdown_distributed
     from vividhead.training.trainers.runtime import TrainingDiverged
 
-    mod, name = trainer_cls_path.rsplit(".", 1)
-    cmod, cname = config_cls_path.rsplit(".", 1)
     try:
-        cfg = load_train_config(config, getattr(importlib.import_module(cmod), cname))
+        cfg = load_train_config(config, spec.config_class())
     except ConfigError as exc:
         _fail(exc)
-    trainer = getattr(importlib.import_module(mod), name)(cfg, resume=resume)
+    trainer = spec.trainer_class()(cfg, resume=resume)
     try:
         result = trainer.run()
     except (TrainingDiverged, CheckpointError) as exc:
@@ -55,17 +53,17 @@ def _run(trainer_cls_path: str, config_cls_path: str, config: Path, resume: Opti
         typer.echo(f"{result['stopped']}: step {result['step']}, checkpoint {result['last_checkpoint']}")
 
 
-@train_app.command("sft")
-def sft(config: ConfigPath, resume: Resume = None) -> None:
-    """Stage 1: streaming-aware flow-matching pre-training (FlashHead §3.2)."""
-    _run("vividhead.training.trainers.sft.SFTTrainer", "vividhead.training.trainers.config.SFTConfig", config, resume)
+def _add_mode(spec: TrainSpec) -> None:
+    """``vividhead train <spec.kind> --config YAML [--resume PATH]``."""
+
+    def command(config: ConfigPath, resume: Resume = None) -> None:
+        _run(spec, config, resume)
+
+    train_app.command(spec.kind, help=spec.help)(command)
 
 
-@train_app.command("distill")
-def distill(config: ConfigPath, resume: Resume = None) -> None:
-    """Stage 2: DMD distillation to the 4-step streaming generator (oracle or self-correcting)."""
-    _run("vividhead.training.trainers.distill.DistillTrainer",
-         "vividhead.training.trainers.distill_config.DistillConfig", config, resume)
+for _spec in TRAIN_SPECS.values():  # sft, distill, ...: one command per registered trainer mode
+    _add_mode(_spec)
 
 
 @train_app.command("export")

@@ -1,9 +1,10 @@
 """Typed configs of the trainers, loaded from YAML (:mod:`vividhead.config`: unknown keys and bad
 values fail at load, naming the key).
 
-Sections shared by ``vividhead train sft`` and ``vividhead train distill``: ``model``, ``data``,
-``optim``, ``parallel``, ``checkpoint``, ``log`` and ``run``; stage 1 adds ``flow``, stage 2
-``distill``. Shipped examples: ``examples/sft_pro.yaml``, ``sft_lite.yaml``, ``sft_14b.yaml``,
+Sections shared by every trainer mode (:class:`TrainConfig`): ``model``, ``data``, ``optim``,
+``parallel``, ``checkpoint``, ``log`` and ``run``; a mode's config subclasses it and adds its own
+section (stage 1 ``flow``: :class:`SFTConfig`; stage 2 ``distill``:
+:class:`~vividhead.training.trainers.distill_config.DistillConfig`). Shipped examples: ``examples/sft_pro.yaml``, ``sft_lite.yaml``, ``sft_14b.yaml``,
 ``sft_tiny_cpu.yaml``, ``distill_pro.yaml``, ``distill_tiny_cpu.yaml``.
 """
 
@@ -239,17 +240,25 @@ class FlowConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig:
-    """``vividhead train sft`` (FlashHead stage 1: streaming-aware spatiotemporal pre-training)."""
+class TrainConfig:
+    """The sections every trainer mode has; a mode's config subclasses this and adds its own section
+    (and may change a section's defaults by redefining the field)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(shards="out/demo"))
     optim: OptimConfig = field(default_factory=OptimConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainConfig):
+    """``vividhead train sft`` (FlashHead stage 1: streaming-aware spatiotemporal pre-training):
+    the shared sections and ``flow``."""
+
+    flow: FlowConfig = field(default_factory=FlowConfig)
 
 
 def load_train_config(path: str | Path, cls: type) -> object:

@@ -80,7 +80,7 @@ from vividhead.training.trainers.conditioning import (
     encode_reference,
     model_frames,
 )
-from vividhead.training.trainers.config import ModelConfig, SFTConfig, config_from_dict
+from vividhead.training.trainers.config import ModelConfig, config_from_dict
 from vividhead.training.trainers.distill_config import DistillConfig
 from vividhead.training.trainers.distributed import all_reduce_mean, autocast, broadcast_ints, wrap_model
 from vividhead.training.trainers.flops import dit_forward_flops
@@ -90,6 +90,7 @@ from vividhead.training.trainers.models import (
     build_transformer,
     resolve_variant,
 )
+from vividhead.training.trainers.registry import get_train_spec
 from vividhead.training.trainers.runtime import EMA, Trainer, make_optimizer, make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ def resolve_init_model(cfg: DistillConfig) -> DistillConfig:
         if ckpt is None:
             raise CheckpointError(f"distill.init_checkpoint: no export or complete checkpoint under {path}")
         meta = json.loads((ckpt / "meta.json").read_text())
-        cls = SFTConfig if meta.get("kind", "sft") == "sft" else DistillConfig
+        cls = get_train_spec(meta.get("kind", "sft")).config_class()
         model = config_from_dict(meta["config"], cls).model
     if cfg.model != ModelConfig() and cfg.model != model:
         raise ConfigError("model: the model comes from distill.init_checkpoint; leave the model section out")
@@ -612,25 +613,6 @@ class DistillTrainer(Trainer):
         return {"loss": loss, "dmd_loss": dmd.loss.detach(), "reg_loss": reg.detach(),
                 "dmd_grad_abs": dmd.grad_abs, "reg_grad_abs": reg_grad, "sigma": sigma, "noise": noise}
 
-    def _update(self, role: str, loss: torch.Tensor) -> torch.Tensor:
-        """Backward, clip, step and schedule ``role``'s optimiser; returns the pre-clip grad norm.
-
-        Raises:
-            TrainingDiverged: a non-finite loss or grad norm on any rank (checked after backward,
-                before the update, so the weights stay as they were).
-        """
-        loss.backward()
-        params = [p for p in self.raw[role].parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        self.check_finite(loss, norm)
-        opt = self.optimizers[role]
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        self.schedulers[role].step()
-        return norm.detach()
-
     def fake_score_step(self, window: RolloutWindow) -> dict[str, torch.Tensor]:
         """One fake-score update: a rollout without graph, then the flow-matching loss of
         ``fake_score`` on chunk k's detached output (motion slots clean, no loss there)."""
@@ -643,7 +625,7 @@ class DistillTrainer(Trainer):
         noise = torch.randn(out.x0.shape, generator=self.generator, device=dev)
         res = flow_matching_loss(self.velocity("fake_score", window.context(out.chunk), window.ref_latent),
                                  out.x0.detach(), torch.tensor([out.num_motion], device=dev), sigma, noise)
-        norm = self._update("fake_score", res.loss)
+        norm = self.update("fake_score", res.loss)
         return {"fake_score_loss": res.loss.detach(), "fake_score_grad_norm": norm,
                 "fake_k": torch.tensor(float(k)), "fake_t": torch.tensor(float(t))}
 
@@ -653,7 +635,7 @@ class DistillTrainer(Trainer):
         k, t = self.draw_rollout("generator", window.num_chunks)
         out = self.rollout(window, k, exit_step=t - 1, grad=True)
         losses = self.generator_loss(window, out)
-        norm = self._update("generator", losses["loss"])
+        norm = self.update("generator", losses["loss"])
         return {"generator_loss": losses["loss"].detach(), "dmd_loss": losses["dmd_loss"],
                 "reg_loss": losses["reg_loss"], "dmd_grad_abs": losses["dmd_grad_abs"],
                 "reg_grad_abs": losses["reg_grad_abs"], "generator_grad_norm": norm,

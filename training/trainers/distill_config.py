@@ -1,7 +1,8 @@
 """Config of ``vividhead train distill`` (stage 2: DMD distillation with a K-chunk rollout).
 
-The shared sections of :mod:`vividhead.training.trainers.config` (``model``, ``data``, ``optim``,
-``parallel``, ``checkpoint``, ``log``, ``run``) plus ``distill``. Shipped examples:
+The shared sections (:class:`~vividhead.training.trainers.config.TrainConfig`: ``model``, ``data``,
+``optim``, ``parallel``, ``checkpoint``, ``log``, ``run``; ``optim`` without warm-up by default)
+plus ``distill``. Shipped examples:
 ``examples/distill_pro.yaml`` (1.3B Pro on one or more H200s) and ``examples/distill_tiny_cpu.yaml``.
 
 Sources: FlashHead report §3.2 stage 2 (eq. 4-5) and §4; LiveTalk §2.2 stage 2 (eq. 2-3), §3
@@ -14,15 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from vividhead.config import check
-from vividhead.training.trainers.config import (
-    CheckpointConfig,
-    DataConfig,
-    LogConfig,
-    ModelConfig,
-    OptimConfig,
-    ParallelConfig,
-    RunConfig,
-)
+from vividhead.training.trainers.config import OptimConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -100,7 +93,7 @@ class DistillSection:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(TrainConfig):
     """``vividhead train distill`` (FlashHead Oracle-Guided / LiveTalk Self-Correcting Bidirectional
     Distillation).
 
@@ -111,14 +104,8 @@ class DistillConfig:
     ``cold_start_prob`` applies to the first chunk's ground-truth motion frames.
     """
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(shards="out/demo"))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=0))
     distill: DistillSection = field(default_factory=DistillSection)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self, section: str) -> None:
         check(self.data.batch_size == 1, "data.batch_size", "must be 1 for distillation (batch 1 per GPU)")

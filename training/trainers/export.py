@@ -64,39 +64,38 @@ def read_checkpoint_weights(checkpoint: str | Path, weights: Literal["ema", "raw
     """The trained DiT of a stage-1 or stage-2 checkpoint, unsharded on the CPU (one process).
 
     Reads the DCP checkpoint's full state (no process group needed) and takes the EMA (when the
-    run kept one and ``weights`` allows) or the raw weights of ``transformer`` (stage 1) or
-    ``generator`` (stage 2). Also the stage-2 trainer's way to start from a stage-1 checkpoint.
+    run kept one and ``weights`` allows) or the raw weights of the module its trainer mode exports
+    (:attr:`TrainSpec.exported_module <vividhead.training.trainers.registry.TrainSpec.exported_module>`:
+    ``transformer`` for stage 1, ``generator`` for stage 2). Also the stage-2 trainer's way to start from a stage-1 checkpoint.
 
     Args:
         checkpoint: a checkpoint folder or a run's output folder (newest checkpoint).
         weights: ``ema``, ``raw``, or ``auto`` (EMA when the run kept one).
 
     Returns:
-        ``(cfg, state_dict, info)``: the run's config (:class:`SFTConfig` or ``DistillConfig``),
+        ``(cfg, state_dict, info)``: the run's config (its mode's config class, from the registry),
         the float32 DiT state dict in the released key layout, and
         ``{"checkpoint", "step", "weights" ("ema"/"raw"), "kind"}``.
 
     Raises:
-        CheckpointError: no checkpoint, or ``ema`` asked of a run without one.
+        CheckpointError: no checkpoint, an unknown trainer kind, or ``ema`` asked of a run without one.
     """
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     from vividhead.training.trainers.config import config_from_dict
+    from vividhead.training.trainers.registry import get_train_spec
 
     ckpt = latest_checkpoint(checkpoint)
     if ckpt is None:
         raise CheckpointError(f"no complete checkpoint under {checkpoint}")
     meta = json.loads((ckpt / "meta.json").read_text())
     kind = meta.get("kind", "sft")
-    if kind == "sft":
-        from vividhead.training.trainers.config import SFTConfig as cfg_cls
-
-        module = "transformer"
-    else:
-        from vividhead.training.trainers.distill_config import DistillConfig as cfg_cls
-
-        module = "generator"
-    cfg = config_from_dict(meta["config"], cfg_cls)
+    try:
+        spec = get_train_spec(kind)
+    except KeyError as exc:
+        raise CheckpointError(f"{ckpt}: {exc.args[0]}") from None
+    module = spec.exported_module
+    cfg = config_from_dict(meta["config"], spec.config_class())
     with tempfile.TemporaryDirectory(prefix="vividhead_dcp_") as tmp_dir:
         tmp = Path(tmp_dir) / "state.pt"
         dcp_to_torch_save(str(ckpt), str(tmp))

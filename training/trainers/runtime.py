@@ -3,18 +3,19 @@ optimisers with warm-up, EMA, checkpoints, SIGTERM, non-finite-loss stop, progre
 TensorBoard (and Weights & Biases when configured).
 
 A trainer subclasses :class:`Trainer` and implements :meth:`Trainer.build` (networks, optimisers)
-and :meth:`Trainer.train_step` (one optimiser step of its method); :meth:`Trainer.run` does the rest.
+and :meth:`Trainer.train_step` (its objective: losses, then :meth:`Trainer.update` per optimiser);
+:meth:`Trainer.run` does the rest, with the metrics in a
+:class:`~vividhead.training.trainers.metrics.MetricsLogger`. A trainer mode is registered in
+:mod:`vividhead.training.trainers.registry`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from vividhead.training.trainers.checkpoint import (
 )
 from vividhead.training.trainers.config import DataConfig, OptimConfig
 from vividhead.training.trainers.distributed import DistEnv, barrier, init_distributed
+from vividhead.training.trainers.metrics import MetricsLogger
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,13 @@ class EMA:
                              1.0 - self.decay)
 
 
+def make_clip_filter(fields: dict[str, Any]):
+    """A :class:`~vividhead.training.data.ClipFilter` of config values (YAML lists become tuples)."""
+    from vividhead.training.data import ClipFilter
+
+    return ClipFilter(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
 # ----------------------------------------------------------------------------------------------
 # The run loop
 # ----------------------------------------------------------------------------------------------
@@ -139,10 +148,14 @@ class Trainer:
         self.emas: dict[str, EMA] = {}
         self.last_checkpoint: Path | None = None
         self._stop_requested = False
-        self.writer = None
+        self.metrics = MetricsLogger(self.out, self.env.is_main, self.env.device)
         # Noise, sigmas, dropout and rollout draws: one generator per rank, checkpointed.
         self.generator = torch.Generator(device=self.env.device).manual_seed(cfg.run.seed * 1000 + self.env.rank)
-        self.history: list[dict[str, float]] = []
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Every step's logged scalars (``{"step", ...}``), on every rank."""
+        return self.metrics.history
 
     # -- to implement ---------------------------------------------------------------------------
     def build(self) -> None:  # pragma: no cover - interface
@@ -152,8 +165,31 @@ class Trainer:
 
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         """One optimiser step on ``batch``; returns scalar tensors to log (``loss`` first). Must not
-        update weights when ``loss`` is not finite (call :meth:`check_finite` before stepping)."""
+        update weights when ``loss`` is not finite (:meth:`update` checks before stepping)."""
         raise NotImplementedError
+
+    def update(self, name: str, loss: torch.Tensor) -> torch.Tensor:
+        """Backward ``loss``, clip the gradients of ``self.modules[name]``'s trainable parameters to
+        ``optim.grad_clip`` (0: no clip), then step optimiser ``name`` and its scheduler.
+
+        Returns:
+            the pre-clip global grad norm (detached).
+
+        Raises:
+            TrainingDiverged: a non-finite loss or grad norm on any rank (checked after backward,
+                before the step, so the weights stay as they were; the step's one host sync).
+        """
+        loss.backward()
+        params = [p for p in self.modules[name].parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+            norm = norm.full_tensor()
+        self.check_finite(loss, norm)
+        opt = self.optimizers[name]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.schedulers[name].step()
+        return norm.detach()
 
     def on_log(self, scalars: dict[str, float]) -> None:
         """Extra logging at log steps (validation, previews)."""
@@ -165,16 +201,11 @@ class Trainer:
         ``dataset_cls`` picks a subclass (the stage-2 multi-chunk windows), ``kwargs`` go to it."""
         import webdataset as wds
 
-        from vividhead.training.data import ClipFilter, ClipWindowDataset
+        from vividhead.training.data import ClipWindowDataset
 
-        flt = dict(data.clip_filter)
-        flt.update(clip_filter or {})
-        for key in ("languages", "keys", "exclude_keys"):
-            if flt.get(key) is not None:
-                flt[key] = tuple(flt[key])
         return (dataset_cls or ClipWindowDataset).from_output_dir(
             data.shards,
-            clip_filter=ClipFilter(**flt),
+            clip_filter=make_clip_filter({**data.clip_filter, **(clip_filter or {})}),
             num_frames=data.num_frames,
             num_motion_frames=data.motion_frames,
             cold_start_prob=data.cold_start_prob,
@@ -198,12 +229,10 @@ class Trainer:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        from vividhead.training.data import ClipFilter
-
         manifest = Path(data.shards) / "manifest.parquet"
         if not manifest.exists():  # every sample is used (ClipWindowDataset.from_output_dir warns)
             return []
-        flt = ClipFilter(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.clip_filter.items()})
+        flt = make_clip_filter(data.clip_filter)
         table = pq.read_table(str(manifest), columns=None)
         table = table.filter(flt.expression())
         table = table.filter(pc.field("num_frames") > data.num_frames)
@@ -315,35 +344,13 @@ class Trainer:
             self._skipped_seen = {(str(u), k) for u, k in rank_state.get("skipped_keys", [])}
 
     # -- logging ----------------------------------------------------------------------------------
-    def _open_writer(self) -> None:
-        if not self.env.is_main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is in the train extra; logs still go to metrics.jsonl
-            logger.warning("tensorboard not installed: scalars go to metrics.jsonl only")
-            return
-        self.writer = SummaryWriter(str(self.out / "tensorboard"))
-        if self.cfg.log.wandb_project:
-            import wandb
-
-            wandb.init(project=self.cfg.log.wandb_project, config=to_dict(self.cfg), dir=str(self.out),
-                       sync_tensorboard=True, resume="allow")
-
     def log_scalars(self, scalars: dict[str, float]) -> None:
-        """TensorBoard + ``metrics.jsonl`` (rank 0)."""
-        if not self.env.is_main:
-            return
-        if self.writer is not None:
-            for k, v in scalars.items():
-                self.writer.add_scalar(k, v, self.step)
-        with open(self.out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps({"step": self.step, **scalars}) + "\n")
+        """TensorBoard + ``metrics.jsonl`` at the current step (rank 0)."""
+        self.metrics.write(self.step, scalars)
 
     def log_histogram(self, name: str, values: list[float]) -> None:
-        """A TensorBoard histogram (rank 0)."""
-        if self.env.is_main and self.writer is not None and values:
-            self.writer.add_histogram(name, torch.tensor(values), self.step)
+        """A TensorBoard histogram at the current step (rank 0)."""
+        self.metrics.histogram(self.step, name, values)
 
     # -- the loop ---------------------------------------------------------------------------------
     def data_stream(self) -> Iterator[Any]:
@@ -370,7 +377,7 @@ class Trainer:
         """
         from tqdm import tqdm
 
-        from vividhead.training.trainers.flops import mfu, peak_flops
+        from vividhead.training.trainers.flops import peak_flops
 
         self.preflight()  # nothing is built or written before the run folder and the data are checked
         self.build()
@@ -381,20 +388,15 @@ class Trainer:
         if self.env.is_main:  # the run folder's first write
             self.out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.out / "config.json", to_dict(self.cfg))
-        self._open_writer()
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         cfg = self.cfg
+        # peak None: MFU not shown (CPU, unknown GPU)
+        self.metrics.open(peak_flops(self.env.device, cfg.parallel.precision), cfg.log.wandb_project, to_dict(cfg))
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         bar = tqdm(total=cfg.run.max_steps, initial=self.step, disable=not (self.env.is_main and cfg.log.progress),
                    desc=self.kind, unit="step", dynamic_ncols=True)
         stopped = "max_steps"
-        peak = peak_flops(self.env.device, cfg.parallel.precision)  # None: MFU not shown (CPU, unknown GPU)
         stream = self.data_stream()
-        # Scalars stay on the device until a log step: no host sync per step besides the trainer's
-        # own finiteness check, so the host queues the next step while the device runs this one.
-        pending: list[dict[str, torch.Tensor]] = []
-        t_data = 0.0
-        t_interval = time.perf_counter()
-        flops = tokens = 0
+        self.metrics.start_interval()
         try:
             while self.step < cfg.run.max_steps:
                 if self._sync_stop():
@@ -402,62 +404,31 @@ class Trainer:
                     break
                 t0 = time.perf_counter()
                 batch = next(stream)
-                t_data += time.perf_counter() - t0
+                self.metrics.data_wait(time.perf_counter() - t0)
                 scalars = self.train_step(batch)
                 self.step += 1
                 for ema in self.emas.values():
                     ema.update()
-                pending.append({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v))
-                                for k, v in scalars.items() if not k.startswith("_")})
+                self.metrics.record(scalars)
                 bar.update(1)
                 if self.step % cfg.log.every_steps == 0 or self.step == cfg.run.max_steps:
-                    if self.env.device.type == "cuda":
-                        torch.cuda.synchronize(self.env.device)
-                    n = len(pending)
-                    elapsed = time.perf_counter() - t_interval
-                    buckets: dict[str, list[float]] = defaultdict(list)
-                    for i, row in enumerate(pending):
-                        values = {k: float(v) for k, v in row.items()}
-                        self.history.append({"step": self.step - n + 1 + i, **values})
-                        for k, v in values.items():
-                            if math.isfinite(v):
-                                buckets[k].append(v)
-                    pending.clear()
-                    flops, tokens = self.train_flops_per_step(), self.tokens_per_step()
-                    avg = {f"train/{k}": sum(v) / len(v) for k, v in buckets.items() if v}
-                    avg["perf/step_s"] = elapsed / n
-                    avg["perf/data_wait_share"] = t_data / max(elapsed, 1e-12)
-                    if tokens:
-                        avg["perf/tokens_per_s"] = tokens * n / elapsed
-                    if flops and peak:
-                        avg["perf/mfu"] = mfu(flops, elapsed / n, peak=peak)
-                    for name, sch in self.schedulers.items():
-                        avg[f"lr/{name}"] = sch.get_last_lr()[0]
-                    if self.env.device.type == "cuda":
-                        avg["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
-                    avg["data/skipped_samples"] = float(sum(self.skipped_samples.values()))
-                    post = {"loss": f"{avg.get('train/loss', float('nan')):.4f}"}
-                    if "perf/mfu" in avg:
-                        post["MFU"] = f"{100 * avg['perf/mfu']:.1f}%"
-                    if tokens:
-                        post["tok/s"] = f"{avg['perf/tokens_per_s']:.0f}"
-                    bar.set_postfix(post, refresh=True)
+                    avg = self.metrics.summarize(
+                        self.step, flops=self.train_flops_per_step(), tokens=self.tokens_per_step(),
+                        lrs={name: sch.get_last_lr()[0] for name, sch in self.schedulers.items()},
+                        extra={"data/skipped_samples": float(sum(self.skipped_samples.values()))})
+                    bar.set_postfix(self.metrics.postfix(avg), refresh=True)
                     self.log_scalars(avg)
                     self.on_log(avg)
-                    t_data = 0.0
-                    t_interval = time.perf_counter()
+                    self.metrics.start_interval()
                 if self.step % cfg.checkpoint.every_steps == 0 and self.step < cfg.run.max_steps:
                     self.save()
-            for i, row in enumerate(pending):  # steps after the last log step (SIGTERM)
-                self.history.append({"step": self.step - len(pending) + 1 + i,
-                                     **{k: float(v) for k, v in row.items()}})
+            self.metrics.finish(self.step)  # steps after the last log step (SIGTERM)
             self.save()
         finally:
             bar.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-            if self.writer is not None:
-                self.writer.close()
+            self.metrics.close()
         return {"step": self.step, "stopped": stopped, "last_checkpoint": self.last_checkpoint,
                 "history": self.history}
 

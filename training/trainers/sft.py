@@ -157,19 +157,9 @@ class SFTTrainer(Trainer):
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         inputs = self.encode(batch)
         self._account(inputs)
-        opt = self.optimizers["transformer"]
         out = self.loss(inputs)
-        out.loss.backward()
-        model = self.transformer
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                   self.cfg.optim.grad_clip or float("inf"))
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        self.check_finite(out.loss, grad_norm)  # the step's one host sync, before the update
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        self.schedulers["transformer"].step()
-        scalars = {"loss": all_reduce_mean(out.loss.detach(), self.env), "grad_norm": grad_norm.detach()}
+        grad_norm = self.update("transformer", out.loss)
+        scalars = {"loss": all_reduce_mean(out.loss.detach(), self.env), "grad_norm": grad_norm}
         for lo, hi in zip((0.0,) + SIGMA_BUCKETS[:-1], SIGMA_BUCKETS):
             sel = ((out.sigma >= lo) & (out.sigma < hi if hi < 1.0 else out.sigma <= hi)).float()
             # NaN when no sample fell in the bucket (skipped when averaged for the log)
