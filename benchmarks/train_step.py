@@ -68,8 +68,8 @@ def pro_inputs(device):
 
 
 def bench_ours(args, flops) -> None:
-    from vividhead.training.latent_cache import CachedBatch
     from vividhead.training.trainers.config import SFTConfig, config_from_dict
+    from vividhead.training.trainers.latent_cache import CachedBatch
     from vividhead.training.trainers.sft import SFTTrainer
 
     class BenchTrainer(SFTTrainer):
@@ -172,8 +172,8 @@ def bench_data(args) -> None:
     from vividhead.models.audio_encoder import Wav2VecFeatures
     from vividhead.models.vae import build_vae
     from vividhead.training.data import ClipWindowBatch
-    from vividhead.training.latent_cache import LatentCacheDataset  # noqa: F401  (import cost)
     from vividhead.training.trainers.conditioning import encode_batch
+    from vividhead.training.trainers.latent_cache import LatentCacheDataset  # noqa: F401  (import cost)
     from vividhead.training.trainers.models import FrozenEncoders
 
     dev = torch.device("cuda")

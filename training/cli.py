@@ -94,8 +94,8 @@ def cache_latents(
 ) -> None:
     """Encode windows of the config's shards once (VAE latents, reference latent, Wav2Vec context)."""
     from vividhead.config import ConfigError
-    from vividhead.training.latent_cache import write_latent_cache
     from vividhead.training.trainers.config import SFTConfig, load_train_config
+    from vividhead.training.trainers.latent_cache import write_latent_cache
 
     try:
         cfg = load_train_config(config, SFTConfig)

@@ -90,9 +90,9 @@ class Teacher:
 def teacher(curated_shards, tmp_path_factory) -> Teacher:
     """A tiny stage-1 model at 32x32: 100 flow-matching steps on 20 cached windows of the curated
     clips (audio dropout 0.1 for the teacher's guidance), and its export (~15 s)."""
-    from vividhead.training.latent_cache import write_latent_cache
     from vividhead.training.trainers.distributed import shutdown_distributed
     from vividhead.training.trainers.export import export_checkpoint
+    from vividhead.training.trainers.latent_cache import write_latent_cache
     from vividhead.training.trainers.sft import SFTTrainer
 
     tmp = tmp_path_factory.mktemp("teacher")

@@ -124,7 +124,7 @@ def test_training_and_inference_share_the_schedule():
 # -- training on curated clips ---------------------------------------------------------------------
 def test_tiny_model_overfits_curated_clips_from_a_latent_cache(curated_shards, tmp_path):
     """cache-latents on real curated clips, then 60 steps on 3 windows: the loss falls below half."""
-    from vividhead.training.latent_cache import write_latent_cache
+    from vividhead.training.trainers.latent_cache import write_latent_cache
 
     cfg = tiny_config(curated_shards, tmp_path / "run", optim={"lr": 3e-3, "warmup_steps": 1, "ema_decay": 0.0},
                       flow={"audio_dropout": 0.0, "reference_dropout": 0.0}, run={"max_steps": 60},

@@ -242,7 +242,7 @@ class Trainer:
         """A DataLoader of :class:`ClipWindowBatch` (or :class:`CachedBatch` over a latent cache),
         pinned on CUDA."""
         from vividhead.training.data import collate_clip_windows
-        from vividhead.training.latent_cache import LatentCacheDataset, collate_cached
+        from vividhead.training.trainers.latent_cache import LatentCacheDataset, collate_cached
 
         collate = collate_cached if isinstance(dataset, LatentCacheDataset) else collate_clip_windows
         return torch.utils.data.DataLoader(

@@ -88,7 +88,7 @@ class SFTTrainer(Trainer):
         if cfg.optim.ema_decay > 0:
             self.emas = {"transformer": EMA(model, cfg.optim.ema_decay)}
         if cfg.data.latent_cache:
-            from vividhead.training.latent_cache import LatentCacheDataset, check_cache_geometry
+            from vividhead.training.trainers.latent_cache import LatentCacheDataset, check_cache_geometry
 
             check_cache_geometry(cfg.data.latent_cache, cfg)
             self.val_keys = []
