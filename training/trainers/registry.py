@@ -73,17 +73,11 @@ def get_train_spec(kind: str) -> TrainSpec:
         raise KeyError(f"unknown trainer kind {kind!r} (known: {', '.join(TRAIN_SPECS)})") from None
 
 
-register_train_spec(TrainSpec(
-    kind="sft",
-    trainer="vividhead.training.trainers.sft:SFTTrainer",
-    config="vividhead.training.trainers.config:SFTConfig",
-    exported_module="transformer",
-    help="Stage 1: streaming-aware flow-matching pre-training (FlashHead §3.2).",
-))
-register_train_spec(TrainSpec(
-    kind="distill",
-    trainer="vividhead.training.trainers.distill:DistillTrainer",
-    config="vividhead.training.trainers.distill_config:DistillConfig",
-    exported_module="generator",
-    help="Stage 2: DMD distillation to the 4-step streaming generator (oracle or self-correcting).",
-))
+_T = "vividhead.training.trainers."
+for _spec in (
+    TrainSpec("sft", _T + "sft:SFTTrainer", _T + "config:SFTConfig", "transformer",
+              "Stage 1: streaming-aware flow-matching pre-training (FlashHead §3.2)."),
+    TrainSpec("distill", _T + "distill:DistillTrainer", _T + "distill_config:DistillConfig", "generator",
+              "Stage 2: DMD distillation to the 4-step streaming generator (oracle or self-correcting)."),
+):
+    register_train_spec(_spec)
