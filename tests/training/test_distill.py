@@ -453,11 +453,11 @@ def test_exported_generator_runs_in_vividhead_infer(distilled, tmp_path, image_d
     assert count_video_frames(tmp_path / "out.mp4") == 50
 
 
-def test_rollout_command_plots_per_chunk_drift(distilled, tmp_path, image_dir, audio_dir):
+def test_rollout_command_plots_per_chunk_drift(distilled, tmp_path, image_dir, audio_dir, capsys):
     """`vividhead eval rollout` on the 60 s fixture audio, 4 chunks: one drift row per chunk (colour,
     sharpness, latent norm; Light-ASD attempted with the fixture weights), the MP4 and the plot; its
     alias `vividhead train rollout` fails on too short an audio with one line."""
-    from vividhead.cli import build_app
+    from vividhead.cli import build_app, main
     from vividhead.media import count_video_frames
 
     _, _, export = distilled
@@ -475,8 +475,8 @@ def test_rollout_command_plots_per_chunk_drift(distilled, tmp_path, image_dir, a
         assert "asd_score" in r or "face_error" in r  # a 32x32 toy face may not be detected
     assert (tmp_path / "roll" / "drift.png").stat().st_size > 0
     assert count_video_frames(tmp_path / "roll" / "rollout.mp4") == 4 * 28
-    res = CliRunner().invoke(build_app(), [
-        "train", "rollout", "--checkpoint", str(export), "--image", str(image_dir / "face_frontal_happy_256.png"),
-        "--audio", str(audio_dir / "speech_jfk_16k.wav"), "--chunks", "1000", "--out", str(tmp_path / "x"),
-        "--device", "cpu", "--dtype", "fp32", "--no-asd"])
-    assert res.exit_code == 2 and "1000 chunks need" in res.output
+    with pytest.raises(SystemExit) as stop:  # the vividhead command: one error line, exit code 2
+        main(["train", "rollout", "--checkpoint", str(export), "--image", str(image_dir / "face_frontal_happy_256.png"),
+              "--audio", str(audio_dir / "speech_jfk_16k.wav"), "--chunks", "1000", "--out", str(tmp_path / "x"),
+              "--device", "cpu", "--dtype", "fp32", "--no-asd"])
+    assert stop.value.code == 2 and "1000 chunks need" in capsys.readouterr().err
