@@ -323,22 +323,29 @@ def split(
 def rollout(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A `vividhead train export` folder (the generator).")],
     image: Annotated[Path, typer.Option("--image", help="Reference portrait (any size; resized and centre-cropped).")],
-    audio: Annotated[Path, typer.Option("--audio", help="Long speech file, e.g. ../shared/fixtures/media/audio/"
-                                                        "speech_en_60s_16k.wav.")],
+    audio: Annotated[Path, typer.Option("--audio", help="Long speech file (e.g. the fixtures' 60 s "
+                                                        "speech_en_60s_16k.wav).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for rollout.mp4, drift.json, drift.png.")],
     chunks: Annotated[Optional[int], typer.Option(help="Chunks to generate (default: the whole audio).")] = None,
-    device: Annotated[str, typer.Option(help="cuda / cpu.")] = "cuda",
-    dtype: Annotated[str, typer.Option(help="bf16 / fp16 / fp32.")] = "bf16",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present, else CPU) / cuda / cuda:N / cpu.")] = "auto",
+    dtype: Annotated[Optional[str], typer.Option(
+        help="bf16 / fp16 / fp32 (default: bf16 on CUDA, fp32 on the CPU).")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 42,
     asd: Annotated[bool, typer.Option("--asd/--no-asd", help="Light-ASD score per chunk (when its weights exist).")] = True,
 ) -> None:
     """Long-horizon check: stream a generator for N chunks and plot per-chunk drift (colour,
     sharpness vs the reference, latent norm, Light-ASD)."""
-    from vividhead.devices import parse_dtype
+    from vividhead.devices import default_dtype_name, parse_dtype, resolve_device
     from vividhead.evaluation.long_rollout import long_rollout
 
+    resolved = resolve_device(device)
+    dtype = dtype or default_dtype_name(resolved)
+    torch_dtype = parse_dtype(dtype)
+    if device == "auto":
+        typer.echo(f"device: {resolved} (auto: {'CUDA device found' if resolved.startswith('cuda') else 'no CUDA device'})",
+                   err=True)
     try:
-        report = long_rollout(checkpoint, image, audio, out, num_chunks=chunks, device=device, dtype=parse_dtype(dtype),
+        report = long_rollout(checkpoint, image, audio, out, num_chunks=chunks, device=resolved, dtype=torch_dtype,
                               seed=seed, asd=asd)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)

@@ -278,18 +278,19 @@ MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
     "variant": typer.Option(help=f"One of {sorted(VARIANTS)} (ignored with --checkpoint)."),
     "checkpoint": typer.Option(
         "--checkpoint", help="A `vividhead train export` folder (stage 1 or 2: trained DiT + its VAE and Wav2Vec), "
-                             "local or a Hub id owner/name[@revision]."),
-    "checkpoint_dir": typer.Option(help="Released SoulX-FlashHead-1_3B: local folder or Hub id "
-                                        "(Soul-AILab/SoulX-FlashHead-1_3B, pinned revision unless @rev)."),
+                             "local or a Hub id owner/name (@revision picks a commit)."),
+    "checkpoint_dir": typer.Option(help="The released SoulX-FlashHead 1.3B model: a local folder or its Hub id "
+                                        "(Soul-AILab's repo at a pinned revision unless @rev; see "
+                                        "docs/inference.md)."),
     "vae": typer.Option("--vae", help="VAE checkpoint (default: inside --checkpoint-dir)."),
-    "wav2vec_dir": typer.Option(help="wav2vec2-base-960h: local folder or Hub id (facebook/wav2vec2-base-960h, pinned)."),
+    "wav2vec_dir": typer.Option(help="wav2vec2-base-960h: a local folder or its Hub id (facebook's repo at a pinned revision)."),
     "random_weights": typer.Option(help="Random weights (smoke tests, speed)."),
     "device": typer.Option(help="auto (CUDA when present, else CPU) / cuda / cuda:N / cpu."),
     "dtype": typer.Option(help="bf16 / fp16 / fp32 (default: bf16 on CUDA, fp32 on the CPU)."),
     "seed": typer.Option(help="Noise seed."),
     "fast_path": typer.Option("--fast-path/--no-fast-path",
                               help="On a GPU: compiled DiT replayed as CUDA graphs, accelerated VAE, warm-up "
-                                   "before serving (FlashHeadModels.optimize); --no-fast-path runs eager."),
+                                   "before serving; --no-fast-path runs eager."),
     "fp8": typer.Option("--fp8", help="FP8 GEMMs in the DiT blocks (faster, outputs move beyond bf16 "
                                       "rounding: see docs/inference.md)."),
     "fast_start": typer.Option("--fast-start", help="Short first chunk (lower first-frame latency)."),
@@ -310,7 +311,8 @@ def _model_parameters() -> list[inspect.Parameter]:
               for f in dataclasses.fields(ModelOptions) if f.name != "fidelity"]
     return params + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
                                        annotation=Annotated[bool, typer.Option(*FIDELITY_HELP[f.name][:1],
-                                                                               help=FIDELITY_HELP[f.name][1])])
+                                                                               help=FIDELITY_HELP[f.name][1],
+                                                                               show_default=False)])
                      for f in dataclasses.fields(FidelityOptions)]
 
 

@@ -77,3 +77,20 @@ def test_config_error_through_the_real_script(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.yaml" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["serve"], ["infer"], ["eval", "rollout"], ["train", "rollout"]])
+def test_help_texts_are_whole_at_80_columns(command, monkeypatch):
+    """At 80 columns no option's help text is cut with an ellipsis (long paths, Hub ids and API
+    names stay out of the narrow help column; fidelity flags state their default in words).
+    The option-name column may still shorten the longest flag pairs: that is Typer's table."""
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("TERMINAL_WIDTH", "80")
+    text = CliRunner().invoke(cli.build_app(), [*command, "--help"], terminal_width=80).output
+    lines = text.splitlines()
+    start = next(line.index("Show this message") for line in lines if "Show this message" in line)
+    cut = [line for line in lines if "…" in line[start:]]
+    assert not cut, "\n".join(cut)
+    assert len(max(lines, key=len)) <= 80

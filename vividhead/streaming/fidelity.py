@@ -58,9 +58,9 @@ class FidelityOptions:
     """
 
     ltx_sample_posterior: bool = field(default=True, metadata={"flag": "--ltx-sample-posterior/--ltx-posterior-mean",
-                                                               "help": "Lite: sample the LTX VAE posterior (released) or take its mean."})
+                                                               "help": "Lite: sample the LTX VAE posterior (released, the default) or take its mean."})
     ltx_clamp_decode: bool = field(default=False, metadata={"flag": "--ltx-clamp-decode/--no-ltx-clamp-decode",
-                                                            "help": "Lite: clamp the LTX decode to [-1, 1] before colour correction (released: no)."})
+                                                            "help": "Lite: clamp the LTX decode to [-1, 1] before colour correction (default: off, as released)."})
     uint8_round: bool = field(default=True, metadata={"flag": "--uint8-round/--uint8-truncate",
                                                       "help": "Frames to uint8 by rounding (default) or by truncation (released)."})
     reference_antialias: bool = field(default=False, metadata={"flag": "--reference-antialias/--reference-released",
