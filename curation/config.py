@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from vividhead.config import ConfigError, build_dataclass, check, read_yaml, to_dict
+from vividhead.config import ConfigError, build_dataclass, check, read_yaml, to_dict, validate_section
 from vividhead.curation.stage import StageConfig
 from vividhead.curation.stage_list import STAGES
 
@@ -59,12 +59,12 @@ class _CurateConfigMethods:
     """Methods of :class:`CurateConfig` (its fields come from the stage list)."""
 
     def __post_init__(self) -> None:
-        self.run.validate("run")
+        validate_section(self.run, "run")
         for stage in STAGES:
             section = getattr(self, stage.name)
             check(isinstance(section, stage.config_class), stage.name,
                   f"expected {stage.config_class.__name__}, got {type(section).__name__}")
-            section.validate(stage.name)
+            validate_section(section, stage.name)
             check(section.enabled or not stage.required, f"{stage.name}.enabled", "this stage cannot be disabled")
 
     def to_dict(self) -> dict[str, Any]:

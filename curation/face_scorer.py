@@ -12,8 +12,9 @@ from typing import Any, Optional
 import numpy as np
 
 from vividhead import weights
+from vividhead.config import bounded
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
-from vividhead.curation.stage import StageConfig, check
+from vividhead.curation.stage import StageConfig
 from vividhead.errors import MediaError
 from vividhead.models.face_detector import WEIGHTS_NAME as FACE_WEIGHTS
 from vividhead.models.face_detector import FaceDetector
@@ -34,15 +35,9 @@ class FaceScorerConfig(StageConfig):
 
     weights_path: Optional[str] = None
     detector_weights_path: Optional[str] = None
-    min_confidence: float = 0.5
-    min_face_share: float = 0.5
-    crop_scale: float = 0.4
-
-    def validate(self, section: str) -> None:
-        super().validate(section)
-        check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
-        check(0 <= self.min_face_share <= 1, f"{section}.min_face_share", "must be in [0, 1]")
-        check(self.crop_scale >= 0, f"{section}.crop_scale", "must be >= 0")
+    min_confidence: float = bounded(0.5, "in (0, 1)")
+    min_face_share: float = bounded(0.5, "in [0, 1]")
+    crop_scale: float = bounded(0.4, ">= 0")
 
 
 def clip_and_pcm(clip: DecodedClip | bytes, audio: Optional[bytes]) -> tuple[DecodedClip, np.ndarray]:

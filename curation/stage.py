@@ -28,7 +28,7 @@ import abc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Sequence
 
-from vividhead.config import ConfigError, check
+from vividhead.config import ConfigError, bounded, check
 
 if TYPE_CHECKING:
     from vividhead.curation.decoded_clip import DecodedClip
@@ -54,16 +54,10 @@ class StageConfig:
     """
 
     enabled: bool = True
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    workers: Optional[int] = None
-    memory_gib: float = 0.5
-
-    def validate(self, section: str) -> None:
-        check(self.num_cpus > 0, f"{section}.num_cpus", "must be > 0")
-        check(self.memory_gib > 0, f"{section}.memory_gib", "must be > 0")
-        check(self.num_gpus >= 0, f"{section}.num_gpus", "must be >= 0")
-        check(self.workers is None or self.workers >= 1, f"{section}.workers", "must be >= 1 or null")
+    num_cpus: float = bounded(1.0, "> 0")
+    num_gpus: float = bounded(0.0, ">= 0")
+    workers: Optional[int] = bounded(None, ">= 1 or null")
+    memory_gib: float = bounded(0.5, "> 0")
 
 
 class DeviceError(RuntimeError):

@@ -2,15 +2,19 @@
 
 One loader for every config of the package (curation's ``CurateConfig``, the trainers' configs):
 an unknown key or a value of the wrong type fails at load with a one-line message that names the
-key (``optim.lr: expected a number, got 'fast'``); the dataclasses' own ``validate(section)`` or
-``__post_init__`` checks ranges.
+key (``optim.lr: expected a number, got 'fast'``). A field's range is declared with the field
+(:func:`bounded`, checked by :func:`check_bounds`); a dataclass's own ``validate(section)`` adds the
+checks that are not one field's range, and ``__post_init__`` may raise ``ValueError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
+import re
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +34,85 @@ def check(cond: bool, key: str, msg: str) -> None:
     """Raise :class:`ConfigError` ``"{key}: {msg}"`` unless ``cond``."""
     if not cond:
         raise ConfigError(f"{key}: {msg}")
+
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+_BOUND = r"-?\d+(?:\.\d+)?(?:e-?\d+)?|[a-z_]\w*"  # a number, or the name of another field
+_RULE = re.compile(
+    rf"(?:(?P<op>>=|<=|>|<) (?P<bound>{_BOUND})|in (?P<open>[\[(])(?P<lo>{_BOUND}), (?P<hi>{_BOUND})(?P<close>[\])]))"
+    r"(?P<null> or null)?(?: \(.+\))?"
+)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a config field, written as its error message ends: ``"must be " + rule``.
+
+    ``rule`` is ``OP BOUND`` (``> 0``, ``>= 1``) or an interval ``in [LO, HI)`` (square bracket:
+    closed end, parenthesis: open end), optionally followed by ``or null`` (``None`` passes) and a
+    parenthesised note. A bound is a number or the name of another field of the same dataclass
+    (``>= min_clip_s``). A tuple value passes when every item does.
+
+    Raises:
+        ValueError: ``rule`` is not of that form (at import of the config class).
+    """
+
+    rule: str
+
+    def __post_init__(self) -> None:
+        if _RULE.fullmatch(self.rule) is None:
+            raise ValueError(f"not a range rule: {self.rule!r}")
+
+    def holds(self, value: Any, obj: Any) -> bool:
+        """Whether ``value`` (a field of ``obj``, whose other fields a bound may name) is in range."""
+        if isinstance(value, tuple):
+            return all(self.holds(v, obj) for v in value)
+        m = _RULE.fullmatch(self.rule)
+        if value is None:
+            return m["null"] is not None
+
+        def bound(text: str) -> Any:
+            return getattr(obj, text) if text[0].isalpha() or text[0] == "_" else float(text)
+
+        if m["op"]:
+            return _OPS[m["op"]](value, bound(m["bound"]))
+        return (_OPS[">=" if m["open"] == "[" else ">"](value, bound(m["lo"]))
+                and _OPS["<=" if m["close"] == "]" else "<"](value, bound(m["hi"])))
+
+
+def bounded(default: Any, rule: str) -> Any:
+    """A dataclass field with ``default`` whose value must satisfy ``rule`` (:class:`Bounds`):
+    ``min_face_px: int = bounded(128, ">= 1")``. :func:`check_bounds` checks it at load."""
+    return dataclasses.field(default=default, metadata={"bounds": Bounds(rule)})
+
+
+def check_bounds(obj: Any, section: str) -> None:
+    """Check every :func:`bounded` field of the dataclass ``obj``, in declaration order (a field that
+    a subclass redefines with another default keeps its base's range).
+
+    Raises:
+        ConfigError: ``"{section}.{field}: must be {rule}"`` for the first field out of range.
+    """
+    for f in dataclasses.fields(obj):
+        # A subclass that only changes a field's default keeps the range its base declared.
+        bounds = next((k.__dataclass_fields__[f.name].metadata["bounds"] for k in type(obj).__mro__
+                       if f.name in getattr(k, "__dataclass_fields__", {})
+                       and "bounds" in k.__dataclass_fields__[f.name].metadata), None)
+        if bounds is not None:
+            key = f"{section}.{f.name}" if section else f.name
+            check(bounds.holds(getattr(obj, f.name), obj), key, f"must be {bounds.rule}")
+
+
+def validate_section(obj: Any, section: str) -> None:
+    """Validate a built config dataclass: its field ranges (:func:`check_bounds`), then its own
+    ``validate(section)`` (checks across fields) when the class defines one.
+
+    Raises:
+        ConfigError: naming the first key out of range.
+    """
+    check_bounds(obj, section)
+    if hasattr(obj, "validate"):
+        obj.validate(section)
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
@@ -84,7 +167,7 @@ def build_dataclass(name: str, cls: type, raw: Any) -> Any:
     """Build the dataclass ``cls`` from its raw mapping (``None`` gives the defaults); ``name`` is
     the key path used in messages (``""`` for the top level).
 
-    Calls ``validate(name)`` on the result when the class defines it.
+    Validates the result (:func:`validate_section`: field ranges, then the class's ``validate(name)``).
 
     Raises:
         ConfigError: ``raw`` is not a mapping, has an unknown key, or a value of the wrong type or
@@ -110,8 +193,7 @@ def build_dataclass(name: str, cls: type, raw: Any) -> Any:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{name or 'config'}: {exc}") from exc
-    if hasattr(obj, "validate"):
-        obj.validate(name)
+    validate_section(obj, name)
     return obj
 
 

@@ -73,7 +73,6 @@ class ASDConfig(FaceScorerConfig):
         object.__setattr__(self, "durations_s", tuple(self.durations_s) if isinstance(self.durations_s, (list, tuple)) else self.durations_s)
 
     def validate(self, section: str) -> None:
-        super().validate(section)
         check(self.precision in ("auto", "fp32", "bf16"), f"{section}.precision", "must be auto, fp32 or bf16")
         check(
             isinstance(self.durations_s, tuple) and len(self.durations_s) > 0

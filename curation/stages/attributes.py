@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from vividhead import weights
+from vividhead.config import bounded
 from vividhead.curation.audio_io import read_pcm16
 from vividhead.curation.media import iter_frames
 from vividhead.curation.records import Row, note_annotation_error
@@ -57,7 +58,7 @@ class AttributesConfig(StageConfig):
     language: bool = True
     language_weights: str = "whisper_small"
     language_weights_path: Optional[str] = None
-    language_max_s: float = 30.0
+    language_max_s: float = bounded(30.0, "in (0, 30] (Whisper's window)")
     gender: bool = True
     gender_weights: str = "face_gender_fairface_vit"
     gender_weights_path: Optional[str] = None
@@ -66,12 +67,9 @@ class AttributesConfig(StageConfig):
     age_weights_path: Optional[str] = None
     ethnicity: bool = False
     ethnicity_weights_path: Optional[str] = None
-    face_frames: int = 3
+    face_frames: int = bounded(3, ">= 1")
 
     def validate(self, section: str) -> None:
-        super().validate(section)
-        check(0 < self.language_max_s <= 30, f"{section}.language_max_s", "must be in (0, 30] (Whisper's window)")
-        check(self.face_frames >= 1, f"{section}.face_frames", "must be >= 1")
         check(not self.ethnicity or bool(self.ethnicity_weights_path), f"{section}.ethnicity_weights_path",
                "required when ethnicity is enabled (no registry default)")
 

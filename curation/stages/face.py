@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from vividhead.config import bounded
 from vividhead.curation.media import frame_at
 from vividhead.curation.records import Row
-from vividhead.curation.stage import Stage, StageConfig, check
+from vividhead.curation.stage import Stage, StageConfig
 from vividhead.errors import MediaError
 from vividhead.models.face_detector import FaceBox, FaceDetectorStage
 from vividhead.shard_format import FPS
@@ -40,21 +41,14 @@ class FaceConfig(StageConfig):
     """
 
     weights_path: Optional[str] = None
-    min_confidence: float = 0.5
-    min_face_px: int = 128
-    dominance_ratio: float = 0.25
-    face_share: float = 0.6
+    min_confidence: float = bounded(0.5, "in (0, 1)")
+    min_face_px: int = bounded(128, ">= 1")
+    dominance_ratio: float = bounded(0.25, "in (0, 1]")
+    face_share: float = bounded(0.6, "in (0, 1]")
     allow_pad: bool = True
-    max_pad_share: float = 0.1
+    max_pad_share: float = bounded(0.1, "in [0, 0.5)")
     timeout_s: float = 120.0
 
-    def validate(self, section: str) -> None:
-        super().validate(section)
-        check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
-        check(self.min_face_px >= 1, f"{section}.min_face_px", "must be >= 1")
-        check(0 < self.face_share <= 1, f"{section}.face_share", "must be in (0, 1]")
-        check(0 < self.dominance_ratio <= 1, f"{section}.dominance_ratio", "must be in (0, 1]")
-        check(0 <= self.max_pad_share < 0.5, f"{section}.max_pad_share", "must be in [0, 0.5)")
 
 
 @dataclass(frozen=True)

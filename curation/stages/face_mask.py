@@ -31,9 +31,10 @@ import cv2
 import numpy as np
 
 from vividhead import weights
+from vividhead.config import bounded
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row, add_member, note_annotation_error
-from vividhead.curation.stage import FrameStage, StageConfig, check
+from vividhead.curation.stage import FrameStage, StageConfig
 from vividhead.errors import MediaError
 
 
@@ -50,12 +51,9 @@ class FaceMaskConfig(StageConfig):
     memory_gib: float = 2.5  # a decoded 50 s clip (1 GiB), its masks and the MediaPipe landmarker
 
     weights_path: Optional[str] = None
-    min_confidence: float = 0.5
+    min_confidence: float = bounded(0.5, "in (0, 1)")
     store_landmarks: bool = True
 
-    def validate(self, section: str) -> None:
-        super().validate(section)
-        check(0 < self.min_confidence < 1, f"{section}.min_confidence", "must be in (0, 1)")
 
 
 NUM_LANDMARKS = 478

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from vividhead.config import bounded
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row
-from vividhead.curation.stage import FrameStage, StageConfig, check
+from vividhead.curation.stage import FrameStage, StageConfig
 from vividhead.errors import MediaError
 from vividhead.models.face_detector import FaceDetector, FaceDetectorStage
 from vividhead.shard_format import FPS
@@ -23,14 +24,9 @@ class FaceVisibilityConfig(StageConfig):
     memory_gib: float = 2.0  # a decoded 50 s clip (1 GiB at 512x512) and the face detector
 
     weights_path: Optional[str] = None
-    sample_fps: float = 1.0
+    sample_fps: float = bounded(1.0, "> 0")
     min_confidence: float = 0.5
-    max_missing_face_share: float = 0.2
-
-    def validate(self, section: str) -> None:
-        super().validate(section)
-        check(self.sample_fps > 0, f"{section}.sample_fps", "must be > 0")
-        check(0 <= self.max_missing_face_share <= 1, f"{section}.max_missing_face_share", "must be in [0, 1]")
+    max_missing_face_share: float = bounded(0.2, "in [0, 1]")
 
 
 def missing_face_share(clip: DecodedClip | bytes | str, detector: FaceDetector, fps: float, sample_fps: float) -> float:

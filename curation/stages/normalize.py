@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, ClassVar, Optional
 import numpy as np
 import soundfile as sf
 
+from vividhead.config import bounded
 from vividhead.curation.media import count_video_frames, ffmpeg_args, run_tool, temp_dir
 from vividhead.curation.records import Row
-from vividhead.curation.stage import Stage, StageConfig, check
+from vividhead.curation.stage import Stage, StageConfig
 from vividhead.errors import MediaError
 from vividhead.shard_format import AUDIO_CHANNELS, AUDIO_SUBTYPE, FPS, FRAME_SIZE_PX, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
@@ -55,17 +56,13 @@ class NormalizeConfig(StageConfig):
         "out_size_px": f"the shard contract fixes it: vividhead.shard_format.FRAME_SIZE_PX = {FRAME_SIZE_PX}",
     }
 
-    crf: int = 18
+    crf: int = bounded(18, "in [0, 51]")
     preset: str = "veryfast"
-    keyframe_interval_frames: int = 25
+    keyframe_interval_frames: int = bounded(25, ">= 1")
     reject_silent_audio: bool = True
     silence_peak_dbfs: float = -60.0
     timeout_s: float = 600.0
 
-    def validate(self, section: str) -> None:
-        super().validate(section)
-        check(0 <= self.crf <= 51, f"{section}.crf", "must be in [0, 51]")
-        check(self.keyframe_interval_frames >= 1, f"{section}.keyframe_interval_frames", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from vividhead import weights
+from vividhead.config import bounded
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row
 from vividhead.curation.stage import DeviceError, FrameStage, StageConfig, check
@@ -53,26 +54,19 @@ class OcclusionConfig(StageConfig):
 
     det_weights_path: Optional[str] = None
     pose_weights_path: Optional[str] = None
-    det_input_px: int = 416
+    det_input_px: int = bounded(416, ">= 32")
     pose_input_w_px: int = 288
     pose_input_h_px: int = 384
-    person_min_score: float = 0.5
-    sample_fps: float = 2.0
+    person_min_score: float = bounded(0.5, "in [0, 1]")
+    sample_fps: float = bounded(2.0, "> 0")
     hand_min_score: float = 0.5
     face_min_score: float = 0.5
-    min_hand_keypoints: int = 1
-    face_box_margin: float = 0.1
-    max_hand_over_face_share: float = 0.1
+    min_hand_keypoints: int = bounded(1, ">= 1")
+    face_box_margin: float = bounded(0.1, ">= 0")
+    max_hand_over_face_share: float = bounded(0.1, "in [0, 1]")
 
     def validate(self, section: str) -> None:
-        super().validate(section)
-        check(self.det_input_px >= 32, f"{section}.det_input_px", "must be >= 32")
         check(self.pose_input_w_px >= 16 and self.pose_input_h_px >= 16, f"{section}.pose_input_w_px", "pose input must be >= 16 px")
-        check(0 <= self.person_min_score <= 1, f"{section}.person_min_score", "must be in [0, 1]")
-        check(self.sample_fps > 0, f"{section}.sample_fps", "must be > 0")
-        check(self.min_hand_keypoints >= 1, f"{section}.min_hand_keypoints", "must be >= 1")
-        check(self.face_box_margin >= 0, f"{section}.face_box_margin", "must be >= 0")
-        check(0 <= self.max_hand_over_face_share <= 1, f"{section}.max_hand_over_face_share", "must be in [0, 1]")
 
 
 # COCO-WholeBody keypoint layout (133 points), as DWPose and RTMW output it.

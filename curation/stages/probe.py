@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from vividhead.config import bounded
 from vividhead.curation.media import fetch_remote, ffprobe, file_md5, is_remote, local_path_of
 from vividhead.curation.records import Row
-from vividhead.curation.stage import Stage, StageConfig, check
+from vividhead.curation.stage import Stage, StageConfig
 from vividhead.errors import MediaError
 
 
@@ -22,17 +23,11 @@ from vividhead.errors import MediaError
 class ProbeConfig(StageConfig):
     """ffprobe every input. Durations in seconds, sizes in bytes."""
 
-    min_duration_s: float = 1.0
+    min_duration_s: float = bounded(1.0, ">= 0")
     require_audio: bool = True
-    timeout_s: float = 60.0
+    timeout_s: float = bounded(60.0, "> 0")
     download_timeout_s: float = 600.0
-    max_download_bytes: int = 20 * 1024**3
-
-    def validate(self, section: str) -> None:
-        super().validate(section)
-        check(self.min_duration_s >= 0, f"{section}.min_duration_s", "must be >= 0")
-        check(self.timeout_s > 0, f"{section}.timeout_s", "must be > 0")
-        check(self.max_download_bytes > 0, f"{section}.max_download_bytes", "must be > 0")
+    max_download_bytes: int = bounded(20 * 1024**3, "> 0")
 
 
 @dataclass(frozen=True)

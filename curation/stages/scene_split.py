@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from vividhead.config import bounded
 from vividhead.curation.records import Row, clip_id_for, new_row, reject
 from vividhead.curation.stage import Stage, StageConfig, check
 from vividhead.errors import MediaError
@@ -37,18 +38,14 @@ class SceneSplitConfig(StageConfig):
     detector: Literal["adaptive", "content", "none"] = "adaptive"
     adaptive_threshold: float = 3.0
     content_threshold: float = 27.0
-    min_scene_len_frames: int = 15
-    min_clip_s: float = 5.0
-    max_clip_s: float = 50.0
+    min_scene_len_frames: int = bounded(15, ">= 1")
+    min_clip_s: float = bounded(5.0, "> 0")
+    max_clip_s: float = bounded(50.0, ">= min_clip_s")
     frames_4k_plus_1: bool = True
     timeout_s: float = 600.0
 
     def validate(self, section: str) -> None:
-        super().validate(section)
         check(self.enabled, f"{section}.enabled", "this stage cannot be disabled (use detector: none for no shot detection)")
-        check(self.min_clip_s > 0, f"{section}.min_clip_s", "must be > 0")
-        check(self.max_clip_s >= self.min_clip_s, f"{section}.max_clip_s", "must be >= min_clip_s")
-        check(self.min_scene_len_frames >= 1, f"{section}.min_scene_len_frames", "must be >= 1")
 
 
 @dataclass(frozen=True)

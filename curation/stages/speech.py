@@ -15,9 +15,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from vividhead.config import bounded
 from vividhead.curation.audio_io import read_pcm16
 from vividhead.curation.records import Row
-from vividhead.curation.stage import Stage, StageConfig, check
+from vividhead.curation.stage import Stage, StageConfig
 from vividhead.errors import MediaError
 
 
@@ -37,19 +38,11 @@ class SpeechConfig(StageConfig):
     memory_gib: float = 1.0  # Silero VAD and a 50 s clip's audio
 
     weights_path: Optional[str] = None
-    threshold: float = 0.5
-    min_speech_duration_ms: int = 250
-    min_silence_duration_ms: int = 100
-    speech_pad_ms: int = 30
-    min_speech_share: Optional[float] = 0.5
-
-    def validate(self, section: str) -> None:
-        super().validate(section)
-        check(0 < self.threshold < 1, f"{section}.threshold", "must be in (0, 1)")
-        check(self.min_speech_duration_ms >= 0, f"{section}.min_speech_duration_ms", "must be >= 0")
-        check(self.min_silence_duration_ms >= 0, f"{section}.min_silence_duration_ms", "must be >= 0")
-        check(self.speech_pad_ms >= 0, f"{section}.speech_pad_ms", "must be >= 0")
-        check(self.min_speech_share is None or 0 <= self.min_speech_share <= 1, f"{section}.min_speech_share", "must be in [0, 1] or null")
+    threshold: float = bounded(0.5, "in (0, 1)")
+    min_speech_duration_ms: int = bounded(250, ">= 0")
+    min_silence_duration_ms: int = bounded(100, ">= 0")
+    speech_pad_ms: int = bounded(30, ">= 0")
+    min_speech_share: Optional[float] = bounded(0.5, "in [0, 1] or null")
 
 
 #: Silero VAD's native sample rate here (it also supports 8 kHz).

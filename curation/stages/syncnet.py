@@ -28,12 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vividhead.config import bounded
 from vividhead.curation.audio_io import mfcc_100hz
 from vividhead.curation.decoded_clip import DecodedClip
 from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage, clip_and_pcm
 from vividhead.curation.models.syncnet import SyncNet, load_syncnet
 from vividhead.curation.records import Row
-from vividhead.curation.stage import FrameStage, check
+from vividhead.curation.stage import FrameStage
 from vividhead.errors import MediaError
 from vividhead.models.face_detector import FaceDetector
 from vividhead.shard_format import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
@@ -58,22 +59,11 @@ class SyncNetConfig(FaceScorerConfig):
 
     memory_gib: float = 3.0  # a decoded 50 s clip (1 GiB), its 224 px face crops (0.2 GiB) and SyncNet activations
 
-    vshift_frames: int = 15
-    batch_size: int = 20
+    vshift_frames: int = bounded(15, ">= 1")
+    batch_size: int = bounded(20, ">= 1")
     min_lse_c: Optional[float] = 3.0
-    max_lse_d: Optional[float] = None
-    max_abs_av_offset_frames: Optional[int] = 3
-
-    def validate(self, section: str) -> None:
-        super().validate(section)
-        check(self.vshift_frames >= 1, f"{section}.vshift_frames", "must be >= 1")
-        check(self.batch_size >= 1, f"{section}.batch_size", "must be >= 1")
-        check(self.max_lse_d is None or self.max_lse_d > 0, f"{section}.max_lse_d", "must be > 0 or null")
-        check(
-            self.max_abs_av_offset_frames is None or 0 <= self.max_abs_av_offset_frames <= self.vshift_frames,
-            f"{section}.max_abs_av_offset_frames",
-            "must be in [0, vshift_frames] or null",
-        )
+    max_lse_d: Optional[float] = bounded(None, "> 0 or null")
+    max_abs_av_offset_frames: Optional[int] = bounded(3, "in [0, vshift_frames] or null")
 
 
 #: Video frames per SyncNet window and MFCC steps per video frame (25 fps video, 100 Hz MFCC).

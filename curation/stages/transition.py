@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from vividhead.config import bounded
 from vividhead.curation.decoded_clip import DecodedClip, as_decoded
 from vividhead.curation.records import Row
-from vividhead.curation.stage import FrameStage, StageConfig, check
+from vividhead.curation.stage import FrameStage, StageConfig
 from vividhead.errors import MediaError
 
 
@@ -36,17 +37,10 @@ class TransitionConfig(StageConfig):
 
     memory_gib: float = 2.0  # a decoded 50 s clip (1 GiB at 512x512) and its 128 px copy
 
-    analysis_size_px: int = 128
-    min_residual: float = 20.0
-    min_spike_ratio: float = 8.0
-    context_frames: int = 5
-
-    def validate(self, section: str) -> None:
-        super().validate(section)
-        check(self.analysis_size_px >= 16, f"{section}.analysis_size_px", "must be >= 16")
-        check(self.min_residual > 0, f"{section}.min_residual", "must be > 0")
-        check(self.min_spike_ratio >= 1, f"{section}.min_spike_ratio", "must be >= 1")
-        check(self.context_frames >= 1, f"{section}.context_frames", "must be >= 1")
+    analysis_size_px: int = bounded(128, ">= 16")
+    min_residual: float = bounded(20.0, "> 0")
+    min_spike_ratio: float = bounded(8.0, ">= 1")
+    context_frames: int = bounded(5, ">= 1")
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vividhead.config import bounded
 from vividhead.curation.records import Row, manifest_table, members_of
-from vividhead.curation.stage import SinkStage, StageConfig, check
+from vividhead.curation.stage import SinkStage, StageConfig
 from vividhead.curation.storage import Storage, StorageError, describe
 from vividhead.shard_format import (
     FPS,
@@ -50,11 +51,7 @@ from vividhead.shard_format import (
 class WriteConfig(StageConfig):
     """WebDataset shard writing. A shard closes once it holds ``samples_per_shard`` kept clips."""
 
-    samples_per_shard: int = 100
-
-    def validate(self, section: str) -> None:
-        super().validate(section)
-        check(self.samples_per_shard >= 1, f"{section}.samples_per_shard", "must be >= 1")
+    samples_per_shard: int = bounded(100, ">= 1")
 
 
 def to_py(value: Any) -> Any:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from vividhead.config import ConfigError, build_dataclass, check, read_yaml
+from vividhead.config import ConfigError, bounded, build_dataclass, check, read_yaml
 from vividhead.shard_format import CHUNK_FRAMES, MOTION_FRAMES
 
 
@@ -88,22 +88,17 @@ class DataConfig:
     latent_cache: Optional[str] = None
     storage_options: dict = field(default_factory=dict)
     clip_filter: dict = field(default_factory=dict)
-    num_frames: int = CHUNK_FRAMES
+    num_frames: int = bounded(CHUNK_FRAMES, ">= 1")
     motion_frames: int = MOTION_FRAMES
-    cold_start_prob: float = 0.1
-    batch_size: int = 1
-    num_workers: int = 2
+    cold_start_prob: float = bounded(0.1, "in [0, 1]")
+    batch_size: int = bounded(1, ">= 1")
+    num_workers: int = bounded(2, ">= 0")
     shuffle_buffer: int = 16
-    validation_clips: int = 0
+    validation_clips: int = bounded(0, ">= 0")
 
     def validate(self, section: str) -> None:
         check(bool(self.shards) or bool(self.latent_cache), f"{section}.shards", "required")
-        check(self.num_frames >= 1, f"{section}.num_frames", "must be >= 1")
         check(0 < self.motion_frames < self.num_frames, f"{section}.motion_frames", "must be in 1..num_frames-1")
-        check(0.0 <= self.cold_start_prob <= 1.0, f"{section}.cold_start_prob", "must be in [0, 1]")
-        check(self.batch_size >= 1, f"{section}.batch_size", "must be >= 1")
-        check(self.num_workers >= 0, f"{section}.num_workers", "must be >= 0")
-        check(self.validation_clips >= 0, f"{section}.validation_clips", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -118,20 +113,13 @@ class OptimConfig:
         ema_decay: EMA decay per step (0 disables the EMA); the EMA is kept sharded like the weights.
     """
 
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = bounded(2e-4, "> 0")
+    betas: tuple[float, float] = bounded((0.9, 0.999), "in [0, 1)")
     eps: float = 1e-8
     weight_decay: float = 0.0
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.0
-
-    def validate(self, section: str) -> None:
-        check(self.lr > 0, f"{section}.lr", "must be > 0")
-        check(all(0 <= b < 1 for b in self.betas), f"{section}.betas", "must be in [0, 1)")
-        check(self.warmup_steps >= 0, f"{section}.warmup_steps", "must be >= 0")
-        check(self.grad_clip >= 0, f"{section}.grad_clip", "must be >= 0")
-        check(0 <= self.ema_decay < 1, f"{section}.ema_decay", "must be in [0, 1)")
+    warmup_steps: int = bounded(100, ">= 0")
+    grad_clip: float = bounded(1.0, ">= 0")
+    ema_decay: float = bounded(0.0, "in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -164,12 +152,8 @@ class CheckpointConfig:
         keep: newest complete checkpoints kept (older ones deleted).
     """
 
-    every_steps: int = 500
-    keep: int = 3
-
-    def validate(self, section: str) -> None:
-        check(self.every_steps >= 1, f"{section}.every_steps", "must be >= 1")
-        check(self.keep >= 1, f"{section}.keep", "must be >= 1")
+    every_steps: int = bounded(500, ">= 1")
+    keep: int = bounded(3, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -203,12 +187,9 @@ class RunConfig:
     """
 
     output_dir: str = "out/train"
-    max_steps: int = 1000
+    max_steps: int = bounded(1000, ">= 1")
     seed: int = 0
     device: Literal["auto", "cuda", "cpu"] = "auto"
-
-    def validate(self, section: str) -> None:
-        check(self.max_steps >= 1, f"{section}.max_steps", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -225,18 +206,13 @@ class FlowConfig:
         reference_dropout: probability of a zeroed reference latent.
     """
 
-    shift: float = 5.0
+    shift: float = bounded(5.0, "> 0")
     timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
     logit_mean: float = 0.0
     logit_std: float = 1.0
     loss_weighting: Literal["none", "cosmap"] = "none"
-    audio_dropout: float = 0.1
-    reference_dropout: float = 0.05
-
-    def validate(self, section: str) -> None:
-        check(self.shift > 0, f"{section}.shift", "must be > 0")
-        check(0 <= self.audio_dropout <= 1, f"{section}.audio_dropout", "must be in [0, 1]")
-        check(0 <= self.reference_dropout <= 1, f"{section}.reference_dropout", "must be in [0, 1]")
+    audio_dropout: float = bounded(0.1, "in [0, 1]")
+    reference_dropout: float = bounded(0.05, "in [0, 1]")
 
 
 @dataclass(frozen=True)

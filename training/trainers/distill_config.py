@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from vividhead.config import check
+from vividhead.config import bounded, check
 from vividhead.training.trainers.config import OptimConfig, TrainConfig
 
 
@@ -66,30 +66,21 @@ class DistillSection:
     mode: Literal["oracle", "self_correcting"] = "oracle"
     init_checkpoint: Optional[str] = None
     init_weights: Literal["auto", "ema", "raw"] = "auto"
-    max_chunks: int = 5
+    max_chunks: int = bounded(5, ">= 1")
     reencode_motion: bool = True
-    regression_weight: float = 0.05
-    guidance_scale: float = 3.0
-    fake_updates_per_generator_update: int = 5
-    generator_lr: float = 2e-6
-    fake_score_lr: float = 4e-7
-    generator_ema_decay: float = 0.0
+    regression_weight: float = bounded(0.05, ">= 0")
+    guidance_scale: float = bounded(3.0, ">= 0")
+    fake_updates_per_generator_update: int = bounded(5, ">= 1")
+    generator_lr: float = bounded(2e-6, "> 0")
+    fake_score_lr: float = bounded(4e-7, "> 0")
+    generator_ema_decay: float = bounded(0.0, "in [0, 1)")
     min_sigma: float = 0.02
     max_sigma: float = 0.98
-    timestep_shift: float = 5.0
+    timestep_shift: float = bounded(5.0, "> 0")
 
     def validate(self, section: str) -> None:
-        check(self.max_chunks >= 1, f"{section}.max_chunks", "must be >= 1")
-        check(self.regression_weight >= 0, f"{section}.regression_weight", "must be >= 0")
-        check(self.guidance_scale >= 0, f"{section}.guidance_scale", "must be >= 0")
-        check(self.fake_updates_per_generator_update >= 1, f"{section}.fake_updates_per_generator_update",
-              "must be >= 1")
-        check(self.generator_lr > 0, f"{section}.generator_lr", "must be > 0")
-        check(self.fake_score_lr > 0, f"{section}.fake_score_lr", "must be > 0")
-        check(0 <= self.generator_ema_decay < 1, f"{section}.generator_ema_decay", "must be in [0, 1)")
         check(0.0 <= self.min_sigma < self.max_sigma <= 1.0, f"{section}.min_sigma",
               "need 0 <= min_sigma < max_sigma <= 1")
-        check(self.timestep_shift > 0, f"{section}.timestep_shift", "must be > 0")
 
 
 @dataclass(frozen=True)
