@@ -13,8 +13,8 @@ A *source* is one of
 Hub ids of registry entries without ``@revision`` use the entry's pinned commit; any other Hub id
 without one downloads the Hub's ``main`` with a warning (pin it with ``@<commit>``).
 
-Registry entries here: ``soulx_flashhead_1_3b`` (the released FlashHead Pro and Lite folders);
-Wav2Vec is the registry's ``wav2vec2_base_960h``.
+Registry entries used here (``vividhead/weights.yaml``): ``soulx_flashhead_1_3b`` (the released
+FlashHead Pro and Lite folders) and ``wav2vec2_base_960h``.
 """
 
 from __future__ import annotations
@@ -34,20 +34,6 @@ log = logging.getLogger(__name__)
 FLASHHEAD_WEIGHTS = "soulx_flashhead_1_3b"
 #: Registry name of the Wav2Vec 2.0 encoder the released model uses.
 WAV2VEC_WEIGHTS = "wav2vec2_base_960h"
-
-registry.register(
-    registry.WeightSpec(
-        name=FLASHHEAD_WEIGHTS,
-        filename="SoulX-FlashHead-1_3B",
-        url="hf://Soul-AILab/SoulX-FlashHead-1_3B",
-        sha256=None,
-        # The commit that independent deployments of the released code pin; not fetched here
-        # (no network), so not re-checked against the Hub.
-        revision="59119b6c681230c3eeee157e224ae1941746711e",
-        licence="Apache-2.0",
-        source="SoulX-FlashHead 1.3B (Soul AI Lab, arXiv 2602.07449): Model_Pro, Model_Lite, VAE_Wan, VAE_LTX",
-    )
-)
 
 _HUB_ID = re.compile(r"(?:hf://)?(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?")
 

