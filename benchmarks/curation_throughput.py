@@ -12,6 +12,14 @@ video of the rows the stage ran on (the source's for probe and scene_split, the 
 the stage's seconds summed over rows (the manifest's ``timings``). The load average of the machine
 is printed with the figures (other jobs inflate both runs, not always equally).
 
+CPU seconds, steadier than wall time on a shared machine: ``decode_cpu_s`` (the FFmpeg processes of
+one decode run) and ``pipeline_cpu_s``: this process and every process it started, Ray's included,
+from ``ray.init`` to the exit of the last Ray process (:class:`TreeCpu`: a ``cpuacct`` cgroup).
+``ratio_cpu`` = pipeline CPU-s / decode CPU-s, the ratio the wall-time one tends to when the CPUs are
+kept busy; ``stage_cpu_s`` sums each stage's ``cpu:<stage>`` timings (its worker's CPU time and
+the children it waited for) over rows; ``pipeline_cpu_s`` less their sum is Ray, the driver and idle
+actors.
+
 ``--baseline-manifest``: the manifest of an earlier run on the same inputs (e.g. before a change,
 kept with ``--keep``); every clip whose status or rejection reason differs is listed.
 """
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +46,61 @@ def ffprobe_duration(path: Path) -> float:
     out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
                          capture_output=True, text=True, timeout=60)
     return float(out.stdout.strip() or 0)
+
+
+def own_cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its finished, reaped descendants."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class TreeCpu:
+    """CPU seconds of this process and every process it starts from now on, Ray's workers included.
+
+    A cgroup-v1 ``cpuacct`` group of its own (Linux, root) counts every descendant exactly, however
+    Ray starts, parents and kills its workers; it is removed by :meth:`close`. Without one (no
+    permission, cgroup v2 only) it falls back to ``getrusage`` of this process and its reaped
+    children, which misses Ray's workers (``method`` says which).
+    """
+
+    ROOT = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self) -> None:
+        self.group: Path | None = self.ROOT / f"vividhead_bench_{os.getpid()}"
+        try:
+            self.group.mkdir()
+            (self.group / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            self.group = None
+        self.method = "cgroup cpuacct" if self.group else "getrusage (misses Ray workers)"
+        self.start = self.now()
+
+    def now(self) -> float:
+        if self.group:
+            return int((self.group / "cpuacct.usage").read_text()) / 1e9
+        return own_cpu_s()
+
+    def seconds(self, wait_s: float = 30.0) -> float:
+        """CPU seconds since construction, once every other process of the group has exited (up
+        to ``wait_s``: Ray's processes stop shortly after ``ray.shutdown``)."""
+        deadline = time.monotonic() + wait_s
+        while self.group and time.monotonic() < deadline and self.others():
+            time.sleep(0.2)
+        return self.now() - self.start
+
+    def others(self) -> int:
+        if not self.group:
+            return 0
+        procs = (self.group / "cgroup.procs").read_text().split()
+        return sum(1 for pid in procs if pid != str(os.getpid()))
+
+    def close(self) -> None:
+        if self.group:
+            (self.ROOT / "cgroup.procs").write_text(str(os.getpid()))
+            try:
+                self.group.rmdir()
+            except OSError:  # a process outlived the wait: leave the empty group for the kernel
+                pass
 
 
 def decode_all(paths: list[Path], cpus: int) -> float:
@@ -69,6 +133,8 @@ def stage_rates(manifest) -> dict[str, dict[str, float]]:
     seen_inputs: set[tuple[str, str]] = set()
     for row in manifest.to_pylist():
         for stage, seconds in json.loads(row.get("timings") or "{}").items():
+            if stage.startswith("cpu:"):
+                continue
             if stage in INPUT_LEVEL:
                 if (stage, row["input_id"]) in seen_inputs:
                     continue
@@ -83,6 +149,16 @@ def stage_rates(manifest) -> dict[str, dict[str, float]]:
         rec["video_s_per_cpu_s"] = round(rec["video_s"] / rec["cpu_s"], 2) if rec["cpu_s"] else None
         rec["cpu_s"], rec["video_s"] = round(rec["cpu_s"], 2), round(rec["video_s"], 2)
     return out
+
+
+def stage_cpu_s(manifest) -> dict[str, float]:
+    """Per stage, its CPU seconds summed over rows (the ``cpu:<stage>`` keys of ``timings``)."""
+    out: dict[str, float] = {}
+    for row in manifest.to_pylist():
+        for key, seconds in json.loads(row.get("timings") or "{}").items():
+            if key.startswith("cpu:"):
+                out[key[4:]] = out.get(key[4:], 0.0) + seconds
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def decision_changes(manifest, baseline_path: str) -> list[dict]:
@@ -119,7 +195,13 @@ def main() -> None:
 
     paths = sorted(p for p in Path(args.inputs).rglob("*") if p.suffix.lower() in (".mp4", ".mkv", ".mov", ".webm"))
     video_s = sum(ffprobe_duration(p) for p in paths)
-    decode_s = statistics.median(decode_all(paths, args.cpus) for _ in range(3))  # it varies run to run
+    decode_runs = []
+    for _ in range(3):  # it varies run to run: the median wall time, and the CPU time of each run
+        cpu0 = own_cpu_s()
+        decode_runs.append((decode_all(paths, args.cpus), own_cpu_s() - cpu0))
+    decode_s = statistics.median(w for w, _ in decode_runs)
+    decode_cpu_s = statistics.median(c for _, c in decode_runs)
+    tree = TreeCpu()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +210,10 @@ def main() -> None:
         pipe_s = time.perf_counter() - start
         busy_after = cpu_busy_s()
     ray.shutdown()
+    pipe_cpu_s = tree.seconds()
+    left = tree.others()
+    tree.close()
+    stage_cpu = stage_cpu_s(result.manifest)
     report = {
         "inputs": len(paths),
         "input_video_s": round(video_s, 2),
@@ -138,6 +224,13 @@ def main() -> None:
         "decode_video_s_per_cpu_s": round(video_s / (decode_s * args.cpus), 3),
         "pipeline_video_s_per_cpu_s": round(video_s / (pipe_s * args.cpus), 3),
         "ratio_pipeline_over_decode": round(pipe_s / decode_s, 2),
+        "decode_cpu_s": round(decode_cpu_s, 2),
+        "pipeline_cpu_s": round(pipe_cpu_s, 1),  # this process and all it started (subreaper), Ray's included
+        "ratio_cpu": round(pipe_cpu_s / decode_cpu_s, 2),
+        "cpu_accounting": {"method": tree.method, "processes_left": left},
+        "stage_cpu_s": stage_cpu,
+        "stage_cpu_s_total": round(sum(stage_cpu.values()), 1),
+        "outside_stages_cpu_s": round(pipe_cpu_s - sum(stage_cpu.values()), 1),  # Ray, driver, idle actors
         # all processes, Ray's included: busy / (wall x CPUs) near 1 means the CPUs were full
         "machine_cpu_busy_s": round(busy_after - busy_before, 1) if busy_before is not None else None,
         "stage_seconds": {k: v["seconds"] for k, v in result.stats["stages"].items() if v["enabled"]},

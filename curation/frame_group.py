@@ -12,6 +12,7 @@ The group's frame decode and face detection are timed under the first stage that
 from __future__ import annotations
 
 import json
+import resource
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -72,8 +73,20 @@ class FrameGroup(Stage):
         return [row]
 
 
+#: ``timings`` key prefix of a stage's CPU seconds (the bare stage name holds its wall seconds).
+CPU_PREFIX = "cpu:"
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its finished, waited-for children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_stage(stage: Stage, row: Row, clip: Optional[DecodedClip] = None) -> list[Row]:
-    """Apply ``stage`` to one row with rejection routing and timing (seconds, in ``timings``).
+    """Apply ``stage`` to one row with rejection routing and timing (``timings``: the stage's wall
+    seconds under its name, and its CPU seconds under ``cpu:<name>``: this worker process's user +
+    system time, all its threads, plus the child processes it waited for, e.g. FFmpeg).
 
     ``clip``: the row's media decoded once and shared with other frame stages (a
     :class:`~vividhead.curation.stage.FrameStage` then runs ``process_clip``).
@@ -82,15 +95,16 @@ def run_stage(stage: Stage, row: Row, clip: Optional[DecodedClip] = None) -> lis
         return [row]
     if isinstance(stage, FrameGroup):
         return stage.process(row)  # routes and times each of its stages itself
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_s()
     try:
         out = stage.process_clip(row, clip) if clip is not None else stage.process(row)
     except MediaError as exc:
         out = [reject(row, stage.name, exc.reason, exc.detail)]
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu_s() - cpu_start
     if out:
         timings = json.loads(out[0].get("timings") or "{}")
         timings[stage.name] = round(timings.get(stage.name, 0.0) + elapsed, 4)
+        timings[CPU_PREFIX + stage.name] = round(timings.get(CPU_PREFIX + stage.name, 0.0) + cpu, 4)
         out[0]["timings"] = json.dumps(timings, sort_keys=True)
     return out
 

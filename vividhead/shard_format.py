@@ -235,7 +235,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("annotation_errors", pa.string()),
         ("shard", pa.int32()),  # shard number of a kept clip (shard_path)
         ("key", pa.string()),  # sample key in that shard (= clip_id)
-        ("timings", pa.string()),  # JSON object {stage: seconds of work on this row}
+        # JSON object {stage: wall seconds of work on this row, "cpu:" + stage: its CPU seconds}
+        ("timings", pa.string()),
     ]
 )
 
