@@ -46,6 +46,7 @@ class ModelOptions:
     checkpoint_dir: Optional[str] = None
     vae: Optional[Path] = None
     wav2vec_dir: Optional[str] = None
+    lora: Optional[Path] = None
     random_weights: bool = False
     device: str = "auto"
     dtype: Optional[str] = None
@@ -128,6 +129,9 @@ class ModelOptions:
             if vae is not None and not Path(vae).exists():
                 raise UserError(f"VAE weights {vae} not found; pass --vae PATH (or a complete --checkpoint-dir)")
             local("--wav2vec-dir", self.wav2vec_dir, "the wav2vec2-base-960h folder or its Hub id")
+        if self.lora is not None and not (Path(self.lora) / "adapter_config.json").is_file():
+            raise UserError(f"--lora {self.lora}: no adapter_config.json there; give the lora/ folder of a "
+                            "`vividhead train export --no-merge` export")
         if self.crop_face:
             from vividhead import weights as registry
             from vividhead.models.face_detector import WEIGHTS_NAME
@@ -184,6 +188,7 @@ class ModelOptions:
                 )
         except (FileNotFoundError, WeightsNotFound) as exc:
             _fail(str(exc))
+        self.apply_lora(models, folder if self.checkpoint is not None else None)
         models = dataclasses.replace(models, fidelity=self.fidelity)
         if self.fast_path and models.device.type == "cuda":
             _persistent_compile_cache()
@@ -195,6 +200,31 @@ class ModelOptions:
         elif self.fp8:
             raise typer.BadParameter("--fp8 needs the fast path on a GPU")
         return models
+
+    def apply_lora(self, models, export: Optional[Path]) -> None:
+        """Fold LoRA adapters into the DiT, in place: ``--lora``'s, else those an export keeps apart
+        (``vividhead train export --no-merge``: ``lora.dir`` in its metadata), unless the loader
+        applied them already.
+
+        Raises:
+            UserError: adapters that do not fit the model.
+        """
+        from vividhead.models.lora import apply_lora
+
+        path = self.lora
+        if path is None and export is not None:
+            from vividhead.export_format import read_export
+
+            path = read_export(export).lora_dir
+            if path is not None and getattr(models.transformer, "lora_source", None) is not None:
+                return  # the loader applied the export's own adapters
+        if path is None:
+            return
+        try:
+            models.transformer = apply_lora(models.transformer, path).eval().requires_grad_(False)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(f"--lora {path}: {exc}" if self.lora is not None else str(exc))
+        typer.echo(f"LoRA adapters {path} merged into the DiT", err=True)
 
     def save_compile_artifacts(self, models) -> None:
         """After the compiled shapes have run: write ``--compile-artifacts`` (fast path on a GPU only;
@@ -284,6 +314,9 @@ MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
                                         "docs/inference.md)."),
     "vae": typer.Option("--vae", help="VAE checkpoint (default: inside --checkpoint-dir)."),
     "wav2vec_dir": typer.Option(help="wav2vec2-base-960h: a local folder or its Hub id (facebook's repo at a pinned revision)."),
+    "lora": typer.Option("--lora", help="LoRA adapters to merge into the DiT at load: the lora/ folder of a "
+                                        "`vividhead train export --no-merge` export (peft layout), over --checkpoint "
+                                        "or --checkpoint-dir (replaces an export's own adapters)."),
     "random_weights": typer.Option(help="Random weights (smoke tests, speed)."),
     "device": typer.Option(help="auto (CUDA when present, else CPU) / cuda / cuda:N / cpu."),
     "dtype": typer.Option(help="bf16 / fp16 / fp32 (default: bf16 on CUDA, fp32 on the CPU)."),

@@ -49,16 +49,16 @@ def test_round_trip_records_kind_and_loads(tmp_path):
 def test_other_version_fails_naming_both(export, tmp_path):
     import shutil
 
-    other = tmp_path / "v2"
+    other = tmp_path / "v3"
     shutil.copytree(export, other)
     meta = json.loads((other / ef.METADATA_FILE).read_text())
-    meta["format"] = 2
+    meta["format"] = 3  # 1 and 2 (adapters kept apart) are read
     (other / ef.METADATA_FILE).write_text(json.dumps(meta))
     with pytest.raises(ef.ExportFormatError) as exc:
         ef.read_export(other)
     msg = str(exc.value)
     assert isinstance(exc.value, UserError) and "\n" not in msg
-    assert "version 2" in msg and f"version {ef.FORMAT_VERSION}" in msg and str(other) in msg
+    assert "version 3" in msg and f"version {ef.FORMAT_VERSION}" in msg and str(other) in msg
 
 
 def test_missing_version_reads_as_version_1(export, tmp_path):

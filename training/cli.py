@@ -71,6 +71,9 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder or run output folder (newest checkpoint).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Export folder (for `vividhead infer --checkpoint`).")],
     weights: Annotated[str, typer.Option(help="ema / raw / auto (EMA when the run kept one).")] = "auto",
+    merge: Annotated[bool, typer.Option(
+        "--merge/--no-merge", help="LoRA fine-tunes: fold the adapters into the DiT (default), or keep them apart "
+                                   "in OUT/lora (peft folder; `infer --lora OUT/lora` applies it over any base).")] = True,
 ) -> None:
     """Write a checkpoint's DiT (EMA or raw), VAE and Wav2Vec as a folder `vividhead infer` loads."""
     from vividhead.training.trainers.checkpoint import CheckpointError
@@ -79,7 +82,7 @@ def export(
     if weights not in ("ema", "raw", "auto"):
         _fail(ValueError("--weights must be ema, raw or auto"))
     try:
-        path = export_checkpoint(checkpoint, out, weights)  # type: ignore[arg-type]
+        path = export_checkpoint(checkpoint, out, weights, merge=merge)  # type: ignore[arg-type]
     except (CheckpointError, FileNotFoundError, KeyError) as exc:
         _fail(exc)
     typer.echo(f"exported {path}")
@@ -92,13 +95,16 @@ def cache_latents(
     windows_per_clip: Annotated[int, typer.Option(help="Windows encoded per clip (evenly spaced).")] = 4,
     samples_per_shard: Annotated[int, typer.Option(help="Windows per cache shard.")] = 64,
 ) -> None:
-    """Encode windows of the config's shards once (VAE latents, reference latent, Wav2Vec context)."""
-    from vividhead.config import ConfigError
+    """Encode windows of the config's shards once (VAE latents, reference latent, Wav2Vec context).
+    Takes a stage-1 (`sft`) or fine-tuning (`finetune`) config."""
+    from vividhead.config import ConfigError, read_yaml
     from vividhead.training.trainers.config import SFTConfig, load_train_config
     from vividhead.training.trainers.latent_cache import write_latent_cache
 
     try:
-        cfg = load_train_config(config, SFTConfig)
+        raw = read_yaml(config)
+        cls = TRAIN_SPECS["finetune"].config_class() if isinstance(raw, dict) and "finetune" in raw else SFTConfig
+        cfg = load_train_config(config, cls)
     except ConfigError as exc:
         _fail(exc)
     n = write_latent_cache(cfg, out, windows_per_clip=windows_per_clip, samples_per_shard=samples_per_shard)

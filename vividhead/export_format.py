@@ -16,17 +16,24 @@ Layout (version :data:`FORMAT_VERSION`)::
         vae/                    (VAE_DIR) the frozen VAE, diffusers format; its config.json is the
                                 VAE config (``ExportInfo.vae_config``)
         audio_encoder/          (AUDIO_ENCODER_DIR) the frozen Wav2Vec 2.0, transformers format
+        lora/                   (LORA_DIR, only with ``lora.dir``) LoRA adapters kept apart from
+                                ``transformer/`` (the base): peft's ``save_pretrained`` layout
 
 Metadata (a JSON object): ``format`` (the version, an int), ``variant`` (name), ``vae`` (the VAE
 kind, ``wan`` / ``ltx``), ``transformer`` and ``streaming`` (the
 :class:`~vividhead.models.configs.FlashHeadTransformerConfig` / ``StreamingConfig`` fields),
 ``weights`` (``ema`` / ``raw``), ``step``, ``source`` (the checkpoint folder) and ``kind`` (the
-trainer, ``sft`` / ``distill``; absent in exports written before it was recorded).
+trainer, ``sft`` / ``distill`` / ``finetune``; absent in exports written before it was recorded),
+and, for a LoRA fine-tune, ``lora``: the adapter settings (``rank``, ``alpha``, ``dropout``,
+``targets``), ``merged`` (true: folded into ``transformer/``, nothing else to apply) and, when kept
+apart, ``dir`` (``lora``: the adapter folder a reader must apply over ``transformer/``).
 
-Versions: a reader reads exactly :data:`FORMAT_VERSION`; another version fails with
-:class:`ExportFormatError` naming both. Every export written so far carries ``"format": 1``; a
-metadata file without the field is read as version 1 (trivially safe: version 1 is the only
-version there has been, and its fields are the ones the reader needs).
+Versions: a reader reads the versions in :data:`READ_VERSIONS`; another version fails with
+:class:`ExportFormatError` naming both. Exports carry ``"format": 1`` (:data:`FORMAT_VERSION`), merged
+LoRA fine-tunes included; an export whose adapters are kept apart (``lora.dir``) carries ``"format":
+2`` (:data:`ADAPTER_FORMAT_VERSION`), so a reader from before adapters refuses it instead of loading
+the base alone. A metadata file without the field is read as version 1 (trivially safe: version 1
+was the only version then, and its fields are the ones the reader needs).
 
 There is no separate ``vae_config`` key: ``vae/config.json`` (written by diffusers'
 ``save_pretrained``) is the VAE's config, and :func:`vividhead.models.vae.load_vae` reads it.
@@ -47,6 +54,11 @@ from vividhead.errors import UserError
 #: Version of the layout and metadata below; bump it on any change a reader of the old version
 #: would misread.
 FORMAT_VERSION: int = 1
+#: Version of an export whose LoRA adapters are kept apart (``lora/``): a version-1 reader would
+#: load the base alone, so it must refuse the folder.
+ADAPTER_FORMAT_VERSION: int = 2
+#: The versions this reader reads.
+READ_VERSIONS: tuple[int, ...] = (FORMAT_VERSION, ADAPTER_FORMAT_VERSION)
 #: The metadata file; it marks a folder as an export.
 METADATA_FILE = "vividhead_export.json"
 #: The DiT, diffusers format.
@@ -55,6 +67,8 @@ TRANSFORMER_DIR = "transformer"
 VAE_DIR = "vae"
 #: The frozen Wav2Vec 2.0, transformers format.
 AUDIO_ENCODER_DIR = "audio_encoder"
+#: LoRA adapters kept apart from the base DiT (peft's ``save_pretrained`` layout).
+LORA_DIR = "lora"
 
 
 class ExportFormatError(UserError):
@@ -75,6 +89,8 @@ class ExportInfo:
         step: optimiser steps of the source checkpoint.
         source: the checkpoint folder it was exported from.
         vae_config: the VAE's diffusers config (``vae/config.json``), None without one.
+        lora: the LoRA settings of a fine-tune (``rank``, ``alpha``, ``dropout``, ``targets``,
+            ``merged``, and ``dir`` when kept apart), None for other exports.
     """
 
     path: Path
@@ -85,6 +101,7 @@ class ExportInfo:
     step: Optional[int]
     source: Optional[str]
     vae_config: Optional[dict]
+    lora: Optional[dict] = None
 
     @property
     def transformer_dir(self) -> Path:
@@ -98,6 +115,13 @@ class ExportInfo:
     def audio_encoder_dir(self) -> Path:
         return self.path / AUDIO_ENCODER_DIR
 
+    @property
+    def lora_dir(self) -> Optional[Path]:
+        """The adapter folder to apply over ``transformer/`` (None: nothing to apply)."""
+        if not self.lora or self.lora.get("merged", True) or not self.lora.get("dir"):
+            return None
+        return self.path / self.lora["dir"]
+
 
 def is_export(path: str | Path) -> bool:
     """True when ``path`` is a folder with the metadata file."""
@@ -105,7 +129,8 @@ def is_export(path: str | Path) -> bool:
 
 
 def write_export_folder(out: str | Path, transformer, vae, audio_encoder, variant, *, weights: str, step: int,
-                        source: str, kind: Optional[str] = None) -> Path:
+                        source: str, kind: Optional[str] = None, lora: Optional[dict] = None,
+                        adapters=None) -> Path:
     """Write an export folder atomically (``OUT.tmp``, then rename over ``OUT``).
 
     Args:
@@ -114,7 +139,11 @@ def write_export_folder(out: str | Path, transformer, vae, audio_encoder, varian
             (the DiT, the diffusers VAE, the transformers Wav2Vec), already on the CPU.
         variant: the :class:`~vividhead.models.configs.FlashHeadVariant` the DiT was trained as.
         weights: ``ema`` or ``raw``; step: optimiser steps; source: the checkpoint folder;
-        kind: the trainer (``sft`` / ``distill``).
+        kind: the trainer (``sft`` / ``distill`` / ``finetune``).
+        lora: the LoRA settings of a fine-tune, recorded as metadata ``lora`` (with ``merged``).
+        adapters: a ``peft.PeftModel`` whose adapters are kept apart: saved to ``lora/`` with
+            ``save_pretrained``, ``transformer`` then being the base; the folder is version
+            :data:`ADAPTER_FORMAT_VERSION`. None: ``transformer`` holds every weight (merged).
 
     Returns:
         the export folder.
@@ -128,8 +157,10 @@ def write_export_folder(out: str | Path, transformer, vae, audio_encoder, varian
     transformer.save_pretrained(tmp / TRANSFORMER_DIR, safe_serialization=True)
     vae.save_pretrained(tmp / VAE_DIR, safe_serialization=True)
     audio_encoder.save_pretrained(tmp / AUDIO_ENCODER_DIR, safe_serialization=True)
+    if adapters is not None:
+        adapters.save_pretrained(tmp / LORA_DIR, safe_serialization=True)
     meta = {
-        "format": FORMAT_VERSION,
+        "format": FORMAT_VERSION if adapters is None else ADAPTER_FORMAT_VERSION,
         "variant": variant.name,
         "vae": variant.vae.value,
         "transformer": to_dict(variant.transformer),
@@ -140,6 +171,10 @@ def write_export_folder(out: str | Path, transformer, vae, audio_encoder, varian
     }
     if kind is not None:
         meta["kind"] = kind
+    if lora is not None or adapters is not None:
+        meta["lora"] = {**(lora or {}), "merged": adapters is None}
+        if adapters is not None:
+            meta["lora"]["dir"] = LORA_DIR
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     if out.exists():
         shutil.rmtree(out)
@@ -177,9 +212,10 @@ def read_export(path: str | Path) -> ExportInfo:
     if not isinstance(meta, dict):
         raise ExportFormatError(f"{p}: export metadata must be a JSON object")
     version = meta.get("format", 1)  # missing: version 1, the only version written before the field was checked
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise ExportFormatError(f"{root}: export format version {version}, this vividhead reads version "
-                                f"{FORMAT_VERSION} (re-export the checkpoint with `vividhead train export`)")
+                                f"{' or '.join(map(str, READ_VERSIONS))} (re-export the checkpoint with "
+                                "`vividhead train export`)")
     try:
         tcfg = FlashHeadTransformerConfig(**_tuples(meta["transformer"]))
         scfg = StreamingConfig(**_tuples(meta["streaming"]))
@@ -197,13 +233,16 @@ def read_export(path: str | Path) -> ExportInfo:
     vae_config = json.loads(vae_json.read_text()) if vae_json.is_file() else None
     return ExportInfo(path=root, version=version, variant=variant, kind=meta.get("kind"),
                       weights=meta.get("weights"), step=meta.get("step"), source=meta.get("source"),
-                      vae_config=vae_config)
+                      vae_config=vae_config, lora=meta.get("lora"))
 
 
 __all__ = [
+    "ADAPTER_FORMAT_VERSION",
     "AUDIO_ENCODER_DIR",
     "FORMAT_VERSION",
+    "LORA_DIR",
     "METADATA_FILE",
+    "READ_VERSIONS",
     "TRANSFORMER_DIR",
     "VAE_DIR",
     "ExportFormatError",

@@ -13,14 +13,16 @@ from vividhead.training.trainers.registry import TRAIN_SPECS, TrainSpec, get_tra
 
 
 def test_every_mode_is_complete():
-    assert list(TRAIN_SPECS) == ["sft", "distill"]
+    assert list(TRAIN_SPECS) == ["sft", "distill", "finetune"]
     shared = [f.name for f in dataclasses.fields(TrainConfig)]
     for kind, spec in TRAIN_SPECS.items():
         assert spec.trainer_class().kind == kind
         cfg = spec.config_class()
         assert issubclass(cfg, TrainConfig)
         names = [f.name for f in dataclasses.fields(cfg)]
-        assert names[: len(shared)] == shared and len(names) == len(shared) + 1  # one section of its own
+        # its own section(s): sft flow, distill distill, finetune flow (stage 1's objective) + finetune
+        own = {"sft": ["flow"], "distill": ["distill"], "finetune": ["flow", "finetune"]}[kind]
+        assert names[: len(shared)] == shared and names[len(shared):] == own
 
 
 def test_each_mode_is_a_train_command():
@@ -35,7 +37,7 @@ def test_each_mode_is_a_train_command():
 
 
 def test_unknown_and_duplicate_kinds():
-    with pytest.raises(KeyError, match="known: sft, distill"):
+    with pytest.raises(KeyError, match="known: sft, distill, finetune"):
         get_train_spec("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_train_spec(TrainSpec("sft", "a:B", "a:C", "transformer", "again"))

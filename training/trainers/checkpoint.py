@@ -72,10 +72,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _module_state(modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> dict:
+def _module_state(modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                  trainable_only: bool = False) -> dict:
     state: dict[str, Any] = {}
+    opts = StateDictOptions(ignore_frozen_params=trainable_only)
     for name, module in modules.items():
-        state[f"model.{name}"] = get_model_state_dict(module)
+        state[f"model.{name}"] = get_model_state_dict(module, options=opts)
     for name, opt in optimizers.items():
         state[f"optim.{name}"] = get_optimizer_state_dict(modules[name], opt)
     return state
@@ -107,6 +109,7 @@ def save_checkpoint(
     meta: dict[str, Any],
     rank_state: dict[str, Any],
     keep: int = 3,
+    trainable_only: bool = False,
 ) -> Path:
     """Write one checkpoint (all ranks call this).
 
@@ -121,6 +124,8 @@ def save_checkpoint(
         meta: JSON-serialisable run state written by rank 0 (scheduler state, config, ...).
         rank_state: this rank's picklable state (RNG, data position).
         keep: newest complete checkpoints kept.
+        trainable_only: save only parameters with ``requires_grad`` (LoRA adapters over a frozen
+            base the trainer rebuilds from its ``model`` section: a checkpoint of megabytes).
 
     Returns:
         the final checkpoint directory.
@@ -136,7 +141,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     barrier(env)
-    state = _module_state(modules, optimizers)
+    state = _module_state(modules, optimizers, trainable_only)
     for name, td in tensors.items():
         state[name] = td
     dcp.save(state, checkpoint_id=str(tmp))
@@ -164,11 +169,14 @@ def load_checkpoint(
     modules: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
     tensors: dict[str, dict[str, torch.Tensor]],
+    trainable_only: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load a checkpoint into the (already wrapped) modules, optimisers and tensor dicts in place.
 
     Args:
         path: a checkpoint dir, a run's ``checkpoints/`` dir or its output dir (newest is taken).
+        trainable_only: the checkpoint holds only the parameters with ``requires_grad``
+            (:func:`save_checkpoint`); the frozen ones keep the values the trainer built.
 
     Returns:
         ``(meta, rank_state)``.
@@ -185,12 +193,14 @@ def load_checkpoint(
         raise CheckpointError(
             f"{ckpt} was written by {meta.get('world_size')} ranks, this run has {env.world_size}"
         )
-    state = _module_state(modules, optimizers)
+    state = _module_state(modules, optimizers, trainable_only)
     for name, td in tensors.items():
         state[name] = td
     dcp.load(state, checkpoint_id=str(ckpt))
     for name, module in modules.items():
-        set_model_state_dict(module, state[f"model.{name}"])
+        # Every saved key is loaded (DCP above fails on a missing one); frozen keys are absent by design.
+        set_model_state_dict(module, state[f"model.{name}"],
+                             options=StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only))
     for name, opt in optimizers.items():
         set_optimizer_state_dict(modules[name], opt, state[f"optim.{name}"])
     for name, td in tensors.items():  # DCP loads in place; copy back in case a tensor was replaced

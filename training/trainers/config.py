@@ -5,7 +5,9 @@ Sections shared by every trainer mode (:class:`TrainConfig`): ``model``, ``data`
 ``parallel``, ``checkpoint``, ``log`` and ``run``; a mode's config subclasses it and adds its own
 section (stage 1 ``flow``: :class:`SFTConfig`; stage 2 ``distill``:
 :class:`~vividhead.training.trainers.distill_config.DistillConfig`). Shipped examples: ``examples/sft_pro.yaml``, ``sft_lite.yaml``, ``sft_14b.yaml``,
-``sft_tiny_cpu.yaml``, ``distill_pro.yaml``, ``distill_tiny_cpu.yaml``.
+``sft_tiny_cpu.yaml``, ``distill_pro.yaml``, ``distill_tiny_cpu.yaml``; fine-tuning
+(:mod:`~vividhead.training.trainers.finetune`): ``finetune_pro_lora.yaml``, ``finetune_lite_lora.yaml``,
+``finetune_tiny_lora_cpu.yaml``.
 """
 
 from __future__ import annotations

@@ -79,5 +79,7 @@ for _spec in (
               "Stage 1: streaming-aware flow-matching pre-training (FlashHead §3.2)."),
     TrainSpec("distill", _T + "distill:DistillTrainer", _T + "distill_config:DistillConfig", "generator",
               "Stage 2: DMD distillation to the 4-step streaming generator (oracle or self-correcting)."),
+    TrainSpec("finetune", _T + "finetune:FinetuneTrainer", _T + "finetune:FinetuneConfig", "transformer",
+              "Fine-tune a released or exported FlashHead on your clips: LoRA (peft) or full."),
 ):
     register_train_spec(_spec)

@@ -130,6 +130,9 @@ class Trainer:
 
     #: Written into the checkpoint's meta.json and the export.
     kind = "base"
+    #: Checkpoints hold only the parameters with ``requires_grad`` (LoRA: the adapters; the frozen
+    #: base is rebuilt from the ``model`` section by :meth:`build`).
+    checkpoint_trainable_only = False
 
     def __init__(self, cfg: Any, resume: str | None = None) -> None:
         self.cfg = cfg
@@ -325,13 +328,14 @@ class Trainer:
         }
         self.last_checkpoint = save_checkpoint(
             self.ckpt_dir, self.step, self.env, self.modules, self.optimizers, self._tensors(), meta, rank_state,
-            keep=self.cfg.checkpoint.keep,
+            keep=self.cfg.checkpoint.keep, trainable_only=self.checkpoint_trainable_only,
         )
         return self.last_checkpoint
 
     def load(self, path: str | Path) -> None:
         """Restore every piece of state from a checkpoint."""
-        meta, rank_state = load_checkpoint(path, self.env, self.modules, self.optimizers, self._tensors())
+        meta, rank_state = load_checkpoint(path, self.env, self.modules, self.optimizers, self._tensors(),
+                                           trainable_only=self.checkpoint_trainable_only)
         self.step = int(meta["step"])
         for name, sd in meta.get("schedulers", {}).items():
             self.schedulers[name].load_state_dict(sd)

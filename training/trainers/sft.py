@@ -87,6 +87,11 @@ class SFTTrainer(Trainer):
         self.schedulers = {"transformer": make_scheduler(opt, cfg.optim.warmup_steps)}
         if cfg.optim.ema_decay > 0:
             self.emas = {"transformer": EMA(model, cfg.optim.ema_decay)}
+        self.build_data()
+
+    def build_data(self) -> None:
+        """The training stream: curated windows (held-out clips excluded), or a latent cache."""
+        cfg, env = self.cfg, self.env
         if cfg.data.latent_cache:
             from vividhead.training.trainers.latent_cache import LatentCacheDataset, check_cache_geometry
 
