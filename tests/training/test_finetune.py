@@ -18,6 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from vividhead.config import ConfigError
+from vividhead.errors import UserError
 from vividhead.training.trainers.config import config_from_dict, load_train_config
 from vividhead.training.trainers.finetune import FinetuneConfig, FinetuneTrainer
 
@@ -279,7 +280,7 @@ def test_infer_lora_over_a_base_gives_the_merged_frames(exports, tmp_path, image
 
     res = runner.invoke(build_app(), ["infer", *runs["base"], *common, "--out", str(tmp_path / "x.mp4"),
                                       "--lora", str(tmp_path)])
-    assert res.exit_code == 2 and "adapter_config.json" in res.output
+    assert isinstance(res.exception, UserError) and "adapter_config.json" in str(res.exception)  # exit 2, one line
 
 
 # -- stage 2 ----------------------------------------------------------------------------------------
