@@ -125,12 +125,14 @@ def count_video_frames(data: bytes | str | Path) -> int:
         return sum(1 for _ in c.decode(video=0))
 
 
-def write_video(path: str | Path, video, fps: int) -> Path:
-    """Write a decoded clip as an H.264 MP4 (no audio), creating the folder.
+def write_video(path: str | Path, video, fps: int, audio: np.ndarray | None = None,
+                sample_rate_hz: int = SAMPLE_RATE_HZ) -> Path:
+    """Write a decoded clip as an H.264 MP4 (with AAC audio when ``audio`` is given), creating the folder.
 
     Args:
         video: float ``[3, F, H, W]`` in [-1, 1] (a VAE decode), any device.
         fps: frame rate.
+        audio: optional mono float32 ``[N]`` in [-1, 1] at ``sample_rate_hz`` (the clip's audio).
 
     Returns:
         ``path``.
@@ -138,7 +140,9 @@ def write_video(path: str | Path, video, fps: int) -> Path:
     frames = ((video.float() + 1) * 127.5).round().clamp(0, 255).to("cpu").byte().permute(1, 2, 3, 0).numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = Mp4Writer(str(path), fps, frames.shape[2], frames.shape[1])
+    if audio is not None:
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    writer = Mp4Writer(str(path), fps, frames.shape[2], frames.shape[1], audio=audio, sample_rate_hz=sample_rate_hz)
     try:
         writer.write(frames)
     finally:

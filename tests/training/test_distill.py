@@ -422,6 +422,9 @@ def test_tiny_distillation_lowers_the_dmd_loss(distilled):
     assert last < 0.5 * first, (first, last, dmd)
     assert all(h["reg_loss"] > 0 for h in hist if "reg_loss" in h)  # oracle mode
     assert (out / "run" / "previews" / f"step_{DISTILL_STEPS:08d}.mp4").stat().st_size > 0
+    from test_sft import assert_preview_has_window_audio
+
+    assert_preview_has_window_audio(out / "run" / "previews" / f"step_{DISTILL_STEPS:08d}.mp4")
     rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if "val/rollout_mse" in r]
     assert val and val[-1]["val/chunks"] == 2.0

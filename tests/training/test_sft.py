@@ -273,6 +273,20 @@ def test_two_gloo_ranks_with_fsdp_match_one_process(tmp_path):
 
 
 # -- the one-package path ----------------------------------------------------------------------------
+def assert_preview_has_window_audio(path: Path) -> None:
+    """The preview MP4 carries its window's audio: as long as its frames, and not silence."""
+    import av
+    import numpy as np
+
+    from vividhead.media import count_video_frames
+
+    with av.open(str(path)) as container:
+        rate = container.streams.audio[0].rate
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    assert abs(len(pcm) / rate - count_video_frames(path) / 25) < 0.1, (len(pcm), rate, count_video_frames(path))
+    assert np.abs(pcm).max() > 0.01
+
+
 def test_curate_train_export_infer(curated_shards, tmp_path, image_dir, audio_dir):
     """What a new user runs: (curated shards) -> train the tiny config -> export -> vividhead infer."""
     from vividhead.cli import build_app
@@ -287,7 +301,9 @@ def test_curate_train_export_infer(curated_shards, tmp_path, image_dir, audio_di
     runner = CliRunner()
     res = runner.invoke(app, ["train", "sft", "--config", str(cfg_path)])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "run" / "previews" / "step_00000003.mp4").stat().st_size > 0
+    preview = tmp_path / "run" / "previews" / "step_00000003.mp4"
+    assert preview.stat().st_size > 0
+    assert_preview_has_window_audio(preview)
     assert any('"val/loss"' in line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
     res = runner.invoke(app, ["train", "export", str(tmp_path / "run"), "--out", str(tmp_path / "export")])
     assert res.exit_code == 0, res.output

@@ -710,7 +710,11 @@ class DistillTrainer(Trainer):
         truth = model_frames(window.frames[0, s.motion_frames : s.motion_frames + n], torch.float32,
                              self.env.device, self.frame_size).permute(1, 0, 2, 3)  # [3, N, H, W]
         both = torch.cat([truth, generated.float()], dim=3)
-        return write_video(path, both, s.fps)
+        # window.audio ends at the window's last frame: the emitted frames' audio, cut from the end
+        total = window.frames.shape[1]
+        end = window.audio.shape[1] - SAMPLES_PER_FRAME * (total - s.motion_frames - n)
+        audio = window.audio[0, end - SAMPLES_PER_FRAME * n : end].float().cpu().numpy()
+        return write_video(path, both, s.fps, audio=audio)
 
     def on_log(self, scalars: dict[str, float]) -> None:
         log = self.cfg.log

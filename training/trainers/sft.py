@@ -26,6 +26,7 @@ from vividhead.flow_matching import (
     sample_chunk,
     sample_training_sigmas,
 )
+from vividhead.shard_format import SAMPLES_PER_FRAME
 from vividhead.training.trainers.conditioning import ChunkInputs, encode_batch
 from vividhead.training.trainers.config import SFTConfig
 from vividhead.training.trainers.distributed import all_reduce_mean, autocast, wrap_model
@@ -105,6 +106,7 @@ class SFTTrainer(Trainer):
         else:
             self.dataset = self.make_dataset(cfg.data, self._train_filter())
         self.val_batches: list[Any] | None = None
+        self.val_audio: Any = None  # float32 [640 * F] of the preview window (set with val_batches)
 
     def _train_filter(self) -> dict:
         keys = self.held_out_keys()
@@ -182,7 +184,11 @@ class SFTTrainer(Trainer):
             ds = self.make_dataset(self.cfg.data, {"keys": self.val_keys}, seed=12345, shuffle=False,
                                    rank=0, world_size=1)
             ds.cold_start_prob = 0.0
-            self.val_batches = [self.encode(b).to(torch.device("cpu")) for b in self.make_loader(ds, self.cfg.data)]
+            self.val_batches = []
+            for b in self.make_loader(ds, self.cfg.data):
+                if not self.val_batches:  # the preview's window: its last F frames' audio
+                    self.val_audio = b.audio[0, -SAMPLES_PER_FRAME * b.frames.shape[1]:].float().numpy()
+                self.val_batches.append(self.encode(b).to(torch.device("cpu")))
         g = torch.Generator(device=self.env.device).manual_seed(777)
         losses = []
         for cpu_inputs in self.val_batches:
@@ -198,7 +204,8 @@ class SFTTrainer(Trainer):
 
     @torch.no_grad()
     def preview(self, path: Path) -> Path | None:
-        """Sample the first held-out window with the inference sampler and write an MP4 (rank 0)."""
+        """Sample the first held-out window with the inference sampler and write an MP4 with the
+        window's audio (rank 0)."""
         if not self.val_keys:
             return None
         if self.val_batches is None:
@@ -218,7 +225,7 @@ class SFTTrainer(Trainer):
         video = vae.decode(x.to(next(vae.parameters()).dtype))[0]  # [3, F, H, W]
         from vividhead.media import write_video
 
-        return write_video(path, video, self.variant.streaming.fps)
+        return write_video(path, video, self.variant.streaming.fps, audio=self.val_audio)
 
     def on_log(self, scalars: dict[str, float]) -> None:
         log = self.cfg.log
