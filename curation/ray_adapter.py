@@ -29,7 +29,6 @@ class StageActor:
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
-        size_threads(stage.cfg.num_cpus)
         stage.device()  # the device policy: DeviceError when num_gpus > 0 and there is no CUDA
         stage.setup()
 
@@ -41,16 +40,6 @@ class StageActor:
         if stage is not None:
             with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to report to
                 stage.teardown()
-
-
-def size_threads(num_cpus: float) -> None:
-    """Size OpenCV's thread pool in this worker to the CPUs its stage asks for (at least one): it
-    starts one thread per core in every actor otherwise, oversubscribing a node whose cores each run
-    an actor. (Ray sets ``OMP_NUM_THREADS``, which sizes torch's; MediaPipe's Python API has no
-    thread setting.)"""
-    import cv2
-
-    cv2.setNumThreads(max(1, int(num_cpus)))
 
 
 class _StageTask:
@@ -89,7 +78,14 @@ def quiet_ray_notices() -> None:
     Not covered: the driver's C++ line ``E ... core_worker.cc:2465: Actor ... has constructor
     arguments in the object store and max_restarts > 0`` (written to descriptor 2 by Ray's core
     worker; ``RAY_BACKEND_LOG_LEVEL=fatal`` hides it but prints an ``I ... logging.cc`` line of its
-    own and silences every Ray process's error log).
+    own and silences every Ray process's error log). No actor restarts when it appears: it is
+    printed (once per driver) when the first actor-pool worker is *created*, because Ray Data 2.60
+    always passes an actor its map transformer and data context as object refs
+    (``ActorPoolMapOperator._start_actor``) and our actors allow restarts
+    (:data:`ACTOR_MAX_RESTARTS`; Ray Data's own default, -1, prints it too). It warns that a
+    restart would fail if those refs were lost; the operator holds them for its whole life, so
+    they are not. Only ``max_restarts=0`` avoids it, which would give up re-creating a killed
+    actor (tests/curation/test_fault_tolerance.py): the line stays.
     """
     for name, _ in RAY_NOTICES:
         logger = logging.getLogger(name)
