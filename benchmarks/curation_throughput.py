@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,6 +53,22 @@ def own_cpu_s() -> float:
     """CPU seconds (user + system) of this process and of its finished, reaped descendants."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def process_kind(pid: str, title: str) -> str:
+    """A short name for a process of the run: this driver, a Ray worker (by its title), Ray's own
+    daemons, FFmpeg."""
+    if pid == str(os.getpid()):
+        return "driver"
+    name = Path(title.split()[0]).name if title else "?"
+    if title.startswith("ray::"):
+        return title.split()[0][:48]
+    if "python" in name:
+        for part in title.split()[1:3]:
+            if part.endswith(".py"):
+                return "ray:" + Path(part).name
+        return "python"
+    return name
 
 
 class TreeCpu:
@@ -74,6 +91,33 @@ class TreeCpu:
             self.group = None
         self.method = "cgroup cpuacct" if self.group else "getrusage (misses Ray workers)"
         self.start = self.now()
+        self.last: dict[tuple[str, str], tuple[str, float]] = {}  # (pid, start tick) -> (kind, own CPU s)
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        if self.group:
+            self._sampler.start()
+
+    def _sample(self) -> None:
+        """Once a second: each process of the group, its kind and own CPU seconds (for :meth:`by_kind`)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self._stop.wait(1.0):
+            for pid in (self.group / "cgroup.procs").read_text().split():
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                except OSError:
+                    continue
+                fields = stat.rsplit(")", 1)[1].split()
+                self.last[(pid, fields[19])] = (process_kind(pid, title), (int(fields[11]) + int(fields[12])) / tick)
+
+    def by_kind(self) -> dict[str, float]:
+        """Own CPU seconds per kind of process (sampled once a second: a process's last second and
+        the short-lived FFmpeg processes are missing; the stage table counts those)."""
+        self._stop.set()
+        out: dict[str, float] = {}
+        for kind, seconds in self.last.values():
+            out[kind] = out.get(kind, 0.0) + seconds
+        return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
     def now(self) -> float:
         if self.group:
@@ -212,6 +256,7 @@ def main() -> None:
     ray.shutdown()
     pipe_cpu_s = tree.seconds()
     left = tree.others()
+    by_kind = tree.by_kind()
     tree.close()
     stage_cpu = stage_cpu_s(result.manifest)
     report = {
@@ -228,6 +273,7 @@ def main() -> None:
         "pipeline_cpu_s": round(pipe_cpu_s, 1),  # this process and all it started (subreaper), Ray's included
         "ratio_cpu": round(pipe_cpu_s / decode_cpu_s, 2),
         "cpu_accounting": {"method": tree.method, "processes_left": left},
+        "cpu_s_by_process_kind": by_kind,
         "stage_cpu_s": stage_cpu,
         "stage_cpu_s_total": round(sum(stage_cpu.values()), 1),
         "outside_stages_cpu_s": round(pipe_cpu_s - sum(stage_cpu.values()), 1),  # Ray, driver, idle actors

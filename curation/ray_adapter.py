@@ -29,6 +29,7 @@ class StageActor:
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
+        size_threads(stage.cfg.num_cpus)
         stage.device()  # the device policy: DeviceError when num_gpus > 0 and there is no CUDA
         stage.setup()
 
@@ -40,6 +41,16 @@ class StageActor:
         if stage is not None:
             with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to report to
                 stage.teardown()
+
+
+def size_threads(num_cpus: float) -> None:
+    """Size OpenCV's thread pool in this worker to the CPUs its stage asks for (at least one): it
+    starts one thread per core in every actor otherwise, oversubscribing a node whose cores each run
+    an actor. (Ray sets ``OMP_NUM_THREADS``, which sizes torch's; MediaPipe's Python API has no
+    thread setting.)"""
+    import cv2
+
+    cv2.setNumThreads(max(1, int(num_cpus)))
 
 
 class _StageTask:

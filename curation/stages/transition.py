@@ -35,9 +35,12 @@ class TransitionConfig(StageConfig):
             neighbouring ``context_frames`` on each side, so slow fades and motion do not fire.
     """
 
-    memory_gib: float = 2.0  # a decoded 50 s clip (1 GiB at 512x512) and its 128 px copy
+    memory_gib: float = 2.0  # a decoded 50 s clip (1 GiB at 512x512) and its small grey copy
 
-    analysis_size_px: int = bounded(128, ">= 16")
+    # 64 px: a third of the flow's CPU time at 128 px, the same decisions on the fixtures (the hard
+    # cut's residual 49.4 against 51.5 at 128 px, motion at most 11.7 against 10.2; threshold 20):
+    # docs/benchmarks.md.
+    analysis_size_px: int = bounded(64, ">= 16")
     min_residual: float = bounded(20.0, "> 0")
     min_spike_ratio: float = bounded(8.0, ">= 1")
     context_frames: int = bounded(5, ">= 1")
