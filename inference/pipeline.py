@@ -477,9 +477,8 @@ class StreamingSession:
         while self._ready:
             yield self.generate(self._ready.popleft()[0])
 
-    def _finish(self, out: StepOutput, frames: torch.Tensor) -> np.ndarray:
-        """Copy one chunk's frames to the host and count them."""
-        host = frames.cpu().numpy()
+    def _finish(self, out: StepOutput, host: np.ndarray) -> np.ndarray:
+        """Count one chunk's frames (uint8 ``[n_emit, H, W, 3]`` on the host) and report it."""
         self.timings = out.timings
         self.chunks_done += 1
         self.frames_emitted += host.shape[0]
@@ -508,10 +507,21 @@ def advance(sessions: Sequence[StreamingSession], samples: Sequence[np.ndarray],
         raise ValueError("one step runs sessions of one model")
     t0 = time.perf_counter()
     out = first.step([s.state for s in sessions], samples=samples, batching=batching)
-    result = [s._finish(out, f) for s, f in zip(sessions, out.frames)]
+    result = [s._finish(out, f) for s, f in zip(sessions, _to_host(out.frames))]
     out.timings.other = time.perf_counter() - t0 - out.timings.total
     out.timings.total += out.timings.other
     return result
+
+
+def _to_host(frames: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Device frames to host arrays in one copy (one synchronisation per round, not one per stream).
+    The arrays are fresh host memory each round: the server encodes them on other threads while the
+    next round runs."""
+    if frames[0].device.type != "cuda":
+        return [f.numpy() for f in frames]
+    out = (torch.cat(frames) if len(frames) > 1 else frames[0]).cpu().numpy()
+    bounds = np.cumsum([0] + [f.shape[0] for f in frames])
+    return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def state_nbytes(session: StreamingSession) -> int:

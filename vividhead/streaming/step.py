@@ -26,8 +26,8 @@ reference frame alone, FlashHead §3.1); the trainer starts from ground-truth mo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -175,6 +175,7 @@ def _parts(seq: Sequence, size: int) -> list[Sequence]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
+@dataclass
 class ChunkStep:
     """The per-chunk step (module docstring), over the weights one model holds.
 
@@ -197,24 +198,24 @@ class ChunkStep:
         profile: synchronise the device around parts so :class:`ChunkTimings` are exact.
     """
 
-    def __init__(self, denoiser: Denoiser, vae, audio_encoder, streaming: StreamingConfig,
-                 schedule: FlowMatchingSchedule, audio_window: int, *, dtype: torch.dtype,
-                 cond_dtype: torch.dtype | None = None, uint8_round: bool = True, reencode_motion: bool = True,
-                 cuda_graphs: bool = False, profile: bool = False) -> None:
-        self.denoiser = denoiser
-        self.vae = vae
-        self.audio_encoder = audio_encoder
-        self.streaming = streaming
-        self.schedule = schedule
-        self.audio_window = audio_window
-        self.dtype = dtype
-        self.cond_dtype = cond_dtype or dtype
-        self.uint8_round = uint8_round
-        self.reencode_motion = reencode_motion
-        self.cuda_graphs = cuda_graphs
-        self.profile = profile
-        self._host: dict[int, torch.Tensor] = {}  # batch size -> pinned [B, cache samples] staging buffer
-        self._audio_streams: dict[torch.device, torch.cuda.Stream] = {}
+    denoiser: Denoiser
+    vae: Any
+    audio_encoder: Any
+    streaming: StreamingConfig
+    schedule: FlowMatchingSchedule
+    audio_window: int
+    _: KW_ONLY
+    dtype: torch.dtype
+    cond_dtype: torch.dtype | None = None
+    uint8_round: bool = True
+    reencode_motion: bool = True
+    cuda_graphs: bool = False
+    profile: bool = False
+    _host: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)  # pinned audio staging
+    _audio_streams: dict[torch.device, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cond_dtype = self.cond_dtype or self.dtype
 
     # -- state -----------------------------------------------------------------------------------
     def vae_encode(self, video: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
