@@ -64,12 +64,10 @@ class FaceScorerStage:
 
     The stage gives :meth:`model_weights` (the model's registry name) and :meth:`load_model`; the
     mixin gives ``weights``, ``setup`` (``self._model``, ``self._detector`` and ``self._device``
-    afterwards) and ``teardown``.
+    afterwards) and those ``resources``, which the stage base class's ``teardown`` releases.
     """
 
-    _model: Any = None
-    _detector: Optional[FaceDetector] = None
-    _device: str = "cpu"
+    resources = {"_model": None, "_detector": None, "_device": "cpu"}
 
     def model_weights(self) -> str:  # pragma: no cover - interface
         """Registry name of the scoring model's checkpoint."""
@@ -86,8 +84,3 @@ class FaceScorerStage:
         self._device = self.device()
         self._model = self.load_model(weights.resolve(self.model_weights(), self.cfg.weights_path), self._device)
         self._detector = FaceDetector.load(self.cfg.detector_weights_path, self.cfg.min_confidence)
-
-    def teardown(self) -> None:
-        if self._detector is not None:
-            self._detector.close()
-        self._model, self._detector = None, None

@@ -25,6 +25,7 @@ turns stages into Ray Data operators.
 from __future__ import annotations
 
 import abc
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Sequence
 
@@ -109,9 +110,14 @@ class BaseStage(abc.ABC):
     required: ClassVar[bool] = False
     #: What the funnel counts (``stats.json``): rows in and rows out, per input or per clip.
     funnel_units: ClassVar[tuple[Unit, Unit]] = ("clip", "clip")
+    #: What :meth:`Stage.setup` loads (models, graphs, the device they run on): attribute -> its
+    #: value before set-up and after :meth:`teardown` (``{"_model": None, "_device": "cpu"}``).
+    resources: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: StageConfig) -> None:
         self.cfg = cfg
+        for attr, empty in self.resources.items():
+            setattr(self, attr, copy.copy(empty))
 
     @classmethod
     def from_config(cls, cfg: Any) -> BaseStage:
@@ -126,9 +132,15 @@ class BaseStage(abc.ABC):
         """Registry names of the weights this stage needs, each with its explicit path (or None)."""
         return ()
 
-    def teardown(self) -> None:  # noqa: B027 - optional hook, a no-op unless a stage holds resources
-        """Release what :meth:`Stage.setup` loaded (models, MediaPipe graphs); called by the adapter
-        when a worker shuts down and by tests. Idempotent; the stage may be set up again."""
+    def teardown(self) -> None:
+        """Release what :meth:`Stage.setup` loaded: each of :attr:`resources` back to its empty value,
+        closing what has a ``close()`` (MediaPipe graphs). Called by the adapter when a worker shuts
+        down and by tests. Idempotent; the stage may be set up again."""
+        for attr, empty in self.resources.items():
+            held = getattr(self, attr, empty)
+            if held is not empty and callable(getattr(held, "close", None)):
+                held.close()
+            setattr(self, attr, copy.copy(empty))
 
 
 class Stage(BaseStage):

@@ -222,11 +222,9 @@ class AttributesStage(Stage):
     writes_columns = ("language", "gender", "age_band", "ethnicity", "annotation_errors")
     FACE_ATTRIBUTES = (("gender", "gender"), ("age", "age_band"), ("ethnicity", "ethnicity"))
 
-    def __init__(self, cfg: AttributesConfig) -> None:
-        super().__init__(cfg)
-        self._language: Optional[WhisperLanguageId] = None
-        self._face: dict[str, FaceAttributeClassifier] = {}
-        self._detector: Optional[FaceDetector] = None
+    #: After setup: the WhisperLanguageId, a FaceAttributeClassifier per enabled face attribute,
+    #: the FaceDetector those need.
+    resources = {"_language": None, "_face": {}, "_detector": None}
 
     def _face_weights(self, attr: str) -> tuple[Optional[str], Optional[str]]:
         return getattr(self.cfg, f"{attr}_weights", None), getattr(self.cfg, f"{attr}_weights_path")
@@ -262,11 +260,6 @@ class AttributesStage(Stage):
                 self._face[attr] = FaceAttributeClassifier(path, device)
         if self._face:
             self._detector = FaceDetector.load(None, 0.5)
-
-    def teardown(self) -> None:
-        if self._detector is not None:
-            self._detector.close()
-        self._language, self._face, self._detector = None, {}, None
 
     def process(self, row: Row) -> list[Row]:
         """Fill the attribute columns; failures go to ``annotation_errors``."""

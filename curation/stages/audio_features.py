@@ -113,11 +113,7 @@ class AudioFeaturesStage(Stage):
     name = "audio_features"
     config_class = AudioFeaturesConfig
     writes_columns = ("annotation_errors",)
-
-    def __init__(self, cfg: AudioFeaturesConfig) -> None:
-        super().__init__(cfg)
-        self._encoder = None
-        self._device = "cpu"
+    resources = {"_encoder": None, "_device": "cpu"}
 
     def weights(self):
         """The configured Wav2Vec 2.0 registry entry (a Hub folder) or explicit folder."""
@@ -128,9 +124,6 @@ class AudioFeaturesStage(Stage):
         self._device = self.device()
         path = weights.resolve(self.cfg.weights, self.cfg.weights_path)
         self._encoder = load_wav2vec(path, self.cfg.normalize, self._device)
-
-    def teardown(self) -> None:
-        self._encoder = None
 
     def process(self, row: Row) -> list[Row]:
         """Attach ``wav2vec.npy``; failures go to ``annotation_errors``."""

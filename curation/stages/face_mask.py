@@ -228,10 +228,7 @@ class FaceMaskStage(FrameStage):
     name = "face_mask"
     config_class = FaceMaskConfig
     writes_columns = ("face_mask_share", "annotation_errors")
-
-    def __init__(self, cfg: FaceMaskConfig) -> None:
-        super().__init__(cfg)
-        self._landmarker: Optional[FaceLandmarks] = None
+    resources = {"_landmarker": None}  # FaceLandmarks after setup
 
     def weights(self):
         """The FaceLandmarker ``.task`` bundle."""
@@ -241,9 +238,6 @@ class FaceMaskStage(FrameStage):
         """Resolve the bundle (a fresh landmarker is created per clip, on CPU)."""
         path = weights.resolve("face_mediapipe_landmarker", self.cfg.weights_path)
         self._landmarker = FaceLandmarks(path, self.cfg.min_confidence)
-
-    def teardown(self) -> None:
-        self._landmarker = None
 
     def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
         """Attach ``mask.npz`` and fill ``face_mask_share``; failures go to ``annotation_errors``."""

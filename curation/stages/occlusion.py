@@ -270,10 +270,7 @@ class OcclusionStage(FrameStage):
     name = "occlusion"
     config_class = OcclusionConfig
     writes_columns = ("hand_over_face_share",)
-
-    def __init__(self, cfg: OcclusionConfig) -> None:
-        super().__init__(cfg)
-        self._estimator: Optional[WholeBodyEstimator] = None
+    resources = {"_estimator": None}  # a WholeBodyEstimator after setup
 
     def weights(self):
         """YOLOX-nano person detector and the DWPose whole-body model."""
@@ -299,9 +296,6 @@ class OcclusionStage(FrameStage):
             person_min_score=self.cfg.person_min_score,
             device=device,
         )
-
-    def teardown(self) -> None:
-        self._estimator = None
 
     def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:
         """Fill ``hand_over_face_share``; raise ``MediaError('hand_over_face')`` over the threshold."""

@@ -112,20 +112,13 @@ class SpeechStage(Stage):
     name = "speech"
     config_class = SpeechConfig
     writes_columns = ("speech_share",)
-
-    def __init__(self, cfg: SpeechConfig) -> None:
-        super().__init__(cfg)
-        self._model = None
-        self._device = "cpu"
+    resources = {"_model": None, "_device": "cpu"}
 
     def setup(self) -> None:
         device = self.device()
         # The ONNX path runs on CPU; the TorchScript model moves to the actor's GPU when it has one.
         self._device = "cpu" if self.cfg.weights_path else device
         self._model = load_vad(self.cfg.weights_path, self._device)
-
-    def teardown(self) -> None:
-        self._model = None
 
     def process(self, row: Row) -> list[Row]:
         pcm, sr = read_pcm16(row["audio_bytes"])
