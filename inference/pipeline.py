@@ -195,6 +195,10 @@ class FlashHeadModels:
         export = read_export(path)
         dev = torch.device(device)
         transformer = load_flashhead_transformer(export.transformer_dir, dtype=dtype, device=dev)
+        if export.lora_dir is not None:  # a --no-merge export: its adapters over its base
+            from vividhead.models.lora import apply_lora
+
+            transformer = apply_lora(transformer, export.lora_dir).eval().requires_grad_(False)
         vae = load_vae(export.variant.vae, export.vae_dir).to(dev, dtype)
         audio = Wav2VecFeatures.from_pretrained(export.audio_encoder_dir).to(dev)
         return cls(export.variant, transformer, vae, audio, dev, dtype)
