@@ -110,7 +110,7 @@ def test_ltx_posterior_sample_or_mean_in_the_session(tiny_lite, ref_image, speec
     # the motion latents are sampled from the session's posterior generator, reproducibly
     n = tiny_lite.variant.streaming.samples_per_chunk
     first = list(s.feed(speech[:n]))[0]
-    motion_video = s._motion_video.clone()
+    motion_video = s.state.motion_video.clone()
     list(s.feed(speech[n : 2 * n]))
     want = tiny_lite.vae.encode(motion_video, generator=torch.Generator().manual_seed(seed + 2))
     torch.testing.assert_close(s.motion_latents, want, rtol=0, atol=0)
@@ -243,7 +243,7 @@ def _fake_hub_cache(root: Path, repo_id: str, folder: Path) -> None:
     (repo / "refs" / "main").write_text(REV)
 
 
-def test_checkpoint_by_hub_id_offline(tmp_path, monkeypatch):
+def test_checkpoint_by_hub_id_offline(tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants as hub_constants
 
     from vividhead.inference.checkpoints import HubId, resolve_source
@@ -278,10 +278,13 @@ def test_checkpoint_by_hub_id_offline(tmp_path, monkeypatch):
     from vividhead.media import count_video_frames
 
     assert count_video_frames(tmp_path / "o.mp4") == 25
-    res = runner.invoke(app, ["infer", "--image", str(image), "--audio", str(speech), "--out", str(tmp_path / "x.mp4"),
-                              "--checkpoint", f"acme/absent@{REV}", "--device", "cpu"])
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert res.exit_code == 2 and len(errors) == 1 and "offline" in errors[0], res.output
+    import vividhead.cli as cli
+
+    with pytest.raises(SystemExit) as info:  # through the real entry point: one line, exit 2
+        cli.main(["infer", "--image", str(image), "--audio", str(speech), "--out", str(tmp_path / "x.mp4"),
+                  "--checkpoint", f"acme/absent@{REV}", "--device", "cpu"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert info.value.code == 2 and len(errors) == 1 and "offline" in errors[0], errors
 
 
 def test_compiled_ltx_encode_does_not_recompile_per_session_generator(tiny_lite):
