@@ -125,8 +125,11 @@ def test_scheduler_batches_waiting_chunks(tiny_pro_fast_vae, speech):
     sched = BatchScheduler(BatchingConfig(max_batch=8), frame_num=TINY_PRO.streaming.frame_num)
     try:
         sessions = sched.call(lambda: [StreamingSession(tiny_pro_fast_vae, r, seed=s) for r, s in zip(refs, seeds)]).result()
-        gate = __import__("threading").Event()
-        blocker = sched.call(gate.wait)  # hold the worker so the three chunks queue up
+        import threading
+
+        started, gate = threading.Event(), threading.Event()
+        blocker = sched.call(lambda: (started.set(), gate.wait()))  # hold the worker so the three chunks queue up
+        assert started.wait(30)  # the worker is inside the call: no chunk can join its round
         futs = [sched.submit_chunk(s, pcm_to_float(speech[i * 999 : i * 999 + spc]), 0) for i, s in enumerate(sessions)]
         gate.set()
         blocker.result(timeout=30)

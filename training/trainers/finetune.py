@@ -28,9 +28,8 @@ import torch
 from vividhead.config import ConfigError, check
 from vividhead.models.lora import LORA_GROUPS, add_lora, count_parameters, lora_config
 from vividhead.training.trainers.config import ParallelConfig, SFTConfig
-from vividhead.training.trainers.distributed import shards, wrap_model
-from vividhead.training.trainers.models import build_encoders, build_transformer
-from vividhead.training.trainers.runtime import EMA, make_optimizer, make_scheduler
+from vividhead.training.trainers.distributed import shards
+from vividhead.training.trainers.models import build_transformer
 from vividhead.training.trainers.sft import SFTTrainer
 
 logger = logging.getLogger(__name__)
@@ -115,19 +114,9 @@ class FinetuneTrainer(SFTTrainer):
         self.peft_model = add_lora(base, lora_config(ft.rank, ft.alpha, ft.dropout, ft.targets))
         model = self.peft_model.base_model.model  # the DiT, LoRA layers in place
         model.train()
-        self.transformer = model
         self.trainable_params, self.total_params = count_parameters(model)
         logger.info("LoRA r=%d alpha=%g on %s: %d trainable parameters of %d (%.2f%%), base %s", ft.rank, ft.alpha,
                     ",".join(ft.targets), self.trainable_params, self.total_params,
                     100.0 * self.trainable_params / self.total_params, self.base_dtype())
-        self.dit = wrap_model(model, model.blocks, cfg.parallel, env)
-        enc_dtype = self.compute_dtype if env.device.type == "cuda" else torch.float32
-        self.encoders = build_encoders(cfg.model, self.variant, env.device, enc_dtype)
-        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optim, device=env.device)
-        self.modules = {"transformer": model}
-        self.optimizers = {"transformer": opt}
-        self.schedulers = {"transformer": make_scheduler(opt, cfg.optim.warmup_steps)}
-        if cfg.optim.ema_decay > 0:
-            self.emas = {"transformer": EMA(model, cfg.optim.ema_decay)}
-        self.build_data()
+        self.build_around(model)
 

@@ -76,8 +76,13 @@ class SFTTrainer(Trainer):
 
     # -- building -------------------------------------------------------------------------------
     def build(self) -> None:
+        self.build_around(build_transformer(self.cfg.model, self.variant).to(self.env.device))
+
+    def build_around(self, model: torch.nn.Module) -> None:
+        """Everything but the DiT: wrap ``model`` (parallelism, compile), the frozen encoders, the
+        optimiser over its trainable parameters, the scheduler, the EMA and the data stream (shared by
+        the fine-tuning trainer, whose DiT carries adapters)."""
         cfg, env = self.cfg, self.env
-        model = build_transformer(cfg.model, self.variant).to(env.device)
         self.transformer = model
         self.dit = wrap_model(model, model.blocks, cfg.parallel, env)
         enc_dtype = self.compute_dtype if env.device.type == "cuda" else torch.float32
