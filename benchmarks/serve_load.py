@@ -169,6 +169,15 @@ def _q(xs: list[float], q: float) -> float | None:
     return float(np.quantile(np.asarray(xs), q))
 
 
+def _compiled_graphs() -> int:
+    """Graphs ``torch.compile`` has compiled in this process so far (dynamo's ``unique_graphs``)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # no torch here (a client-only run against --url)
+        return 0
+    return int(counters["stats"]["unique_graphs"])
+
+
 def summarise(n: int, results: list[ClientResult], fps: float, server=None, wall_s: float = 0.0) -> dict:
     """One point of the curve: per-stream FPS and chunk latency over the ``n`` clients."""
     served = [r for r in results if r.refused is None]
@@ -204,6 +213,7 @@ async def run_sweep(args, url: str, server=None) -> list[dict]:
         if n > args.max_streams:
             raise SystemExit(f"--streams {n} above --max-streams {args.max_streams}")
         rounds0 = server.scheduler.rounds if server is not None else 0
+        graphs0 = _compiled_graphs()
         chunk_s = server.chunk_seconds if server is not None else 1.0
         pcms = [_pcm(args.audio, args.seconds, 3.7 * k) for k in range(n)]
         t0 = time.perf_counter()
@@ -214,6 +224,8 @@ async def run_sweep(args, url: str, server=None) -> list[dict]:
         point = summarise(n, list(results), fps, server, time.perf_counter() - t0)
         if server is not None:
             point["server"]["rounds"] -= rounds0
+            # graphs dynamo compiled while this point was served: after warm-up there should be none
+            point["server"]["recompiles"] = _compiled_graphs() - graphs0
         curve.append(point)
         line = json.dumps(point)
         print(line, file=sys.stderr, flush=True)
