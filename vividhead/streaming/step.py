@@ -32,7 +32,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from vividhead.flow_matching import FlowMatchingSchedule, chunk_audio_context, motion_latent_count, sample_chunk
+from vividhead.flow_matching import (
+    FlowMatchingSchedule,
+    chunk_audio_context,
+    motion_latent_count,
+    reference_video,
+    sample_chunk,
+)
 from vividhead.models.configs import StreamingConfig
 from vividhead.streaming.audio_cache import TemporalAudioContextCache
 from vividhead.streaming.color import match_colors
@@ -238,8 +244,6 @@ class ChunkStep:
             with_audio: give the stream a Temporal Audio Context Cache (steps fed samples).
             posterior: give the stream a posterior generator (LTX sampled posterior).
         """
-        from vividhead.flow_matching import reference_video
-
         dev, cfg = reference.device, self.streaming
         with torch.no_grad():
             ref_latent = self.vae_encode(reference_video(reference, cfg.frame_num),
