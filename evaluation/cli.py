@@ -333,8 +333,9 @@ def rollout(
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 42,
     asd: Annotated[bool, typer.Option("--asd/--no-asd", help="Light-ASD score per chunk (when its weights exist).")] = True,
 ) -> None:
-    """Long-horizon check: stream a generator for N chunks and plot per-chunk drift (colour,
-    sharpness vs the reference, latent norm, Light-ASD)."""
+    """Long-horizon check: stream a generator for N chunks and plot per-chunk drift.
+
+    Drift per chunk: colour and sharpness against the reference, latent norm, Light-ASD."""
     from vividhead.devices import default_dtype_name, parse_dtype, resolve_device
     from vividhead.evaluation.long_rollout import long_rollout
 

@@ -439,8 +439,9 @@ def serve(
         help="Batch sizes measured before serving, e.g. 1,4 (default on a GPU: the buckets, or 1; none on the CPU).")] = "",
     model: ModelOptions = ModelOptions(),
 ) -> None:
-    """Serve live sessions over WebSocket (s16le 16 kHz PCM in, H.264 MP4 chunks out), concurrent
-    sessions batched; a browser demo page at http://HOST:PORT/."""
+    """Serve live sessions over WebSocket: 16 kHz PCM in, H.264 MP4 chunks out, sessions batched.
+
+    A browser demo page is served at http://HOST:PORT/."""
     import asyncio
 
     from vividhead.inference.batching import BatchingConfig

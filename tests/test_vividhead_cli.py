@@ -94,3 +94,21 @@ def test_help_texts_are_whole_at_80_columns(command, monkeypatch):
     cut = [line for line in lines if "…" in line[start:]]
     assert not cut, "\n".join(cut)
     assert len(max(lines, key=len)) <= 80
+
+
+def test_every_command_summary_is_one_sentence_on_one_line():
+    """A command's summary (the first paragraph of its docstring, which the group's command list
+    shows) is one line ending in a period, so no list breaks it mid-sentence."""
+    import typer.main
+
+    def walk(cmd, path):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield (*path, name), sub
+            yield from walk(sub, (*path, name))
+
+    bad = []
+    for path, cmd in walk(typer.main.get_command(cli.build_app()), ()):
+        first = (cmd.help or "").strip().split("\n\n")[0]
+        if getattr(cmd, "commands", None) is None and ("\n" in first or not first.endswith(".")):
+            bad.append(f"{' '.join(path)}: {first!r}")
+    assert not bad, "\n".join(bad)

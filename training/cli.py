@@ -96,6 +96,7 @@ def cache_latents(
     samples_per_shard: Annotated[int, typer.Option(help="Windows per cache shard.")] = 64,
 ) -> None:
     """Encode windows of the config's shards once (VAE latents, reference latent, Wav2Vec context).
+
     Takes a stage-1 (`sft`) or fine-tuning (`finetune`) config."""
     from vividhead.config import ConfigError, read_yaml
     from vividhead.training.trainers.config import SFTConfig, load_train_config
