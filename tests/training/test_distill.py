@@ -293,6 +293,51 @@ def test_oracle_and_self_correcting_differ_only_in_the_teachers_motion_slots(cur
     assert torch.equal(results["oracle"][0][0], results["self_correcting"][0][0])
 
 
+# -- the generator-objective seam -------------------------------------------------------------------------
+def test_a_registered_objective_is_a_mode_and_trains_the_generator(curated_shards, tmp_path):
+    """A toy objective (plain regression onto the ground-truth latents) registered under a new mode is
+    accepted by the config, drives one generator update, and logs its own metrics; an unknown mode
+    fails at config load with one line naming the key and the registered modes."""
+    from vividhead.training.trainers import objectives
+    from vividhead.training.trainers.objectives import OBJECTIVES, GeneratorObjective, masked_mean, register_objective
+
+    calls = []
+
+    class PlainRegression(GeneratorObjective):
+        metric_names = ("toy_reg_loss",)
+        reduced_metrics = ("toy_reg_loss",)
+
+        def __call__(self, trainer, window, out):
+            gt = window.gt_latents(out.chunk)
+            keep = motion_loss_mask(out.x0.shape[2], torch.tensor([out.num_motion]))
+            loss = masked_mean((out.x0 - gt).pow(2), keep)
+            calls.append(out.x0.requires_grad)
+            return {"loss": loss, "toy_reg_loss": loss.detach()}
+
+    assert list(OBJECTIVES) == ["oracle", "self_correcting"]
+    register_objective("toy_regression")(PlainRegression)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_objective("oracle")(PlainRegression)
+        p = tmp_path / "c.yaml"
+        p.write_text("distill: {mode: teacher_forcing}\n")
+        with pytest.raises(ConfigError) as err:
+            load_train_config(p, DistillConfig)
+        assert str(err.value) == ("distill.mode: must be one of ['oracle', 'self_correcting', 'toy_regression'], "
+                                  "got 'teacher_forcing'")
+        cfg = distill_config(curated_shards, tmp_path / "run", run={"max_steps": 1},
+                             distill={"mode": "toy_regression", "max_chunks": 1, "fake_updates_per_generator_update": 1})
+        trainer = run(cfg)
+    finally:
+        del objectives.OBJECTIVES["toy_regression"]
+    assert calls == [True]  # one generator update, through the graph of step t'
+    (logged,) = trainer.result["history"]
+    assert logged["toy_reg_loss"] > 0 and logged["generator_loss"] == pytest.approx(logged["toy_reg_loss"])
+    assert "dmd_loss" not in logged and "reg_loss" not in logged
+    initial = full_weights(trainer.raw["real_score"])  # real_score is the untouched initial DiT
+    assert any(not torch.equal(trainer.final["generator"][k], initial[k]) for k in initial)
+
+
 # -- the 1:5 schedule -----------------------------------------------------------------------------------
 def test_one_generator_update_per_five_fake_score_updates(curated_shards, tmp_path):
     cfg = distill_config(curated_shards, tmp_path / "run", run={"max_steps": 10}, distill={"max_chunks": 1})

@@ -18,7 +18,8 @@ One trainer step (:meth:`DistillTrainer.train_step`, one window of a curated cli
    (:func:`vividhead.flow_matching.flow_matching_loss`; motion slots clean, no loss there).
 3. **generator update** (after every 5th fake update) -- a fresh draw and rollout in which only
    step t' of chunk k keeps its graph (``sample_chunk(exit_step=t', grad_step=t')``; every earlier
-   chunk and step runs under ``no_grad``), then the DMD loss (:func:`distribution_matching_loss`)
+   chunk and step runs under ``no_grad``), then the generator objective of ``distill.mode``
+   (:mod:`vividhead.training.trainers.objectives`): the DMD loss (:func:`distribution_matching_loss`)
    against ``real_score`` (audio CFG) and ``fake_score``, plus in ``oracle`` mode
    ``lambda * ||z_student^(k) - z_gt^(k)||^2``.
 
@@ -61,11 +62,9 @@ from vividhead.config import ConfigError, to_dict
 from vividhead.export_format import is_export, read_export
 from vividhead.flow_matching import (
     NUM_TRAIN_TIMESTEPS,
-    add_noise,
     flow_matching_loss,
     motion_latent_count,
     motion_loss_mask,
-    overwrite_motion,
     predict_x0,
     sample_training_sigmas,
 )
@@ -89,6 +88,13 @@ from vividhead.training.trainers.models import (
     build_encoders,
     build_transformer,
     resolve_variant,
+)
+from vividhead.training.trainers.objectives import (
+    DMDLoss,
+    GeneratorObjective,
+    distribution_matching_loss,
+    make_objective,
+    masked_mean,
 )
 from vividhead.training.trainers.registry import get_train_spec
 from vividhead.training.trainers.runtime import EMA, Trainer, make_optimizer, make_scheduler
@@ -227,58 +233,6 @@ class RolloutOutput:
     @property
     def num_motion(self) -> int:
         return self.motion.shape[2]
-
-
-# ----------------------------------------------------------------------------------------------
-# The DMD loss
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class DMDLoss:
-    """Result of :func:`distribution_matching_loss`.
-
-    Attributes:
-        loss: float32 scalar with graph through ``x0``: ``0.5 * mean_keep (x0 - stopgrad(x0 - grad))^2``.
-        grad: float32 ``[B, C, F, h, w]`` the normalised DMD gradient (zero on motion slots, no graph).
-        grad_abs: float32 scalar: mean ``|grad|`` over generated slots (for logging).
-    """
-
-    loss: torch.Tensor
-    grad: torch.Tensor
-    grad_abs: torch.Tensor
-
-
-def masked_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` ``[B, C, F, h, w]`` over the slots where ``keep`` ``[B, 1, F, 1, 1]`` is 1 (per sample, then batch)."""
-    b, c, _, h, w = x.shape
-    count = (keep.sum(dim=(1, 2, 3, 4)) * c * h * w).clamp(min=1)
-    return ((x * keep).sum(dim=(1, 2, 3, 4)) / count).mean()
-
-
-def distribution_matching_loss(x0: torch.Tensor, p_fake: torch.Tensor, p_real: torch.Tensor,
-                               keep: torch.Tensor) -> DMDLoss:
-    """The DMD loss (FlashHead eq. 4, LiveTalk eq. 2) in the DMD2 / Self-Forcing form.
-
-    ``grad = (p_fake - p_real) / mean|x0 - p_real|`` (the per-sample normaliser of DMD eq. 8, over
-    generated slots), then ``0.5 * MSE(x0, stopgrad(x0 - grad))``, whose gradient with respect to
-    ``x0`` is ``grad / N``: the score difference ``s_real - s_fake`` pushed into the generator.
-
-    Args:
-        x0: float32 ``[B, C, F, h, w]`` the generator's output (with graph).
-        p_fake, p_real: float32 ``[B, C, F, h, w]`` x0 predictions of ``fake_score`` and of the
-            (guided) ``real_score`` at the same noised sample (no graph).
-        keep: float32 ``[B, 1, F, 1, 1]``: 1 on generated slots, 0 on motion slots (no loss).
-
-    Returns:
-        :class:`DMDLoss`.
-    """
-    with torch.no_grad():
-        b, c, _, h, w = x0.shape
-        count = (keep.sum(dim=(1, 2, 3, 4)) * c * h * w).clamp(min=1)
-        norm = ((x0.detach() - p_real).abs() * keep).sum(dim=(1, 2, 3, 4)) / count  # [B]
-        grad = torch.nan_to_num((p_fake - p_real) * keep / norm.view(b, 1, 1, 1, 1).clamp(min=1e-12))
-        target = (x0.detach() - grad).detach()
-    loss = 0.5 * masked_mean((x0 - target).pow(2), keep)
-    return DMDLoss(loss, grad, masked_mean(grad.abs(), keep))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -575,43 +529,27 @@ class DistillTrainer(Trainer):
                              chunks=chunks if keep_chunks else None, frames=frames if keep_chunks else None)
 
     # -- losses -----------------------------------------------------------------------------------
+    @property
+    def objective(self) -> GeneratorObjective:
+        """The generator objective of ``distill.mode``
+        (:data:`~vividhead.training.trainers.objectives.OBJECTIVES`), over the current config."""
+        return make_objective(self.cfg.distill)
+
     def generator_loss(self, window: RolloutWindow, out: RolloutOutput) -> dict[str, torch.Tensor]:
-        """The generator objective on chunk k's output: DMD (eq. 4) plus, in ``oracle`` mode,
-        ``lambda * ||z_student^(k) - z_gt^(k)||^2`` (eq. 5, a mean over generated slots).
+        """The generator objective of ``distill.mode`` on chunk k's output (:attr:`objective`):
+        ``oracle``: DMD (eq. 4) plus ``lambda * ||z_student^(k) - z_gt^(k)||^2`` (eq. 5, a mean over
+        generated slots); ``self_correcting``: DMD alone (LiveTalk eq. 2-3).
 
         The sample is noised on every slot to ``sigma`` (uniform on the shifted schedule, clamped to
         ``[min_sigma, max_sigma]``); motion slots then hold what each score is conditioned on (the
         module docstring's table).
 
         Returns:
-            ``loss`` (with graph), ``dmd_loss``, ``reg_loss``, ``dmd_grad_abs``, ``reg_grad_abs``, and
-            the draws ``sigma`` (``[1]``) and ``noise`` (``[1, C, F, h, w]``) (no graph).
+            ``loss`` (with graph) and the objective's metrics; for the DMD objectives ``dmd_loss``,
+            ``reg_loss``, ``dmd_grad_abs``, ``reg_grad_abs``, and the draws ``sigma`` (``[1]``) and
+            ``noise`` (``[1, C, F, h, w]``) (no graph).
         """
-        d, dev = self.cfg.distill, self.env.device
-        x0 = out.x0
-        m = out.num_motion
-        keep = motion_loss_mask(x0.shape[2], torch.tensor([m], device=dev))
-        sigma = sample_training_sigmas(1, shift=d.timestep_shift, min_sigma=d.min_sigma, max_sigma=d.max_sigma,
-                                       generator=self.generator, device=dev)
-        noise = torch.randn(x0.shape, generator=self.generator, device=dev)
-        ctx, ref = window.context(out.chunk), window.ref_latent
-        oracle = d.mode == "oracle"
-        gt = window.gt_latents(out.chunk) if oracle else None
-        with torch.no_grad():
-            x_s = add_noise(x0.detach(), noise, sigma)  # every slot noised
-            x_fake = overwrite_motion(x_s, out.motion)  # predicted motion latents, clean
-            x_real = overwrite_motion(x_s, gt[:, :, :m]) if oracle else x_s
-            p_fake = self.predict("fake_score", x_fake, sigma, ctx, ref)
-            p_real = self.predict("real_score", x_real, sigma, ctx, ref, d.guidance_scale)
-        dmd = distribution_matching_loss(x0, p_fake, p_real, keep)
-        zero = torch.zeros((), device=dev)
-        reg, reg_grad = zero, zero
-        if oracle and d.regression_weight > 0:
-            reg = masked_mean((x0 - gt).pow(2), keep)
-            reg_grad = masked_mean((2 * d.regression_weight * (x0.detach() - gt)).abs(), keep)
-        loss = dmd.loss + d.regression_weight * reg if oracle else dmd.loss
-        return {"loss": loss, "dmd_loss": dmd.loss.detach(), "reg_loss": reg.detach(),
-                "dmd_grad_abs": dmd.grad_abs, "reg_grad_abs": reg_grad, "sigma": sigma, "noise": noise}
+        return self.objective(self, window, out)
 
     def fake_score_step(self, window: RolloutWindow) -> dict[str, torch.Tensor]:
         """One fake-score update: a rollout without graph, then the flow-matching loss of
@@ -631,14 +569,13 @@ class DistillTrainer(Trainer):
 
     def generator_step(self, window: RolloutWindow) -> dict[str, torch.Tensor]:
         """One generator update: a rollout in which only step t' of chunk k keeps its graph, then
-        :meth:`generator_loss`."""
+        :meth:`generator_loss`; logs ``generator_loss`` and the objective's ``metric_names``."""
         k, t = self.draw_rollout("generator", window.num_chunks)
         out = self.rollout(window, k, exit_step=t - 1, grad=True)
         losses = self.generator_loss(window, out)
         norm = self.update("generator", losses["loss"])
-        return {"generator_loss": losses["loss"].detach(), "dmd_loss": losses["dmd_loss"],
-                "reg_loss": losses["reg_loss"], "dmd_grad_abs": losses["dmd_grad_abs"],
-                "reg_grad_abs": losses["reg_grad_abs"], "generator_grad_norm": norm,
+        return {"generator_loss": losses["loss"].detach(),
+                **{name: losses[name] for name in self.objective.metric_names}, "generator_grad_norm": norm,
                 "generator_k": torch.tensor(float(k)), "generator_t": torch.tensor(float(t))}
 
     def is_generator_step(self, step: int | None = None) -> bool:
@@ -660,7 +597,7 @@ class DistillTrainer(Trainer):
         if self.is_generator_step():
             scalars.update(self.generator_step(window))
         self._account(window.ref_latent.shape)
-        for key in ("fake_score_loss", "dmd_loss", "reg_loss", "generator_loss"):
+        for key in ("fake_score_loss", *self.objective.reduced_metrics, "generator_loss"):
             if key in scalars:
                 scalars[key] = all_reduce_mean(scalars[key], self.env)
         return {"loss": scalars["fake_score_loss"], **scalars}

@@ -23,7 +23,9 @@ class DistillSection:
     """The stage-2 method.
 
     Attributes:
-        mode: ``oracle`` (FlashHead: ``real_score`` conditioned on ground-truth motion latents, plus
+        mode: the generator objective, a name of
+            :data:`vividhead.training.trainers.objectives.OBJECTIVES`: ``oracle`` (FlashHead:
+            ``real_score`` conditioned on ground-truth motion latents, plus
             ``regression_weight * ||z_student^(k) - z_gt^(k)||^2``, eq. 5) or ``self_correcting``
             (LiveTalk: ``real_score`` sees the generator's predicted motion latents noised like the
             rest of the sample; no loss on motion latents, Table 3's best row).
@@ -63,7 +65,7 @@ class DistillSection:
         timestep_shift: shift of those draws (Wan's 5, as stage 1 trains).
     """
 
-    mode: Literal["oracle", "self_correcting"] = "oracle"
+    mode: str = "oracle"
     init_checkpoint: Optional[str] = None
     init_weights: Literal["auto", "ema", "raw"] = "auto"
     max_chunks: int = bounded(5, ">= 1")
@@ -79,6 +81,9 @@ class DistillSection:
     timestep_shift: float = bounded(5.0, "> 0")
 
     def validate(self, section: str) -> None:
+        from vividhead.training.trainers.objectives import OBJECTIVES  # torch: only when a config is checked
+
+        check(self.mode in OBJECTIVES, f"{section}.mode", f"must be one of {list(OBJECTIVES)}, got {self.mode!r}")
         check(0.0 <= self.min_sigma < self.max_sigma <= 1.0, f"{section}.min_sigma",
               "need 0 <= min_sigma < max_sigma <= 1")
 
