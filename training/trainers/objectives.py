@@ -20,15 +20,15 @@ accepts it (the config checks modes against :data:`OBJECTIVES`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 
 from vividhead.flow_matching import add_noise, motion_loss_mask, overwrite_motion, sample_training_sigmas
 
-# distill.py imports this module and distill_config.py checks modes against it, so the types are named
-# here, not imported (the import-cycle contract counts type-checking imports too).
-DistillTrainer = RolloutWindow = RolloutOutput = DistillSection = Any
+if TYPE_CHECKING:  # distill.py imports this module, and distill_config.py checks modes against it
+    from vividhead.training.trainers.distill import DistillTrainer, RolloutOutput, RolloutWindow
+    from vividhead.training.trainers.distill_config import DistillSection
 
 
 # ----------------------------------------------------------------------------------------------
