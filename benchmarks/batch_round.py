@@ -29,10 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def log(**row) -> None:
+    """One figure as a JSON line on stdout, flushed at once (a killed run keeps what it measured)."""
     print(json.dumps(row, default=str), flush=True)
 
 
 def build(name: str, device: str):
+    """``(FlashHeadModels, what optimize() applied)``: random weights at the variant's released shapes
+    in bf16 with the default fast path, or a tiny float32 variant (``tiny-pro`` / ``tiny-lite``) as is.
+
+    Raises:
+        KeyError: an unknown variant name.
+    """
     from vividhead.inference.pipeline import FlashHeadModels
     from vividhead.models.configs import get_variant
 

@@ -1,4 +1,4 @@
-"""Memory budget of fine-tuning (issue 28): peak GPU memory and step time of one
+"""Memory budget of fine-tuning: peak GPU memory and step time of one
 ``FinetuneTrainer.train_step`` (flow-matching loss, backward, clip, AdamW) for Lite and Pro at
 512x512x33, batch 1, one process, LoRA (frozen bf16 base, float32 adapters) and full fine-tuning
 (float32 master weights, bf16 autocast), each with and without activation checkpointing.

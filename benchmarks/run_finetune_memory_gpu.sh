@@ -1,5 +1,5 @@
-# One device call on a 1 x H100 or H200 machine (about 5 minutes): the fine-tuning memory budget of
-# issue 28 (benchmarks/finetune_memory.py: Lite and Pro, LoRA r=32 on self_attn/cross_attn/ffn and
+# One device call on a 1 x H100 or H200 machine (about 5 minutes): the fine-tuning memory budget
+# (benchmarks/finetune_memory.py: Lite and Pro, LoRA r=32 on self_attn/cross_attn/ffn and
 # full fine-tuning, with and without activation checkpointing, 512x512x33, batch 1, random weights at
 # the released shapes). Writes finetune_memory.jsonl and finetune_memory.log under $OUT.
 #

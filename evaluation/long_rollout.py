@@ -81,7 +81,7 @@ def long_rollout(
     norms: list[float] = []
 
     def record(out) -> None:  # RMS of each chunk's generated latents (not its motion slots)
-        m = out.motion.shape[2]
+        m = out.motion[0].shape[2]
         norms.append(float(out.latents[:, :, m:].float().pow(2).mean().sqrt()))
 
     session = StreamingSession(models, ref, seed=seed, streaming=cfg, on_chunk=record)

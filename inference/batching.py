@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from vividhead.inference.pipeline import StreamingSession, advance
-from vividhead.streaming.step import BatchingConfig
+from vividhead.streaming.step import BatchingConfig, chunked
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +48,6 @@ def _group_key(job: ChunkJob) -> tuple:
     s = job.session
     # Sessions batch together when they share the weights, the streaming geometry and this chunk's length.
     return (id(s.models), s.cfg, s.cfg.chunk_frames(job.index))
-
-
-def _parts(seq: Sequence, size: int) -> list[Sequence]:
-    return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
 def run_chunks(jobs: Sequence[ChunkJob], cfg: BatchingConfig = BatchingConfig()) -> list[np.ndarray]:
@@ -77,7 +73,7 @@ def run_chunks(jobs: Sequence[ChunkJob], cfg: BatchingConfig = BatchingConfig())
         groups.setdefault(_group_key(job), []).append(i)
     out: list[np.ndarray | None] = [None] * len(jobs)
     for idx in groups.values():
-        for part in _parts(idx, cfg.max_batch):
+        for part in chunked(idx, cfg.max_batch):
             for i, frames in zip(part, _run_group([jobs[i] for i in part], cfg)):
                 out[i] = frames
     return out  # type: ignore[return-value]
@@ -290,7 +286,7 @@ class BatchScheduler:
         for item in live:
             groups.setdefault(_group_key(item[0]), []).append(item)
         for items in groups.values():
-            for part in _parts(items, self.batching.max_batch):
+            for part in chunked(items, self.batching.max_batch):
                 jobs = [job for job, _ in part]
                 t0, m0 = time.perf_counter(), time.monotonic()
                 try:

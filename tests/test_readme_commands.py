@@ -1,4 +1,4 @@
-"""The README's and docs/walkthrough.md's commands run as written (issue 24).
+"""The README's and docs/walkthrough.md's commands run as written.
 
 Every fenced ``bash`` block preceded by a ``<!-- ci: run -->`` line is run with ``bash -euo
 pipefail``, in order (README.md first, then docs/walkthrough.md; a block whose text repeats an

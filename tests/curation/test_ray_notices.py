@@ -1,5 +1,5 @@
 """``vividhead curate`` without ``--verbose`` drops Ray's routine notices ("Progress bars disabled",
-"Token authentication is enabled") and nothing else (issue 24's polish row)."""
+"Token authentication is enabled") and nothing else."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``vividhead eval score`` with bad input and missing prerequisites, through the real entry point
-(:func:`vividhead.cli.main`): issue 24's rows "the README's eval command fails three times on missing
+(:func:`vividhead.cli.main`): the cases "the README's eval command fails three times on missing
 FID / FVD / SyncNet prerequisites" and "one truncated or non-video file: exit 2, no report".
 
 Fast: tiny noise videos, FVD with seeded random I3D weights at 32 px, no face metrics unless a

@@ -1,6 +1,6 @@
 """``vividhead infer`` / ``serve`` with bad input, through the real entry point (:func:`vividhead.cli.main`):
 one line ``error: ...`` on stderr naming the input, exit code 2, and no model loaded before the
-inputs are checked (``ModelOptions.load`` raises if it is reached). Issue 24's rows ``infer --image
+inputs are checked (``ModelOptions.load`` raises if it is reached). Covers ``infer --image
 missing.png / notes.txt`` and ``infer`` without ``--device`` on a machine without CUDA."""
 
 from __future__ import annotations

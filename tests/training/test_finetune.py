@@ -1,4 +1,4 @@
-"""Fine-tuning (issue 28): LoRA through peft over a frozen base, and full fine-tuning, on real clips
+"""Fine-tuning: LoRA through peft over a frozen base, and full fine-tuning, on real clips
 curated by our own pipeline (``curated_shards``), tiny DiT on the CPU (examples/finetune_tiny_lora_cpu.yaml).
 
 Most runs read a latent cache of three curated windows (seconds per run); ``lora_run`` is one

@@ -520,12 +520,12 @@ class DistillTrainer(Trainer):
             if j == k - 1 and exit_step is not None:
                 out = step([state], context=window.context(j), exit_step=exit_step,
                            grad_step=exit_step if grad else None)
-                return RolloutOutput(x0=out.latents, motion=out.motion, chunk=k - 1, exit_step=exit_step)
+                return RolloutOutput(x0=out.latents, motion=out.motion[0], chunk=k - 1, exit_step=exit_step)
             out = step([state], context=window.context(j), emit=keep_chunks)
             if keep_chunks:
                 chunks.append(out.latents.float())
                 frames.append(out.frames[0])
-        return RolloutOutput(x0=out.latents.float(), motion=out.motion, chunk=k - 1, exit_step=exit_step,
+        return RolloutOutput(x0=out.latents.float(), motion=out.motion[0], chunk=k - 1, exit_step=exit_step,
                              chunks=chunks if keep_chunks else None, frames=frames if keep_chunks else None)
 
     # -- losses -----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Fine-tuning a released (or exported) FlashHead on your own clips: LoRA through ``peft``, or full
-fine-tuning (issue 28).
+fine-tuning.
 
 The objective is stage 1's (:class:`~vividhead.training.trainers.sft.SFTTrainer`: the streaming-aware
 flow-matching loss on curated windows, or a latent cache); what changes is what trains:

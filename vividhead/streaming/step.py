@@ -160,13 +160,14 @@ class StepOutput:
     Attributes:
         latents: ``[B, C, F', h, w]`` the chunk's latents with the motion latents in front (model
             dtype), or float32 ``x0`` of step ``exit_step`` with truncation.
-        motion: ``[B, C, M, h, w]`` the motion latents the chunk was conditioned on.
-        frames: per stream, uint8 ``[n_emit, H, W, 3]`` on the device (``None`` when not decoded).
+        motion: per stream, ``[1, C, M_b, h, w]`` the motion latents its chunk was conditioned on
+            (``M_b`` is 1 for a stream at its cold start).
+        frames: per stream, uint8 ``[n_emit, H, W, 3]`` on the device (``None`` without ``emit``).
         timings: seconds per part.
     """
 
     latents: torch.Tensor
-    motion: torch.Tensor
+    motion: list[torch.Tensor]
     frames: list[torch.Tensor] | None
     timings: ChunkTimings
 
@@ -177,7 +178,8 @@ def _pad_rows(x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([x, x[:1].expand(pad, *x.shape[1:])]) if pad > 0 else x
 
 
-def _parts(seq: Sequence, size: int) -> list[Sequence]:
+def chunked(seq: Sequence, size: int) -> list[Sequence]:
+    """``seq`` cut into consecutive parts of at most ``size`` items (a batch into VAE or DiT calls)."""
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
@@ -333,18 +335,17 @@ class ChunkStep:
             for i, x in zip(idx, lat.split(1)):
                 rows[i] = x
         latents = torch.cat(rows) if b > 1 else rows[0]
-        motion_used = torch.cat(motion) if len(by_motion) == 1 else None
         t_dit = self._sync(dev) - t0
         if exit_step is not None:  # truncated: the chunk ends at step exit_step, nothing advances
             timings = ChunkTimings(audio=t_audio, dit=t_dit, encode=t_enc, total=time.perf_counter() - t_start)
-            return StepOutput(latents, motion_used if motion_used is not None else motion[0], None, timings)
+            return StepOutput(latents, motion, None, timings)
 
         # 4. Decode, colour, motion frames; or the last motion-latent slots without a decode.
         t0 = time.perf_counter()
         frames = None
         with torch.no_grad():
             if emit or self.reencode_motion:
-                frames = self._decode(states, latents, n_gen, n_emit, batching)
+                frames = self._decode(states, latents, n_gen, n_emit, batching, emit)
             if not self.reencode_motion:
                 m = motion_latent_count(cfg.motion_frames, self.vae.temporal_stride)
                 for s, x in zip(states, latents.split(1)):
@@ -355,8 +356,7 @@ class ChunkStep:
         timings = ChunkTimings(audio=t_audio, dit=t_dit, decode=t_dec, encode=t_enc,
                                total=time.perf_counter() - t_start,
                                extra={"batch": b, "dit_batches": len(by_motion)})
-        return StepOutput(latents, motion_used if motion_used is not None else motion[0],
-                          frames if emit else None, timings)
+        return StepOutput(latents, motion, frames if emit else None, timings)
 
     # -- parts -----------------------------------------------------------------------------------
     def _sync(self, dev: torch.device) -> float:
@@ -372,7 +372,7 @@ class ChunkStep:
     def _encode_motion(self, states: Sequence[StreamState], batching: BatchingConfig) -> None:
         """Step 1: the pending motion frames of every stream past its first chunk, in VAE-sized parts."""
         pending = [s for s in states if s.motion_video is not None]
-        for part in _parts(pending, batching.vae_batch):
+        for part in chunked(pending, batching.vae_batch):
             size = batching.padded_vae(len(part))
             video = _pad_rows(torch.cat([s.motion_video for s in part]), size)
             gens = [s.posterior_generator for s in part]
@@ -431,22 +431,22 @@ class ChunkStep:
             before_step=torch.compiler.cudagraph_mark_step_begin if self.cuda_graphs else None,
         )
         # CUDA-graph outputs are overwritten by the next replay: copy them out.
-        return latents[:b].clone() if self.cuda_graphs else (latents[:b] if pad else latents)
+        return latents[:b].clone() if self.cuda_graphs else latents[:b]
 
     def _decode(self, states: Sequence[StreamState], latents: torch.Tensor, n_gen: int, n_emit: int,
-                batching: BatchingConfig) -> list[torch.Tensor]:
+                batching: BatchingConfig, emit: bool = True) -> list[torch.Tensor] | None:
         """Step 4 in VAE-sized parts: decode, colour-correct the frames that are emitted or re-encoded
         (per frame, so the leading ones are skipped), keep the motion frames, convert to uint8.
 
         Returns:
-            per stream, uint8 ``[n_emit, H, W, 3]`` on the device.
+            per stream, uint8 ``[n_emit, H, W, 3]`` on the device (empty without ``emit``).
         """
         cfg, vae = self.streaming, self.vae
         param = next(vae.parameters(), None)
         vae_dtype = latents.dtype if param is None else param.dtype
         keep_from = max(0, n_gen - max(n_emit, cfg.motion_frames))
         frames: list[torch.Tensor] = []
-        for part in _parts(range(len(states)), batching.vae_batch):
+        for part in chunked(range(len(states)), batching.vae_batch):
             rows = _pad_rows(latents[part[0] : part[-1] + 1], batching.padded_vae(len(part)))
             video = vae.decode(rows.to(vae_dtype))[: len(part), :, keep_from:]  # [b', 3, T, H, W] in [-1, 1]
             if cfg.color_correction_strength > 0:
@@ -456,8 +456,9 @@ class ChunkStep:
                 video = match_colors(video, ref_stats, cfg.color_correction_strength)
             for i, v in zip(part, video.split(1)):
                 states[i].motion_video = v[:, :, -cfg.motion_frames :].contiguous()
-                frames.append(frames_to_uint8(v[0, :, v.shape[2] - n_emit :], round_=self.uint8_round))
+                if emit:  # the rollout's re-encode needs only the motion frames
+                    frames.append(frames_to_uint8(v[0, :, v.shape[2] - n_emit :], round_=self.uint8_round))
         return frames
 
 
-__all__ = ["BatchingConfig", "ChunkStep", "ChunkTimings", "Denoiser", "StepOutput", "StreamState"]
+__all__ = ["BatchingConfig", "ChunkStep", "ChunkTimings", "Denoiser", "StepOutput", "StreamState", "chunked"]
