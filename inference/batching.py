@@ -169,8 +169,8 @@ class LoadMeter:
 class BatchScheduler:
     """One worker thread that owns the models: batches waiting chunks of all sessions per round.
 
-    Sessions call :meth:`submit_chunk` (at most one chunk of a session in flight) and :meth:`call`
-    for anything else that touches the models (session creation, flush, reset); calls run between
+    Sessions call :meth:`submit_chunk` as their chunks' audio completes (several of one session may
+    wait; each round takes at most one per session, oldest first) and :meth:`call` for anything else that touches the models (session creation, flush, reset); calls run between
     rounds, in submission order.
 
     Args:
@@ -208,6 +208,11 @@ class BatchScheduler:
                 self._oldest = time.monotonic()
             self._chunks.append((ChunkJob(session, samples, index), fut))
         return fut
+
+    def waiting(self) -> int:
+        """Chunks queued for a round that has not started yet (all sessions)."""
+        with self._cv:
+            return len(self._chunks)
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run ``fn()`` on the worker thread between rounds; the future holds its result or error.

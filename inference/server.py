@@ -23,8 +23,9 @@ An HTTP ``GET`` on the port (not a WebSocket upgrade) serves the demo page from
 
 Concurrency: a :class:`~vividhead.inference.batching.BatchScheduler` owns the models on one worker
 thread and batches the waiting chunks of all sessions per round. Per connection, a receive loop
-splits the PCM into chunks, a generate loop submits them in order (one in flight per session), and a
-send loop encodes the MP4s (thread pool, parallel across sessions) and sends them in order.
+splits the PCM into chunks, a generate loop submits each to the scheduler as soon as its audio is
+complete (the scheduler runs at most one chunk of a session per round, in order), and a send loop
+awaits them in order, encodes the MP4s (thread pool, parallel across sessions) and sends them.
 
 Admission control (:class:`AdmissionConfig`): a new connection is refused when ``max_sessions`` are
 open, or when the measured cost of one round of ``n + 1`` sessions (:class:`ChunkCostModel`, filled
@@ -292,12 +293,21 @@ class FlashHeadServer:
                 await asyncio.gather(*tasks)
 
     async def _generate_loop(self, state: dict, work: asyncio.Queue, out: asyncio.Queue) -> None:
+        # Chunks go to the scheduler as soon as their audio is complete, without waiting for the
+        # previous chunk's frames: a backlogged session then has its next chunk queued when a round
+        # ends, so it joins the very next round. (Waiting for each result first cost a round trip
+        # through this event loop between rounds, long enough for the next round to start without
+        # the sessions it just served; they ran every other round, below real time.)
+        pending: list[asyncio.Future] = []  # this session's chunks in the scheduler, in order
         while (item := await work.get()) is not None:
             if item[0] == "chunk":
-                frames = await asyncio.wrap_future(self.scheduler.submit_chunk(state["session"], *item[1:]))
-                out.put_nowait(("video", frames))
+                fut = asyncio.wrap_future(self.scheduler.submit_chunk(state["session"], *item[1:]))
+                pending = [f for f in pending if not f.done()] + [fut]
+                out.put_nowait(("video", fut))
                 continue
             _, fn, after, done = item
+            await asyncio.gather(*pending, return_exceptions=True)  # a call runs after the queued chunks
+            pending = []
             session = state["session"]
             try:
                 result = await asyncio.wrap_future(self.scheduler.call(functools.partial(fn, session)))
@@ -313,7 +323,11 @@ class FlashHeadServer:
         index = cursor = 0
         while (item := await out.get()) is not None:
             if item[0] == "video":
-                frames = item[1]
+                try:
+                    frames = await item[1] if isinstance(item[1], asyncio.Future) else item[1]
+                except Exception as exc:  # the round failed (logged by the scheduler); say so, go on
+                    await ws.send(json.dumps({"type": "error", "message": f"chunk {index} failed: {exc}"}))
+                    continue
                 data = await asyncio.to_thread(encode_mp4_bytes, frames, fps)
                 await ws.send(json.dumps({"type": "video", "index": index, "first_frame": cursor,
                                           "frames": int(frames.shape[0])}))

@@ -168,6 +168,41 @@ def test_concurrent_clients_are_batched(tiny_pro_fast_vae, ref_image, speech):
     assert server.scheduler.rounds < 6
 
 
+def test_backlogged_sessions_join_every_round(tiny_pro_fast_vae, ref_image, speech):
+    """Two clients whose three chunks each are all waiting (the worker was held while they sent):
+    every chunk reaches the scheduler before any result comes back, so the six chunks run as three
+    rounds of two, each client gets its three chunks in order."""
+    import threading
+
+    from websockets.asyncio.client import connect
+
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image, batching=BatchingConfig(max_batch=4))
+
+    async def scenario(port):
+        async with connect(f"ws://127.0.0.1:{port}") as a, connect(f"ws://127.0.0.1:{port}") as b:
+            for ws in (a, b):
+                assert json.loads(await ws.recv())["type"] == "ready"
+            started, gate = threading.Event(), threading.Event()
+            blocker = server.scheduler.call(lambda: (started.set(), gate.wait(60)))
+            assert await asyncio.to_thread(started.wait, 30)
+            for i, ws in enumerate((a, b)):
+                await ws.send(speech[1000 * i : 1000 * i + 3 * SPC].astype("<i2").tobytes())
+            for _ in range(300):
+                if server.scheduler.waiting() == 6:
+                    break
+                await asyncio.sleep(0.05)
+            queued, rounds0 = server.scheduler.waiting(), server.scheduler.rounds
+            gate.set()
+            await asyncio.wrap_future(blocker)
+            metas = [[(await _video(ws))[0]["index"] for _ in range(3)] for ws in (a, b)]
+            return queued, server.scheduler.rounds - rounds0, metas
+
+    queued, rounds, metas = _run(server, scenario)
+    assert queued == 6
+    assert rounds == 3
+    assert metas == [[0, 1, 2]] * 2
+
+
 def test_reference_upload_and_errors(tiny_pro_fast_vae, ref_image, speech):
     from websockets.asyncio.client import connect
 
