@@ -4,8 +4,11 @@
 # the released shapes). Writes finetune_memory.jsonl and finetune_memory.log under $OUT.
 #
 # Prepare on the development machine (ignored paths, carried with the call):
-#   .venv/bin/pip download peft==0.21.2 accelerate==1.16.0 psutil==7.2.2 --no-deps -d .whl/
-# Usage (device tool, carry [".whl"]): bash benchmarks/run_finetune_memory_gpu.sh
+#   .venv/bin/pip download peft==0.21.2 accelerate==1.16.0 psutil==7.2.2 webdataset==1.0.2 braceexpand==0.1.7 \
+#       --no-deps -d .whl/
+#   and .whl_serve/ as in benchmarks/run_serve_load_gpu.sh (diffusers, av, soundfile: the trainer imports them)
+# Usage (device tool, carry [".whl", ".whl_serve"]):
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl_serve/*.whl; bash benchmarks/run_finetune_memory_gpu.sh
 set -u
 export PYTHONUNBUFFERED=1
 source benchmarks/device_env.sh

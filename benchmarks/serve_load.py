@@ -235,6 +235,23 @@ async def run_sweep(args, url: str, server=None) -> list[dict]:
     return curve
 
 
+def _simulate_round_time(seconds: float) -> None:
+    """Make every served round of the batch scheduler last at least ``seconds``: the model thread
+    sleeps out the rest (releasing the GIL, as a round waiting on the GPU does), so the scheduling of
+    a device-sized round can be studied with a toy model on a CPU."""
+    from vividhead.inference import batching
+
+    run_group = batching._run_group
+
+    def timed(jobs, cfg):
+        t0 = time.perf_counter()
+        out = run_group(jobs, cfg)
+        time.sleep(max(0.0, seconds - (time.perf_counter() - t0)))
+        return out
+
+    batching._run_group = timed
+
+
 def build_server(args):
     """Models at random weights (``--variant``, toy variants included) and a :class:`FlashHeadServer`."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -258,6 +275,8 @@ def build_server(args):
     admission = AdmissionConfig(max_sessions=args.max_sessions,
                                 realtime_margin=0.85 if args.admission else None)
     server = FlashHeadServer(models, image, batching=batching, admission=admission)
+    if args.round_s:
+        _simulate_round_time(args.round_s)
     t0 = time.perf_counter()
     warm = server.warm_up(tuple(args.warm_up), rounds=1) if args.warm_up else {}
     return server, {"optimize": applied, "warm_up_s": time.perf_counter() - t0,
@@ -265,7 +284,7 @@ def build_server(args):
 
 
 async def main_async(args) -> dict:
-    info: dict = {"variant": args.variant, "device": args.device, "seconds": args.seconds,
+    info: dict = {"variant": args.variant, "device": args.device, "seconds": args.seconds, "round_s": args.round_s,
                   "streams": args.streams, "stagger": args.stagger, "playout_buffer_s": args.playout_buffer_s}
     if args.url:
         return {**info, "url": args.url, "curve": await run_sweep(args, args.url)}
@@ -311,6 +330,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-buckets", type=int, nargs="*", default=None)
     p.add_argument("--gather-s", type=float, default=0.0, help="BatchingConfig.gather_s")
     p.add_argument("--warm-up", type=int, nargs="*", default=[1], help="batch sizes measured before the sweep")
+    p.add_argument("--round-s", type=float, default=None,
+                   help="simulate a device round: each served round lasts at least this long (seconds)")
     p.add_argument("--admission", action="store_true", help="refuse sessions as the server would by default")
     p.add_argument("--max-sessions", type=int, default=None)
     p.add_argument("--image", type=Path,
