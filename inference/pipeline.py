@@ -518,14 +518,28 @@ def advance(sessions: Sequence[StreamingSession], samples: Sequence[np.ndarray],
 
 
 def _to_host(frames: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    """Device frames to host arrays in one copy (one synchronisation per round, not one per stream).
-    The arrays are fresh host memory each round: the server encodes them on other threads while the
-    next round runs."""
+    """Device frames to host arrays, one synchronisation per round (not one per stream).
+
+    On CUDA every stream's frames are copied asynchronously into slices of one pinned host tensor
+    (DMA at full bus speed; a pageable copy into fresh memory spends most of its time faulting pages
+    in: 302 MB per batch-16 Lite round), then the stream is synchronised once. The arrays are views
+    of that tensor and keep it alive: the server encodes them on other threads while the next round
+    runs, and PyTorch's caching host allocator reuses the pinned block only once every view is gone.
+
+    Args:
+        frames: uint8 ``[n_emit_b, H, W, 3]`` per stream, on one device.
+
+    Returns:
+        uint8 ``[n_emit_b, H, W, 3]`` host arrays, in order.
+    """
     if frames[0].device.type != "cuda":
         return [f.numpy() for f in frames]
-    out = (torch.cat(frames) if len(frames) > 1 else frames[0]).cpu().numpy()
     bounds = np.cumsum([0] + [f.shape[0] for f in frames])
-    return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    host = torch.empty((int(bounds[-1]), *frames[0].shape[1:]), dtype=frames[0].dtype, pin_memory=True)
+    for f, a, b in zip(frames, bounds[:-1], bounds[1:]):
+        host[a:b].copy_(f, non_blocking=True)
+    torch.cuda.current_stream(frames[0].device).synchronize()
+    return [host[a:b].numpy() for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def state_nbytes(session: StreamingSession) -> int:

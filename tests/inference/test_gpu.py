@@ -39,6 +39,25 @@ def test_streaming_on_cuda():
     assert [o.shape for o in out] == [(28, 32, 32, 3)] * 2
 
 
+def test_round_frames_reach_the_host_intact():
+    """The pinned, asynchronous host copy of a round gives each stream's exact frames, and arrays of
+    an earlier round are not overwritten by a later one (the server still encodes them)."""
+    from vividhead.inference.pipeline import _to_host
+
+    g = torch.Generator("cuda").manual_seed(0)
+    rounds = [[torch.randint(0, 256, (n, 16, 24, 3), dtype=torch.uint8, device="cuda", generator=g)
+               for n in sizes] for sizes in [(28, 24, 24), (24, 28)]]
+    first = _to_host(rounds[0])
+    kept = [a.copy() for a in first]
+    second = _to_host(rounds[1])
+    for arrays, tensors in [(first, rounds[0]), (second, rounds[1])]:
+        assert [a.shape for a in arrays] == [tuple(t.shape) for t in tensors]
+        for a, t in zip(arrays, tensors):
+            np.testing.assert_array_equal(a, t.cpu().numpy())
+    for a, k in zip(first, kept):
+        np.testing.assert_array_equal(a, k)
+
+
 @pytest.mark.parametrize("compile_coders", [None, "default"])
 def test_accelerated_wan_vae_on_cuda_matches_stock(compile_coders):
     """Channels-last + Triton-fused RMS norm/SiLU (torch.compile) and, with ``compile_coders``, the
