@@ -119,6 +119,13 @@ class TreeCpu:
             out[kind] = out.get(kind, 0.0) + seconds
         return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
+    def count_by_kind(self) -> dict[str, int]:
+        """Processes seen per kind (each process once, by pid and start time)."""
+        out: dict[str, int] = {}
+        for kind, _ in self.last.values():
+            out[kind] = out.get(kind, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
     def now(self) -> float:
         if self.group:
             return int((self.group / "cpuacct.usage").read_text()) / 1e9
@@ -257,6 +264,7 @@ def main() -> None:
     pipe_cpu_s = tree.seconds()
     left = tree.others()
     by_kind = tree.by_kind()
+    count_kind = tree.count_by_kind()
     tree.close()
     stage_cpu = stage_cpu_s(result.manifest)
     report = {
@@ -274,6 +282,7 @@ def main() -> None:
         "ratio_cpu": round(pipe_cpu_s / decode_cpu_s, 2),
         "cpu_accounting": {"method": tree.method, "processes_left": left},
         "cpu_s_by_process_kind": by_kind,
+        "processes_by_kind": count_kind,
         "stage_cpu_s": stage_cpu,
         "stage_cpu_s_total": round(sum(stage_cpu.values()), 1),
         "outside_stages_cpu_s": round(pipe_cpu_s - sum(stage_cpu.values()), 1),  # Ray, driver, idle actors

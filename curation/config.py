@@ -41,11 +41,16 @@ class RunConfig:
         group_frame_stages: run consecutive frame stages (face visibility ... face masks) in one
             actor over one decode and one face track of each clip (same results); false gives one
             Ray operator per stage.
+        chain_stages: run each run of consecutive CPU stages that includes a model stage
+            (scene_split ... face masks offline) in one actor pool, each row through all of them
+            in one worker (same results; fewer actor processes and no transfer of the row between
+            them); false gives one Ray operator per stage (or frame group).
     """
 
     cache_dir: Optional[str] = None
     storage_options: dict = field(default_factory=dict)
     group_frame_stages: bool = True
+    chain_stages: bool = True
 
     def validate(self, section: str) -> None:
         check(isinstance(self.storage_options, dict), f"{section}.storage_options", "must be a mapping")

@@ -1,4 +1,4 @@
-"""Consecutive frame stages as one per-row operator: one decode, one face track, one actor.
+"""Consecutive stages as one per-row operator: frame groups (one decode, one face track) and chains.
 
 :func:`group_frame_stages` turns each run of consecutive enabled
 :class:`~vividhead.curation.stage.FrameStage` s that share a device (all on CPU, or all asking
@@ -7,6 +7,12 @@ for GPUs) into one :class:`FrameGroup`. The group runs its stages in pipeline or
 columns and rejection (a rejected row skips the rest of the group, as it skips the rest of the
 pipeline), so ``stats.json`` and the manifest read as if the stages ran one after another.
 The group's frame decode and face detection are timed under the first stage that asks for them.
+
+:func:`chain_stages` then turns each run of consecutive CPU stages (groups included) that holds at
+least one stage with models into one :class:`StageChain`: one actor pool runs the whole run on
+each row, so the run costs one set of actor processes instead of one per model stage, and the
+rows (with their encoded clips) cross no process boundary between its stages. The same rule of
+own timing, columns and rejections holds.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ class GroupConfig(StageConfig):
     largest memory request (the stages share one decoded clip)."""
 
 
-class FrameGroup(Stage):
-    """Runs ``stages`` (frame stages, in pipeline order) on one shared decoded clip per row."""
+class _Composite(Stage):
+    """Stages run as one: the largest CPU and GPU share, pool size and memory request of its
+    members, every member's device check, set-up and teardown."""
 
-    def __init__(self, stages: Sequence[FrameStage]) -> None:
+    def __init__(self, stages: Sequence[Stage]) -> None:
         cfgs = [s.cfg for s in stages]
         pools = [c.workers for c in cfgs if c.workers]
         super().__init__(GroupConfig(
@@ -60,6 +67,10 @@ class FrameGroup(Stage):
         for stage in self.stages:
             stage.teardown()
 
+
+class FrameGroup(_Composite):
+    """Runs ``stages`` (frame stages, in pipeline order) on one shared decoded clip per row."""
+
     def process(self, row: Row) -> list[Row]:
         from vividhead.curation.decoded_clip import DecodedClip
 
@@ -71,6 +82,24 @@ class FrameGroup(Stage):
                 clip = DecodedClip(row["video_bytes"], row.get("audio_bytes"))
             (row,) = run_stage(stage, row, clip)
         return [row]
+
+
+class StageChain(_Composite):
+    """Runs ``stages`` (per-row stages and frame groups, in pipeline order) one after another on
+    each row in one worker; every row a stage returns (``scene_split``: one per clip) goes through
+    the rest of the chain."""
+
+    def process(self, row: Row) -> list[Row]:
+        rows = [row]
+        for stage in self.stages:
+            rows = [out for r in rows for out in run_stage(stage, r)]
+        return rows
+
+
+def loads_models(stage: Stage) -> bool:
+    """True when the stage overrides :meth:`Stage.setup` (it loads something once per worker, so
+    it runs in an actor)."""
+    return type(stage).setup is not Stage.setup
 
 
 #: ``timings`` key prefix of a stage's CPU seconds (the bare stage name holds its wall seconds).
@@ -93,7 +122,7 @@ def run_stage(stage: Stage, row: Row, clip: Optional[DecodedClip] = None) -> lis
     """
     if row["status"] != KEPT:
         return [row]
-    if isinstance(stage, FrameGroup):
+    if isinstance(stage, _Composite):
         return stage.process(row)  # routes and times each of its stages itself
     start, cpu_start = time.perf_counter(), _cpu_s()
     try:
@@ -133,5 +162,33 @@ def group_frame_stages(stages: Sequence[Stage]) -> list[Stage]:
             run.append(stage)
         else:
             out.append(stage)
+    close_run()
+    return out
+
+
+def chain_stages(stages: Sequence[Stage]) -> list[Stage]:
+    """``stages`` with each run of consecutive enabled CPU stages (``num_gpus == 0``) that holds
+    at least one stage with models (:func:`loads_models`) replaced by a :class:`StageChain`;
+    disabled stages are dropped. A run without models stays as it is (Ray Data fuses consecutive
+    tasks itself); a stage asking for GPUs stays on its own, so its pool is sized for the GPUs.
+    """
+    out: list[Stage] = []
+    run: list[Stage] = []
+
+    def close_run() -> None:
+        if len(run) > 1 and any(loads_models(s) for s in run):
+            out.append(StageChain(run))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for stage in stages:
+        if not stage.cfg.enabled:
+            continue
+        if stage.cfg.num_gpus > 0:
+            close_run()
+            out.append(stage)
+        else:
+            run.append(stage)
     close_run()
     return out

@@ -134,7 +134,7 @@ def run_curation(
         ray.data.DataContext.get_current().enable_progress_bars = False
         order = {r["input_id"]: i for i, r in enumerate(rows)}
         finished = kept = 0
-        for row in chain_stages(todo, work, done, order, cfg.run.group_frame_stages).iter_rows():
+        for row in chain_stages(todo, work, done, order, cfg.run.group_frame_stages, cfg.run.chain_stages).iter_rows():
             kept += row["status"] == KEPT and row.get("clip_id") is not None
             start = time.perf_counter()
             media_bytes += sum(len(row.get(k) or b"") for k in ("video_bytes", "audio_bytes", "extra_members"))
@@ -168,13 +168,13 @@ def run_curation(
 
 
 def chain_stages(rows: list[Row], stages: Sequence[BaseStage], done: pa.Table, order: dict[str, int],
-                 group_frames: bool = True):
+                 group_frames: bool = True, chain: bool = True):
     """Chain ``stages`` (in order, the sink excluded) over ``rows`` as one Ray Data dataset.
 
     Per-row stages become operators (:func:`vividhead.curation.ray_adapter.apply_stages`). A global
     stage collects the rows that reached it, in input order, and runs on the driver with the
     manifest rows of earlier runs whose inputs got past it (so an earlier run's copy wins in dedup).
-    ``group_frames``: see :func:`vividhead.curation.ray_adapter.apply_stages`.
+    ``group_frames``, ``chain``: see :func:`vividhead.curation.ray_adapter.apply_stages`.
     """
     import ray.data
 
@@ -188,11 +188,11 @@ def chain_stages(rows: list[Row], stages: Sequence[BaseStage], done: pa.Table, o
         if not isinstance(stage, GlobalStage):
             pending.append(stage)
             continue
-        reached = sorted(apply_stages(ds, pending, group_frames).take_all(),
+        reached = sorted(apply_stages(ds, pending, group_frames, chain).take_all(),
                          key=lambda r: (order[r["input_id"]], r.get("clip_index") if r.get("clip_index") is not None else -1))
         if stage.cfg.enabled:
             previous = [r for r in earlier if pos.get(r["stage"], len(pos)) > pos[stage.name]]
             reached = stage.process_all(reached, previous)
         ds = ray.data.from_items(reached, override_num_blocks=max(1, len(reached)))
         pending = []
-    return apply_stages(ds, pending, group_frames)
+    return apply_stages(ds, pending, group_frames, chain)

@@ -18,7 +18,7 @@ from typing import Sequence
 import ray.data
 
 # run_stage (one row through one stage or group, no Ray) lives with the frame group, which calls it.
-from vividhead.curation.frame_group import group_frame_stages, run_stage
+from vividhead.curation.frame_group import chain_stages, group_frame_stages, loads_models, run_stage
 from vividhead.curation.records import Row
 from vividhead.curation.stage import Stage
 
@@ -114,7 +114,7 @@ def retry_options(actor: bool) -> dict:
 
 def needs_actor(stage: Stage) -> bool:
     """True when the stage overrides :meth:`Stage.setup` (it loads something once per worker)."""
-    return type(stage).setup is not Stage.setup
+    return loads_models(stage)
 
 
 def actor_cpu_scale(stages: Sequence[Stage], cluster_cpus: float) -> float:
@@ -133,14 +133,19 @@ def actor_cpu_scale(stages: Sequence[Stage], cluster_cpus: float) -> float:
     return 1.0 if need <= room or need == 0 else room / need
 
 
-def apply_stages(ds: ray.data.Dataset, stages: Sequence[Stage], group_frames: bool = True) -> ray.data.Dataset:
+def apply_stages(ds: ray.data.Dataset, stages: Sequence[Stage], group_frames: bool = True,
+                 chain: bool = True) -> ray.data.Dataset:
     """Append every stage in order, with CPU reservations that fit the cluster (:func:`actor_cpu_scale`).
 
     ``group_frames``: run consecutive frame stages in one actor over one decoded clip
     (:func:`vividhead.curation.frame_group.group_frame_stages`); False gives one operator per stage.
+    ``chain``: then run consecutive CPU stages with models among them as one actor operator
+    (:func:`vividhead.curation.frame_group.chain_stages`).
     """
     if group_frames:
         stages = group_frame_stages(stages)
+    if chain:
+        stages = chain_stages(stages)
     scale = actor_cpu_scale(stages, ray.cluster_resources().get("CPU", 1.0))
     for stage in stages:
         ds = apply_stage(ds, stage, cpu_scale=scale)
