@@ -33,7 +33,7 @@ def log(**row) -> None:
     print(json.dumps(row, default=str), flush=True)
 
 
-def build(name: str, device: str):
+def build(name: str, device: str, dynamic_batch: bool = False):
     """``(FlashHeadModels, what optimize() applied)``: random weights at the variant's released shapes
     in bf16 with the default fast path, or a tiny float32 variant (``tiny-pro`` / ``tiny-lite``) as is.
 
@@ -49,7 +49,7 @@ def build(name: str, device: str):
         variant = TINY_LITE if name == "tiny-lite" else TINY_PRO
         return FlashHeadModels.random(variant, device=device, dtype=torch.float32, tiny_encoders=True), {}
     models = FlashHeadModels.random(get_variant(name), device=device, dtype=torch.bfloat16)
-    return models, models.optimize()
+    return models, models.optimize(dynamic_batch=dynamic_batch)
 
 
 def main() -> None:
@@ -59,6 +59,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
     p.add_argument("--buckets", type=int, nargs="*", default=None)
     p.add_argument("--vae-batch", type=int, default=4)
+    p.add_argument("--dynamic-batch", action="store_true", help="optimize(dynamic_batch=True): one graph for batches >= 2")
     p.add_argument("--rounds", type=int, default=4, help="measured rounds per batch size")
     args = p.parse_args()
 
@@ -70,7 +71,7 @@ def main() -> None:
 
     dev = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    models, applied = build(args.variant, args.device)
+    models, applied = build(args.variant, args.device, args.dynamic_batch)
     cfg = models.variant.streaming
     batching = BatchingConfig(max_batch=max(args.batch), vae_batch=args.vae_batch,
                               batch_buckets=tuple(args.buckets) if args.buckets else None)

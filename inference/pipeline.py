@@ -80,6 +80,25 @@ def compile_no_grad(fn, **compile_kwargs):
     return call
 
 
+def batch_dynamic(compiled):
+    """Wrap a ``torch.compile(..., dynamic=False)`` function so that the batch dimension (dim 0 of
+    every tensor argument) is symbolic and every other size stays specialised: one graph serves all
+    batch sizes >= 2 (Dynamo still specialises size 1, so a batch of one gets its own graph), where a
+    static compile builds one per batch bucket (each a full Inductor compile: Lite's buckets
+    1 / 4 / 8 / 16 took longer than 290 s to warm up on an H100). With CUDA graphs each batch size is
+    still captured once, which is quick. ``torch._dynamo.maybe_mark_dynamic`` leaves size-1 and
+    already specialised dimensions alone, so scalar-like arguments pass through unchanged.
+    """
+
+    def call(*args, **kwargs):
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, torch.Tensor) and a.dim():
+                torch._dynamo.maybe_mark_dynamic(a, 0)
+        return compiled(*args, **kwargs)
+
+    return call
+
+
 @dataclass
 class FlashHeadModels:
     """The weights shared by all sessions: DiT, VAE, Wav2Vec, on one device.
@@ -204,7 +223,7 @@ class FlashHeadModels:
         return cls(export.variant, transformer, vae, audio, dev, dtype)
 
     def optimize(self, compile_dit: bool = True, cuda_graphs: bool = True, fast_vae: bool = True,
-                 fp8: bool = False, vae_compile: str | None = "default") -> dict:
+                 fp8: bool = False, vae_compile: str | None = "default", dynamic_batch: bool = False) -> dict:
         """Make inference fast on a GPU, in place; every choice is measured in
         ``benchmarks/inference.py`` / ``benchmarks/inference_kernels.py`` (docs/benchmarks.md). The
         defaults are the fast path ``vividhead infer`` / ``serve`` take on a GPU.
@@ -223,6 +242,10 @@ class FlashHeadModels:
                 within the bf16 error of the uncompiled path; ``"max-autotune-no-cudagraphs"``
                 autotunes every convolution for minutes), one graph per chunk shape; ``None``: only
                 the fused norms are compiled.
+            dynamic_batch: compile the DiT and the LTX VAE coders with a symbolic batch dimension
+                (:func:`batch_dynamic`): two graphs (batch 1, batch >= 2) instead of one per batch
+                bucket, for a shorter serving warm-up. Off by default until its speed is measured
+                against the static graphs.
             fp8: row-wise FP8 GEMMs in the DiT blocks (:mod:`vividhead.inference.fp8`; Ada / Hopper
                 GPUs). Replaces the block weights by FP8 copies (not reversible); moves outputs by
                 more than bf16 rounding, so it is opt-in.
@@ -240,19 +263,21 @@ class FlashHeadModels:
             applied["fp8_linears"] = convert_linears_to_fp8(self.transformer)
         if compile_dit:
             mode = "reduce-overhead" if cuda_graphs else None
-            self.transformer.forward = torch.compile(self.transformer.forward, mode=mode, dynamic=False)
+            forward = torch.compile(self.transformer.forward, mode=mode, dynamic=False)
+            self.transformer.forward = batch_dynamic(forward) if dynamic_batch else forward
             self.cuda_graphs = cuda_graphs
-            applied["dit"] = mode or "compiled"
+            applied["dit"] = (mode or "compiled") + (", dynamic batch" if dynamic_batch else "")
         vae = getattr(self.vae, "vae", self.vae)  # a ParallelWanVAE wraps a WanVAE as .vae
         if fast_vae and isinstance(vae, WanVAE):
             on_gpu = self.device.type == "cuda"
             vae.accelerate(compile_norms=on_gpu, compile_coders=vae_compile if on_gpu else None)
             applied["vae"] = "wan-accelerated" + (f"+compiled ({vae_compile})" if on_gpu and vae_compile else "")
         elif fast_vae and isinstance(vae, LTXVAE):
-            vae.decode = compile_no_grad(vae.decode)
+            wrap = batch_dynamic if dynamic_batch else (lambda f: f)
+            vae.decode = wrap(compile_no_grad(vae.decode))
             # the moments only: the posterior sample (with each session's generator) stays eager
-            vae.encode_moments = compile_no_grad(vae.encode_moments)
-            applied["vae"] = "ltx-compiled"
+            vae.encode_moments = wrap(compile_no_grad(vae.encode_moments))
+            applied["vae"] = "ltx-compiled" + (", dynamic batch" if dynamic_batch else "")
         return applied
 
     @property

@@ -30,7 +30,7 @@ def test_fast_path_is_the_default_and_one_flag_turns_it_off():
 def test_optimize_defaults_are_the_fast_path():
     defaults = {k: p.default for k, p in inspect.signature(FlashHeadModels.optimize).parameters.items()}
     assert defaults == {"self": inspect.Parameter.empty, "compile_dit": True, "cuda_graphs": True,
-                        "fast_vae": True, "fp8": False, "vae_compile": "default"}
+                        "fast_vae": True, "fp8": False, "vae_compile": "default", "dynamic_batch": False}
 
 
 def test_fp8_without_the_gpu_fast_path_is_refused(tiny_pro, monkeypatch):
@@ -41,6 +41,61 @@ def test_fp8_without_the_gpu_fast_path_is_refused(tiny_pro, monkeypatch):
     # on the CPU the fast path is skipped: nothing compiled, weights untouched
     models = dataclasses.replace(opts, fp8=False).load()
     assert not models.cuda_graphs and "forward" not in vars(models.transformer)
+
+
+def test_batch_dynamic_compiles_one_graph_for_every_batch_above_one(tiny_pro):
+    """The tiny DiT compiled static, wrapped by ``batch_dynamic``: batches of 2, 3 and 5 run through
+    the same graphs (a static compile makes new ones per size), batch 1 gets its own, and every output
+    equals the eager forward's."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from vividhead.inference.pipeline import batch_dynamic
+
+    dit = tiny_pro.transformer
+    c = tiny_pro.variant.transformer
+    eager = dit.forward
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = batch_dynamic(torch.compile(eager, backend="aot_eager", dynamic=False))
+    g = torch.Generator().manual_seed(0)
+    graphs = []
+    for b in (2, 3, 5, 1):
+        x, y = (torch.randn(b, c.out_dim, 3, 4, 4, generator=g) for _ in range(2))
+        ctx = torch.randn(b, 9, 5, c.audio_layers, c.audio_channels, generator=g)
+        t = torch.full((b,), 500.0)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x, t, ctx, y), eager(x, t, ctx, y), rtol=1e-4, atol=1e-4)
+        graphs.append(counters["stats"]["unique_graphs"])
+    torch._dynamo.reset()
+    # the forward is two graphs (the eager RoPE tables split it): built for batch 2, reused for 3 and 5
+    assert graphs[0] == graphs[1] == graphs[2] and graphs[3] > graphs[2], graphs
+
+
+def test_batch_dynamic_ltx_decode_and_encode_reuse_their_graphs(tiny_lite):
+    """The LTX VAE coders as ``optimize(dynamic_batch=True)`` wraps them (the tiny diffusers LTX VAE,
+    ``aot_eager``): parts of 2, 3 and 4 streams decode and encode through the graphs built for 2."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from vividhead.inference.pipeline import batch_dynamic, compile_no_grad
+
+    vae = tiny_lite.vae
+    decode = batch_dynamic(compile_no_grad(vae.decode, backend="aot_eager"))
+    encode = batch_dynamic(compile_no_grad(vae.encode_moments, backend="aot_eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    g = torch.Generator().manual_seed(0)
+    graphs = []
+    for b in (2, 3, 4):
+        z = torch.randn(b, vae.latent_channels, 2, 2, 2, generator=g)
+        with torch.no_grad():
+            video = decode(z)
+            torch.testing.assert_close(video, vae.decode(z), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(encode(video), vae.encode_moments(video), rtol=1e-4, atol=1e-4)
+        graphs.append(counters["stats"]["unique_graphs"])
+    torch._dynamo.reset()
+    assert graphs[0] == graphs[1] == graphs[2], graphs
 
 
 @pytest.mark.parametrize("fast_start", [False, True])

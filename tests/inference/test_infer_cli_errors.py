@@ -59,6 +59,8 @@ ROWS = [
      ["--checkpoint-dir", "no Model_Pro/ inside"]),
     ("bad_dtype", ["--random-weights", "--dtype", "fp64"], ["--dtype 'fp64'", "bf16"]),
     ("fp8_on_cpu", ["--random-weights", "--device", "cpu", "--fp8"], ["--fp8 needs the fast path on a GPU"]),
+    ("dynamic_batch_on_cpu", ["--random-weights", "--device", "cpu", "--dynamic-batch"],
+     ["--dynamic-batch needs the fast path on a GPU"]),
 ]
 
 

@@ -403,13 +403,15 @@ class FlashHeadTransformer(ModelMixin, ConfigMixin):
         cfg = self.config
         if x.shape != y.shape:
             raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} differ")
-        b, _, f = x.shape[:3]
+        f = x.shape[2]
         pt, ph, pw = cfg.patch_size
         if context.shape[1] != 1 + cfg.vae_stride[0] * (f - 1):
             raise ValueError(f"context has {context.shape[1]} video frames for {f} latent frames")
         dtype = self.patch_embedding.weight.dtype
         grid = self.token_grid(x.shape)
         rope = self.rope_tables(grid, x.device)  # first: the eager call splits the compiled graph here
+        # read after the split: an int carried across it would pin the resumed graph to one batch size
+        b = x.shape[0]
 
         # 1. Patch & position embedding: [B, 2C, F, H, W] -> [B, S, dim]
         tokens = self.patch_embedding(torch.cat([x, y], dim=1).to(dtype))
