@@ -467,6 +467,10 @@ def serve(
     models = model.load()
     cfg = model.streaming(models)
     warm = sizes(warm_up_batches) or ((batching.batch_buckets or (1,)) if models.device.type == "cuda" else ())
+    if models.cuda_graphs and batching.batch_buckets is None and batching.max_batch > 1:
+        typer.echo("warning: no --batch-buckets: each new number of concurrent sessions compiles the DiT while "
+                   "serving (tens of seconds; every session stalls); pass e.g. --batch-buckets 1,2,4,8,16, "
+                   "warmed up before serving (with --dynamic-batch they share one compile)", err=True)
     asyncio.run(serve_forever(models, model.reference(picture, cfg, image), host, port, streaming=cfg, seed=model.seed,
                               batching=batching, admission=admission, warm_up=warm,
                               after_warm_up=lambda: model.save_compile_artifacts(models)))
