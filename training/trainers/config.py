@@ -124,6 +124,13 @@ class OptimConfig:
     ema_decay: float = bounded(0.0, "in [0, 1)")
 
 
+#: ``parallel.activation_checkpointing`` modes (:func:`~vividhead.training.trainers.distributed.apply_activation_checkpointing`).
+CHECKPOINTING_MODES = ("none", "all", "every_other", "attention", "save_matmuls")
+
+#: ``parallel.attention_backend`` choices (``auto``: PyTorch picks per call).
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+
+
 @dataclass(frozen=True)
 class ParallelConfig:
     """How the model is spread and executed.
@@ -133,16 +140,30 @@ class ParallelConfig:
             reduce), ``ddp``, or ``none`` (one process).
         precision: ``bf16`` (autocast over fp32 master weights, or FSDP2's mixed precision) or
             ``fp32``.
-        activation_checkpointing: recompute each block in the backward pass.
+        activation_checkpointing: what the backward pass recomputes instead of keeping
+            (:data:`CHECKPOINTING_MODES`): ``none``; ``all`` (every block); ``every_other`` (blocks
+            0, 2, 4, ...); ``attention`` (the self-attention of every block: projections, norms,
+            RoPE and the attention kernel); ``save_matmuls`` (every block, but the outputs of its
+            matmuls and attention kernels are kept: only norms, RoPE, activations and modulation are
+            recomputed). ``false`` / ``true`` are read as ``none`` / ``all``.
+        attention_backend: the ``F.scaled_dot_product_attention`` kernel of the DiT's attention
+            (:data:`ATTENTION_BACKENDS`, ``torch.nn.attention.sdpa_kernel``); ``auto`` lets PyTorch
+            choose; ``cudnn`` and ``efficient`` need CUDA.
         compile: ``torch.compile`` each transformer block.
         backend: process-group backend; ``auto`` is NCCL with CUDA, gloo without.
     """
 
     strategy: Literal["fsdp", "ddp", "none"] = "fsdp"
     precision: Literal["bf16", "fp32"] = "bf16"
-    activation_checkpointing: bool = False
+    activation_checkpointing: Literal["none", "all", "every_other", "attention", "save_matmuls", False, True] = "none"
+    attention_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
     compile: bool = False
     backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+    def __post_init__(self) -> None:
+        ac = self.activation_checkpointing
+        if isinstance(ac, bool) or ac in (0, 1):  # the boolean form of earlier configs and checkpoints
+            object.__setattr__(self, "activation_checkpointing", "all" if ac else "none")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Process groups and model wrapping for the trainers: torchrun (or one process), FSDP2 per
-transformer block, DDP, activation checkpointing and per-block ``torch.compile``, all applied from
+transformer block, DDP, activation checkpointing (all blocks, every other one, the self-attention
+only, or all but the matmuls), the attention kernel and per-block ``torch.compile``, all applied from
 outside the model so its file describes the network only.
 
 Launch: ``torchrun --nproc-per-node N -m vividhead train sft --config C`` (or the ``vividhead``
@@ -20,7 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vividhead.training.trainers.config import ParallelConfig
+from vividhead.config import check
+from vividhead.models.flashhead import FlashHeadAttention, SDPAProcessor
+from vividhead.training.trainers.config import CHECKPOINTING_MODES, ParallelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +133,135 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return v / env.world_size
 
 
+#: Ops whose outputs ``save_matmuls`` keeps for the backward pass: the matmuls (``nn.Linear`` is
+#: ``addmm`` / ``mm``) and every fused attention kernel (the math backend decomposes into ``bmm``).
+SAVED_OPS = (
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+)
+
+
+def _save_matmuls_contexts() -> Any:
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(list(SAVED_OPS))
+
+
+# Two functions, not one with a ``context_fn`` argument: Dynamo traces a checkpoint whose
+# ``context_fn`` is a plain function it can see, not one passed through as a value.
 def _checkpointed_forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     from torch.utils.checkpoint import checkpoint
 
     return checkpoint(type(module).forward, module, *args, use_reentrant=False, **kwargs)
 
 
+def _save_matmuls_forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(type(module).forward, module, *args, use_reentrant=False, context_fn=_save_matmuls_contexts,
+                      **kwargs)
+
+
+def apply_activation_checkpointing(blocks: nn.ModuleList, mode: str, attention: str = "self_attn") -> list[str]:
+    """Make the backward pass recompute part of each block's forward (non-reentrant
+    ``torch.utils.checkpoint``), by replacing the ``forward`` of the chosen modules in place.
+
+    Args:
+        blocks: the repeated transformer blocks.
+        mode: a :data:`~vividhead.training.trainers.config.CHECKPOINTING_MODES` value: ``none``,
+            ``all`` (every block), ``every_other`` (blocks 0, 2, 4, ...), ``attention`` (the
+            submodule ``attention`` of every block), ``save_matmuls`` (every block, keeping the
+            outputs of :data:`SAVED_OPS` through ``torch.utils.checkpoint.create_selective_checkpoint_contexts``).
+        attention: name of a block's self-attention submodule (``self_attn`` for the FlashHead DiT,
+            ``attn1`` for diffusers' ``WanTransformerBlock``).
+
+    Returns:
+        the wrapped modules' names relative to ``blocks`` (``["0", "2"]``, ``["0.self_attn", ...]``).
+
+    Raises:
+        ValueError: an unknown ``mode``, or a block without ``attention``.
+    """
+    if mode == "none":
+        return []
+    forward = _save_matmuls_forward if mode == "save_matmuls" else _checkpointed_forward
+    if mode in ("all", "save_matmuls"):
+        targets = [(str(i), blk) for i, blk in enumerate(blocks)]
+    elif mode == "every_other":
+        targets = [(str(i), blk) for i, blk in enumerate(blocks) if i % 2 == 0]
+    elif mode == "attention":
+        if not all(hasattr(blk, attention) for blk in blocks):
+            raise ValueError(f"activation checkpointing 'attention': a block has no submodule {attention!r}")
+        targets = [(f"{i}.{attention}", getattr(blk, attention)) for i, blk in enumerate(blocks)]
+    else:
+        raise ValueError(f"unknown activation checkpointing mode {mode!r} (known: {', '.join(CHECKPOINTING_MODES)})")
+    for _, module in targets:
+        module.forward = functools.partial(forward, module)
+    return [name for name, _ in targets]
+
+
+class BackendSDPAProcessor(SDPAProcessor):
+    """:class:`~vividhead.models.flashhead.SDPAProcessor` restricted to one SDPA backend: the call
+    runs under ``torch.nn.attention.sdpa_kernel``, so the forward, the recomputation of a
+    checkpointed forward and a compiled graph (Dynamo traces the context) all use that kernel.
+
+    ``q, k, v: [B, S, H, d]`` -> ``[B, S_q, H, d]`` as the base class.
+
+    Args:
+        backend: the kernel, e.g. ``SDPBackend.CUDNN_ATTENTION``.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def __call__(self, q, k, v, attn_mask=None):
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel(self.backend):
+            return super().__call__(q, k, v, attn_mask=attn_mask)
+
+
+def sdpa_backend(name: str) -> Any:
+    """The ``torch.nn.attention.SDPBackend`` of a :data:`~vividhead.training.trainers.config.ATTENTION_BACKENDS`
+    name, ``None`` for ``auto``."""
+    from torch.nn.attention import SDPBackend
+
+    return {"auto": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
+
+
+def set_attention_backend(blocks: nn.ModuleList, name: str, device: torch.device) -> int:
+    """Route every :class:`~vividhead.models.flashhead.FlashHeadAttention` of ``blocks`` (self- and
+    audio cross-attention) through :class:`BackendSDPAProcessor` (``auto``: left as it is).
+
+    Returns:
+        the number of attention modules changed.
+
+    Raises:
+        ConfigError: ``cudnn`` or ``efficient`` on a device other than CUDA.
+    """
+    if name == "auto":
+        return 0
+    check(device.type == "cuda" or name in ("flash", "math"), "parallel.attention_backend",
+          f"{name} needs CUDA (on {device.type}: auto, flash or math)")
+    processor = BackendSDPAProcessor(sdpa_backend(name))
+    changed = 0
+    for blk in blocks:
+        for m in blk.modules():
+            if isinstance(m, FlashHeadAttention):
+                m.set_processor(processor)
+                changed += 1
+    return changed
+
+
 def wrap_model(model: nn.Module, blocks: nn.ModuleList, cfg: ParallelConfig, env: DistEnv,
                trainable: bool = True) -> nn.Module:
-    """Apply activation checkpointing, per-block compile and FSDP2 / DDP to ``model``.
+    """Apply the attention backend, activation checkpointing, per-block compile and FSDP2 / DDP to
+    ``model``.
 
     Each of ``blocks`` (the DiT's ``blocks``) becomes its own FSDP2 unit (``fully_shard``), then the
     root; parameters become DTensors sharded on dim 0 over ``env.mesh``. With ``precision: bf16``
@@ -151,14 +274,21 @@ def wrap_model(model: nn.Module, blocks: nn.ModuleList, cfg: ParallelConfig, env
         blocks: its repeated blocks.
         cfg: the ``parallel`` section.
         env: from :func:`init_distributed`.
-        trainable: ``False`` for a frozen network (the stage-2 teacher): sharded, never wrapped in DDP.
+        trainable: ``False`` for a frozen network (the stage-2 teacher): sharded, never wrapped in DDP,
+            no activation checkpointing.
 
     Returns:
         the module to call (``model`` itself for FSDP2 and ``none``; a DDP wrapper for ``ddp``).
+
+    Raises:
+        ConfigError: an attention backend the device does not have.
     """
-    if cfg.activation_checkpointing and trainable:
-        for blk in blocks:
-            blk.forward = functools.partial(_checkpointed_forward, blk)
+    set_attention_backend(blocks, cfg.attention_backend, env.device)
+    if trainable:
+        wrapped = apply_activation_checkpointing(blocks, cfg.activation_checkpointing)
+        if wrapped:
+            logger.info("activation checkpointing %s: %d of %d blocks' modules", cfg.activation_checkpointing,
+                        len(wrapped), len(blocks))
     if cfg.compile:
         for blk in blocks:
             blk.compile(dynamic=False)

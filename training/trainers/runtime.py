@@ -94,13 +94,18 @@ class EMA:
         self.decay = decay
         self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
         self.shadow = {n: p.detach().clone().float() for n, p in self.params.items()}
+        # Listed once: the shadow tensors are loaded in place from a checkpoint, and the parameters
+        # stay the module's own (FSDP2: sharded) Parameter objects for the whole run.
+        self._shadow_list = list(self.shadow.values())
+        self._param_list = list(self.params.values())
+        self._cast = any(p.dtype != torch.float32 for p in self._param_list)
 
     @torch.no_grad()
     def update(self) -> None:
-        """``shadow = decay * shadow + (1 - decay) * param``."""
-        names = list(self.shadow)
-        torch._foreach_lerp_([self.shadow[n] for n in names], [self.params[n].detach().float() for n in names],
-                             1.0 - self.decay)
+        """``shadow = decay * shadow + (1 - decay) * param`` as one ``torch._foreach_lerp_`` over
+        every tensor (a multi-tensor kernel on CUDA, no per-parameter pass)."""
+        params = [p.float() for p in self._param_list] if self._cast else self._param_list
+        torch._foreach_lerp_(self._shadow_list, params, 1.0 - self.decay)
 
 
 def make_clip_filter(fields: dict[str, Any]):
