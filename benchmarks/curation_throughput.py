@@ -22,6 +22,8 @@ actors.
 
 ``--baseline-manifest``: the manifest of an earlier run on the same inputs (e.g. before a change,
 kept with ``--keep``); every clip whose status or rejection reason differs is listed.
+``--baseline-report``: the JSON an earlier run of this script printed (e.g. with
+``run: {chain_stages: false}`` in the config, or before a change): the CPU seconds as ratios to it.
 """
 
 from __future__ import annotations
@@ -230,6 +232,18 @@ def decision_changes(manifest, baseline_path: str) -> list[dict]:
     return changes
 
 
+def vs_baseline(report: dict, base: dict) -> dict:
+    """This run's CPU seconds (pipeline, decode, stages, outside them, each stage) over the
+    baseline report's: below 1 is cheaper. Also both reports' ``decode_cpu_s``, to see that the
+    machine gave the same decode cost to both."""
+    keys = ("pipeline_cpu_s", "stage_cpu_s_total", "outside_stages_cpu_s", "decode_cpu_s")
+    out = {k: round(report[k] / base[k], 3) for k in keys if base.get(k)}
+    out["stage_cpu_s"] = {k: round(v / base["stage_cpu_s"][k], 3)
+                          for k, v in report["stage_cpu_s"].items() if base.get("stage_cpu_s", {}).get(k)}
+    out["baseline_pipeline_cpu_s"] = base.get("pipeline_cpu_s")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", default=str(REPO / ".." / "shared" / "fixtures" / "media" / "video"))
@@ -237,6 +251,9 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--keep", default=None, help="write the run's output here (default: a temporary folder)")
     ap.add_argument("--baseline-manifest", default=None, help="list decisions that differ from this manifest")
+    ap.add_argument("--baseline-report", default=None,
+                    help="the JSON this script printed for an earlier run (e.g. before a change): "
+                         "print this run's CPU seconds as ratios to it")
     args = ap.parse_args()
 
     import ray
@@ -295,6 +312,8 @@ def main() -> None:
     }
     if args.baseline_manifest:
         report["decision_changes"] = decision_changes(result.manifest, args.baseline_manifest)
+    if args.baseline_report:
+        report["vs_baseline_report"] = vs_baseline(report, json.loads(Path(args.baseline_report).read_text()))
     print(json.dumps(report, indent=2))
 
 

@@ -62,6 +62,11 @@ def frame_at(src: str | Path, start_s: float, fps: float, timeout_s: float = 60.
     the frame :func:`vividhead.curation.stages.normalize.normalize_clip` makes frame 0 (same input
     seek, same ``fps`` filter), display-rotated as FFmpeg decodes it.
 
+    One decoder thread (frame threading would decode one frame per thread before returning the
+    first) and an uncompressed PPM on the pipe (PNG's compression cost more than the decode; the
+    pixels are the same): 0.65 of the CPU time of a threaded decode to PNG on the fixtures
+    (``benchmarks/curation_levers.py``).
+
     Returns:
         uint8 [H, W, 3] RGB.
 
@@ -71,10 +76,10 @@ def frame_at(src: str | Path, start_s: float, fps: float, timeout_s: float = 60.
     import cv2
     import ffmpeg
 
-    graph = (ffmpeg.input(str(src), ss=f"{start_s:.6f}").video.filter("fps", fps=f"{fps:g}")
-             .output("pipe:", vframes=1, format="image2pipe", vcodec="png", pix_fmt="rgb24"))
-    png = run_tool(ffmpeg_args(graph), timeout_s)
-    frame = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR) if png else None
+    graph = (ffmpeg.input(str(src), ss=f"{start_s:.6f}", threads=1).video.filter("fps", fps=f"{fps:g}")
+             .output("pipe:", vframes=1, format="image2pipe", vcodec="ppm", pix_fmt="rgb24"))
+    image = run_tool(ffmpeg_args(graph), timeout_s)
+    frame = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR) if image else None
     if frame is None:
         raise MediaError("decode_failed", f"no video frame at {start_s:.3f} s")
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
@@ -281,12 +286,18 @@ def iter_frames(
             raise MediaError("decode_failed", str(exc)[:300]) from exc
 
 
-def count_video_frames(path: str | Path, timeout_s: float = 60.0) -> int:
-    """Number of video packets (= frames for H.264 without B-frame reordering issues) via ffprobe."""
-    out = run_tool(
-        [FFPROBE, "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
-         "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
-        timeout_s,
-        reason="unreadable",
-    )
-    return int(out.decode().strip().split(",")[0] or 0)
+def count_video_frames(path: str | Path) -> int:
+    """Number of packets of the first video stream (= frames for H.264 without B-frame
+    reordering issues), read by PyAV's demuxer in this process (no decode, no ffprobe process:
+    the number ffprobe's ``-count_packets`` gives).
+
+    Raises:
+        MediaError: ``unreadable`` when the container cannot be opened or demuxed.
+    """
+    try:
+        with contextlib.closing(av.open(str(path))) as container:
+            if not container.streams.video:
+                return 0
+            return sum(1 for packet in container.demux(video=0) if packet.size)
+    except av.error.FFmpegError as exc:
+        raise MediaError("unreadable", str(exc)[:300]) from exc

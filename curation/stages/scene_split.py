@@ -72,8 +72,10 @@ def detect_shots(path: str | Path, cfg: SceneSplitConfig) -> list[tuple[float, f
     """
     from scenedetect import AdaptiveDetector, ContentDetector, SceneManager, open_video
 
+    # One CPU: one decoder thread (PyAV's default starts slice threads on every core of the node).
+    threads = {"threading_mode": "NONE"} if cfg.num_cpus < 2 else {}
     try:
-        video = open_video(str(path), backend="pyav")
+        video = open_video(str(path), backend="pyav", **threads)
         manager = SceneManager()
         if cfg.detector == "adaptive":
             manager.add_detector(AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=cfg.min_scene_len_frames))
