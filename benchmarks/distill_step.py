@@ -23,7 +23,9 @@ the measurements in docs/benchmarks.md come from::
         --json-out out/bench/distill_step.json
 
 (one H200; a few minutes, most of it building three 1.3B networks on the CPU and compiling.)
-``--activation-checkpointing`` recomputes blocks in backward (both phases); ``--no-reencode`` takes
+``--activation-checkpointing [MODE]`` recomputes in backward (both phases; a mode of
+``parallel.activation_checkpointing``, alone ``all``); ``--attention-backend`` picks the SDPA kernel
+(``parallel.attention_backend``); ``--no-reencode`` takes
 motion latents directly in the trainer's rollout; ``--tiny --device cpu`` smoke-tests the script.
 """
 
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vividhead.flow_matching import NUM_TRAIN_TIMESTEPS, motion_latent_count, overwrite_motion  # noqa: E402
 from vividhead.training.data import ClipWindowBatch  # noqa: E402
-from vividhead.training.trainers.config import config_from_dict  # noqa: E402
+from vividhead.training.trainers.config import ATTENTION_BACKENDS, CHECKPOINTING_MODES, config_from_dict  # noqa: E402
 from vividhead.training.trainers.distill import DistillTrainer, RolloutOutput  # noqa: E402
 from vividhead.training.trainers.distill_config import DistillConfig  # noqa: E402
 
@@ -144,7 +146,8 @@ def make_config(args) -> DistillConfig:
         "distill": {"mode": args.mode, "max_chunks": args.max_chunks, "reencode_motion": not args.no_reencode,
                     "generator_ema_decay": 0.998},
         "parallel": {"strategy": "fsdp", "precision": "fp32" if args.tiny else "bf16", "compile": args.compile,
-                     "activation_checkpointing": args.activation_checkpointing},
+                     "activation_checkpointing": args.activation_checkpointing,
+                     "attention_backend": args.attention_backend},
         "log": {"progress": False},
         "run": {"output_dir": "out/bench/distill_step", "max_steps": args.steps, "device": args.device},
     }
@@ -162,7 +165,10 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--mode", default="oracle", choices=["oracle", "self_correcting"])
     ap.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
-    ap.add_argument("--activation-checkpointing", action="store_true")
+    ap.add_argument("--activation-checkpointing", nargs="?", const="all", default="none", choices=CHECKPOINTING_MODES,
+                    help="parallel.activation_checkpointing of the trained networks (alone: all)")
+    ap.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
+                    help="parallel.attention_backend (SDPA kernel) of the three networks")
     ap.add_argument("--no-reencode", action="store_true", help="motion latents taken directly (no VAE in the loop)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--device", default="cuda")
@@ -180,7 +186,7 @@ def main() -> None:
     log(phase="setup", device=torch.cuda.get_device_name(dev) if cuda else "cpu", torch=torch.__version__,
         build_s=round(time.perf_counter() - t0, 1), frames=f"{args.height}x{args.width}x33", max_chunks=args.max_chunks,
         mode=args.mode, reencode=not args.no_reencode, compile=args.compile,
-        activation_checkpointing=args.activation_checkpointing,
+        activation_checkpointing=args.activation_checkpointing, attention_backend=args.attention_backend,
         params_per_net=sum(p.numel() for p in trainer.raw["generator"].parameters()),
         static_mem_gib=gib(torch.cuda.memory_allocated(dev)) if cuda else None)
 
