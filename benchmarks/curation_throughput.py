@@ -110,7 +110,10 @@ class TreeCpu:
                 except OSError:
                     continue
                 fields = stat.rsplit(")", 1)[1].split()
-                self.last[(pid, fields[19])] = (process_kind(pid, title), (int(fields[11]) + int(fields[12])) / tick)
+                key = (pid, fields[19])
+                # An exited, not yet reaped process has no command line: it keeps the kind it had.
+                kind = self.last[key][0] if not title and key in self.last else process_kind(pid, title)
+                self.last[key] = (kind, (int(fields[11]) + int(fields[12])) / tick)
 
     def by_kind(self) -> dict[str, float]:
         """Own CPU seconds per kind of process (sampled once a second: a process's last second and
