@@ -239,18 +239,28 @@ def bench_pairs(args, flops) -> None:
 
     compile_ = not args.eager
     rows = []
+    trainer = batch = step = None
     for attention in args.attention:
         for ac in args.ac:
             torch._dynamo.reset()  # a new backend or wrapper compiles afresh
-            trainer = ours_trainer(args, {"strategy": "none", "compile": compile_, "activation_checkpointing": ac,
-                                          "attention_backend": attention})
-            batch = CachedBatch(pro_inputs(trainer.env.device, args.batch, args.tiny), [{}] * args.batch)
-            ours_s, ours_peak = timed(lambda: trainer.train_step(batch), args.steps, 2)  # noqa: B023
-            trainer = batch = None
-            free_memory()
-            torch._dynamo.reset()
-            step = stock_step(args, compile_, ac, attention)
-            stock_s, stock_peak = timed(step, args.steps, 3)
+            side = "ours"
+            try:
+                trainer = ours_trainer(args, {"strategy": "none", "compile": compile_,
+                                              "activation_checkpointing": ac, "attention_backend": attention})
+                batch = CachedBatch(pro_inputs(trainer.env.device, args.batch, args.tiny), [{}] * args.batch)
+                ours_s, ours_peak = timed(lambda: trainer.train_step(batch), args.steps, 2)  # noqa: B023
+                trainer = batch = None
+                free_memory()
+                torch._dynamo.reset()
+                side = "stock"
+                step = stock_step(args, compile_, ac, attention)
+                stock_s, stock_peak = timed(step, args.steps, 3)
+            except torch.OutOfMemoryError as exc:
+                emit(args.out, kind="pair", ac=ac, attention=attention, batch=args.batch,
+                     oom=side, message=str(exc).splitlines()[0])
+                trainer = batch = step = None
+                free_memory()
+                continue
             step = None
             free_memory()
             row = dict(kind="pair", ac=ac, attention=attention, compiled=compile_, batch=args.batch,
