@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 from vividhead.config import ConfigError, bounded, build_dataclass, check, read_yaml
 from vividhead.shard_format import CHUNK_FRAMES, MOTION_FRAMES
@@ -124,11 +124,12 @@ class OptimConfig:
     ema_decay: float = bounded(0.0, "in [0, 1)")
 
 
+CheckpointingMode = Literal["none", "all", "every_other", "attention", "save_matmuls"]
+AttentionBackend = Literal["auto", "flash", "cudnn", "efficient", "math"]
 #: ``parallel.activation_checkpointing`` modes (:func:`~vividhead.training.trainers.distributed.apply_activation_checkpointing`).
-CHECKPOINTING_MODES = ("none", "all", "every_other", "attention", "save_matmuls")
-
+CHECKPOINTING_MODES: tuple[str, ...] = get_args(CheckpointingMode)
 #: ``parallel.attention_backend`` choices (``auto``: PyTorch picks per call).
-ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,8 @@ class ParallelConfig:
 
     strategy: Literal["fsdp", "ddp", "none"] = "fsdp"
     precision: Literal["bf16", "fp32"] = "bf16"
-    activation_checkpointing: Literal["none", "all", "every_other", "attention", "save_matmuls", False, True] = "none"
-    attention_backend: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
+    activation_checkpointing: Literal[CheckpointingMode, False, True] = "none"
+    attention_backend: AttentionBackend = "auto"
     compile: bool = False
     backend: Literal["auto", "nccl", "gloo"] = "auto"
 
