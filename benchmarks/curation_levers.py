@@ -15,6 +15,14 @@ rounds is kept), CPU seconds of this process and its FFmpeg children:
   against the former ``ffprobe -count_packets`` process, on every kept clip; ``identical``: counts equal.
 * ``scene_detection``: :func:`vividhead.curation.stages.scene_split.detect_shots` at ``num_cpus: 1``
   (one decoder thread) against PyAV's default threads, on every input; ``identical``: shots equal.
+* ``normalize_audio_input``: normalize's FFmpeg command on every kept clip with the audio read
+  through a second input of the same file (so the video input's only output could end its decode at
+  the clip's last frame) against the one shared input; ``identical``: MP4 and WAV bytes equal.
+
+``normalize_parts`` then splits the CPU seconds of normalize's FFmpeg command (the smallest of
+``--repeats``) on the kept clips by leaving parts out: ``decode`` (the source window and the fps
+filter, null output), ``decode_crop_scale`` (plus the crop and the lanczos scale), ``video`` (plus
+x264), ``all`` (plus the audio: the stage's command).
 
 Prints one JSON object: per lever ``before_cpu_s``, ``after_cpu_s``, ``ratio`` (after / before),
 ``calls`` and ``identical``.
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -86,6 +95,48 @@ def count_before(path: Path) -> int:
     return int(out.stdout.decode().strip().split(",")[0] or 0)
 
 
+def normalize_command(row: dict, frame_size: tuple[int, int], out_dir: Path, part: str = "all",
+                      audio_input: bool = False) -> list[str]:
+    """Normalize's FFmpeg arguments for a kept manifest ``row`` (the stage's defaults), or the part
+    of them named by ``part`` (``decode``, ``decode_crop_scale``, ``video``, ``all``)."""
+    import ffmpeg
+
+    from vividhead.curation.media import ffmpeg_args
+    from vividhead.curation.stages.face import CropBox
+    from vividhead.curation.stages.normalize import NormalizeConfig, crop_filters
+    from vividhead.shard_format import AUDIO_CHANNELS, FPS, SAMPLE_RATE_HZ
+
+    cfg, n = NormalizeConfig(), row["num_frames"]
+    window = {"ss": f"{row['start_s']:.6f}", "t": f"{n / FPS + 1.0:.6f}", "threads": 1}
+    source = ffmpeg.input(row["url"], **window)
+    video = source.video.filter("fps", fps=f"{FPS:g}")
+    if part == "decode":
+        return ffmpeg_args(ffmpeg.output(video, "-", format="null", **{"frames:v": n}))
+    video = crop_filters(video, CropBox.from_list(row["crop_box"], row["pad_px"] or 0), *frame_size)
+    if part == "decode_crop_scale":
+        return ffmpeg_args(ffmpeg.output(video, "-", format="null", **{"frames:v": n}).global_args("-filter_threads", "1"))
+    outputs = [ffmpeg.output(video, str(out_dir / "clip.mp4"), vcodec="libx264", preset=cfg.preset, crf=cfg.crf,
+                             pix_fmt="yuv420p", g=cfg.keyframe_interval_frames, movflags="+faststart", threads=1,
+                             **{"frames:v": n})]
+    if part == "all":
+        audio = (ffmpeg.input(row["url"], **window) if audio_input else source).audio
+        outputs.append(ffmpeg.output(audio, str(out_dir / "clip.wav"), ac=AUDIO_CHANNELS, ar=SAMPLE_RATE_HZ,
+                                     acodec="pcm_s16le"))
+    return ffmpeg_args(ffmpeg.merge_outputs(*outputs).global_args("-filter_threads", "1"))
+
+
+def run_normalize(rows: list[dict], sizes: dict, part: str = "all", audio_input: bool = False) -> list[tuple]:
+    """Run the command on every row; the MP4 and WAV bytes (or ``()`` for null outputs) per row."""
+    from vividhead.curation.media import run_tool, temp_dir
+
+    out = []
+    for row in rows:
+        with temp_dir() as tmp:
+            run_tool(normalize_command(row, sizes[row["url"]], tmp, part, audio_input), 600)
+            out.append(tuple(p.read_bytes() for p in (tmp / "clip.mp4", tmp / "clip.wav") if p.exists()))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, type=Path, help="output folder of a finished run on the same inputs")
@@ -129,6 +180,17 @@ def main() -> None:
     report["scene_detection"] = compare(lambda: [detect_shots(p, default_threads) for p in sources],
                                         lambda: [detect_shots(p, one_cpu) for p in sources],
                                         lambda b, a: b == a, args.repeats)
+
+    kept = [r for r in manifest if r["status"] == "kept" and r["crop_box"]]
+    sizes = {r["url"]: frame_at(r["url"], r["start_s"], FPS).shape[1::-1] for r in kept}
+    report["normalize_audio_input"] = compare(lambda: run_normalize(kept, sizes),
+                                              lambda: run_normalize(kept, sizes, audio_input=True),
+                                              lambda b, a: b == a, args.repeats)
+    parts = {}
+    for part in ("decode", "decode_crop_scale", "video", "all"):
+        parts[part] = round(min(timed(functools.partial(run_normalize, kept, sizes, part))[0]
+                                for _ in range(args.repeats)), 3)
+    report["normalize_parts"] = {"clips": len(kept), "cpu_s": parts}
     print(json.dumps(report, indent=1))
 
 
