@@ -64,7 +64,7 @@ def frame_at(src: str | Path, start_s: float, fps: float, timeout_s: float = 60.
 
     One decoder thread (frame threading would decode one frame per thread before returning the
     first) and an uncompressed PPM on the pipe (PNG's compression cost more than the decode; the
-    pixels are the same): 0.65 of the CPU time of a threaded decode to PNG on the fixtures
+    pixels are the same): 0.64 of the CPU time of a threaded decode to PNG on the fixtures
     (``benchmarks/curation_levers.py``).
 
     Returns:
