@@ -229,7 +229,10 @@ def test_fsdp2_over_two_ranks_with_selective_checkpointing_matches_one_process(t
     spawn_ranks(_fsdp_checkpointing_worker, 2, tmp_path)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     worst = max((v.detach() - two[k]).abs().max().item() for k, v in model.state_dict().items())
-    assert worst < 1e-5, worst  # FSDP2 averages the ranks' gradients: the mean loss over both samples
+    # FSDP2 averages the ranks' gradients: the mean loss over both samples. Two Adam steps at lr 1e-3
+    # move weights by ~2e-3; a batch of 2 against two of 1 sums in another order, which Adam's
+    # normalisation lifts to 3e-5 on some machines, so the bound sits between that and a lost gradient.
+    assert worst < 2e-4, worst
 
 
 # -- attention backend ----------------------------------------------------------------------------------
