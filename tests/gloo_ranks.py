@@ -37,3 +37,10 @@ def spawn_ranks(worker: Callable[[int, int, int, str], None], world: int, out_di
         torch.multiprocessing.ProcessRaisedException: a rank failed (its traceback included).
     """
     mp.spawn(worker, args=(world, free_port(), str(out_dir)), nprocs=world, join=True)
+
+
+def finish_rank() -> None:
+    """Leave the process group: a barrier first, so that no rank tears gloo down while its peer still
+    talks to it (the peer can then abort at exit: "terminate called without an active exception")."""
+    dist.barrier()
+    dist.destroy_process_group()

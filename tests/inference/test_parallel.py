@@ -7,8 +7,7 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.distributed as dist
-from gloo_ranks import init_rank, spawn_ranks
+from gloo_ranks import finish_rank, init_rank, spawn_ranks
 from tiny_models import TINY_PRO
 
 
@@ -41,7 +40,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     hooks = [model._forward_pre_hooks, model.head._forward_hooks, *(b._forward_pre_hooks for b in model.blocks)]
     assert not any(hooks)
     torch.save({"ref": ref, "out": out, "ref5": ref5, "out5": out5}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    finish_rank()
 
 
 def test_ulysses_matches_single_process(tmp_path):

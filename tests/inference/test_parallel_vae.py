@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from gloo_ranks import init_rank, spawn_ranks
+from gloo_ranks import finish_rank, init_rank, spawn_ranks
 
 # name -> (ranks, latent rows h, latent cols w, latent frames, [(exact_attention, halo), ...])
 CASES = {
@@ -72,7 +72,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     out["restored"] = all(isinstance(m.mid_block.attentions[0], WanAttentionBlock)
                           for m in (vae.model.encoder, vae.model.decoder))
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    finish_rank()
 
 
 def test_parallel_vae_matches_single_process(tmp_path):

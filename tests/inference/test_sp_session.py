@@ -11,9 +11,8 @@ import os
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from gloo_ranks import init_rank, spawn_ranks
+from gloo_ranks import finish_rank, init_rank, spawn_ranks
 from tiny_models import TINY_PRO, tiny_models
 
 
@@ -37,7 +36,7 @@ def _attn_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         res[f"{u}x{r}_nopad"] = proc(q[:, mine], k[:, mine], v[:, mine])
     torch.save({"ref": ref[:, mine], "res": res, "n_real": max(0, min(per, seq_len - rank * per))},
                os.path.join(out_dir, f"attn{rank}.pt"))
-    dist.destroy_process_group()
+    finish_rank()
 
 
 def test_usp_attention_drops_padding(tmp_path):
@@ -90,7 +89,7 @@ def _session_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     assert sp_backend_name(par.transformer) == "torch-usp"
     out["ring"] = run(par)
     np.savez(os.path.join(out_dir, f"frames{rank}.npz"), **out)
-    dist.destroy_process_group()
+    finish_rank()
 
 
 def test_sp_session_matches_single_process(tmp_path):

@@ -258,7 +258,9 @@ def _fsdp_worker(rank: int, world: int, init_file: str, result_file: str, steps:
     if rank == 0:
         torch.save(sd, result_file)
     if world > 1:
-        dist.destroy_process_group()
+        from gloo_ranks import finish_rank
+
+        finish_rank()
 
 
 def test_two_gloo_ranks_with_fsdp_match_one_process(tmp_path):

@@ -199,8 +199,7 @@ def _train_two_steps(model: FlashHeadTransformer, dit: torch.nn.Module, rows: sl
 def _fsdp_checkpointing_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from pathlib import Path
 
-    import torch.distributed as dist
-    from gloo_ranks import init_rank
+    from gloo_ranks import finish_rank, init_rank
     from torch.distributed.device_mesh import init_device_mesh
 
     from vividhead.training.trainers.checkpoint import full_state_dict
@@ -215,8 +214,7 @@ def _fsdp_checkpointing_worker(rank: int, world: int, port: int, out_dir: str) -
     sd = full_state_dict(model)
     if rank == 0:
         torch.save(sd, Path(out_dir) / "two.pt")
-    dist.barrier()  # no rank tears gloo down while the other is still writing
-    dist.destroy_process_group()
+    finish_rank()
 
 
 @pytest.mark.parametrize("mode", ["every_other", "attention", "save_matmuls"])
