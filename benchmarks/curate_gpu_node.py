@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from curation_throughput import cpu_busy_s  # this script's folder is first on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 PART_DIR, MANIFEST_FILE, STATS_FILE, KEPT = "_parts", "manifest.parquet", "stats.json", "kept"
 
@@ -73,16 +75,6 @@ def cmd_weights(args: argparse.Namespace) -> None:
             for name, explicit in stage.weights():
                 paths.add(str(weights.resolve(name, explicit, download=False)))
     print("\n".join(sorted(paths)))
-
-
-def cpu_busy_s() -> float | None:
-    """CPU seconds the whole machine spent busy so far (``/proc/stat``: all but idle and iowait)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def read_rows(output: Path) -> tuple[list[dict], str]:
