@@ -10,12 +10,13 @@
 #       ../shared/fixtures/media/image/face_frontal_people0.png .carry_serve/
 # Usage (device tool, kind nvidia-h200, carry [".whl_serve", ".carry_serve"]): bash benchmarks/run_serve_load_gpu.sh
 #   STEPS="lite_fast pro_fast" LITE_LIMIT=460 PRO_LIMIT=300 bash benchmarks/run_serve_load_gpu.sh  (one run after
-#   the other inside BUDGET=570 s; each limit is cut to what is left)
+#   the other inside BUDGET=570 s; each limit is cut to what is left); CLIENT_S=20: seconds of speech per client
+#   (default 6)
 set -u
 export PYTHONUNBUFFERED=1
 WHEELS=.whl_serve source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
-MEDIA="--audio .carry_serve/speech_en_60s_16k.wav --image .carry_serve/face_frontal_people0.png --seconds 6 --timeout-s 30"
+MEDIA="--audio .carry_serve/speech_en_60s_16k.wav --image .carry_serve/face_frontal_people0.png --seconds ${CLIENT_S:-6} --timeout-s 30"
 
 run() {  # name, time limit (s), serve_load arguments...
   local name=$1 limit=$2; shift 2
