@@ -21,7 +21,12 @@ seconds since ``--t0`` (the start of ``vividhead curate``), inputs finished and 
 **video-hours per node-hour** (video of the finished inputs over the wall time), clips kept, the GPU's
 busy share (mean ``utilization.gpu`` of the samples in ``--gpu-csv``, lines ``epoch,util,mem_mib``), the
 node's CPU busy share (``/proc/stat``, all processes) and the CPU seconds per stage (the manifest's
-``cpu:<stage>`` timings summed over rows; the wall seconds per stage likewise).
+``cpu:<stage>`` timings summed over rows; the wall seconds per stage likewise). A progress line also
+has ``interval``: the rate and the node's CPU busy share since the line before it. The final line
+adds ``steady_video_hours_per_node_hour`` (from the first progress line with inputs done to the end:
+Ray's start-up and the first inputs' way through the pipeline left out), its node-hours for 10,000 h,
+``last_120s_video_hours_per_node_hour`` (from the last progress line at least 120 s before the end)
+and the node's ``cpu_model``.
 """
 
 from __future__ import annotations
@@ -169,6 +174,62 @@ def figures(output: Path, t0: float, now: float, gpu_csv: Path | None, busy0: fl
     return rec
 
 
+def interval_fields(prev: dict | None, rec: dict) -> dict | None:
+    """Rate (video-h per node-h) and node CPU busy share between two progress records."""
+    if not prev or "t_s" not in prev or "input_video_s_done" not in prev or rec.get("t_s", 0) <= prev["t_s"]:
+        return None
+    dt = rec["t_s"] - prev["t_s"]
+    out = {"from_t_s": prev["t_s"],
+           "video_hours_per_node_hour": round((rec.get("input_video_s_done", 0) - prev["input_video_s_done"]) / dt, 2)}
+    if rec.get("node_cpu_busy_share") is not None and prev.get("node_cpu_busy_share") is not None:
+        busy = rec["node_cpu_busy_share"] * rec["t_s"] - prev["node_cpu_busy_share"] * prev["t_s"]
+        out["node_cpu_busy_share"] = round(busy / dt, 4)
+    return out
+
+
+def rate_fields(progress: list[dict], final: dict, window_s: float = 120.0) -> dict:
+    """The final record's rates beside the whole run's (see the module doc); ``{}`` when no
+    progress line had inputs done before the end."""
+    lines = [p for p in progress if p.get("kind") == "progress" and "input_video_s_done" in p
+             and p.get("t_s", 0) < final["t_s"]]
+    out: dict = {}
+    first = next((p for p in lines if p.get("inputs_done")), None)
+    if first is not None:
+        rate = (final["input_video_s_done"] - first["input_video_s_done"]) / (final["t_s"] - first["t_s"])
+        out["steady_from_t_s"] = first["t_s"]
+        out["steady_video_hours_per_node_hour"] = round(rate, 2)
+        if rate > 0:
+            out["steady_node_hours_for_10000_video_hours"] = round(10000.0 / rate, 1)
+    last = [p for p in lines if p["t_s"] <= final["t_s"] - window_s]
+    if last:
+        p = last[-1]
+        out[f"last_{window_s:g}s_video_hours_per_node_hour"] = round(
+            (final["input_video_s_done"] - p["input_video_s_done"]) / (final["t_s"] - p["t_s"]), 2)
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def load_durations(path: str | None) -> dict[str, float]:
     return json.loads(Path(path).read_text()) if path and Path(path).is_file() else {}
 
@@ -185,6 +246,7 @@ def cmd_monitor(args: argparse.Namespace) -> None:
     busy0 = cpu_busy_s()
     if args.busy0_file and busy0 is not None:
         Path(args.busy0_file).write_text(str(busy0))
+    prev = None
     while not stop:
         for _ in range(int(args.interval * 10)):
             if stop:
@@ -196,6 +258,11 @@ def cmd_monitor(args: argparse.Namespace) -> None:
         except Exception as exc:  # noqa: BLE001 - a progress line must never stop the run
             rec = {"t_s": round(time.time() - args.t0, 1), "monitor_error": repr(exc)[:300]}
         rec["kind"] = "progress"
+        interval = interval_fields(prev, rec)
+        if interval:
+            rec["interval"] = interval
+        if "input_video_s_done" in rec:
+            prev = rec
         append(Path(args.jsonl), rec)
 
 
@@ -205,6 +272,8 @@ def cmd_final(args: argparse.Namespace) -> None:
     rec = {"kind": "final", "rc": args.rc}
     rec.update(figures(output, args.t0, args.t1, Path(args.gpu_csv) if args.gpu_csv else None, busy0,
                        load_durations(args.durations)))
+    rec.update(rate_fields(read_jsonl(Path(args.jsonl)), rec))
+    rec["cpu_model"] = cpu_model()
     if (output / STATS_FILE).is_file():
         stats = json.loads((output / STATS_FILE).read_text())
         rec["stats"] = {k: stats.get(k) for k in ("inputs", "clips_kept", "hours_kept", "wall_s", "driver_write")}
