@@ -178,6 +178,33 @@ def _compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+class LoopLag:
+    """How late this event loop runs a task that asks to wake every ``period_s`` (seconds): a loop
+    busy with other work (WebSocket framing, deflate, JSON) wakes it late, and every session's
+    receiving, submitting and sending waits as long."""
+
+    def __init__(self, period_s: float = 0.02) -> None:
+        self.period_s = period_s
+        self.lags: list[float] = []
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(self.period_s)
+            self.lags.append(time.perf_counter() - t - self.period_s)
+
+    def start(self) -> None:
+        self.lags = []
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> dict:
+        if self._task is not None:
+            self._task.cancel()
+        return {"loop_lag_p50_s": _q(self.lags, 0.5), "loop_lag_p95_s": _q(self.lags, 0.95),
+                "loop_lag_max_s": max(self.lags, default=None)}
+
+
 def summarise(n: int, results: list[ClientResult], fps: float, server=None, wall_s: float = 0.0) -> dict:
     """One point of the curve: per-stream FPS and chunk latency over the ``n`` clients."""
     served = [r for r in results if r.refused is None]
@@ -192,7 +219,9 @@ def summarise(n: int, results: list[ClientResult], fps: float, server=None, wall
         if served else None,
         "max_gap_s": max((r.max_gap_s for r in served if r.max_gap_s is not None), default=None),
         "stall_s_total": sum(r.stall_s for r in served), "stalls": sum(r.stalls for r in served),
-        "frames": sum(r.frames for r in served), "errors": sorted({e for r in results for e in r.errors})[:5],
+        "frames": sum(r.frames for r in served),
+        "mp4_kib_per_chunk": round(sum(r.bytes for r in served) / 1024 / max(1, sum(r.chunks for r in served)), 1),
+        "errors": sorted({e for r in results for e in r.errors})[:5],
         "refusal": next((r.refused for r in results if r.refused), None), "wall_s": wall_s,
     }
     if server is not None:
@@ -206,6 +235,31 @@ def summarise(n: int, results: list[ClientResult], fps: float, server=None, wall
     return point
 
 
+async def run_clients(args, url: str, n: int, chunk_s: float) -> list[ClientResult]:
+    """``n`` clients on this event loop, starts spread over one chunk (``--stagger``)."""
+    pcms = [_pcm(args.audio, args.seconds, 3.7 * k) for k in range(n)]
+    return list(await asyncio.gather(*(
+        run_client(url, k, pcms[k], (k * chunk_s / n) if args.stagger else 0.0, args.playout_buffer_s,
+                   args.seconds + args.timeout_s)
+        for k in range(n))))
+
+
+async def _clients_in_subprocess(args, url: str, n: int, chunk_s: float) -> tuple[list[ClientResult], float]:
+    """The same clients in a child Python process (``--client-process``), as remote clients would
+    be: the server's event loop then carries only the server's work. Returns the results and the
+    clients' wall time (seconds, without the child's start-up)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--url", url, "--clients-once", str(n),
+           "--chunk-s", str(chunk_s), "--seconds", str(args.seconds), "--audio", str(args.audio),
+           "--timeout-s", str(args.timeout_s), "--playout-buffer-s", str(args.playout_buffer_s),
+           "--stagger" if args.stagger else "--no-stagger"]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"client process exited with {proc.returncode}")
+    got = json.loads(out)
+    return [ClientResult(**r) for r in got["results"]], got["wall_s"]
+
+
 async def run_sweep(args, url: str, server=None) -> list[dict]:
     curve = []
     fps = 25.0
@@ -215,13 +269,16 @@ async def run_sweep(args, url: str, server=None) -> list[dict]:
         rounds0 = server.scheduler.rounds if server is not None else 0
         graphs0 = _compiled_graphs()
         chunk_s = server.chunk_seconds if server is not None else 1.0
-        pcms = [_pcm(args.audio, args.seconds, 3.7 * k) for k in range(n)]
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(
-            run_client(url, k, pcms[k], (k * chunk_s / n) if args.stagger else 0.0, args.playout_buffer_s,
-                       args.seconds + args.timeout_s)
-            for k in range(n)))
-        point = summarise(n, list(results), fps, server, time.perf_counter() - t0)
+        lag = LoopLag()
+        lag.start()
+        if args.client_process:
+            results, wall_s = await _clients_in_subprocess(args, url, n, chunk_s)
+        else:
+            t0 = time.perf_counter()
+            results = await run_clients(args, url, n, chunk_s)
+            wall_s = time.perf_counter() - t0
+        point = summarise(n, results, fps, server, wall_s)
+        point.update(lag.stop())
         if server is not None:
             point["server"]["rounds"] -= rounds0
             # graphs dynamo compiled while this point was served: after warm-up there should be none
@@ -235,18 +292,42 @@ async def run_sweep(args, url: str, server=None) -> list[dict]:
     return curve
 
 
-def _simulate_round_time(seconds: float) -> None:
-    """Make every served round of the batch scheduler last at least ``seconds``: the model thread
+def _simulate_round_time(seconds: float, frame_px: int | None = None, image: Path | None = None,
+                         content: str = "image", per_row_s: float = 0.0) -> None:
+    """Make every served round of the batch scheduler last at least ``seconds`` plus ``per_row_s``
+    per DiT row (the round's sessions padded to their batch bucket; a device round's cost is close
+    to linear in its rows: Lite on one H200, 0.08 s for 1 and 0.69 s for 16): the model thread
     sleeps out the rest (releasing the GIL, as a round waiting on the GPU does), so the scheduling of
-    a device-sized round can be studied with a toy model on a CPU."""
+    a device-sized round can be studied with a toy model on a CPU. With ``frame_px``, each chunk's
+    frames are replaced by ``frame_px`` square frames of ``image`` (each frame shifted by its index),
+    so that the MP4 encode and the sending cost what they cost at the released size (the toy model
+    is then not run for standard rounds: only the scheduling, encoding and sending are replayed); ``content``
+    ``"noise"``: uniform noise frames instead (what random weights give: the largest MP4s)."""
     from vividhead.inference import batching
 
     run_group = batching._run_group
+    bank: list[np.ndarray] = []  # made once: making frames inside a round would lengthen it
+    if frame_px and content == "noise":
+        rng = np.random.default_rng(0)
+        bank = [rng.integers(0, 256, (32, frame_px, frame_px, 3), dtype=np.uint8) for _ in range(4)]
+    elif frame_px:
+        from vividhead.media import read_image
+
+        im = read_image(image)
+        ys = np.linspace(0, im.shape[0] - 1, frame_px).astype(int)
+        xs = np.linspace(0, im.shape[1] - 1, frame_px).astype(int)
+        still = np.ascontiguousarray(im[ys][:, xs])
+        bank = [np.stack([np.roll(still, 2 * (32 * k + i), axis=1) for i in range(32)]) for k in range(4)]
 
     def timed(jobs, cfg):
         t0 = time.perf_counter()
-        out = run_group(jobs, cfg)
-        time.sleep(max(0.0, seconds - (time.perf_counter() - t0)))
+        if bank:  # frames only: the toy model at 16 sessions would outlast a device round on a CPU
+            out = [bank[(j.index + k) % len(bank)][: len(j.samples) // j.session.cfg.samples_per_frame]
+                   for k, j in enumerate(jobs)]
+        else:
+            out = run_group(jobs, cfg)
+        target = seconds + per_row_s * cfg.padded(len(jobs))
+        time.sleep(max(0.0, target - (time.perf_counter() - t0)))
         return out
 
     batching._run_group = timed
@@ -276,7 +357,8 @@ def build_server(args):
                                 realtime_margin=0.85 if args.admission else None)
     server = FlashHeadServer(models, image, batching=batching, admission=admission)
     if args.round_s:
-        _simulate_round_time(args.round_s)
+        _simulate_round_time(args.round_s, args.replay_frame_px, args.image, args.replay_content,
+                             args.round_s_per_row)
     t0 = time.perf_counter()
     warm = server.warm_up(tuple(args.warm_up), rounds=1) if args.warm_up else {}
     return server, {"optimize": applied, "warm_up_s": time.perf_counter() - t0,
@@ -284,12 +366,15 @@ def build_server(args):
 
 
 async def main_async(args) -> dict:
-    info: dict = {"variant": args.variant, "device": args.device, "seconds": args.seconds, "round_s": args.round_s,
-                  "streams": args.streams, "stagger": args.stagger, "playout_buffer_s": args.playout_buffer_s}
+    info: dict = {"variant": args.variant, "device": args.device, "seconds": args.seconds, "round_s": args.round_s, "round_s_per_row": args.round_s_per_row,
+                  "streams": args.streams, "stagger": args.stagger, "playout_buffer_s": args.playout_buffer_s,
+                  "compression": args.compression, "client_process": args.client_process}
+    if args.url and args.clients_once:  # the child of --client-process: results only
+        t0 = time.perf_counter()
+        results = await run_clients(args, args.url, args.clients_once, args.chunk_s)
+        return {"wall_s": time.perf_counter() - t0, "results": [asdict(r) for r in results]}
     if args.url:
         return {**info, "url": args.url, "curve": await run_sweep(args, args.url)}
-    from websockets.asyncio.server import serve
-
     server, setup = await asyncio.to_thread(build_server, args)
     info.update(setup, batching=asdict(server.batching), admission=asdict(server.admission),
                 chunk_s=server.chunk_seconds)
@@ -298,7 +383,7 @@ async def main_async(args) -> dict:
 
         info["gpu"] = torch.cuda.get_device_name()
     try:
-        async with serve(server.handler, "127.0.0.1", 0, max_size=2**24) as srv:
+        async with server.listen("127.0.0.1", 0, compression=None if args.compression == "none" else "deflate") as srv:
             url = f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
             curve = await run_sweep(args, url, server)
         if args.device == "cuda":
@@ -333,6 +418,18 @@ def parse_args(argv=None):
     p.add_argument("--warm-up", type=int, nargs="*", default=[1], help="batch sizes measured before the sweep")
     p.add_argument("--round-s", type=float, default=None,
                    help="simulate a device round: each served round lasts at least this long (seconds)")
+    p.add_argument("--round-s-per-row", type=float, default=0.0,
+                   help="with --round-s: each round lasts this much longer per DiT row (padded batch)")
+    p.add_argument("--replay-frame-px", type=int, default=None,
+                   help="with --round-s: frames of this square size (the released 512) in place of the toy model's")
+    p.add_argument("--replay-content", choices=["image", "noise"], default="image",
+                   help="with --replay-frame-px: the reference image, shifted per frame, or uniform noise")
+    p.add_argument("--client-process", action="store_true",
+                   help="run the clients in a child process (in-process server only), as remote clients are")
+    p.add_argument("--clients-once", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--chunk-s", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--compression", choices=["none", "deflate"], default="none",
+                   help="per-message deflate on the in-process server (the server's default: none)")
     p.add_argument("--admission", action="store_true", help="refuse sessions as the server would by default")
     p.add_argument("--max-sessions", type=int, default=None)
     p.add_argument("--image", type=Path,

@@ -67,7 +67,6 @@ def test_websocket_server_loopback(tiny_pro_fast_vae, ref_image, speech):
     """A real websockets client on loopback: PCM in, MP4 chunks out, errors for bad messages,
     flush and reset, and a second concurrent connection with its own session."""
     from websockets.asyncio.client import connect
-    from websockets.asyncio.server import serve
 
     server = FlashHeadServer(tiny_pro_fast_vae, ref_image)
     pcm = speech[: 17920 + 1000].astype("<i2")
@@ -80,11 +79,13 @@ def test_websocket_server_loopback(tiny_pro_fast_vae, ref_image, speech):
         return meta, data
 
     async def scenario():
-        async with serve(server.handler, "127.0.0.1", 0) as srv:
+        async with server.listen("127.0.0.1", 0) as srv:
             port = srv.sockets[0].getsockname()[1]
             async with connect(f"ws://127.0.0.1:{port}") as ws, connect(f"ws://127.0.0.1:{port}") as other:
                 ready = json.loads(await ws.recv())
                 assert ready["type"] == "ready" and ready["samples_per_chunk"] == 17920
+                # the client offers per-message deflate; the server declines it (MP4 does not deflate)
+                assert "Sec-WebSocket-Extensions" not in ws.response.headers
                 assert json.loads(await other.recv())["type"] == "ready"
 
                 # bad messages: answered with errors, session survives

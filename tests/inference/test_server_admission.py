@@ -22,10 +22,8 @@ SPC = TINY_PRO.streaming.samples_per_chunk
 
 
 def _run(server: FlashHeadServer, scenario, timeout: float = 300):
-    from websockets.asyncio.server import serve
-
     async def main():
-        async with serve(server.handler, "127.0.0.1", 0, process_request=server.process_request) as srv:
+        async with server.listen("127.0.0.1", 0) as srv:
             return await scenario(srv.sockets[0].getsockname()[1])
 
     try:

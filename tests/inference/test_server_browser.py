@@ -29,12 +29,9 @@ class _ServerThread:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     async def _main(self) -> None:
-        from websockets.asyncio.server import serve
-
         self._stop = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
-        async with serve(self.server.handler, "127.0.0.1", 0, process_request=self.server.process_request,
-                         max_size=2**24) as srv:
+        async with self.server.listen("127.0.0.1", 0) as srv:
             self.port = srv.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stop
