@@ -49,7 +49,7 @@ def test_the_gpu_example_puts_every_frame_stage_in_one_group():
     stages = [s for s in build_stages(cfg) if isinstance(s, Stage)]
     (group,) = [s for s in group_frame_stages(stages) if isinstance(s, FrameGroup)]
     assert group.name == "face_visibility+transition+occlusion+syncnet+asd+face_mask"
-    assert (group.cfg.num_gpus, group.cfg.num_cpus) == (0.2, 3)
+    assert (group.cfg.num_gpus, group.cfg.num_cpus) == (0.125, 1)
 
 
 @pytest.fixture(scope="module")
