@@ -355,7 +355,7 @@ def build_server(args):
                               batch_buckets=tuple(args.batch_buckets) if args.batch_buckets else None)
     admission = AdmissionConfig(max_sessions=args.max_sessions,
                                 realtime_margin=0.85 if args.admission else None)
-    server = FlashHeadServer(models, image, batching=batching, admission=admission)
+    server = FlashHeadServer(models, image, batching=batching, admission=admission, encode_workers=args.encode_workers)
     if args.round_s:
         _simulate_round_time(args.round_s, args.replay_frame_px, args.image, args.replay_content,
                              args.round_s_per_row)
@@ -368,7 +368,8 @@ def build_server(args):
 async def main_async(args) -> dict:
     info: dict = {"variant": args.variant, "device": args.device, "seconds": args.seconds, "round_s": args.round_s, "round_s_per_row": args.round_s_per_row,
                   "streams": args.streams, "stagger": args.stagger, "playout_buffer_s": args.playout_buffer_s,
-                  "compression": args.compression, "client_process": args.client_process}
+                  "compression": args.compression, "client_process": args.client_process,
+                  "encode_workers": args.encode_workers}
     if args.url and args.clients_once:  # the child of --client-process: results only
         t0 = time.perf_counter()
         results = await run_clients(args, args.url, args.clients_once, args.chunk_s)
@@ -424,6 +425,8 @@ def parse_args(argv=None):
                    help="with --round-s: frames of this square size (the released 512) in place of the toy model's")
     p.add_argument("--replay-content", choices=["image", "noise"], default="image",
                    help="with --replay-frame-px: the reference image, shifted per frame, or uniform noise")
+    p.add_argument("--encode-workers", type=int, default=0,
+                   help="FlashHeadServer's MP4 encoding processes (0: threads, the server's default)")
     p.add_argument("--client-process", action="store_true",
                    help="run the clients in a child process (in-process server only), as remote clients are")
     p.add_argument("--clients-once", type=int, default=None, help=argparse.SUPPRESS)

@@ -442,6 +442,9 @@ def serve(
              "batches; adds up to this much latency).")] = 0.0,
     warm_up_batches: Annotated[str, typer.Option(
         help="Batch sizes measured before serving, e.g. 1,4 (default on a GPU: the buckets, or 1; none on the CPU).")] = "",
+    encode_workers: Annotated[int, typer.Option(
+        min=0, help="Processes that encode the MP4 chunks, off the serving process's GIL (0: its threads; "
+                    "workers pay where that GIL is the bottleneck and cores are spare).")] = 0,
     model: ModelOptions = ModelOptions(),
 ) -> None:
     """Serve live sessions over WebSocket: 16 kHz PCM in, H.264 MP4 chunks out, sessions batched.
@@ -473,7 +476,8 @@ def serve(
                    "warmed up before serving (with --dynamic-batch they share one compile)", err=True)
     asyncio.run(serve_forever(models, model.reference(picture, cfg, image), host, port, streaming=cfg, seed=model.seed,
                               batching=batching, admission=admission, warm_up=warm,
-                              after_warm_up=lambda: model.save_compile_artifacts(models)))
+                              after_warm_up=lambda: model.save_compile_artifacts(models),
+                              encode_workers=encode_workers))
 
 
 def _persistent_compile_cache() -> None:

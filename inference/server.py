@@ -25,7 +25,8 @@ Concurrency: a :class:`~vividhead.inference.batching.BatchScheduler` owns the mo
 thread and batches the waiting chunks of all sessions per round. Per connection, a receive loop
 splits the PCM into chunks, a generate loop submits each to the scheduler as soon as its audio is
 complete (the scheduler runs at most one chunk of a session per round, in order), and a send loop
-awaits them in order, encodes the MP4s (thread pool, parallel across sessions) and sends them.
+awaits them in order, encodes the MP4s (threads, or worker processes off this process's GIL:
+:class:`~vividhead.inference.chunk_encoder.ChunkEncoder`; parallel across sessions) and sends them.
 
 Admission control (:class:`AdmissionConfig`): a new connection is refused when ``max_sessions`` are
 open, or when the measured cost of one round of ``n + 1`` sessions (:class:`ChunkCostModel`, filled
@@ -52,8 +53,8 @@ from typing import Callable
 import numpy as np
 
 from vividhead.inference.batching import BatchingConfig, BatchScheduler
+from vividhead.inference.chunk_encoder import ChunkEncoder
 from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
-from vividhead.media import encode_mp4_bytes
 from vividhead.models.configs import StreamingConfig
 
 logger = logging.getLogger(__name__)
@@ -123,12 +124,14 @@ class FlashHeadServer:
         streaming: chunk geometry of every session (default: the variant's), e.g. with ``fast_start``.
         batching: how chunks of concurrent sessions are batched.
         admission: when new sessions are refused.
+        encode_workers: processes that encode the MP4 chunks (0: threads of this process; see
+            :class:`~vividhead.inference.chunk_encoder.ChunkEncoder`).
     """
 
     def __init__(
         self, models: FlashHeadModels, reference_image: np.ndarray, seed: int = 42,
         streaming: StreamingConfig | None = None, batching: BatchingConfig | None = None,
-        admission: AdmissionConfig | None = None,
+        admission: AdmissionConfig | None = None, encode_workers: int = 0,
     ) -> None:
         self.models = models
         self.reference_image = reference_image
@@ -138,6 +141,7 @@ class FlashHeadServer:
         self.admission = admission or AdmissionConfig()
         self.scheduler = BatchScheduler(self.batching, frame_num=self.streaming.frame_num,
                                         open_sessions=lambda: self.active_sessions)
+        self.encoder = ChunkEncoder(encode_workers)
         self.active_sessions = 0
         self.refused_sessions = 0
 
@@ -195,8 +199,9 @@ class FlashHeadServer:
         return self.scheduler.cost.medians()
 
     def close(self) -> None:
-        """Stop the batch scheduler (after the work already queued)."""
+        """Stop the batch scheduler (after the work already queued) and the MP4 encoding workers."""
         self.scheduler.close()
+        self.encoder.close()
 
     # -- HTTP: the demo page --------------------------------------------------------------------
     def process_request(self, connection, request):
@@ -344,7 +349,7 @@ class FlashHeadServer:
                 except Exception as exc:  # the round failed (logged by the scheduler); say so, go on
                     await ws.send(json.dumps({"type": "error", "message": f"chunk {index} failed: {exc}"}))
                     continue
-                data = await asyncio.to_thread(encode_mp4_bytes, frames, fps)
+                data = await self.encoder.encode(frames, fps)
                 await ws.send(json.dumps({"type": "video", "index": index, "first_frame": cursor,
                                           "frames": int(frames.shape[0])}))
                 await ws.send(data)
@@ -371,14 +376,15 @@ async def serve_forever(
     models: FlashHeadModels, reference_image: np.ndarray, host: str, port: int,
     streaming: StreamingConfig | None = None, seed: int = 42, batching: BatchingConfig | None = None,
     admission: AdmissionConfig | None = None, warm_up: tuple[int, ...] = (),
-    after_warm_up: Callable[[], None] | None = None,
+    after_warm_up: Callable[[], None] | None = None, encode_workers: int = 0,
 ) -> None:
-    """Run the server until cancelled (``streaming``, ``seed``, ``batching``, ``admission``: see
+    """Run the server until cancelled (``streaming``, ``seed``, ``batching``, ``admission``,
+    ``encode_workers``: see
     :class:`FlashHeadServer`; ``warm_up``: batch sizes measured before the port opens, see
     :meth:`FlashHeadServer.warm_up`; ``after_warm_up``: called once after it, before the port opens,
     e.g. to save the compile artifacts)."""
     server = FlashHeadServer(models, reference_image, seed=seed, streaming=streaming, batching=batching,
-                             admission=admission)
+                             admission=admission, encode_workers=encode_workers)
     try:
         if warm_up:
             logger.info("warm-up at batch sizes %s", warm_up)

@@ -32,3 +32,18 @@ def test_serve_load_two_clients(audio_dir, image_dir, tmp_path):
     assert point["fps_median"] > 0 and point["server"]["rounds"] >= 3
     assert point["server"]["recompiles"] == 0  # nothing compiled while serving (on a GPU: after warm-up)
     assert out.read_text().count("\n") == 1
+
+
+def test_serve_load_remote_clients_and_encoding_workers(audio_dir, image_dir):
+    """The clients in a child process (``--client-process``) and the MP4s encoded by a worker process
+    (``--encode-workers 1``): every frame still arrives, and the point carries the event loop's lag
+    and the chunk size."""
+    result = _load().main([
+        "--variant", "tiny-pro", "--device", "cpu", "--streams", "1", "--seconds", "2",
+        "--audio", str(audio_dir / "speech_en_60s_16k.wav"), "--image", str(image_dir / "face_frontal_happy_256.png"),
+        "--timeout-s", "120", "--client-process", "--encode-workers", "1",
+    ])
+    (point,) = result["curve"]
+    assert (point["served"], point["errors"]) == (1, [])
+    assert point["frames"] == 50
+    assert point["mp4_kib_per_chunk"] > 0 and point["loop_lag_p95_s"] is not None

@@ -1,0 +1,84 @@
+"""MP4 encoding of streamed chunks in worker processes, off the serving process's GIL.
+
+The server's event loop, its batch scheduler's thread and the encoders all need the one GIL of the
+serving process. PyAV's H.264 encode releases it inside libx264 but takes it back for every frame's
+conversion and every muxed packet, and a thread that gets the GIL back only after the switch
+interval (5 ms) behind a busy thread crawls: on the development machine, one pure-Python thread
+beside an encode made a 512x512x24 chunk of noise take 0.61 s instead of 0.29 s, and 0.45 s with a
+0.2 ms switch interval (so much of the loss is GIL hand-over, not CPU). Worker processes have their
+own GIL, but the frames travel to them pickled (18.9 MB per Lite chunk): 18.6 ms of the serving
+process's CPU per chunk on the development machine, against 42 ms for the whole encode of a face-like
+chunk in a thread. So threads stay the default; workers pay where the serving process's GIL is the
+bottleneck and cores are spare (compare both with ``benchmarks/serve_load.py --encode-workers``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from vividhead.media import encode_mp4_bytes
+
+logger = logging.getLogger(__name__)
+
+
+class ChunkEncoder:
+    """Encodes uint8 ``[N, H, W, 3]`` RGB frames to standalone H.264 MP4 bytes
+    (:func:`vividhead.media.encode_mp4_bytes`) in this process's default thread pool (``workers=0``,
+    the default) or in ``workers`` spawned processes (a program that starts the server must then
+    guard its entry point with ``if __name__ == "__main__":``, as spawned processes import it).
+
+    A worker that dies (killed, out of memory) breaks the pool; the next encode starts a new pool
+    and retries once, so one lost worker costs one chunk's delay, not the session.
+
+    Args:
+        workers: worker processes (0: threads of this process).
+
+    Raises:
+        ValueError: ``workers < 0``.
+    """
+
+    def __init__(self, workers: int = 0) -> None:
+        if workers < 0:
+            raise ValueError(f"encode workers must be >= 0, got {workers}")
+        self.workers = workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    async def encode(self, frames: np.ndarray, fps: int) -> bytes:
+        """The MP4 bytes of ``frames`` (uint8 ``[N, H, W, 3]``) at ``fps`` frames per second.
+
+        Raises:
+            BrokenProcessPool: a fresh pool broke too.
+        """
+        loop = asyncio.get_running_loop()
+        if self.workers == 0:
+            return await loop.run_in_executor(None, encode_mp4_bytes, frames, fps)
+        pool = self._executor()
+        try:
+            return await loop.run_in_executor(pool, encode_mp4_bytes, frames, fps)
+        except BrokenProcessPool:
+            logger.warning("an MP4 encoding worker died; starting a new pool and encoding the chunk again")
+            if self._pool is pool:
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+            return await loop.run_in_executor(self._executor(), encode_mp4_bytes, frames, fps)
+
+    def close(self) -> None:
+        """Stop the workers (chunks being encoded are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+__all__ = ["ChunkEncoder"]
