@@ -20,6 +20,7 @@ from vividhead.training.trainers.config import (
     ParallelConfig,
 )
 from vividhead.training.trainers.distributed import (
+    CheckpointedModule,
     DistEnv,
     apply_activation_checkpointing,
     set_attention_backend,
@@ -158,8 +159,19 @@ def test_wrap_model_checkpoints_trainable_networks_only():
     trained, frozen = tiny_dit(), tiny_dit()
     wrap_model(trained, trained.blocks, cfg, CPU)
     wrap_model(frozen, frozen.blocks, cfg, CPU, trainable=False)
-    assert ["forward" in vars(b) for b in trained.blocks] == [True, False, True, False]
-    assert not any("forward" in vars(m) for m in frozen.modules())
+    assert [isinstance(b, CheckpointedModule) for b in trained.blocks] == [True, False, True, False]
+    assert not any(isinstance(m, CheckpointedModule) for m in frozen.modules())
+    assert trained.state_dict().keys() == frozen.state_dict().keys()
+
+
+def test_wrapping_twice_checkpoints_once():
+    model = tiny_dit()
+    apply_activation_checkpointing(model.blocks, "attention")
+    apply_activation_checkpointing(model.blocks, "attention")
+    assert type(model.blocks[0].self_attn).__mro__.count(CheckpointedModule) == 1
+    calls = count_calls(model)
+    loss_and_grads(model)
+    assert calls["0.self_attn"] == 2
 
 
 def test_unknown_mode_and_missing_attention_module_raise():
@@ -181,6 +193,32 @@ def test_checkpointing_modes_trace_under_torch_compile(mode):
     for blk in model.blocks:
         blk.compile(backend="aot_eager", fullgraph=True, dynamic=False)
     assert_same(ref, loss_and_grads(model), 1e-5)
+
+
+#: Graphs per-block ``torch.compile`` traces for 12 blocks (more than Dynamo's recompile limit of 8).
+EXPECTED_GRAPHS = {"none": 1, "all": 1, "every_other": 2, "attention": 1, "save_matmuls": 1}
+
+
+@pytest.mark.parametrize("mode", CHECKPOINTING_MODES)
+def test_checkpointing_modes_compile_every_block_without_recompiling(mode):
+    """All blocks share one compiled graph per wrapped class: nothing in a wrapped block may be a
+    per-block object that Dynamo guards by identity, or each block recompiles the same code until
+    ``recompile_limit`` and the blocks after it run eager."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = FlashHeadTransformer.from_config_dataclass(dataclasses.replace(TINY_DIT, num_layers=12)).float().train()
+    apply_activation_checkpointing(model.blocks, mode)
+    for blk in model.blocks:
+        blk.compile(backend="aot_eager", dynamic=False)
+    x, t, context, y, _ = dit_inputs()
+    for _ in range(2):
+        model(x, t, context, y).square().mean().backward()
+    assert counters["stats"]["unique_graphs"] == EXPECTED_GRAPHS[mode]
+    assert counters["frames"]["total"] == counters["frames"]["ok"] == EXPECTED_GRAPHS[mode]
+    assert not counters["graph_break"]
 
 
 def _train_two_steps(model: FlashHeadTransformer, dit: torch.nn.Module, rows: slice) -> None:
