@@ -6,10 +6,11 @@ conversion and every muxed packet, and a thread that gets the GIL back only afte
 interval (5 ms) behind a busy thread crawls: on the development machine, one pure-Python thread
 beside an encode made a 512x512x24 chunk of noise take 0.61 s instead of 0.29 s, and 0.45 s with a
 0.2 ms switch interval (so much of the loss is GIL hand-over, not CPU). Worker processes have their
-own GIL, but the frames travel to them pickled (18.9 MB per Lite chunk): 18.6 ms of the serving
-process's CPU per chunk on the development machine, against 42 ms for the whole encode of a face-like
-chunk in a thread. So threads stay the default; workers pay where the serving process's GIL is the
-bottleneck and cores are spare (compare both with ``benchmarks/serve_load.py --encode-workers``).
+own GIL; the frames reach them through reused shared-memory blocks (one 18.9 MB copy per Lite
+chunk; pickled, they cost 18.6 ms of the serving process's CPU per chunk on the development
+machine, against 42 ms for the whole encode of a face-like chunk in a thread). Threads stay the default; workers pay where
+the serving process's GIL is the bottleneck and cores are spare (compare both with
+``benchmarks/serve_load.py --encode-workers``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,25 @@ import concurrent.futures
 import logging
 import multiprocessing
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import shared_memory
 
 import numpy as np
 
 from vividhead.media import encode_mp4_bytes
 
 logger = logging.getLogger(__name__)
+
+
+def _encode_shared(name: str, shape: tuple[int, ...], fps: int) -> bytes:
+    """Worker side: encode the uint8 frames in shared memory block ``name``."""
+    block = shared_memory.SharedMemory(name=name)
+    try:
+        frames = np.ndarray(shape, dtype=np.uint8, buffer=block.buf)
+        data = encode_mp4_bytes(frames, fps)
+        del frames  # the view must go before the block closes
+        return data
+    finally:
+        block.close()
 
 
 class ChunkEncoder:
@@ -48,6 +62,15 @@ class ChunkEncoder:
             raise ValueError(f"encode workers must be >= 0, got {workers}")
         self.workers = workers
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        # Shared-memory blocks are reused: the first write to a fresh block costs its page faults
+        # (11-19 ms for 18.9 MB on the development machine, against 1 ms for a reused one).
+        self._free: list[shared_memory.SharedMemory] = []
+
+    def _block(self, nbytes: int) -> shared_memory.SharedMemory:
+        for i, block in enumerate(self._free):
+            if block.size >= nbytes:
+                return self._free.pop(i)
+        return shared_memory.SharedMemory(create=True, size=max(1, nbytes))
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
@@ -64,21 +87,31 @@ class ChunkEncoder:
         loop = asyncio.get_running_loop()
         if self.workers == 0:
             return await loop.run_in_executor(None, encode_mp4_bytes, frames, fps)
-        pool = self._executor()
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        block = self._block(frames.nbytes)
         try:
-            return await loop.run_in_executor(pool, encode_mp4_bytes, frames, fps)
-        except BrokenProcessPool:
-            logger.warning("an MP4 encoding worker died; starting a new pool and encoding the chunk again")
-            if self._pool is pool:
-                self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
-            return await loop.run_in_executor(self._executor(), encode_mp4_bytes, frames, fps)
+            np.ndarray(frames.shape, dtype=np.uint8, buffer=block.buf)[...] = frames
+            pool = self._executor()
+            try:
+                return await loop.run_in_executor(pool, _encode_shared, block.name, frames.shape, fps)
+            except BrokenProcessPool:
+                logger.warning("an MP4 encoding worker died; starting a new pool and encoding the chunk again")
+                if self._pool is pool:
+                    self._pool = None
+                    pool.shutdown(wait=False, cancel_futures=True)
+                return await loop.run_in_executor(self._executor(), _encode_shared, block.name, frames.shape, fps)
+        finally:
+            self._free.append(block)
 
     def close(self) -> None:
-        """Stop the workers (chunks being encoded are dropped)."""
+        """Stop the workers (chunks being encoded are dropped) and free the shared memory."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        while self._free:
+            block = self._free.pop()
+            block.close()
+            block.unlink()
 
 
 __all__ = ["ChunkEncoder"]
