@@ -5,7 +5,7 @@
 #
 # Prepare on the development machine: bash benchmarks/stage_curate_gpu_wheels.sh. It writes the parts
 # .carry_cur/p1 .. .carry_cur/pN (wheels, static ffmpeg/ffprobe, fixture videos and weights; about
-# 230 MiB in 4 parts) and prints the device calls: calls 1 .. N-1 (carry [".carry_cur/pK"]) only
+# 236 MiB in 5 parts) and prints the device calls: calls 1 .. N-1 (carry [".carry_cur/pK"]) only
 # copy their part to /tmp/carry on the machine (it stays warm 30 s after a call, so fire them back to
 # back); call N (carry [".carry_cur/pN"], timeout_s 600) is this script, which:
 #   1. copies its own part, checks that every part is in /tmp/carry (else writes an error line and
@@ -90,7 +90,7 @@ if [ -n "$missing" ]; then
 fi
 B=$RUN/bundle
 if [ "$(cat "$B/.sha256" 2>/dev/null)" != "$SHA256" ]; then
-  rm -rf "$B" && mkdir -p "$B"
+  rm -rf "$B" "$RUN/bin" && mkdir -p "$B"
   cat $(for i in $(seq 1 "$PARTS"); do echo "$CARRY/p$i/bundle.part$(printf %02d "$i")"; done) > "$RUN/bundle.tar"
   got=$(sha256sum "$RUN/bundle.tar" | cut -d' ' -f1)
   if [ "$got" != "$SHA256" ]; then
@@ -118,6 +118,12 @@ else
     [ -x "$RUN/bin/$t" ] || "$PY" -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
       "$B/bin/$t.xz" "$RUN/bin/$t"
     chmod +x "$RUN/bin/$t"
+    want=$(sed -n 2p "$B/bin/$t.src" 2>/dev/null)  # the binary's SHA-256, as staged
+    if [ -n "$want" ] && [ "$(sha256sum "$RUN/bin/$t" | cut -d' ' -f1)" != "$want" ]; then
+      rm -f "$RUN/bin/$t"
+      line '{"kind": "error", "error": "carried '"$t"' does not match the SHA-256 in bin/'"$t"'.src"}'
+      exit 3
+    fi
   done
   FFMPEG=$RUN/bin/ffmpeg FFPROBE=$RUN/bin/ffprobe
   export PATH=$RUN/bin:$PATH

