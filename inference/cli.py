@@ -443,8 +443,8 @@ def serve(
     warm_up_batches: Annotated[str, typer.Option(
         help="Batch sizes measured before serving, e.g. 1,4 (default on a GPU: the buckets, or 1; none on the CPU).")] = "",
     encode_workers: Annotated[int, typer.Option(
-        min=0, help="Processes that encode the MP4 chunks, off the serving process's GIL (0: its threads; "
-                    "workers pay where that GIL is the bottleneck and cores are spare).")] = 0,
+        help="Processes that encode the MP4 chunks, off the serving process's GIL (0: its threads; "
+             "workers pay where that GIL is the bottleneck and cores are spare).")] = 0,
     model: ModelOptions = ModelOptions(),
 ) -> None:
     """Serve live sessions over WebSocket: 16 kHz PCM in, H.264 MP4 chunks out, sessions batched.
@@ -465,6 +465,8 @@ def serve(
     admission = AdmissionConfig(max_sessions=max_sessions,
                                 realtime_margin=realtime_margin if realtime_margin < 1 else None,
                                 load_window_s=load_window_s if load_window_s > 0 else None)
+    if encode_workers < 0:
+        raise typer.BadParameter(f"must be >= 0, got {encode_workers}", param_hint="--encode-workers")
     picture = read_image_option(image)  # checked before any model loads
     model = model.prepare()
     models = model.load()

@@ -63,6 +63,15 @@ def test_infer_cli_requires_weights(tmp_path):
     assert result.exit_code != 0
 
 
+def test_serve_refuses_negative_encode_workers_before_loading(tmp_path):
+    """A bad --encode-workers is refused before the image is read or any weights load."""
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["serve", "--image", str(tmp_path / "missing.png"), "--encode-workers", "-1",
+                                      "--device", "cpu", "--random-weights"])
+    assert result.exit_code == 2 and "--encode-workers" in result.output, result.output
+
+
 def test_websocket_server_loopback(tiny_pro_fast_vae, ref_image, speech):
     """A real websockets client on loopback: PCM in, MP4 chunks out, errors for bad messages,
     flush and reset, and a second concurrent connection with its own session."""
