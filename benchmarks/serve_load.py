@@ -377,6 +377,7 @@ async def main_async(args) -> dict:
     if args.url:
         return {**info, "url": args.url, "curve": await run_sweep(args, args.url)}
     server, setup = await asyncio.to_thread(build_server, args)
+    await server.encoder.start()
     info.update(setup, batching=asdict(server.batching), admission=asdict(server.admission),
                 chunk_s=server.chunk_seconds)
     if args.device == "cuda":

@@ -78,6 +78,13 @@ class ChunkEncoder:
                 self.workers, mp_context=multiprocessing.get_context("spawn"))
         return self._pool
 
+    async def start(self) -> None:
+        """Start the worker processes now, so that the first sessions' chunks do not wait for them
+        to spawn and import PyAV (a no-op with threads)."""
+        if self.workers:
+            blank = np.zeros((1, 16, 16, 3), dtype=np.uint8)
+            await asyncio.gather(*(self.encode(blank, 25) for _ in range(self.workers)))
+
     async def encode(self, frames: np.ndarray, fps: int) -> bytes:
         """The MP4 bytes of ``frames`` (uint8 ``[N, H, W, 3]``) at ``fps`` frames per second.
 

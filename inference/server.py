@@ -392,6 +392,7 @@ async def serve_forever(
             logger.info("warm-up: seconds per round %s (chunk %.2f s)", medians, server.chunk_seconds)
         if after_warm_up is not None:
             await asyncio.to_thread(after_warm_up)
+        await server.encoder.start()
         async with server.listen(host, port) as ws_server:
             logger.info("serving on ws://%s:%d (demo page: http://%s:%d/)", host, port, host, port)
             await ws_server.serve_forever()

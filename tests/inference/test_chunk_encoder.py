@@ -37,6 +37,15 @@ def test_worker_processes_encode_what_this_process_encodes(frames):
     assert data == encode_mp4_bytes(frames, 25)  # libx264 is deterministic at these settings
 
 
+def test_start_spawns_every_worker_before_the_first_chunk():
+    enc = ChunkEncoder(workers=2)
+    try:
+        asyncio.run(enc.start())
+        assert len(enc._pool._processes) == 2
+    finally:
+        enc.close()
+
+
 def test_threads_by_default(frames):
     enc = ChunkEncoder()
     assert count_video_frames(asyncio.run(enc.encode(frames, 25))) == 12
