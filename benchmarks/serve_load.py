@@ -361,6 +361,12 @@ def build_server(args):
                              args.round_s_per_row)
     t0 = time.perf_counter()
     warm = server.warm_up(tuple(args.warm_up), rounds=1) if args.warm_up else {}
+    if args.round_s:  # admission and the reported medians see the replayed round costs, not the toy model's
+        from vividhead.inference.batching import ChunkCostModel
+
+        server.scheduler.cost = ChunkCostModel()
+        for b in batching.batch_buckets or range(1, batching.max_batch + 1):
+            server.scheduler.cost.observe(b, args.round_s + args.round_s_per_row * b)
     return server, {"optimize": applied, "warm_up_s": time.perf_counter() - t0,
                     "warm_up_round_s": {str(k): round(v, 4) for k, v in warm.items()}}
 
