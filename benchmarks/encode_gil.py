@@ -26,22 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from serve_load import FIXTURE_AUDIO, replay_frames  # this folder is on sys.path when run as a script
 
 from vividhead.inference.chunk_encoder import ChunkEncoder
-from vividhead.media import read_image
 
-FIXTURE_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "media" / "image" / "face_frontal_people0.png"
-
-
-def chunk(content: str, image: Path) -> np.ndarray:
-    """uint8 ``[24, 512, 512, 3]``: the portrait shifted 2 px per frame, or uniform noise."""
-    if content == "noise":
-        return np.random.default_rng(0).integers(0, 256, (24, 512, 512, 3), dtype=np.uint8)
-    im = read_image(image)
-    ys = np.linspace(0, im.shape[0] - 1, 512).astype(int)
-    xs = np.linspace(0, im.shape[1] - 1, 512).astype(int)
-    still = np.ascontiguousarray(im[ys][:, xs])
-    return np.stack([np.roll(still, 2 * i, axis=1) for i in range(24)])
+FIXTURE_IMAGE = FIXTURE_AUDIO.parents[1] / "image" / "face_frontal_people0.png"
 
 
 def launch_bound(ops: int) -> float:
@@ -95,7 +84,7 @@ def main(argv=None) -> dict:
     p.add_argument("--image", type=Path, default=FIXTURE_IMAGE)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    frames = chunk(args.content, args.image)
+    frames = replay_frames(args.content, args.image, 512, 24)
     launch_bound(args.ops // 10)  # warm
     alone, threads, procs = [], [], []
     for _ in range(args.repeats):

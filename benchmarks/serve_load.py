@@ -84,6 +84,7 @@ async def run_client(url: str, k: int, pcm: np.ndarray, start_delay_s: float, pl
     res = ClientResult(k)
     await asyncio.sleep(start_delay_s)
     t_connect = time.perf_counter()
+    # max_size: the server's MAX_MESSAGE_BYTES, not imported (a client-only run needs no torch)
     async with connect(url, max_size=2**24, open_timeout=timeout_s) as ws:
         hello = json.loads(await ws.recv())
         if hello.get("type") != "ready":
@@ -292,6 +293,21 @@ async def run_sweep(args, url: str, server=None) -> list[dict]:
     return curve
 
 
+def replay_frames(content: str, image: Path, frame_px: int, n: int, seed: int = 0) -> np.ndarray:
+    """uint8 ``[n, frame_px, frame_px, 3]`` stand-in frames of a chunk: ``image`` resized by nearest
+    pixel and shifted 2 px per frame (``seed`` offsets the shift; face-like, about 60 KiB per 24-frame
+    MP4 at 512), or ``content="noise"``: uniform noise (what random weights give, about 3 MB)."""
+    if content == "noise":
+        return np.random.default_rng(seed).integers(0, 256, (n, frame_px, frame_px, 3), dtype=np.uint8)
+    from vividhead.media import read_image
+
+    im = read_image(image)
+    ys = np.linspace(0, im.shape[0] - 1, frame_px).astype(int)
+    xs = np.linspace(0, im.shape[1] - 1, frame_px).astype(int)
+    still = np.ascontiguousarray(im[ys][:, xs])
+    return np.stack([np.roll(still, 2 * (n * seed + i), axis=1) for i in range(n)])
+
+
 def _simulate_round_time(seconds: float, frame_px: int | None = None, image: Path | None = None,
                          content: str = "image", per_row_s: float = 0.0) -> None:
     """Make every served round of the batch scheduler last at least ``seconds`` plus ``per_row_s``
@@ -306,18 +322,8 @@ def _simulate_round_time(seconds: float, frame_px: int | None = None, image: Pat
     from vividhead.inference import batching
 
     run_group = batching._run_group
-    bank: list[np.ndarray] = []  # made once: making frames inside a round would lengthen it
-    if frame_px and content == "noise":
-        rng = np.random.default_rng(0)
-        bank = [rng.integers(0, 256, (32, frame_px, frame_px, 3), dtype=np.uint8) for _ in range(4)]
-    elif frame_px:
-        from vividhead.media import read_image
-
-        im = read_image(image)
-        ys = np.linspace(0, im.shape[0] - 1, frame_px).astype(int)
-        xs = np.linspace(0, im.shape[1] - 1, frame_px).astype(int)
-        still = np.ascontiguousarray(im[ys][:, xs])
-        bank = [np.stack([np.roll(still, 2 * (32 * k + i), axis=1) for i in range(32)]) for k in range(4)]
+    # made once: making frames inside a round would lengthen it
+    bank = [replay_frames(content, image, frame_px, 32, seed=k) for k in range(4)] if frame_px else []
 
     def timed(jobs, cfg):
         t0 = time.perf_counter()
@@ -372,8 +378,8 @@ def build_server(args):
 
 
 async def main_async(args) -> dict:
-    info: dict = {"variant": args.variant, "device": args.device, "seconds": args.seconds, "round_s": args.round_s, "round_s_per_row": args.round_s_per_row,
-                  "streams": args.streams, "stagger": args.stagger, "playout_buffer_s": args.playout_buffer_s,
+    info: dict = {"variant": args.variant, "device": args.device, "seconds": args.seconds, "round_s": args.round_s,
+                  "round_s_per_row": args.round_s_per_row, "streams": args.streams, "stagger": args.stagger, "playout_buffer_s": args.playout_buffer_s,
                   "compression": args.compression, "client_process": args.client_process,
                   "encode_workers": args.encode_workers}
     if args.url and args.clients_once:  # the child of --client-process: results only
@@ -435,7 +441,7 @@ def parse_args(argv=None):
     p.add_argument("--encode-workers", type=int, default=0,
                    help="FlashHeadServer's MP4 encoding processes (0: threads, the server's default)")
     p.add_argument("--client-process", action="store_true",
-                   help="run the clients in a child process (in-process server only), as remote clients are")
+                   help="run the clients in a child process, as remote clients are")
     p.add_argument("--clients-once", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--chunk-s", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--compression", choices=["none", "deflate"], default="none",

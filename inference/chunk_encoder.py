@@ -1,4 +1,4 @@
-"""MP4 encoding of streamed chunks in worker processes, off the serving process's GIL.
+"""MP4 encoding of streamed chunks: in threads of the serving process, or in worker processes off its GIL.
 
 The server's event loop, its batch scheduler's thread and the encoders all need the one GIL of the
 serving process. PyAV's H.264 encode releases it inside libx264 but takes it back for every frame's
@@ -8,9 +8,9 @@ beside an encode made a 512x512x24 chunk of noise take 0.61 s instead of 0.29 s,
 0.2 ms switch interval (so much of the loss is GIL hand-over, not CPU). Worker processes have their
 own GIL; the frames reach them through reused shared-memory blocks (one 18.9 MB copy per Lite
 chunk; pickled, they cost 18.6 ms of the serving process's CPU per chunk on the development
-machine, against 42 ms for the whole encode of a face-like chunk in a thread). Threads stay the default; workers pay where
-the serving process's GIL is the bottleneck and cores are spare (compare both with
-``benchmarks/serve_load.py --encode-workers``).
+machine, against 42 ms for the whole encode of a face-like chunk in a thread). Threads stay the
+default; workers pay where the serving process's GIL is the bottleneck and cores are spare (compare
+both with ``benchmarks/serve_load.py --encode-workers`` and ``benchmarks/encode_gil.py``).
 """
 
 from __future__ import annotations
@@ -65,12 +65,15 @@ class ChunkEncoder:
         # Shared-memory blocks are reused: the first write to a fresh block costs its page faults
         # (11-19 ms for 18.9 MB on the development machine, against 1 ms for a reused one).
         self._free: list[shared_memory.SharedMemory] = []
+        self._blocks: list[shared_memory.SharedMemory] = []  # every block made, freed at close()
 
     def _block(self, nbytes: int) -> shared_memory.SharedMemory:
         for i, block in enumerate(self._free):
             if block.size >= nbytes:
                 return self._free.pop(i)
-        return shared_memory.SharedMemory(create=True, size=max(1, nbytes))
+        block = shared_memory.SharedMemory(create=True, size=max(1, nbytes))
+        self._blocks.append(block)
+        return block
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
@@ -115,10 +118,10 @@ class ChunkEncoder:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        while self._free:
-            block = self._free.pop()
+        for block in self._blocks:  # also those of encodes a closed connection left running
             block.close()
             block.unlink()
+        self._blocks, self._free = [], []
 
 
 __all__ = ["ChunkEncoder"]

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+from multiprocessing import shared_memory
 
 import numpy as np
 import pytest
@@ -30,9 +31,13 @@ def test_worker_processes_encode_what_this_process_encodes(frames):
     try:
         data = asyncio.run(enc.encode(frames, 25))
         worker_pids = set(enc._pool._processes)
+        names = [b.name for b in enc._blocks]
     finally:
         enc.close()
     assert os.getpid() not in worker_pids and len(worker_pids) == 1
+    assert len(names) == 1
+    with pytest.raises(FileNotFoundError):  # close() freed the shared memory
+        shared_memory.SharedMemory(name=names[0])
     assert count_video_frames(data) == 12
     assert data == encode_mp4_bytes(frames, 25)  # libx264 is deterministic at these settings
 
