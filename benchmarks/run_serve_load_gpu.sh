@@ -34,15 +34,19 @@ lite_eager)  # Lite eager (no compilation)
   run lite_eager $(left 80) --variant lite --warm-up 1 4 --streams 1 4 8 16;;
 pro_fast)  # Pro, compiled DiT (CUDA graphs) + accelerated Wan VAE, DiT batches padded to 1 or 2
   run pro_fast $(left ${PRO_LIMIT:-160}) --variant pro --optimize --cuda-graphs --batch-buckets 1 2 --vae-batch 2 \
-    --warm-up 1 2 --streams ${PRO_STREAMS:-1 2 3};;
+    --warm-up 1 2 --profile-round 2 --streams ${PRO_STREAMS:-1 2 3};;
 lite_fast)  # Lite, compiled DiT replayed as CUDA graphs + compiled LTX VAE, DiT batches padded to 16
             # (flushes run alone: 1)
   run lite_fast $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --batch-buckets 16 --vae-batch 4 \
-    --warm-up 1 16 --streams ${LITE_STREAMS:-8 16 20};;
+    --warm-up 1 16 --profile-round 16 --streams ${LITE_STREAMS:-8 16 20};;
+lite_fast_threads)  # lite_fast again with the MP4 encodes in threads (after a lite_fast with ENCODE_WORKERS set:
+                    # the A/B of the encoders in one call; the compile cache is warm by then)
+  run lite_fast_threads $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --batch-buckets 16 \
+    --vae-batch 4 --warm-up 1 16 --encode-workers 0 --streams ${THREADS_STREAMS:-16};;
 lite_buckets)  # Lite as lite_fast, DiT and LTX coders compiled once for any batch (--dynamic-batch), rounds
                # padded to the next of 1 / 2 / 4 / 8 / 16: a round's cost is close to linear in its rows, so
                # back-to-back rounds stay short (a CPU replay of that cost: latency p95 1.16 s against
                # 1.96 s with 16 alone)
   run lite_buckets $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --dynamic-batch \
-    --batch-buckets 1 2 4 8 16 --vae-batch 4 --warm-up 1 2 4 8 16 --streams ${LITE_STREAMS:-8 16 20};;
+    --batch-buckets 1 2 4 8 16 --vae-batch 4 --warm-up 1 2 4 8 16 --profile-round 16 --streams ${LITE_STREAMS:-8 16 20};;
 esac; done

@@ -373,8 +373,37 @@ def build_server(args):
         server.scheduler.cost = ChunkCostModel()
         for b in batching.batch_buckets or range(1, batching.max_batch + 1):
             server.scheduler.cost.observe(b, args.round_s + args.round_s_per_row * b)
-    return server, {"optimize": applied, "warm_up_s": time.perf_counter() - t0,
-                    "warm_up_round_s": {str(k): round(v, 4) for k, v in warm.items()}}
+    setup = {"optimize": applied, "warm_up_s": time.perf_counter() - t0,
+             "warm_up_round_s": {str(k): round(v, 4) for k, v in warm.items()}}
+    if args.profile_round:
+        setup["profile_round"] = server.scheduler.call(
+            lambda: profile_round(models, image, args.profile_round, batching)).result()
+    return server, setup
+
+
+def profile_round(models, image: np.ndarray, batch: int, batching, rounds: int = 3) -> dict:
+    """Per-part seconds of a standard round of ``batch`` sessions, device-synchronised between parts
+    (``StreamingSession(profile=True)``: the audio encode then runs on the main stream, not beside the
+    motion encode). Runs after the warm-up at that batch size, so nothing compiles here.
+
+    Returns:
+        ``{"batch", "rounds", part: median seconds}`` for audio, encode (motion frames), dit,
+        decode (LTX/Wan decode and colour), other (host copy and bookkeeping), total.
+    """
+    from vividhead.inference.pipeline import StreamingSession, advance
+
+    cfg = models.variant.streaming
+    sessions = [StreamingSession(models, image, seed=i, streaming=cfg, profile=True) for i in range(batch)]
+    rng = np.random.default_rng(0)
+    parts = ("audio", "encode", "dit", "decode", "other", "total")
+    seen: dict[str, list[float]] = {k: [] for k in parts}
+    for r in range(2 + rounds):  # the cold-start chunk, one standard round, then the measured ones
+        n = cfg.chunk_frames(r)[1] * cfg.samples_per_frame
+        advance(sessions, [(rng.standard_normal(n) * 0.1).astype(np.float32) for _ in sessions], batching)
+        if r >= 2:
+            for k in parts:
+                seen[k].append(getattr(sessions[0].timings, k))
+    return {"batch": batch, "rounds": rounds, **{k: round(float(np.median(v)), 4) for k, v in seen.items()}}
 
 
 async def main_async(args) -> dict:
@@ -430,6 +459,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-buckets", type=int, nargs="*", default=None)
     p.add_argument("--gather-s", type=float, default=0.0, help="BatchingConfig.gather_s")
     p.add_argument("--warm-up", type=int, nargs="*", default=[1], help="batch sizes measured before the sweep")
+    p.add_argument("--profile-round", type=int, default=None, metavar="B",
+                   help="after the warm-up, time each part of a standard round of B sessions (device-synchronised)")
     p.add_argument("--round-s", type=float, default=None,
                    help="simulate a device round: each served round lasts at least this long (seconds)")
     p.add_argument("--round-s-per-row", type=float, default=0.0,

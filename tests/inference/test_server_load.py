@@ -23,8 +23,11 @@ def test_serve_load_two_clients(audio_dir, image_dir, tmp_path):
     result = _load().main([
         "--variant", "tiny-pro", "--device", "cpu", "--streams", "2", "--seconds", "3",
         "--audio", str(audio_dir / "speech_en_60s_16k.wav"), "--image", str(image_dir / "face_frontal_happy_256.png"),
-        "--timeout-s", "120", "--out", str(out),
+        "--timeout-s", "120", "--out", str(out), "--profile-round", "2",
     ])
+    prof = result["profile_round"]  # one synchronised round of 2 sessions, by part
+    assert prof["batch"] == 2 and prof["dit"] > 0 and prof["decode"] > 0
+    assert prof["total"] >= prof["dit"] + prof["decode"]
     (point,) = result["curve"]
     assert (point["streams"], point["served"], point["refused"], point["errors"]) == (2, 2, 0, [])
     assert point["frames"] == 2 * 75  # 3 s at 25 fps: two 28-frame chunks and a 19-frame flush, per client
