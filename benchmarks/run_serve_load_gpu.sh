@@ -11,7 +11,8 @@
 # Usage (device tool, kind nvidia-h200, carry [".whl_serve", ".carry_serve"]): bash benchmarks/run_serve_load_gpu.sh
 #   STEPS="lite_fast pro_fast" LITE_LIMIT=460 PRO_LIMIT=300 bash benchmarks/run_serve_load_gpu.sh  (one run after
 #   the other inside BUDGET=570 s; each limit is cut to what is left); CLIENT_S=20: seconds of speech per client
-#   (default 6)
+#   (default 6); LITE_EXTRA / LITE_EXTRA2: serve_load arguments appended to lite_fast and lite_buckets / lite_fast2
+#   (e.g. "--vae-batch 8", "--fp8"; a later --vae-batch wins)
 set -u
 export PYTHONUNBUFFERED=1
 WHEELS=.whl_serve source benchmarks/device_env.sh
@@ -38,7 +39,10 @@ pro_fast)  # Pro, compiled DiT (CUDA graphs) + accelerated Wan VAE, DiT batches 
 lite_fast)  # Lite, compiled DiT replayed as CUDA graphs + compiled LTX VAE, DiT batches padded to 16
             # (flushes run alone: 1)
   run lite_fast $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --batch-buckets 16 --vae-batch 4 \
-    --warm-up 1 16 --profile-round 16 --streams ${LITE_STREAMS:-8 16 20};;
+    --warm-up 1 16 --profile-round 16 --streams ${LITE_STREAMS:-8 16 20} ${LITE_EXTRA:-};;
+lite_fast2)  # lite_fast again with LITE_EXTRA2 appended (a second configuration in the same call, e.g. --fp8)
+  run lite_fast2 $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --batch-buckets 16 --vae-batch 4 \
+    --warm-up 1 16 --profile-round 16 --streams ${LITE_STREAMS:-8 16 20} ${LITE_EXTRA2:-};;
 lite_fast_threads)  # lite_fast again with the MP4 encodes in threads (after a lite_fast with ENCODE_WORKERS set:
                     # the A/B of the encoders in one call; the compile cache is warm by then)
   run lite_fast_threads $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --batch-buckets 16 \
@@ -48,5 +52,5 @@ lite_buckets)  # Lite as lite_fast, DiT and LTX coders compiled once for any bat
                # back-to-back rounds stay short (a CPU replay of that cost: latency p95 1.16 s against
                # 1.96 s with 16 alone)
   run lite_buckets $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --dynamic-batch \
-    --batch-buckets 1 2 4 8 16 --vae-batch 4 --warm-up 1 2 4 8 16 --profile-round 16 --streams ${LITE_STREAMS:-8 16 20};;
+    --batch-buckets 1 2 4 8 16 --vae-batch 4 --warm-up 1 2 4 8 16 --profile-round 16 --streams ${LITE_STREAMS:-8 16 20} ${LITE_EXTRA:-};;
 esac; done

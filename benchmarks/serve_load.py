@@ -355,7 +355,7 @@ def build_server(args):
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     models = FlashHeadModels.random(variant, device=args.device, dtype=dtype, tiny_encoders=toy)
-    applied = models.optimize(cuda_graphs=args.cuda_graphs, dynamic_batch=args.dynamic_batch) if args.optimize else {}
+    applied = models.optimize(cuda_graphs=args.cuda_graphs, dynamic_batch=args.dynamic_batch, fp8=args.fp8) if args.optimize else {}
     image = read_image(args.image)
     batching = BatchingConfig(max_batch=args.max_batch, vae_batch=args.vae_batch, gather_s=args.gather_s,
                               batch_buckets=tuple(args.batch_buckets) if args.batch_buckets else None)
@@ -455,6 +455,7 @@ def parse_args(argv=None):
                    help="spread client starts over one chunk duration (default) or start all at once")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--vae-batch", type=int, default=4)
+    p.add_argument("--fp8", action="store_true", help="with --optimize: FP8 GEMMs in the DiT blocks (opt-in in serve)")
     p.add_argument("--dynamic-batch", action="store_true", help="with --optimize: one graph for batches >= 2")
     p.add_argument("--batch-buckets", type=int, nargs="*", default=None)
     p.add_argument("--gather-s", type=float, default=0.0, help="BatchingConfig.gather_s")
