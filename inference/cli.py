@@ -441,7 +441,8 @@ def serve(
         help="A round waits up to this long for the chunks of the other open sessions (fewer, larger "
              "batches; adds up to this much latency).")] = 0.0,
     warm_up_batches: Annotated[str, typer.Option(
-        help="Batch sizes measured before serving, e.g. 1,4 (default on a GPU: the buckets, or 1; none on the CPU).")] = "",
+        help="Batch sizes measured before serving, e.g. 1,4 (default on a GPU: the buckets; with "
+             "--dynamic-batch and no buckets every size up to --max-batch; else 1; none on the CPU).")] = "",
     encode_workers: Annotated[int, typer.Option(
         help="Processes that encode the MP4 chunks, off the serving process's GIL (0: its threads; "
              "workers pay where that GIL is the bottleneck and cores are spare).")] = 0,
@@ -471,15 +472,33 @@ def serve(
     model = model.prepare()
     models = model.load()
     cfg = model.streaming(models)
-    warm = sizes(warm_up_batches) or ((batching.batch_buckets or (1,)) if models.device.type == "cuda" else ())
-    if models.cuda_graphs and batching.batch_buckets is None and batching.max_batch > 1:
+    warm = sizes(warm_up_batches) or default_warm_up(batching, models.device.type, model.dynamic_batch)
+    if models.cuda_graphs and batching.batch_buckets is None and batching.max_batch > 1 and not model.dynamic_batch:
         typer.echo("warning: no --batch-buckets: each new number of concurrent sessions compiles the DiT while "
                    "serving (tens of seconds; every session stalls); pass e.g. --batch-buckets 1,2,4,8,16, "
-                   "warmed up before serving (with --dynamic-batch they share one compile)", err=True)
+                   "warmed up before serving, or --dynamic-batch (one compile for every size)", err=True)
     asyncio.run(serve_forever(models, model.reference(picture, cfg, image), host, port, streaming=cfg, seed=model.seed,
                               batching=batching, admission=admission, warm_up=warm,
                               after_warm_up=lambda: model.save_compile_artifacts(models),
                               encode_workers=encode_workers))
+
+
+def default_warm_up(batching, device_type: str, dynamic_batch: bool) -> tuple[int, ...]:
+    """Batch sizes ``serve`` warms up when ``--warm-up-batches`` is not given: none on the CPU; on a
+    GPU the buckets, or with ``--dynamic-batch`` and exact sizes every size from 1 to ``max_batch``
+    (one compile serves them all, but each size still records its CUDA graphs and is measured for
+    admission: better before the first session than during it), else 1.
+
+    Args:
+        batching: the server's :class:`vividhead.inference.batching.BatchingConfig`.
+        device_type: ``"cuda"`` or ``"cpu"``.
+        dynamic_batch: the DiT and VAE coders were compiled with a symbolic batch dimension.
+    """
+    if device_type != "cuda":
+        return ()
+    if batching.batch_buckets is not None:
+        return batching.batch_buckets
+    return tuple(range(1, batching.max_batch + 1)) if dynamic_batch else (1,)
 
 
 def _persistent_compile_cache() -> None:

@@ -14,7 +14,8 @@ import typer
 from tiny_models import TINY_LITE, write_tiny_export
 from typer.testing import CliRunner
 
-from vividhead.inference.cli import register
+from vividhead.inference.batching import BatchingConfig
+from vividhead.inference.cli import default_warm_up, register
 from vividhead.inference.server import FlashHeadServer
 from vividhead.media import count_video_frames
 
@@ -70,6 +71,15 @@ def test_serve_refuses_negative_encode_workers_before_loading(tmp_path):
     result = CliRunner().invoke(app, ["serve", "--image", str(tmp_path / "missing.png"), "--encode-workers", "-1",
                                       "--device", "cpu", "--random-weights"])
     assert result.exit_code == 2 and "--encode-workers" in result.output, result.output
+
+
+def test_serve_default_warm_up_sizes():
+    """The sizes ``serve`` warms up unasked: with a dynamic-batch compile and exact sizes, every
+    size a round can take (each records its CUDA graphs before the first session, not during it)."""
+    assert default_warm_up(BatchingConfig(max_batch=4), "cuda", dynamic_batch=True) == (1, 2, 3, 4)
+    assert default_warm_up(BatchingConfig(max_batch=4), "cuda", dynamic_batch=False) == (1,)
+    assert default_warm_up(BatchingConfig(batch_buckets=(4, 16)), "cuda", dynamic_batch=True) == (1, 4, 16)
+    assert default_warm_up(BatchingConfig(max_batch=4), "cpu", dynamic_batch=True) == ()
 
 
 def test_websocket_server_loopback(tiny_pro_fast_vae, ref_image, speech):
