@@ -19,7 +19,7 @@ WHEELS=.whl_serve source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 MEDIA="--audio .carry_serve/speech_en_60s_16k.wav --image .carry_serve/face_frontal_people0.png --seconds ${CLIENT_S:-6} --timeout-s 30"
 MEDIA="$MEDIA --client-process"  # clients in their own process: the server's event loop carries only its own work
-MEDIA="$MEDIA --encode-workers ${ENCODE_WORKERS:-0}"  # MP4 encoding processes (0: threads, the default)
+MEDIA="$MEDIA --encode-workers ${ENCODE_WORKERS:-8}"  # MP4 encoding processes (0: threads; 8: serve's default here)
 
 run() {  # name, time limit (s), serve_load arguments...
   local name=$1 limit=$2; shift 2

@@ -8,9 +8,12 @@ beside an encode made a 512x512x24 chunk of noise take 0.61 s instead of 0.29 s,
 0.2 ms switch interval (so much of the loss is GIL hand-over, not CPU). Worker processes have their
 own GIL; the frames reach them through reused shared-memory blocks (one 18.9 MB copy per Lite
 chunk; pickled, they cost 18.6 ms of the serving process's CPU per chunk on the development
-machine, against 42 ms for the whole encode of a face-like chunk in a thread). Threads stay the
-default; workers pay where the serving process's GIL is the bottleneck and cores are spare (compare
-both with ``benchmarks/serve_load.py --encode-workers`` and ``benchmarks/encode_gil.py``).
+machine, against 42 ms for the whole encode of a face-like chunk in a thread). Workers pay where
+the serving process's GIL is the bottleneck and cores are spare: on one H100 with 16 cores a round of
+16 Lite sessions took 1.71 s while serving with encoding threads and 0.93 s with 8 encoding
+processes (0.92 s in the warm-up); on a 2-core CPU machine they made a replay worse. So ``serve``
+picks them by default on a GPU host with cores to spare (:func:`default_encode_workers`); compare
+both with ``benchmarks/serve_load.py --encode-workers`` and ``benchmarks/encode_gil.py``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,22 @@ def _encode_shared(name: str, shape: tuple[int, ...], fps: int) -> bytes:
         return data
     finally:
         block.close()
+
+
+def default_encode_workers(device_type: str, cpu_count: int | None) -> int:
+    """Encoding processes ``serve`` starts when ``--encode-workers`` is not given: none (threads) when
+    the model runs on the CPU (it needs the cores) or the host has fewer than 8 cores; else half the
+    cores, at most 8 (measured on one H100 with 16 cores: 8 processes kept a round of 16 Lite
+    sessions at its warm-up time, docs/benchmarks.md "Concurrent streams, part 4").
+
+    Args:
+        device_type: the model's device, ``"cuda"`` or ``"cpu"``.
+        cpu_count: the host's cores (``os.cpu_count()``; ``None``: unknown, taken as 1).
+    """
+    cores = cpu_count or 1
+    if device_type != "cuda" or cores < 8:
+        return 0
+    return min(8, cores // 2)
 
 
 class ChunkEncoder:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 import typing
 import warnings
 from dataclasses import dataclass
@@ -443,9 +444,9 @@ def serve(
     warm_up_batches: Annotated[str, typer.Option(
         help="Batch sizes measured before serving, e.g. 1,4 (default on a GPU: the buckets; with "
              "--dynamic-batch and no buckets every size up to --max-batch; else 1; none on the CPU).")] = "",
-    encode_workers: Annotated[int, typer.Option(
+    encode_workers: Annotated[Optional[int], typer.Option(
         help="Processes that encode the MP4 chunks, off the serving process's GIL (0: its threads; "
-             "workers pay where that GIL is the bottleneck and cores are spare).")] = 0,
+             "default: half the cores, at most 8, on a GPU host of 8 cores or more, else 0).")] = None,
     model: ModelOptions = ModelOptions(),
 ) -> None:
     """Serve live sessions over WebSocket: 16 kHz PCM in, H.264 MP4 chunks out, sessions batched.
@@ -466,13 +467,17 @@ def serve(
     admission = AdmissionConfig(max_sessions=max_sessions,
                                 realtime_margin=realtime_margin if realtime_margin < 1 else None,
                                 load_window_s=load_window_s if load_window_s > 0 else None)
-    if encode_workers < 0:
+    if encode_workers is not None and encode_workers < 0:
         raise typer.BadParameter(f"must be >= 0, got {encode_workers}", param_hint="--encode-workers")
     picture = read_image_option(image)  # checked before any model loads
     model = model.prepare()
     models = model.load()
     cfg = model.streaming(models)
     warm = sizes(warm_up_batches) or default_warm_up(batching, models.device.type, model.dynamic_batch)
+    if encode_workers is None:
+        from vividhead.inference.chunk_encoder import default_encode_workers
+
+        encode_workers = default_encode_workers(models.device.type, os.cpu_count())
     if models.cuda_graphs and batching.batch_buckets is None and batching.max_batch > 1 and not model.dynamic_batch:
         typer.echo("warning: no --batch-buckets: each new number of concurrent sessions compiles the DiT while "
                    "serving (tens of seconds; every session stalls); pass e.g. --batch-buckets 1,2,4,8,16, "
@@ -505,8 +510,6 @@ def _persistent_compile_cache() -> None:
     """Keep torch.compile's caches (Inductor FX graphs, autotuning) under
     ``~/.cache/vividhead/torchinductor`` unless ``TORCHINDUCTOR_CACHE_DIR`` is set, so a restart
     reuses them (the default, ``/tmp/torchinductor_<user>``, does not survive a reboot)."""
-    import os
-
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "vividhead" / "torchinductor"))
 
 

@@ -12,7 +12,7 @@ from multiprocessing import shared_memory
 import numpy as np
 import pytest
 
-from vividhead.inference.chunk_encoder import ChunkEncoder
+from vividhead.inference.chunk_encoder import ChunkEncoder, default_encode_workers
 from vividhead.media import count_video_frames, encode_mp4_bytes, read_image
 
 
@@ -75,6 +75,15 @@ def test_a_killed_worker_costs_a_retry_not_the_chunk(frames, caplog):
         enc.close()
     assert first == second
     assert any("worker died" in r.getMessage() for r in caplog.records)
+
+
+def test_default_workers_only_on_a_gpu_host_with_cores_to_spare():
+    assert default_encode_workers("cuda", 16) == 8  # the measured H100 host
+    assert default_encode_workers("cuda", 64) == 8
+    assert default_encode_workers("cuda", 10) == 5
+    assert default_encode_workers("cuda", 4) == 0  # few cores: threads
+    assert default_encode_workers("cuda", None) == 0
+    assert default_encode_workers("cpu", 64) == 0  # the model needs the cores
 
 
 def test_settings():
