@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import statistics
@@ -53,6 +54,7 @@ class ClientResult:
     max_gap_s: float | None = None  # largest time between two consecutive chunk arrivals
     stall_s: float = 0.0
     stalls: int = 0
+    stall_chunks: list[int] = field(default_factory=list)  # index of each chunk that arrived after its play time
     first_video_s: float | None = None  # first audio sample sent -> first video chunk
     errors: list[str] = field(default_factory=list)
 
@@ -155,10 +157,11 @@ async def run_client(url: str, k: int, pcm: np.ndarray, start_delay_s: float, pl
     res.max_gap_s = max((b - a for a, b in zip(times, times[1:])), default=None)
     # Playback: starts playout_buffer_s after the first arrival; each chunk plays for frames / fps.
     clock = times[0] + playout_buffer_s
-    for t, m in arrivals:
+    for i, (t, m) in enumerate(arrivals):
         if t > clock:
             res.stall_s += t - clock
             res.stalls += 1
+            res.stall_chunks.append(i)
             clock = t
         clock += m["frames"] / fps
     return res
@@ -220,6 +223,9 @@ def summarise(n: int, results: list[ClientResult], fps: float, server=None, wall
         if served else None,
         "max_gap_s": max((r.max_gap_s for r in served if r.max_gap_s is not None), default=None),
         "stall_s_total": sum(r.stall_s for r in served), "stalls": sum(r.stalls for r in served),
+        # {chunk index: stalls there}: at the start (sessions joining) or throughout (throughput)
+        "stalls_by_chunk": {str(k): v for k, v in sorted(
+            collections.Counter(i for r in served for i in r.stall_chunks).items())},
         "frames": sum(r.frames for r in served),
         "mp4_kib_per_chunk": round(sum(r.bytes for r in served) / 1024 / max(1, sum(r.chunks for r in served)), 1),
         "errors": sorted({e for r in results for e in r.errors})[:5],

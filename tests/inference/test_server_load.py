@@ -33,6 +33,7 @@ def test_serve_load_two_clients(audio_dir, image_dir, tmp_path):
     assert point["frames"] == 2 * 75  # 3 s at 25 fps: two 28-frame chunks and a 19-frame flush, per client
     assert 0 < point["latency_p50_s"] <= point["latency_max_s"] < 60
     assert point["fps_median"] > 0 and point["server"]["rounds"] >= 3
+    assert sum(point["stalls_by_chunk"].values()) == point["stalls"]
     assert point["server"]["recompiles"] == 0  # nothing compiled while serving (on a GPU: after warm-up)
     assert out.read_text().count("\n") == 1
 
