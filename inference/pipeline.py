@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from vividhead.models.audio_encoder import Wav2VecFeatures
+from vividhead.models.compiling import batch_dynamic, compile_no_grad  # noqa: F401 (both still importable from here)
 from vividhead.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
 from vividhead.models.flashhead import FlashHeadTransformer
 from vividhead.models.loading import load_flashhead_transformer
@@ -61,42 +62,6 @@ def pcm_to_float(pcm: np.ndarray | bytes) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         return arr.astype(np.float32, copy=False)
     raise ValueError(f"unsupported PCM dtype {arr.dtype}")
-
-
-def compile_no_grad(fn, **compile_kwargs):
-    """``torch.compile(fn, dynamic=False)`` always entered with autograd off.
-
-    Dynamo guards every compiled frame on the caller's grad mode, so a compiled VAE entered from a
-    thread or call site with autograd on after one with it off recompiles (seen on an H200 in
-    ``vividhead serve``: a compiled LTX decode recompiled mid-stream, several seconds of stall);
-    entering under ``torch.no_grad`` keeps one graph per shape.
-    """
-    compiled = torch.compile(fn, dynamic=False, **compile_kwargs)
-
-    def call(*args, **kwargs):
-        with torch.no_grad():
-            return compiled(*args, **kwargs)
-
-    return call
-
-
-def batch_dynamic(compiled):
-    """Wrap a ``torch.compile(..., dynamic=False)`` function so that the batch dimension (dim 0 of
-    every tensor argument) is symbolic and every other size stays specialised: one graph serves all
-    batch sizes >= 2 (Dynamo still specialises size 1, so a batch of one gets its own graph), where a
-    static compile builds one per batch bucket (each a full Inductor compile: Lite's buckets
-    1 / 4 / 8 / 16 took longer than 290 s to warm up on an H100). With CUDA graphs each batch size is
-    still captured once, which is quick. ``torch._dynamo.maybe_mark_dynamic`` leaves size-1 and
-    already specialised dimensions alone, so scalar-like arguments pass through unchanged.
-    """
-
-    def call(*args, **kwargs):
-        for a in (*args, *kwargs.values()):
-            if isinstance(a, torch.Tensor) and a.dim():
-                torch._dynamo.maybe_mark_dynamic(a, 0)
-        return compiled(*args, **kwargs)
-
-    return call
 
 
 @dataclass
@@ -233,8 +198,9 @@ class FlashHeadModels:
             cuda_graphs: with ``compile_dit``, replay the compiled DiT as CUDA graphs
                 (``mode="reduce-overhead"``): 2x per step at Lite's 1280 tokens, neutral at Pro's 9216.
                 Replays share output buffers, so keep one thread generating at a time.
-            fast_vae: Wan VAE: channels-last, fused RMS norm + SiLU, one-pass decode / encode
-                (:meth:`vividhead.models.vae.WanVAE.accelerate`), compiled per ``vae_compile``;
+            fast_vae: :func:`vividhead.models.vae.accelerate_vae` (the trainers apply the same to
+                their frozen VAE): Wan VAE: channels-last, fused RMS norm + SiLU, one-pass decode /
+                encode (:meth:`vividhead.models.vae.WanVAE.accelerate`), compiled per ``vae_compile``;
                 LTX VAE: ``torch.compile`` of the decode and of the encoder's moments (2.6x / 2.8x on
                 an H100; channels-last makes it slower), the posterior sample staying eager.
             vae_compile: with ``fast_vae`` on a Wan VAE (GPU): ``torch.compile`` mode of the whole
@@ -243,9 +209,9 @@ class FlashHeadModels:
                 autotunes every convolution for minutes), one graph per chunk shape; ``None``: only
                 the fused norms are compiled.
             dynamic_batch: compile the DiT and the LTX VAE coders with a symbolic batch dimension
-                (:func:`batch_dynamic`): two graphs (batch 1, batch >= 2) instead of one per batch
-                bucket, for a shorter serving warm-up. Off by default until its speed is measured
-                against the static graphs.
+                (:func:`vividhead.models.compiling.batch_dynamic`): two graphs (batch 1, batch >= 2)
+                instead of one per batch bucket, for a shorter serving warm-up. Off by default until
+                its speed is measured against the static graphs.
             fp8: row-wise FP8 GEMMs in the DiT blocks (:mod:`vividhead.inference.fp8`; Ada / Hopper
                 GPUs). Replaces the block weights by FP8 copies (not reversible); moves outputs by
                 more than bf16 rounding, so it is opt-in.
@@ -253,7 +219,7 @@ class FlashHeadModels:
         Returns:
             what was applied, e.g. ``{"dit": "reduce-overhead", "vae": "wan-accelerated"}``.
         """
-        from vividhead.models.vae import LTXVAE, WanVAE
+        from vividhead.models.vae import accelerate_vae
 
         torch.backends.cudnn.benchmark = True
         applied = {}
@@ -267,17 +233,11 @@ class FlashHeadModels:
             self.transformer.forward = batch_dynamic(forward) if dynamic_batch else forward
             self.cuda_graphs = cuda_graphs
             applied["dit"] = (mode or "compiled") + (", dynamic batch" if dynamic_batch else "")
-        vae = getattr(self.vae, "vae", self.vae)  # a ParallelWanVAE wraps a WanVAE as .vae
-        if fast_vae and isinstance(vae, WanVAE):
-            on_gpu = self.device.type == "cuda"
-            vae.accelerate(compile_norms=on_gpu, compile_coders=vae_compile if on_gpu else None)
-            applied["vae"] = "wan-accelerated" + (f"+compiled ({vae_compile})" if on_gpu and vae_compile else "")
-        elif fast_vae and isinstance(vae, LTXVAE):
-            wrap = batch_dynamic if dynamic_batch else (lambda f: f)
-            vae.decode = wrap(compile_no_grad(vae.decode))
-            # the moments only: the posterior sample (with each session's generator) stays eager
-            vae.encode_moments = wrap(compile_no_grad(vae.encode_moments))
-            applied["vae"] = "ltx-compiled" + (", dynamic batch" if dynamic_batch else "")
+        if fast_vae:
+            what = accelerate_vae(self.vae, on_gpu=self.device.type == "cuda", compile_mode=vae_compile,
+                                  dynamic_batch=dynamic_batch)
+            if what is not None:
+                applied["vae"] = what
         return applied
 
     @property

@@ -10,16 +10,19 @@ import pytest
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 
-from vividhead.models.vae import build_vae
+from vividhead.models.vae import accelerate_vae, build_vae
 from vividhead.models.wan_vae_fast import rms_norm_act
 
 
 @pytest.fixture(scope="module")
 def vaes():
+    """Stock and accelerated as :func:`accelerate_vae` does it on the CPU (what the trainers' frozen
+    VAE gets with ``parallel.fast_vae``; ``FlashHeadModels.optimize`` on a GPU adds compilation)."""
     torch.manual_seed(0)
     stock = build_vae("wan", tiny=True).eval()
     fast = copy.deepcopy(stock)
-    counts = fast.accelerate(compile_norms=False)
+    assert accelerate_vae(fast, on_gpu=False) == "wan-accelerated"
+    counts = copy.deepcopy(stock).accelerate(compile_norms=False)
     return stock, fast, counts
 
 

@@ -167,6 +167,61 @@ class LTXVAE(VideoVAE):
         return video.clamp(-1, 1) if self.clamp_decode else video
 
 
+def accelerate_vae(vae: nn.Module, on_gpu: bool, compile_mode: str | None = "default",
+                   dynamic_batch: bool = False) -> str | None:
+    """The VAE speed-up of streaming inference, in place: what ``FlashHeadModels.optimize(fast_vae=True)``
+    applies (``vividhead infer`` / ``serve`` on a GPU) and what the trainers apply to their frozen
+    VAE (``parallel.fast_vae``), so both run the same VAE code.
+
+    * :class:`WanVAE`: :meth:`WanVAE.accelerate` (channels-last weights and activations, time-only
+      causal padding, fused RMS norm + SiLU, one-pass decode / encode without the causal feature
+      cache); on a GPU the fused norms are compiled and, with ``compile_mode``, the whole decoder and
+      encoder too (one static graph per input shape). Exact in float32, within bf16 rounding of
+      stock in bf16 (``tests/inference/test_wan_vae_fast.py``); decode of a 33-frame 512x512 chunk
+      499 ms stock -> 233 ms one pass -> ~187 ms compiled on an H200 (docs/benchmarks.md). On the
+      CPU nothing is compiled (the eager rewrites only).
+    * :class:`LTXVAE`: ``torch.compile`` of ``decode`` and of ``encode_moments`` (entered without
+      autograd, :func:`vividhead.models.compiling.compile_no_grad`), the posterior sample staying
+      eager; with ``dynamic_batch`` a symbolic batch dimension
+      (:func:`vividhead.models.compiling.batch_dynamic`). All of LTX's speed-up is compilation, on
+      whatever device (Inductor on the CPU needs a C++ compiler); ``compile_mode`` does not apply.
+    * anything else (a test stand-in): unchanged.
+
+    A ``ParallelWanVAE`` (its Wan VAE as ``.vae``) is accelerated through that VAE. Weights keep
+    their values (only their memory format changes), so ``state_dict`` still loads into a stock VAE;
+    the call is not reversible.
+
+    Args:
+        vae: a :class:`VideoVAE` (or a wrapper holding one as ``.vae``), on its final device and
+            dtype (``.to`` keeps the channels-last weights).
+        on_gpu: the VAE runs on CUDA (compiles the Wan norms and coders).
+        compile_mode: ``torch.compile`` mode of the Wan decoder and encoder on a GPU, one of
+            :data:`vividhead.models.wan_vae_fast.COMPILE_MODES` (``"default"``: the inference
+            default); ``None``: only the fused norms are compiled.
+        dynamic_batch: LTX only, see above.
+
+    Returns:
+        what was applied: ``"wan-accelerated"``, ``"wan-accelerated+compiled (MODE)"``,
+        ``"ltx-compiled"``, ``"ltx-compiled, dynamic batch"``; ``None``: nothing (another VAE).
+
+    Raises:
+        ValueError: an unknown ``compile_mode`` for a Wan VAE on a GPU.
+    """
+    from vividhead.models.compiling import batch_dynamic, compile_no_grad
+
+    inner = getattr(vae, "vae", vae)  # a ParallelWanVAE wraps a WanVAE as .vae
+    if isinstance(inner, WanVAE):
+        inner.accelerate(compile_norms=on_gpu, compile_coders=compile_mode if on_gpu else None)
+        return "wan-accelerated" + (f"+compiled ({compile_mode})" if on_gpu and compile_mode else "")
+    if isinstance(inner, LTXVAE):
+        wrap = batch_dynamic if dynamic_batch else (lambda f: f)
+        inner.decode = wrap(compile_no_grad(inner.decode))
+        # the moments only: the posterior sample (with each session's generator) stays eager
+        inner.encode_moments = wrap(compile_no_grad(inner.encode_moments))
+        return "ltx-compiled" + (", dynamic batch" if dynamic_batch else "")
+    return None
+
+
 TINY_WAN_VAE_KWARGS = dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
 TINY_LTX_VAE_KWARGS = dict(
