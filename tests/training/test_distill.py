@@ -219,6 +219,39 @@ def test_gradients_reach_only_step_t_of_chunk_k(curated_shards, tmp_path):
         shutdown_distributed()
 
 
+def test_rollout_runs_inference_accelerated_vae_and_matches_the_stock_one(curated_shards, tmp_path):
+    """``parallel.fast_vae`` (``true`` here: the default ``auto`` applies it on CUDA only): the chunk
+    step the rollout advances through decodes each chunk with inference's accelerated Wan VAE (one
+    decoder call per chunk, one pass, where stock calls it once per latent frame) and re-encodes its
+    motion frames with it; a two-chunk rollout to the end gives the stock VAE's output (float32, same
+    weights, window and noise). Off: the stock VAE."""
+    from vividhead.training.trainers.distributed import shutdown_distributed
+
+    outs, decoder_calls = {}, {}
+    for fast in (True, False):
+        cfg = distill_config(curated_shards, tmp_path / f"run_{fast}", parallel={"strategy": "none", "fast_vae": fast},
+                             distill={"max_chunks": 2}, data={"clip_filter": {"keys": [TWO_CHUNK_CLIP]}})
+        trainer = built(cfg)
+        try:
+            vae = trainer.encoders.vae
+            assert trainer.encoders.vae_speedup == ("wan-accelerated" if fast else None)
+            assert trainer.chunk_step.vae is vae
+            window = first_window(trainer)
+            calls = []
+            hook = vae.model.decoder.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+            try:
+                out = trainer.rollout(window, 2, exit_step=None, grad=False, rng=torch.Generator().manual_seed(0))
+            finally:
+                hook.remove()
+            outs[fast], decoder_calls[fast] = (out.x0, out.motion), len(calls)
+        finally:
+            shutdown_distributed()
+    latent_frames = outs[True][0].shape[2]
+    assert decoder_calls == {True: 2, False: 2 * latent_frames}  # chunks 1 and 2 decoded (re-encode)
+    for a, b in zip(outs[True], outs[False]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_dmd_loss_gradient_is_the_normalised_score_difference():
     """d/dx0 of 0.5 * MSE(x0, sg(x0 - grad)) = grad / N with grad = (p_fake - p_real) / mean|x0 - p_real|,
     zero on motion slots."""

@@ -1,5 +1,6 @@
 """Speed options of the trainers on the tiny DiT (CPU): activation checkpointing modes, the SDPA
-backend, the fused optimiser and the EMA. Each option must leave the numbers as they are."""
+backend, the fused optimiser, the EMA and the frozen VAE's speed-up (``parallel.fast_vae``). Each
+option must leave the numbers as they are."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from vividhead.models.flashhead import FlashHeadTransformer
 from vividhead.training.trainers.config import (
     ATTENTION_BACKENDS,
     CHECKPOINTING_MODES,
+    VAE_COMPILE_MODES,
+    ModelConfig,
     OptimConfig,
     ParallelConfig,
 )
@@ -101,6 +104,9 @@ def test_checkpointing_reads_the_old_booleans_and_the_modes(value, mode):
     ({"activation_checkpointing": None}, r"^parallel\.activation_checkpointing: must be one of"),
     ({"attention_backend": "fa3"}, r"^parallel\.attention_backend: must be one of \['auto', 'flash', 'cudnn', "
                                    r"'efficient', 'math'\], got 'fa3'$"),
+    ({"vae_compile": "reduce-overhead"}, r"^parallel\.vae_compile: must be one of \['default', "
+                                         r"'max-autotune-no-cudagraphs'\], got 'reduce-overhead'$"),
+    ({"fast_vae": "yes"}, r"^parallel\.fast_vae: must be one of \['auto', True, False\], got 'yes'$"),
 ])
 def test_bad_speed_options_fail_at_load_naming_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
@@ -113,6 +119,20 @@ def test_config_choices_match_the_literals():
     hints = typing.get_type_hints(ParallelConfig)
     assert set(typing.get_args(hints["activation_checkpointing"])) == set(CHECKPOINTING_MODES) | {False, True}
     assert typing.get_args(hints["attention_backend"]) == ATTENTION_BACKENDS
+    from vividhead.models.wan_vae_fast import COMPILE_MODES
+
+    assert VAE_COMPILE_MODES == COMPILE_MODES  # what accelerate_vae accepts
+
+
+def test_fast_vae_is_auto_by_default_with_inference_compile_mode_and_null_turns_compilation_off():
+    import inspect
+
+    from vividhead.models.vae import accelerate_vae
+
+    assert ParallelConfig().fast_vae == "auto"
+    assert build_dataclass("parallel", ParallelConfig, {"fast_vae": True}).fast_vae is True
+    assert ParallelConfig().vae_compile == inspect.signature(accelerate_vae).parameters["compile_mode"].default
+    assert build_dataclass("parallel", ParallelConfig, {"vae_compile": None}).vae_compile is None
 
 
 # -- activation checkpointing ------------------------------------------------------------------------
@@ -366,3 +386,75 @@ def test_ema_of_a_bf16_parameter_is_kept_in_float32():
     assert ema.shadow["weight"].dtype == torch.float32
     torch.testing.assert_close(ema.shadow["weight"], 0.9 * start + 0.1 * module.weight.float())
 
+
+
+# -- the frozen VAE (parallel.fast_vae) -------------------------------------------------------------------
+#: The tiny Pro model of ``examples/sft_tiny_cpu.yaml``: Wan layout, few-channel random VAE.
+TINY_PRO_MODEL = ModelConfig(variant="pro", tiny_encoders=True, height_px=32, width_px=32)
+
+
+def tiny_encoders(parallel: ParallelConfig | None, model: ModelConfig = TINY_PRO_MODEL):
+    from vividhead.training.trainers.models import build_encoders, resolve_variant
+
+    return build_encoders(model, resolve_variant(model), torch.device("cpu"), torch.float32, parallel)
+
+
+def test_frozen_wan_vae_is_accelerated_when_fast_vae_is_on_and_computes_the_same():
+    """``parallel.fast_vae: true``: the trainers' frozen Wan VAE runs inference's accelerated code on
+    the CPU too (channels-last, one-pass decode / encode; nothing compiled); ``auto`` (default) on the
+    CPU, ``false``, and the export's encoders (``parallel=None``): the stock diffusers VAE. Same seed,
+    same weights: float32 decode and encode of the accelerated VAE equal stock (the per-shape proof
+    is ``tests/inference/test_wan_vae_fast.py``)."""
+    from vividhead.models.wan_vae_fast import _decode_one_pass
+
+    fast = tiny_encoders(ParallelConfig(fast_vae=True))
+    off = tiny_encoders(ParallelConfig(fast_vae=False))
+    auto = tiny_encoders(ParallelConfig())
+    export = tiny_encoders(None)
+    assert fast.vae_speedup == "wan-accelerated"
+    assert fast.vae.memory_format == torch.channels_last_3d
+    assert vars(fast.vae.model)["_decode"].__func__ is _decode_one_pass
+    for stock in (off, auto, export):
+        assert stock.vae_speedup is None and stock.vae.memory_format == torch.contiguous_format
+        assert "_decode" not in vars(stock.vae.model) and "_encode" not in vars(stock.vae.model)
+    z = torch.randn(1, fast.vae.latent_channels, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    video = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    torch.testing.assert_close(fast.vae.decode(z), off.vae.decode(z), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.vae.encode(video), off.vae.encode(video), rtol=1e-5, atol=1e-5)
+
+
+def test_on_cuda_the_frozen_vae_compiles_with_the_configured_mode(monkeypatch):
+    """On CUDA (``auto``, the default) the Wan coders are compiled in ``parallel.vae_compile``'s mode
+    (``None``: the fused norms only) and an LTX VAE's decode and moments are compiled; on the CPU an
+    LTX VAE is left as it is even with ``fast_vae: true``. ``torch.compile`` is recorded, not run (no
+    GPU here); the VAEs stay on the CPU."""
+    from vividhead.models.vae import build_vae
+    from vividhead.training.trainers.models import speed_up_vae
+
+    calls = []
+
+    def fake_compile(fn=None, **kwargs):
+        calls.append(kwargs.get("mode", "?"))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cuda = torch.device("cuda")
+    wan = build_vae("wan", tiny=True)
+    assert speed_up_vae(wan, cuda, ParallelConfig()) == "wan-accelerated+compiled (default)"
+    assert calls == [None, None]  # decoder and encoder, mode "default" is torch.compile's None
+    calls.clear()
+    wan = build_vae("wan", tiny=True)
+    assert speed_up_vae(wan, cuda, ParallelConfig(vae_compile="max-autotune-no-cudagraphs")).endswith(
+        "(max-autotune-no-cudagraphs)")
+    assert calls == ["max-autotune-no-cudagraphs"] * 2
+    calls.clear()
+    assert speed_up_vae(build_vae("wan", tiny=True), cuda, ParallelConfig(vae_compile=None)) == "wan-accelerated"
+    assert calls == ["?"]  # the fused norm + SiLU only
+    calls.clear()
+    assert speed_up_vae(build_vae("wan", tiny=True), cuda, ParallelConfig(fast_vae=False)) is None
+    assert calls == []
+    ltx = build_vae("ltx", tiny=True)
+    assert speed_up_vae(ltx, torch.device("cpu"), ParallelConfig(fast_vae=True)) is None
+    assert "decode" not in vars(ltx) and calls == []
+    assert speed_up_vae(ltx, cuda, ParallelConfig()) == "ltx-compiled"
+    assert "decode" in vars(ltx) and "encode_moments" in vars(ltx) and len(calls) == 2

@@ -130,6 +130,10 @@ AttentionBackend = Literal["auto", "flash", "cudnn", "efficient", "math"]
 CHECKPOINTING_MODES: tuple[str, ...] = get_args(CheckpointingMode)
 #: ``parallel.attention_backend`` choices (``auto``: PyTorch picks per call).
 ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
+VaeCompileMode = Literal["default", "max-autotune-no-cudagraphs"]
+#: ``parallel.vae_compile`` modes: :data:`vividhead.models.wan_vae_fast.COMPILE_MODES` (a test keeps
+#: them equal; this module imports no torch).
+VAE_COMPILE_MODES: tuple[str, ...] = get_args(VaeCompileMode)
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,20 @@ class ParallelConfig:
             (:data:`ATTENTION_BACKENDS`, ``torch.nn.attention.sdpa_kernel``); ``auto`` lets PyTorch
             choose; ``cudnn`` and ``efficient`` need CUDA.
         compile: ``torch.compile`` each transformer block.
+        fast_vae: run the frozen VAE as streaming inference does on a GPU
+            (:func:`vividhead.models.vae.accelerate_vae`, the code ``vividhead infer`` / ``serve``
+            run): a Wan VAE channels-last with fused norms and one-pass decode / encode (exact in
+            float32, within bf16 rounding of stock), on CUDA with its fused norms and
+            (``vae_compile``) its decoder and encoder compiled; an LTX VAE with its decode and
+            encoder moments compiled (CUDA only). The stage-2 rollout decodes and re-encodes every
+            chunk through it; stage 1 (without a latent cache) and ``cache-latents`` encode windows
+            through it. ``auto`` (default): on CUDA only, the CPU keeps the stock VAE as ``infer``
+            does (the eager rewrites measured mixed on a 2-core CPU: slower encodes and small
+            decodes, faster large decodes); ``true``: also on the CPU (a Wan VAE's eager rewrites;
+            tests); ``false``: the stock diffusers VAE everywhere.
+        vae_compile: ``torch.compile`` mode of the Wan decoder and encoder with ``fast_vae`` on CUDA
+            (:data:`VAE_COMPILE_MODES`; ``default``, inference's default: one graph per chunk
+            shape); ``null``: only the fused norms are compiled.
         backend: process-group backend; ``auto`` is NCCL with CUDA, gloo without.
     """
 
@@ -159,6 +177,8 @@ class ParallelConfig:
     activation_checkpointing: Literal[CheckpointingMode, False, True] = "none"
     attention_backend: AttentionBackend = "auto"
     compile: bool = False
+    fast_vae: Literal["auto", True, False] = "auto"
+    vae_compile: Optional[VaeCompileMode] = "default"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
 
     def __post_init__(self) -> None:

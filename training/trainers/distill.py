@@ -347,7 +347,7 @@ class DistillTrainer(Trainer):
             self.raw[role] = model
             self.nets[role] = wrap_model(model, model.blocks, cfg.parallel, env, trainable=trainable)
         enc_dtype = self.compute_dtype if env.device.type == "cuda" else torch.float32
-        self.encoders = build_encoders(cfg.model, self.variant, env.device, enc_dtype)
+        self.encoders = build_encoders(cfg.model, self.variant, env.device, enc_dtype, cfg.parallel)
         lrs = {"generator": d.generator_lr, "fake_score": d.fake_score_lr}
         self.modules = {role: self.raw[role] for role in lrs}
         self.optimizers = {role: make_optimizer([p for p in self.raw[role].parameters() if p.requires_grad],

@@ -63,7 +63,8 @@ def write_latent_cache(cfg, out: str | Path, windows_per_clip: int = 4, samples_
     """Encode ``windows_per_clip`` windows of every selected clip of ``cfg.data.shards``.
 
     Args:
-        cfg: an :class:`SFTConfig` (its ``model`` and ``data`` sections).
+        cfg: an :class:`SFTConfig` (its ``model`` and ``data`` sections; ``parallel.fast_vae`` /
+            ``vae_compile``: the VAE as the trainer runs it).
         out: cache folder (shards written atomically: ``.tmp`` then rename).
         windows_per_clip: passes over the clips, one seeded window per clip each.
         samples_per_shard: windows per cache shard.
@@ -87,7 +88,7 @@ def write_latent_cache(cfg, out: str | Path, windows_per_clip: int = 4, samples_
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     variant = resolve_variant(cfg.model)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    enc = build_encoders(cfg.model, variant, dev, dtype)
+    enc = build_encoders(cfg.model, variant, dev, dtype, cfg.parallel)
     flt = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.clip_filter.items()}
     ds = ClipWindowDataset.from_output_dir(
         cfg.data.shards, clip_filter=ClipFilter(**flt), num_frames=cfg.data.num_frames,

@@ -13,6 +13,7 @@ Initialisation (FlashHead report §4; summary in README "Training"):
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from vividhead.export_format import TRANSFORMER_DIR, read_export
 from vividhead.models.audio_encoder import TINY_WAV2VEC_KWARGS, Wav2VecFeatures
 from vividhead.models.configs import FlashHeadTransformerConfig, FlashHeadVariant, get_variant
 from vividhead.models.flashhead import FlashHeadTransformer
-from vividhead.models.vae import VideoVAE, build_vae, load_vae
-from vividhead.training.trainers.config import ModelConfig
+from vividhead.models.vae import VideoVAE, WanVAE, accelerate_vae, build_vae, load_vae
+from vividhead.training.trainers.config import ModelConfig, ParallelConfig
+
+logger = logging.getLogger(__name__)
 
 #: DiT submodules the forward pass does not use (text embedding, unused audio MLP).
 UNUSED_MODULES = ("text_embedding", "audio_emb")
@@ -36,10 +39,13 @@ class FrozenEncoders:
     Attributes:
         vae: :class:`VideoVAE` (normalised latents in and out).
         audio: :class:`Wav2VecFeatures` (float32).
+        vae_speedup: what :func:`speed_up_vae` applied to ``vae`` (e.g. ``"wan-accelerated"``);
+            ``None``: the stock VAE.
     """
 
     vae: VideoVAE
     audio: Wav2VecFeatures
+    vae_speedup: str | None = None
 
 
 def resolve_variant(cfg: ModelConfig) -> FlashHeadVariant:
@@ -98,12 +104,39 @@ def build_transformer(cfg: ModelConfig, variant: FlashHeadVariant) -> FlashHeadT
     return model
 
 
+def speed_up_vae(vae: VideoVAE, device: torch.device, parallel: ParallelConfig) -> str | None:
+    """Apply ``parallel.fast_vae`` to a frozen VAE already on ``device``, in place: inference's VAE
+    speed-up (:func:`vividhead.models.vae.accelerate_vae`, the one code both use), compiled only on
+    CUDA. ``auto``: on CUDA only (``vividhead infer`` / ``serve`` take their fast path on a GPU
+    only); ``true``: on the CPU too, where a Wan VAE gets the eager rewrites (channels-last, one-pass
+    decode / encode: the same function in float32, to ~1e-6) and an LTX VAE is left as it is (its
+    speed-up is all compilation); ``false``: nothing.
+
+    Returns:
+        what was applied (``accelerate_vae``'s description, e.g. ``"wan-accelerated+compiled
+        (default)"``), ``None`` when nothing was.
+
+    Raises:
+        ValueError: an unknown ``parallel.vae_compile`` mode (the config loader refuses it first).
+    """
+    on_gpu = device.type == "cuda"
+    if parallel.fast_vae is False or (not on_gpu and parallel.fast_vae == "auto"):
+        return None
+    if not on_gpu and not isinstance(getattr(vae, "vae", vae), WanVAE):
+        return None
+    return accelerate_vae(vae, on_gpu=on_gpu, compile_mode=parallel.vae_compile)
+
+
 def build_encoders(cfg: ModelConfig, variant: FlashHeadVariant, device: torch.device,
-                   dtype: torch.dtype) -> FrozenEncoders:
-    """The frozen VAE (``dtype``) and Wav2Vec (float32) on ``device``.
+                   dtype: torch.dtype, parallel: ParallelConfig | None = None) -> FrozenEncoders:
+    """The frozen VAE (``dtype``) and Wav2Vec (float32) on ``device``; the VAE sped up as
+    ``parallel.fast_vae`` says (:func:`speed_up_vae`; the trainers and ``cache-latents`` pass
+    their ``parallel`` section). ``parallel=None``: the stock VAE (``train export``, which saves it
+    with safetensors: that refuses non-contiguous tensors, which channels-last weights are).
 
     Raises:
         FileNotFoundError: a weights path that does not exist.
+        ValueError: an unknown ``parallel.vae_compile`` mode.
     """
     t = variant.transformer
     if cfg.init == "checkpoint":
@@ -121,5 +154,8 @@ def build_encoders(cfg: ModelConfig, variant: FlashHeadVariant, device: torch.de
         else:
             torch.manual_seed(cfg.seed + 2)
             audio = random_wav2vec(t.audio_layers, t.audio_channels, cfg.tiny_encoders)
-    return FrozenEncoders(vae.to(device, dtype).eval().requires_grad_(False),
-                          audio.to(device).eval().requires_grad_(False))
+    vae = vae.to(device, dtype).eval().requires_grad_(False)
+    speedup = speed_up_vae(vae, device, parallel) if parallel is not None else None
+    if speedup is not None:
+        logger.info("frozen VAE: %s", speedup)
+    return FrozenEncoders(vae, audio.to(device).eval().requires_grad_(False), vae_speedup=speedup)

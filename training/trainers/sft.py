@@ -86,7 +86,7 @@ class SFTTrainer(Trainer):
         self.transformer = model
         self.dit = wrap_model(model, model.blocks, cfg.parallel, env)
         enc_dtype = self.compute_dtype if env.device.type == "cuda" else torch.float32
-        self.encoders = build_encoders(cfg.model, self.variant, env.device, enc_dtype)
+        self.encoders = build_encoders(cfg.model, self.variant, env.device, enc_dtype, cfg.parallel)
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optim, device=env.device)
         self.modules = {"transformer": model}
         self.optimizers = {"transformer": opt}
