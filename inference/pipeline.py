@@ -423,17 +423,36 @@ class StreamingSession:
         """Finish the stream: pad the pending samples with silence to one chunk and emit only the
         frames they cover (``ceil(pending / 640)``), so frames out == ``ceil(samples in / 640)``."""
         out = list(self._generate_ready())
+        tail = self.split_flush()
+        if tail is not None:
+            samples, _, keep = tail
+            out.append(self.trim_flush(self.generate(samples), keep))
+        return iter(out)
+
+    def split_flush(self) -> tuple[np.ndarray, int, int] | None:
+        """The tail of :meth:`flush` without generating (as :meth:`split` is to :meth:`feed`), so a
+        server batches it with other sessions' chunks: the pending samples padded with silence to one
+        chunk.
+
+        Returns:
+            ``(samples float32 [n_emit * 640], chunk index, frames to keep)``, to be generated after
+            the chunks :meth:`split` gave and passed to :meth:`trim_flush`; ``None`` when nothing is
+            pending.
+        """
         if self._pending_len == 0:
-            return iter(out)
-        n_frames = -(-self._pending_len // self.cfg.samples_per_frame)
-        size = self._next_chunk_samples()
+            return None
+        keep = -(-self._pending_len // self.cfg.samples_per_frame)
+        size, index = self._next_chunk_samples(), self._chunks_split
         self._pending[self._pending_len : size] = 0.0
         self._pending_len = 0
         self._chunks_split += 1
-        frames = self.generate(self._pending[:size].copy())
-        self.frames_emitted -= frames.shape[0] - n_frames
-        out.append(frames[:n_frames])
-        return iter(out)
+        return self._pending[:size].copy(), index, keep
+
+    def trim_flush(self, frames: np.ndarray, keep: int) -> np.ndarray:
+        """The first ``keep`` of a flush chunk's uint8 ``[n_emit, H, W, 3]`` frames (the rest cover
+        only padding); the emitted-frame count follows."""
+        self.frames_emitted -= frames.shape[0] - keep
+        return frames[:keep]
 
     def generate(self, samples: np.ndarray) -> np.ndarray:
         """Generate the next chunk from its samples (a batch of one through :func:`advance`).

@@ -288,9 +288,11 @@ class FlashHeadServer:
                         continue
                     msg = json.loads(message)
                     kind = msg.get("type") if isinstance(msg, dict) else None
-                    if kind == "flush":
-                        await barrier(lambda s: list(s.flush()), lambda frames, s: [
-                            *(("video", f) for f in frames),
+                    if kind == "flush":  # the padded tail joins the next round like any chunk
+                        tail = state["session"].split_flush()
+                        if tail is not None:
+                            work.put_nowait(("flush", *tail))
+                        await barrier(lambda s: None, lambda _, s: [
                             ("json", {"type": "flushed", "frames_total": s.frames_emitted})])
                     elif kind == "reset":
                         await barrier(lambda s: s.reset(), lambda _, s: [
@@ -320,9 +322,15 @@ class FlashHeadServer:
         # through this event loop between rounds, long enough for the next round to start without
         # the sessions it just served; they ran every other round, below real time.)
         pending: list[asyncio.Future] = []  # this session's chunks in the scheduler, in order
+        async def trimmed(fut: asyncio.Future, session: StreamingSession, keep: int) -> np.ndarray:
+            return session.trim_flush(await fut, keep)
+
         while (item := await work.get()) is not None:
-            if item[0] == "chunk":
-                fut = asyncio.wrap_future(self.scheduler.submit_chunk(state["session"], *item[1:]))
+            if item[0] in ("chunk", "flush"):
+                session = state["session"]
+                fut = asyncio.wrap_future(self.scheduler.submit_chunk(session, *item[1:3], tail=item[0] == "flush"))
+                if item[0] == "flush":  # keep the frames the stream's samples cover
+                    fut = asyncio.ensure_future(trimmed(fut, session, item[3]))
                 pending = [f for f in pending if not f.done()] + [fut]
                 out.put_nowait(("video", fut))
                 continue

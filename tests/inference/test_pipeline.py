@@ -11,7 +11,7 @@ import torch
 
 from vividhead.flow_matching import audio_frame_windows as frame_windows
 from vividhead.flow_matching import shift_timestep
-from vividhead.inference.pipeline import StreamingSession, pcm_to_float, preprocess_reference, state_nbytes
+from vividhead.inference.pipeline import StreamingSession, advance, pcm_to_float, preprocess_reference, state_nbytes
 from vividhead.streaming.audio_cache import AudioRingBuffer, TemporalAudioContextCache
 from vividhead.streaming.color import lab_to_rgb, match_colors, reference_lab_stats, rgb_to_lab
 
@@ -116,6 +116,21 @@ def test_pro_session_chunks_cold_start_and_determinism(tiny_pro_fast_vae, ref_im
     tail = list(s.flush())
     assert tail[0].shape[0] == -(-5000 // 640)
     assert s.frames_emitted == -(-len(pcm) // 640)
+
+    # the server's path: split, then the padded tail as a chunk job batched with another session's chunk
+    s3, other = StreamingSession(tiny_pro, ref_image, seed=7), StreamingSession(tiny_pro, ref_image, seed=8)
+    jobs = s3.split(pcm)
+    assert [i for _, i in jobs] == [0, 1]
+    for samples, _ in jobs:
+        advance([s3], [samples])
+    samples, index, keep = s3.split_flush()
+    assert (index, keep, s3.split_flush()) == (2, -(-5000 // 640), None)
+    for chunk, _ in other.split(pcm[:2 * 17920]):
+        advance([other], [chunk])
+    frames, _ = advance([s3, other], [samples, pcm[2 * 17920 : 3 * 17920]])
+    got = s3.trim_flush(frames, keep)  # batched: within one uint8 level of the lone flush
+    assert got.shape == tail[0].shape and np.abs(got.astype(int) - tail[0]).max() <= 1
+    assert s3.frames_emitted == s.frames_emitted
 
     s2 = StreamingSession(tiny_pro, ref_image, seed=7)
     again = list(s2.feed(pcm[: 2 * 17920]))

@@ -151,6 +151,39 @@ def test_scheduler_batches_waiting_chunks(tiny_pro_fast_vae, speech):
         sched.close()
 
 
+def test_scheduler_runs_stream_tails_after_full_chunks(tiny_pro_fast_vae, monkeypatch):
+    """A flush's padded tail waits in its round behind the other sessions' full chunks (its frames
+    play later), in a batch of its own, and does not feed the round-cost model."""
+    import threading
+
+    from vividhead.inference import batching
+
+    order = []
+
+    def fake_group(jobs, cfg):
+        order.append([(id(j.session), j.tail) for j in jobs])
+        return [np.zeros((1, 2, 2, 3), np.uint8) for _ in jobs]
+
+    monkeypatch.setattr(batching, "_run_group", fake_group)
+    sched = BatchScheduler(BatchingConfig(max_batch=8), frame_num=TINY_PRO.streaming.frame_num)
+    try:
+        a, b, c = sched.call(lambda: [StreamingSession(tiny_pro_fast_vae, r) for r in _refs(3)]).result()
+        started, gate = threading.Event(), threading.Event()
+        blocker = sched.call(lambda: (started.set(), gate.wait()))
+        assert started.wait(30)
+        spc = TINY_PRO.streaming.samples_per_chunk
+        futs = [sched.submit_chunk(a, np.zeros(spc, np.float32), 3, tail=True),
+                sched.submit_chunk(b, np.zeros(spc, np.float32), 3),
+                sched.submit_chunk(c, np.zeros(spc, np.float32), 5)]
+        gate.set()
+        blocker.result(timeout=30)
+        [f.result(timeout=30) for f in futs]
+        assert order == [[(id(b), False), (id(c), False)], [(id(a), True)]]
+        assert list(sched.cost.medians()) == [2]  # the full chunks' batch only
+    finally:
+        sched.close()
+
+
 def test_scheduler_gathers_chunks_of_open_sessions(tiny_pro_fast_vae, speech):
     """With ``gather_s``, a chunk waits for the other open session's chunk (one round for both,
     started as soon as both wait); with a third session open that never sends, the round starts at
