@@ -2,4 +2,5 @@
 
 from vividhead.cli import main
 
-main()
+if __name__ == "__main__":  # spawned worker processes (serve's MP4 encoders) must not run the CLI again
+    main()
