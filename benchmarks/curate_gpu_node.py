@@ -34,13 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 import time
 from pathlib import Path
 
-from curation_throughput import cpu_busy_s  # this script's folder is first on sys.path
+from curation_throughput import cpu_busy_s, source_name, without_dedup  # this script's folder is first on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 PART_DIR, MANIFEST_FILE, STATS_FILE, KEPT = "_parts", "manifest.parquet", "stats.json", "kept"
@@ -53,7 +52,7 @@ def merged_config(base: dict, overlay: dict | None, samples_per_shard: int, keep
         if isinstance(section, dict) and section.get("enabled") is False:
             cfg.setdefault(name, {})["enabled"] = False
     if not keep_dedup:
-        cfg.setdefault("dedup", {})["enabled"] = False
+        cfg = without_dedup(cfg)
     cfg.setdefault("write", {})["samples_per_shard"] = samples_per_shard
     return cfg
 
@@ -120,8 +119,9 @@ def gpu_busy(gpu_csv: Path | None, t0: float, t1: float) -> dict | None:
 
 def video_seconds(url: str, row_s: float | None, durations: dict[str, float]) -> float:
     """Seconds of an input: the fixture's (``durations``: file name -> seconds; the inputs are
-    ``r<NN>_<name>`` links), else the manifest's ``source_duration_s`` (None for inputs probe rejected)."""
-    name = re.sub(r"^r\d+_", "", Path(url or "").name)
+    ``r<NN>_<name>`` links, :func:`curation_throughput.copy_name`), else the manifest's
+    ``source_duration_s`` (None for inputs probe rejected)."""
+    name = source_name(Path(url or "").name)
     return durations.get(name, row_s or 0.0)
 
 

@@ -2,7 +2,7 @@
 
     VIVIDHEAD_WEIGHTS_DIR=../shared/fixtures/weights .venv/bin/python benchmarks/curation_throughput.py \
         [--inputs ../shared/fixtures/media/video] [--config examples/curate_offline.yaml] [--cpus 2] \
-        [--keep OUT_DIR] [--baseline-manifest OLD_OUT/manifest.parquet]
+        [--keep OUT_DIR] [--baseline-manifest OLD_OUT/manifest.parquet] [--repeat N]
 
 Prints input video-seconds processed per CPU-second (wall time x CPUs given to Ray) for both, and
 the ratio pipeline time / decode time, and the CPU seconds the whole machine was busy during the
@@ -23,7 +23,16 @@ actors.
 ``--baseline-manifest``: the manifest of an earlier run on the same inputs (e.g. before a change,
 kept with ``--keep``); every clip whose status or rejection reason differs is listed.
 ``--baseline-report``: the JSON an earlier run of this script printed (e.g. with
-``run: {chain_stages: false}`` in the config, or before a change): the CPU seconds as ratios to it.
+``run: {chain_stages: false}`` in the config, or before a change): the CPU seconds as ratios to it;
+if it had another ``input_video_s`` (another ``--repeat``), also the split into a fixed cost per run
+and a marginal cost per input-second (``marginal_vs_baseline_report``).
+
+``--repeat N``: the inputs N times over (:func:`repeat_inputs`: links ``r<k>_<name>`` in a temporary
+folder, byte-identical copies), with dedup off in the run's config for N > 1 (:func:`without_dedup`)
+and the decode baseline over the same N-fold inputs, so that ``ratio_cpu`` stays like for like. Run at
+N = 1 and at N > 1, the difference is the CPU per input-second past the per-run start-up (Ray's, the
+driver's, the actors'), which a long job pays once. With ``--baseline-manifest`` of an N = 1 run,
+every copy of a source is compared with that source's decisions (:func:`decision_changes`).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -43,6 +53,50 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+COPY_PREFIX = re.compile(r"^r\d+_")  # ``r<k>_<name>``: the k-th copy of input ``name``
+
+
+def copy_name(name: str, k: int, n: int) -> str:
+    """The k-th (1-based) of n copies of the input file ``name``: ``r<k>_<name>``, k zero-padded to
+    the width of n (as ``seq -w``; ``run_curate_gpu_node.sh`` links its inputs under the same names)."""
+    return f"r{k:0{len(str(n))}d}_{name}"
+
+
+def source_name(name: str) -> str:
+    """The input file name a copy was made from (:func:`copy_name` undone); other names unchanged."""
+    return COPY_PREFIX.sub("", name, count=1)
+
+
+def copy_tag(name: str) -> str:
+    """``r<k>_`` of a copy's name, ``""`` for an input that is no copy."""
+    m = COPY_PREFIX.match(name)
+    return m.group(0) if m else ""
+
+
+def repeat_inputs(paths: list[Path], n: int, folder: Path) -> list[Path]:
+    """``n`` copies of every input, as hard links (symbolic links across file systems) named
+    :func:`copy_name` in ``folder``; the copies in the order the pipeline lists a folder (by name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k in range(1, n + 1):
+        for p in paths:
+            dst = folder / copy_name(p.name, k, n)
+            try:
+                os.link(p, dst)
+            except OSError:
+                dst.symlink_to(Path(p).resolve())
+            out.append(dst)
+    return sorted(out)
+
+
+def without_dedup(cfg: dict | None) -> dict:
+    """A copy of a raw config (the YAML's mapping) with dedup off: repeated inputs are byte-identical,
+    and dedup would reject every copy but the first."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in (cfg or {}).items()}
+    out["dedup"] = {**(out.get("dedup") or {}), "enabled": False}
+    return out
 
 
 def ffprobe_duration(path: Path) -> float:
@@ -218,20 +272,31 @@ def stage_cpu_s(manifest) -> dict[str, float]:
 
 
 def decision_changes(manifest, baseline_path: str) -> list[dict]:
-    """Clips whose (status, stage, reason) differ from the baseline manifest's, keyed by source file and clip index."""
+    """Clips whose (status, reason) differ from the baseline manifest's, keyed by input file name and
+    clip index. Copies of an input (:func:`copy_name`, from ``--repeat``) are compared one by one with
+    that input's rows in the baseline (an N = 1 run): each copy must give the source's decisions."""
     import pyarrow.parquet as pq
 
-    def key(r: dict) -> tuple:
-        return (Path(r["input_id"]).name, r.get("clip_index"))
+    def split(r: dict) -> tuple[str, tuple]:
+        name = Path(r.get("url") or r["input_id"]).name
+        return copy_tag(name), (source_name(name), r.get("clip_index"))
 
-    old = {key(r): r for r in pq.read_table(baseline_path).to_pylist()}
-    changes = []
+    old: dict[tuple, dict] = {}
+    for r in pq.read_table(baseline_path).to_pylist():
+        old[split(r)[1]] = r
+    copies: dict[str, dict[tuple, dict]] = {}
     for r in manifest.to_pylist():
-        o = old.pop(key(r), None)
-        if o is None or (o["status"], o["reason"]) != (r["status"], r["reason"]):
-            changes.append({"clip": key(r), "before": o and (o["status"], o["stage"], o["reason"]),
-                            "after": (r["status"], r["stage"], r["reason"])})
-    changes += [{"clip": k, "before": (o["status"], o["stage"], o["reason"]), "after": None} for k, o in old.items()]
+        tag, key = split(r)
+        copies.setdefault(tag, {})[key] = r
+    changes = []
+    for tag, rows in sorted(copies.items()):
+        for key, r in rows.items():
+            o = old.get(key)
+            if o is None or (o["status"], o["reason"]) != (r["status"], r["reason"]):
+                changes.append({"clip": (tag + key[0], key[1]), "before": o and (o["status"], o["stage"], o["reason"]),
+                                "after": (r["status"], r["stage"], r["reason"])})
+        changes += [{"clip": (tag + k[0], k[1]), "before": (o["status"], o["stage"], o["reason"]), "after": None}
+                    for k, o in old.items() if k not in rows]
     return changes
 
 
@@ -247,6 +312,31 @@ def vs_baseline(report: dict, base: dict) -> dict:
     return out
 
 
+def marginal(report: dict, base: dict) -> dict | None:
+    """Fixed and marginal CPU from two runs of different input seconds (e.g. ``--repeat`` 1 and 4):
+    the marginal CPU-s per input-second (pipeline, decode, stages, outside them, each stage) =
+    difference of CPU-s / difference of input seconds; the fixed CPU-s per run = the smaller run's CPU-s
+    less its input seconds at the marginal rate; the marginal ``ratio_cpu`` = difference of pipeline
+    CPU-s / difference of decode CPU-s. None when both runs had the same input seconds."""
+    small, big = sorted((base, report), key=lambda r: r["input_video_s"])
+    dv = big["input_video_s"] - small["input_video_s"]
+    if dv < 1.0:
+        return None
+    keys = ("pipeline_cpu_s", "decode_cpu_s", "stage_cpu_s_total", "outside_stages_cpu_s")
+    per_s = {k: (big[k] - small[k]) / dv for k in keys if k in big and k in small}
+    stages = {k: (v - small["stage_cpu_s"][k]) / dv for k, v in big.get("stage_cpu_s", {}).items()
+              if k in small.get("stage_cpu_s", {})}
+    dd = big["decode_cpu_s"] - small["decode_cpu_s"]
+    return {
+        "input_video_s": [small["input_video_s"], big["input_video_s"]],
+        "cpu_s_per_input_s": {k: round(v, 4) for k, v in per_s.items()},
+        "fixed_cpu_s": {k: round(small[k] - v * small["input_video_s"], 1) for k, v in per_s.items()},
+        "stage_cpu_s_per_input_s": {k: round(v, 4) for k, v in stages.items()},
+        "stage_fixed_cpu_s": {k: round(small["stage_cpu_s"][k] - v * small["input_video_s"], 2) for k, v in stages.items()},
+        "ratio_cpu": round((big["pipeline_cpu_s"] - small["pipeline_cpu_s"]) / dd, 2) if dd > 0 else None,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", default=str(REPO / ".." / "shared" / "fixtures" / "media" / "video"))
@@ -257,15 +347,28 @@ def main() -> None:
     ap.add_argument("--baseline-report", default=None,
                     help="the JSON this script printed for an earlier run (e.g. before a change): "
                          "print this run's CPU seconds as ratios to it")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="the inputs N times over (links r<k>_<name>, dedup off for N > 1), the decode baseline too")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
 
     import ray
 
-    from vividhead.curation.config import load_config
+    from vividhead.config import read_yaml
+    from vividhead.curation.config import config_from_dict, load_config
     from vividhead.curation.pipeline import run_curation
 
+    links = tempfile.TemporaryDirectory(prefix="vh_repeat_")
     paths = sorted(p for p in Path(args.inputs).rglob("*") if p.suffix.lower() in (".mp4", ".mkv", ".mov", ".webm"))
-    video_s = sum(ffprobe_duration(p) for p in paths)
+    source_video_s = sum(ffprobe_duration(p) for p in paths)
+    video_s = source_video_s * args.repeat
+    sources, run_input = len(paths), args.inputs
+    cfg = load_config(args.config)
+    if args.repeat > 1:
+        paths = repeat_inputs(paths, args.repeat, Path(links.name))
+        run_input = links.name
+        cfg = config_from_dict(without_dedup(read_yaml(args.config)))
     decode_runs = []
     for _ in range(3):  # it varies run to run: the median wall time, and the CPU time of each run
         cpu0 = own_cpu_s()
@@ -277,7 +380,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         busy_before, start = cpu_busy_s(), time.perf_counter()
-        result = run_curation([args.inputs], args.keep or tmp, load_config(args.config))
+        result = run_curation([run_input], args.keep or tmp, cfg)
         pipe_s = time.perf_counter() - start
         busy_after = cpu_busy_s()
     ray.shutdown()
@@ -286,10 +389,15 @@ def main() -> None:
     by_kind = tree.by_kind()
     count_kind = tree.count_by_kind()
     tree.close()
+    links.cleanup()
     stage_cpu = stage_cpu_s(result.manifest)
     report = {
+        "repeat": args.repeat,
+        "sources": sources,
         "inputs": len(paths),
+        "source_video_s": round(source_video_s, 2),
         "input_video_s": round(video_s, 2),
+        "dedup": "off (repeated inputs)" if args.repeat > 1 else "as in the config",
         "cpus": args.cpus,
         "clips_kept": result.stats["clips_kept"],
         "decode_wall_s": round(decode_s, 2),
@@ -316,7 +424,11 @@ def main() -> None:
     if args.baseline_manifest:
         report["decision_changes"] = decision_changes(result.manifest, args.baseline_manifest)
     if args.baseline_report:
-        report["vs_baseline_report"] = vs_baseline(report, json.loads(Path(args.baseline_report).read_text()))
+        base = json.loads(Path(args.baseline_report).read_text())
+        report["vs_baseline_report"] = vs_baseline(report, base)
+        split = marginal(report, base)
+        if split:
+            report["marginal_vs_baseline_report"] = split
     print(json.dumps(report, indent=2))
 
 
