@@ -37,7 +37,7 @@ pro_fast)  # Pro, compiled DiT (CUDA graphs) + accelerated Wan VAE, DiT batches 
   run pro_fast $(left ${PRO_LIMIT:-160}) --variant pro --optimize --cuda-graphs --batch-buckets 1 2 --vae-batch 2 \
     --warm-up 1 2 --profile-round 2 --streams ${PRO_STREAMS:-1 2 3};;
 lite_fast)  # Lite, compiled DiT replayed as CUDA graphs + compiled LTX VAE, DiT batches padded to 16
-            # (flushes run alone: 1)
+            # (a lone chunk: 1)
   run lite_fast $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --batch-buckets 16 --vae-batch 4 \
     --warm-up 1 16 --profile-round 16 --streams ${LITE_STREAMS:-8 16 20} ${LITE_EXTRA:-};;
 lite_fast2)  # lite_fast again with LITE_EXTRA2 appended (a second configuration in the same call, e.g. --fp8)

@@ -383,32 +383,28 @@ def build_server(args):
              "warm_up_round_s": {str(k): round(v, 4) for k, v in warm.items()}}
     if args.profile_round:
         setup["profile_round"] = server.scheduler.call(
-            lambda: profile_round(models, image, args.profile_round, batching)).result()
+            lambda: profile_round(models, args.profile_round, batching)).result()
     return server, setup
 
 
-def profile_round(models, image: np.ndarray, batch: int, batching, rounds: int = 3) -> dict:
+def profile_round(models, batch: int, batching, rounds: int = 3) -> dict:
     """Per-part seconds of a standard round of ``batch`` sessions, device-synchronised between parts
-    (``StreamingSession(profile=True)``: the audio encode then runs on the main stream, not beside the
-    motion encode). Runs after the warm-up at that batch size, so nothing compiles here.
+    (:meth:`FlashHeadModels.warm_up` with ``profile``: the audio encode then runs on the main
+    stream, not beside the motion encode). Run after the warm-up at that batch size, so nothing
+    compiles here.
 
     Returns:
         ``{"batch", "rounds", part: median seconds}`` for audio, encode (motion frames), dit,
         decode (LTX/Wan decode and colour), other (host copy and bookkeeping), total.
     """
-    from vividhead.inference.pipeline import StreamingSession, advance
-
-    cfg = models.variant.streaming
-    sessions = [StreamingSession(models, image, seed=i, streaming=cfg, profile=True) for i in range(batch)]
-    rng = np.random.default_rng(0)
     parts = ("audio", "encode", "dit", "decode", "other", "total")
     seen: dict[str, list[float]] = {k: [] for k in parts}
-    for r in range(2 + rounds):  # the cold-start chunk, one standard round, then the measured ones
-        n = cfg.chunk_frames(r)[1] * cfg.samples_per_frame
-        advance(sessions, [(rng.standard_normal(n) * 0.1).astype(np.float32) for _ in sessions], batching)
-        if r >= 2:
-            for k in parts:
-                seen[k].append(getattr(sessions[0].timings, k))
+
+    def record(_b: int, _seconds: float, timings) -> None:
+        for k in parts:
+            seen[k].append(getattr(timings, k))
+
+    models.warm_up(batch_sizes=(batch,), batching=batching, measured_rounds=rounds, on_round=record, profile=True)
     return {"batch": batch, "rounds": rounds, **{k: round(float(np.median(v)), 4) for k, v in seen.items()}}
 
 
@@ -490,7 +486,10 @@ def parse_args(argv=None):
                    default=FIXTURE_AUDIO.parents[1] / "image" / "face_frontal_people0.png")
     p.add_argument("--audio", type=Path, default=FIXTURE_AUDIO)
     p.add_argument("--out", help="append one JSON line per point here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.profile_round is not None and not 1 <= args.profile_round <= args.max_batch:
+        p.error(f"--profile-round must be between 1 and --max-batch ({args.max_batch}), got {args.profile_round}")
+    return args
 
 
 def main(argv=None) -> dict:

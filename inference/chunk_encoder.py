@@ -143,4 +143,4 @@ class ChunkEncoder:
         self._blocks, self._free = [], []
 
 
-__all__ = ["ChunkEncoder"]
+__all__ = ["ChunkEncoder", "default_encode_workers"]

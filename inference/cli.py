@@ -23,6 +23,8 @@ from vividhead.streaming.fidelity import FIDELITY_HELP, FidelityOptions
 if TYPE_CHECKING:
     import numpy as np
 
+    from vividhead.inference.batching import BatchingConfig
+
 
 def _fail(message: str) -> NoReturn:
     """Stop the command with an expected error: ``vividhead`` prints ``error: <message>`` as one line
@@ -488,7 +490,7 @@ def serve(
                               encode_workers=encode_workers))
 
 
-def default_warm_up(batching, device_type: str, dynamic_batch: bool) -> tuple[int, ...]:
+def default_warm_up(batching: BatchingConfig, device_type: str, dynamic_batch: bool) -> tuple[int, ...]:
     """Batch sizes ``serve`` warms up when ``--warm-up-batches`` is not given: none on the CPU; on a
     GPU the buckets, or with ``--dynamic-batch`` and exact sizes every size from 1 to ``max_batch``
     (one compile serves them all, but each size still records its CUDA graphs and is measured for

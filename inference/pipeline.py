@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from vividhead.models.audio_encoder import Wav2VecFeatures
-from vividhead.models.compiling import batch_dynamic, compile_no_grad  # noqa: F401 (both still importable from here)
+from vividhead.models.compiling import batch_dynamic
 from vividhead.models.configs import FlashHeadVariant, StreamingConfig, VAEKind
 from vividhead.models.flashhead import FlashHeadTransformer
 from vividhead.models.loading import load_flashhead_transformer
@@ -263,7 +263,8 @@ class FlashHeadModels:
 
     def warm_up(self, streaming: StreamingConfig | None = None, batch_sizes: Sequence[int] = (1,),
                 batching: BatchingConfig | None = None, measured_rounds: int = 0,
-                on_round: Callable[[int, float], None] | None = None) -> float:
+                on_round: Callable[[int, float, ChunkTimings], None] | None = None,
+                profile: bool = False) -> float:
         """Run throw-away streams through every chunk shape ``streaming`` will use, at each batch size,
         so compilation, CUDA-graph recording and cuDNN autotuning happen now (at start-up) and not on a
         user's first chunk; the one warm-up of ``infer``, ``serve`` and the benchmarks.
@@ -271,8 +272,8 @@ class FlashHeadModels:
         Per batch size: the cold-start chunk(s) (the short first chunk with ``fast_start``; the first
         chunk has no motion encode), one standard round (the first call of the standard shape at
         that size, where a compiled path compiles and captures it), then ``measured_rounds`` standard
-        rounds, each reported to ``on_round(batch size, seconds)``. The weights and later sessions
-        are unaffected.
+        rounds, each reported to ``on_round(batch size, seconds, the first stream's ChunkTimings)``.
+        The weights and later sessions are unaffected.
 
         Args:
             streaming: chunk geometry (default: the variant's).
@@ -280,6 +281,8 @@ class FlashHeadModels:
             batching: padding buckets and VAE part size (``serve``'s).
             measured_rounds: standard rounds to time after the unmeasured ones.
             on_round: receives each measured round.
+            profile: synchronise the device between the parts of each chunk, so the timings are
+                exact (:class:`StreamingSession`'s ``profile``; the rounds are then a little slower).
 
         Returns:
             seconds spent (device synchronised).
@@ -290,14 +293,14 @@ class FlashHeadModels:
         ref = np.random.RandomState(0).randint(0, 256, (cfg.height_px, cfg.width_px, 3), dtype=np.uint8)
         skip = 2  # the cold-start chunk (short with fast_start, no motion encode), then one standard round
         for b in batch_sizes:
-            sessions = [StreamingSession(self, ref, streaming=cfg) for _ in range(b)]
+            sessions = [StreamingSession(self, ref, streaming=cfg, profile=profile) for _ in range(b)]
             for r in range(skip + measured_rounds):
                 n = cfg.chunk_frames(r)[1] * cfg.samples_per_frame
                 pcm = [(rng.standard_normal(n) * 0.1).astype(np.float32) for _ in sessions]
                 t1 = time.perf_counter()
                 advance(sessions, pcm, batching)
                 if r >= skip and on_round is not None:
-                    on_round(b, time.perf_counter() - t1)
+                    on_round(b, time.perf_counter() - t1, sessions[0].timings)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0

@@ -191,7 +191,7 @@ class FlashHeadServer:
         Returns:
             ``{padded batch size: median seconds per round}`` measured so far.
         """
-        def observe(b: int, seconds: float) -> None:
+        def observe(b: int, seconds: float, _timings) -> None:
             self.scheduler.cost.observe(self.batching.padded(b), seconds)
 
         sizes = tuple(min(b, self.batching.max_batch) for b in batch_sizes)

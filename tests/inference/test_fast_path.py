@@ -50,7 +50,7 @@ def test_batch_dynamic_compiles_one_graph_for_every_batch_above_one(tiny_pro):
     import torch
     from torch._dynamo.utils import counters
 
-    from vividhead.inference.pipeline import batch_dynamic
+    from vividhead.models.compiling import batch_dynamic
 
     dit = tiny_pro.transformer
     c = tiny_pro.variant.transformer
@@ -78,7 +78,7 @@ def test_batch_dynamic_ltx_decode_and_encode_reuse_their_graphs(tiny_lite):
     import torch
     from torch._dynamo.utils import counters
 
-    from vividhead.inference.pipeline import batch_dynamic, compile_no_grad
+    from vividhead.models.compiling import batch_dynamic, compile_no_grad
 
     vae = tiny_lite.vae
     decode = batch_dynamic(compile_no_grad(vae.decode, backend="aot_eager"))

@@ -312,7 +312,7 @@ def test_compile_no_grad_keeps_one_graph_whatever_the_callers_grad_mode(tiny_lit
     grad mode); :func:`compile_no_grad` enters it under ``no_grad`` (eager backend, CPU)."""
     from torch._dynamo.utils import counters
 
-    from vividhead.inference.pipeline import compile_no_grad
+    from vividhead.models.compiling import compile_no_grad
 
     z = torch.randn(1, tiny_lite.vae.latent_channels, 2, 2, 2, generator=torch.Generator().manual_seed(4))
     want = tiny_lite.vae.decode(z)

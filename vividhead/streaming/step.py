@@ -59,7 +59,7 @@ class BatchingConfig:
         batch_buckets: pad each DiT batch up to the smallest of these sizes, and each VAE call up to
             the smallest of them or ``vae_batch`` (padding rows are copies of row 0 whose outputs
             are dropped), so a compiled / CUDA-graph DiT and a compiled VAE see few shapes;
-            ``None``: exact sizes. 1 is always added (a flush runs one stream alone).
+            ``None``: exact sizes. 1 is always added (a lone chunk runs unpadded).
         gather_s: a serving round waits up to this long after its oldest chunk arrived for the
             chunks of the other open sessions (:class:`vividhead.inference.batching.BatchScheduler`).
 
