@@ -54,7 +54,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: the device scripts build the full namespace there
 
 from vividhead.flow_matching import NUM_TRAIN_TIMESTEPS, motion_latent_count, overwrite_motion  # noqa: E402
 from vividhead.training.data import ClipWindowBatch  # noqa: E402

@@ -495,6 +495,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("vividhead.inference.pipeline").setLevel(logging.INFO)  # warm-up progress, a line per batch size
     result = asyncio.run(main_async(args))
     print(json.dumps(result, indent=1))
     return result

@@ -23,6 +23,7 @@ With ``StreamingConfig.fast_start`` the first chunk is only ``motion_frames`` lo
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from vividhead.models.vae import VideoVAE, build_vae, load_vae
 from vividhead.streaming.color import reference_lab_stats
 from vividhead.streaming.fidelity import FidelityOptions, apply_to_vae, preprocess_reference
 from vividhead.streaming.step import BatchingConfig, ChunkStep, ChunkTimings, StepOutput
+
+log = logging.getLogger(__name__)
 
 
 def pcm_to_float(pcm: np.ndarray | bytes) -> np.ndarray:
@@ -301,6 +304,7 @@ class FlashHeadModels:
                 advance(sessions, pcm, batching)
                 if r >= skip and on_round is not None:
                     on_round(b, time.perf_counter() - t1, sessions[0].timings)
+            log.info("warm-up: batch %d ready, %.1f s since the warm-up started", b, time.perf_counter() - t0)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
