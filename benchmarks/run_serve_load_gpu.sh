@@ -20,6 +20,9 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 MEDIA="--audio .carry_serve/speech_en_60s_16k.wav --image .carry_serve/face_frontal_people0.png --seconds ${CLIENT_S:-6} --timeout-s 30"
 MEDIA="$MEDIA --client-process"  # clients in their own process: the server's event loop carries only its own work
 MEDIA="$MEDIA --encode-workers ${ENCODE_WORKERS:-8}"  # MP4 encoding processes (0: threads; 8: serve's default here)
+# what the MP4 encoder gets: face-like frames (image, default since 2026-12-06 12:50 UTC) or the random-weight
+# model's noise (model: ~3.2 MB and ~6x the encode CPU of a face per Lite chunk; every earlier run)
+MEDIA="$MEDIA --encode-content ${ENCODE_CONTENT:-image}"
 
 run() {  # name, time limit (s), serve_load arguments...
   local name=$1 limit=$2; shift 2

@@ -209,6 +209,54 @@ class LoopLag:
                 "loop_lag_max_s": max(self.lags, default=None)}
 
 
+class ServerTimes:
+    """Where a chunk's latency goes on the server, measured by wrapping the in-process server's
+    scheduler and encoder (the server itself is unchanged): ``chunk`` = audio complete (submitted to
+    the batch scheduler) -> frames ready (waiting for a round + the round), ``encode`` = frames ->
+    MP4 bytes (waiting for an encoding worker + the encode). Seconds; :meth:`take` returns the
+    p50 / p95 of each since the last call and starts over.
+
+    With ``content="image"`` the encoder gets face-like frames of the generated shape in place of the
+    model's (the reference image, shifted per frame, :func:`replay_frames`): random weights generate
+    noise, whose MP4s (about 3 MB per Lite chunk) cost several times the encode of a face (a
+    512x512x24 chunk of noise: 0.29 s of one development-machine core), which trained weights do not.
+    """
+
+    def __init__(self, server, content: str = "model", image: Path | None = None) -> None:
+        self.chunk: list[float] = []
+        self.encode: list[float] = []
+        self._bank: dict[tuple, list[np.ndarray]] = {}
+        submit, encode = server.scheduler.submit_chunk, server.encoder.encode
+
+        def timed_submit(*a, **kw):
+            t0 = time.perf_counter()
+            fut = submit(*a, **kw)
+            fut.add_done_callback(lambda _f: self.chunk.append(time.perf_counter() - t0))
+            return fut
+
+        async def timed_encode(frames: np.ndarray, fps: int) -> bytes:
+            if content == "image":
+                key = frames.shape
+                if key not in self._bank:  # made once per shape, outside the timed encode
+                    n, h, w = frames.shape[:3]
+                    self._bank[key] = [replay_frames("image", image, max(h, w), n, seed=k)[:, :h, :w]
+                                       for k in range(4)]
+                frames = self._bank[key][len(self.encode) % 4]
+            t0 = time.perf_counter()
+            data = await encode(frames, fps)
+            self.encode.append(time.perf_counter() - t0)
+            return data
+
+        server.scheduler.submit_chunk = timed_submit
+        server.encoder.encode = timed_encode
+
+    def take(self) -> dict:
+        out = {"chunk_s_p50": _q(self.chunk, 0.5), "chunk_s_p95": _q(self.chunk, 0.95),
+               "encode_s_p50": _q(self.encode, 0.5), "encode_s_p95": _q(self.encode, 0.95)}
+        self.chunk, self.encode = [], []
+        return out
+
+
 def summarise(n: int, results: list[ClientResult], fps: float, server=None, wall_s: float = 0.0) -> dict:
     """One point of the curve: per-stream FPS and chunk latency over the ``n`` clients."""
     served = [r for r in results if r.refused is None]
@@ -267,7 +315,7 @@ async def _clients_in_subprocess(args, url: str, n: int, chunk_s: float) -> tupl
     return [ClientResult(**r) for r in got["results"]], got["wall_s"]
 
 
-async def run_sweep(args, url: str, server=None) -> list[dict]:
+async def run_sweep(args, url: str, server=None, times: ServerTimes | None = None) -> list[dict]:
     curve = []
     fps = 25.0
     for n in args.streams:
@@ -276,6 +324,8 @@ async def run_sweep(args, url: str, server=None) -> list[dict]:
         rounds0 = server.scheduler.rounds if server is not None else 0
         graphs0 = _compiled_graphs()
         chunk_s = server.chunk_seconds if server is not None else 1.0
+        if times is not None:
+            times.take()  # this point's chunks only
         lag = LoopLag()
         lag.start()
         if args.client_process:
@@ -290,6 +340,8 @@ async def run_sweep(args, url: str, server=None) -> list[dict]:
             point["server"]["rounds"] -= rounds0
             # graphs dynamo compiled while this point was served: after warm-up there should be none
             point["server"]["recompiles"] = _compiled_graphs() - graphs0
+        if times is not None:
+            point["server"].update(times.take())
         curve.append(point)
         line = json.dumps(point)
         print(line, file=sys.stderr, flush=True)
@@ -412,7 +464,7 @@ async def main_async(args) -> dict:
     info: dict = {"variant": args.variant, "device": args.device, "seconds": args.seconds, "round_s": args.round_s,
                   "round_s_per_row": args.round_s_per_row, "streams": args.streams, "stagger": args.stagger, "playout_buffer_s": args.playout_buffer_s,
                   "compression": args.compression, "client_process": args.client_process,
-                  "encode_workers": args.encode_workers}
+                  "encode_workers": args.encode_workers, "encode_content": args.encode_content}
     if args.url and args.clients_once:  # the child of --client-process: results only
         t0 = time.perf_counter()
         results = await run_clients(args, args.url, args.clients_once, args.chunk_s)
@@ -421,6 +473,7 @@ async def main_async(args) -> dict:
         return {**info, "url": args.url, "curve": await run_sweep(args, args.url)}
     server, setup = await asyncio.to_thread(build_server, args)
     await server.encoder.start()
+    times = ServerTimes(server, args.encode_content, args.image)
     info.update(setup, batching=asdict(server.batching), admission=asdict(server.admission),
                 chunk_s=server.chunk_seconds)
     if args.device == "cuda":
@@ -430,7 +483,7 @@ async def main_async(args) -> dict:
     try:
         async with server.listen("127.0.0.1", 0, compression=None if args.compression == "none" else "deflate") as srv:
             url = f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
-            curve = await run_sweep(args, url, server)
+            curve = await run_sweep(args, url, server, times)
         if args.device == "cuda":
             import torch
 
@@ -474,6 +527,10 @@ def parse_args(argv=None):
                    help="with --replay-frame-px: the reference image, shifted per frame, or uniform noise")
     p.add_argument("--encode-workers", type=int, default=0,
                    help="FlashHeadServer's MP4 encoding processes (0: threads, the server's default)")
+    p.add_argument("--encode-content", choices=["model", "image"], default="model",
+                   help="frames the MP4 encoder gets: the model's (default), or face-like frames of the same "
+                        "shape (the reference image, shifted per frame): random weights generate noise, "
+                        "several times dearer to encode than trained weights' faces")
     p.add_argument("--client-process", action="store_true",
                    help="run the clients in a child process, as remote clients are")
     p.add_argument("--clients-once", type=int, default=None, help=argparse.SUPPRESS)
