@@ -331,9 +331,10 @@ MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
                                    "before serving; --no-fast-path runs eager."),
     "fp8": typer.Option("--fp8", help="FP8 GEMMs in the DiT blocks (faster, outputs move beyond bf16 "
                                       "rounding: see docs/inference.md)."),
-    "dynamic_batch": typer.Option("--dynamic-batch", help="Fast path: one compiled graph for every batch size >= 2 "
-                                                         "(serve's --batch-buckets) instead of one per size: a "
-                                                         "shorter warm-up; speed against the default not yet measured."),
+    "dynamic_batch": typer.Option("--dynamic-batch", help="Fast path: one compiled graph for every batch size, 1 "
+                                                         "included (serve's --batch-buckets) instead of one per size: "
+                                                         "a shorter warm-up; speed against the default not yet "
+                                                         "measured."),
     "fast_start": typer.Option("--fast-start", help="Short first chunk (lower first-frame latency)."),
     "crop_face": typer.Option("--crop-face", help="Crop the reference around its largest face (released recipe; "
                                                  "detector weights from the registry)."),

@@ -212,11 +212,11 @@ class FlashHeadModels:
                 autotunes every convolution for minutes), one graph per chunk shape; ``None``: only
                 the fused norms are compiled.
             dynamic_batch: compile the DiT and the LTX VAE coders with a symbolic batch dimension
-                (:func:`vividhead.models.compiling.batch_dynamic`): two graphs (batch 1, batch >= 2)
-                instead of one per batch bucket, for a shorter serving warm-up and exact batch sizes
-                (no padding). Off by default: on one H100 its DiT took 5% longer than the static
-                graph for a round of 16 Lite sessions (0.429 vs 0.409 s, FP8; docs/benchmarks.md,
-                "Concurrent streams, part 4").
+                (:func:`vividhead.models.compiling.batch_dynamic`): one graph for every batch size,
+                1 included, instead of one per batch bucket, for a shorter serving warm-up and exact
+                batch sizes (no padding). Off by default: on one H100 its DiT took 5% longer than the
+                static graph for a round of 16 Lite sessions (0.429 vs 0.409 s, FP8;
+                docs/benchmarks.md, "Concurrent streams, part 4").
             fp8: row-wise FP8 GEMMs in the DiT blocks (:mod:`vividhead.inference.fp8`; Ada / Hopper
                 GPUs). Replaces the block weights by FP8 copies (not reversible); moves outputs by
                 more than bf16 rounding, so it is opt-in.

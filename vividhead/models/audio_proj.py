@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vividhead.models.compiling import symbolic_batch
+
 
 def select_latent_audio_windows(
     context: torch.Tensor, vae_scale: int, audio_window: int
@@ -41,9 +43,16 @@ def select_latent_audio_windows(
     if (f_v - 1) % vae_scale:
         raise ValueError(f"{f_v} video frames is not 1 + {vae_scale} k")
     mid = audio_window // 2
-    first = context[:, :1]
+    first, later = context[:, :1], context[:, 1:]
+    if symbolic_batch():
+        # a compile with a symbolic batch size (vividhead.models.compiling.batch_dynamic): a slice
+        # along dim 1 is contiguous only when B == 1, so the reshape below (and the Linear over
+        # ``first``) would branch on B == 1 and give batch 1 a graph of its own; copies do not.
+        # Elsewhere the views stay (a copy rounds the Linear over ``first`` differently at B >= 2)
+        first = first.clone(memory_format=torch.contiguous_format)
+        later = later.clone(memory_format=torch.contiguous_format)
     # [B, F_v - 1, W, L, D] -> [B, n, vae_scale, W, L, D]
-    later = context[:, 1:].reshape(b, (f_v - 1) // vae_scale, vae_scale, w, layers, d)
+    later = later.reshape(b, (f_v - 1) // vae_scale, vae_scale, w, layers, d)
     head = later[:, :, :1, : mid + 1]  # [B, n, 1, mid+1, L, D]
     middle = later[:, :, 1:-1, mid : mid + 1]  # [B, n, vae_scale-2, 1, L, D]
     tail = later[:, :, -1:, mid:]  # [B, n, 1, mid+1, L, D]

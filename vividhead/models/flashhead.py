@@ -239,9 +239,11 @@ class DiTAudioBlock(nn.Module):
         n_f, n_a = audio.shape[1], audio.shape[2]
         h = self.norm3(x)
         if frame_ids is None:
-            # [B, F*L, dim] -> [B*F, L, dim]: each latent frame attends to its own audio tokens
-            h = h.reshape(b * n_f, s // n_f, d)
-            ca = self.cross_attn(h, audio.reshape(b * n_f, n_a, d)).reshape(b, s, d)
+            # [B, F*L, dim] -> [B*F, L, dim]: each latent frame attends to its own audio tokens. Split,
+            # then merge (views, as one reshape): Inductor cannot index one reshape that does both
+            # over a batch size that may be 1 (batch_dynamic) and would compile batch 1 apart
+            h = h.unflatten(1, (n_f, s // n_f)).flatten(0, 1)
+            ca = self.cross_attn(h, audio.flatten(0, 1)).unflatten(0, (b, n_f)).flatten(1, 2)
         else:
             mask = frame_ids[:, None] == torch.arange(n_f, device=x.device).repeat_interleave(n_a)[None, :]
             ca = self.cross_attn(h, audio.reshape(b, n_f * n_a, d), attn_mask=mask)
@@ -436,5 +438,7 @@ class FlashHeadTransformer(ModelMixin, ConfigMixin):
         tokens = self.head(tokens, t_emb)  # [B, S, out_dim * prod(patch)]
         gf, gh, gw = grid
         out = tokens.view(b, gf, gh, gw, pt, ph, pw, cfg.out_dim)
-        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, cfg.out_dim, gf * pt, gh * ph, gw * pw)
+        # copy, then view (what the reshape did): a reshape of the permuted view makes Inductor
+        # check strides against a batch size of 1 (batch_dynamic: batch 1 compiled apart)
+        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6).contiguous().view(b, cfg.out_dim, gf * pt, gh * ph, gw * pw)
         return out
