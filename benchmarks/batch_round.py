@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
     p.add_argument("--buckets", type=int, nargs="*", default=None)
     p.add_argument("--vae-batch", type=int, default=4)
-    p.add_argument("--dynamic-batch", action="store_true", help="optimize(dynamic_batch=True): one graph for batches >= 2")
+    p.add_argument("--dynamic-batch", action="store_true", help="optimize(dynamic_batch=True): one graph for every batch size")
     p.add_argument("--rounds", type=int, default=4, help="measured rounds per batch size")
     args = p.parse_args()
 

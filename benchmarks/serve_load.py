@@ -511,7 +511,7 @@ def parse_args(argv=None):
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--vae-batch", type=int, default=4)
     p.add_argument("--fp8", action="store_true", help="with --optimize: FP8 GEMMs in the DiT blocks (opt-in in serve)")
-    p.add_argument("--dynamic-batch", action="store_true", help="with --optimize: one graph for batches >= 2")
+    p.add_argument("--dynamic-batch", action="store_true", help="with --optimize: one graph for every batch size")
     p.add_argument("--batch-buckets", type=int, nargs="*", default=None)
     p.add_argument("--gather-s", type=float, default=0.0, help="BatchingConfig.gather_s")
     p.add_argument("--warm-up", type=int, nargs="*", default=[1], help="batch sizes measured before the sweep")

@@ -15,7 +15,7 @@ from tiny_models import TINY_LITE, write_tiny_export
 from typer.testing import CliRunner
 
 from vividhead.inference.batching import BatchingConfig
-from vividhead.inference.cli import default_warm_up, register
+from vividhead.inference.cli import ModelOptions, default_warm_up, register, serves_exact_sizes
 from vividhead.inference.server import FlashHeadServer
 from vividhead.media import count_video_frames
 
@@ -80,6 +80,18 @@ def test_serve_default_warm_up_sizes():
     assert default_warm_up(BatchingConfig(max_batch=4), "cuda", dynamic_batch=False) == (1,)
     assert default_warm_up(BatchingConfig(batch_buckets=(4, 16)), "cuda", dynamic_batch=True) == (1, 4, 16)
     assert default_warm_up(BatchingConfig(max_batch=4), "cpu", dynamic_batch=True) == ()
+
+
+def test_serve_runs_exact_sizes_by_default_on_the_gpu_fast_path():
+    """``serve`` turns ``--dynamic-batch`` on (rounds of exactly the chunks waiting) on the GPU fast
+    path unless buckets are given, a round holds one session, or the model runs eager or on the CPU."""
+    gpu, cpu = ModelOptions(device="cuda"), ModelOptions(device="cpu")
+    assert serves_exact_sizes(gpu, BatchingConfig(max_batch=16))
+    assert not serves_exact_sizes(gpu, BatchingConfig(batch_buckets=(1, 16)))
+    assert not serves_exact_sizes(gpu, BatchingConfig(max_batch=1))
+    assert not serves_exact_sizes(ModelOptions(device="cuda:0", fast_path=False), BatchingConfig(max_batch=16))
+    assert not serves_exact_sizes(cpu, BatchingConfig(max_batch=16))
+    assert serves_exact_sizes(ModelOptions(device="cuda:1"), BatchingConfig(max_batch=16))
 
 
 def test_websocket_server_loopback(tiny_pro_fast_vae, ref_image, speech):

@@ -187,6 +187,9 @@ def accelerate_vae(vae: nn.Module, on_gpu: bool, compile_mode: str | None = "def
       whatever device (Inductor on the CPU needs a C++ compiler); ``compile_mode`` does not apply.
     * anything else (a test stand-in): unchanged.
 
+    On a GPU it also sets ``torch.backends.cudnn.benchmark`` (process-wide, as ``optimize`` always
+    did), so the trainers' frozen VAE picks its convolution algorithms as inference does.
+
     A ``ParallelWanVAE`` (its Wan VAE as ``.vae``) is accelerated through that VAE. Weights keep
     their values (only their memory format changes), so ``state_dict`` still loads into a stock VAE;
     the call is not reversible.
@@ -210,6 +213,8 @@ def accelerate_vae(vae: nn.Module, on_gpu: bool, compile_mode: str | None = "def
     from vividhead.models.compiling import batch_dynamic, compile_no_grad
 
     inner = getattr(vae, "vae", vae)  # a ParallelWanVAE wraps a WanVAE as .vae
+    if on_gpu:  # Inductor leaves convolutions to cuDNN: let it pick the fastest algorithm per shape
+        torch.backends.cudnn.benchmark = True
     if isinstance(inner, WanVAE):
         inner.accelerate(compile_norms=on_gpu, compile_coders=compile_mode if on_gpu else None)
         return "wan-accelerated" + (f"+compiled ({compile_mode})" if on_gpu and compile_mode else "")
