@@ -17,6 +17,16 @@ from vividhead.inference.cli import ModelOptions, register
 from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
 
 
+def _dit_inputs(c, b: int, size: int, g):
+    """DiT call arguments for a batch of ``b`` (transformer config ``c``): latents and the motion
+    latents ``[b, C, 3, size, size]``, one timestep ``[1]`` (as ``sample_chunk`` passes it) and audio
+    context ``[b, 1 + 2 * stride, 5, layers, channels]``."""
+    import torch
+
+    x, y = (torch.randn(b, c.out_dim, 3, size, size, generator=g) for _ in range(2))
+    ctx = torch.randn(b, 1 + 2 * c.vae_stride[0], 5, c.audio_layers, c.audio_channels, generator=g)
+    return x, torch.full((1,), 500.0), ctx, y
+
 def test_fast_path_is_the_default_and_one_flag_turns_it_off():
     assert ModelOptions().fast_path is True and ModelOptions().fp8 is False
     app = typer.Typer()
@@ -63,9 +73,7 @@ def test_batch_dynamic_dit_compiles_one_graph_for_every_batch_size(variant, requ
     g = torch.Generator().manual_seed(0)
     graphs = []
     for b in (1, 2, 3):
-        x, y = (torch.randn(b, c.out_dim, 3, 4, 4, generator=g) for _ in range(2))
-        ctx = torch.randn(b, 1 + 2 * c.vae_stride[0], 5, c.audio_layers, c.audio_channels, generator=g)
-        t = torch.full((1,), 500.0)
+        x, t, ctx, y = _dit_inputs(c, b, 4, g)
         with torch.no_grad():
             torch.testing.assert_close(compiled(x, t, ctx, y), eager(x, t, ctx, y), rtol=1e-5, atol=1e-6)
         graphs.append(backend.frame_count)
@@ -120,9 +128,7 @@ def test_dynamic_batch_optimize_compiles_one_graph_for_every_batch_size():
     g = torch.Generator().manual_seed(0)
     graphs = []
     for b in (1, 2, 3):
-        x, y = (torch.randn(b, c.out_dim, 3, 2, 2, generator=g) for _ in range(2))
-        ctx = torch.randn(b, 1 + 2 * c.vae_stride[0], 5, c.audio_layers, c.audio_channels, generator=g)
-        t = torch.full((1,), 500.0)
+        x, t, ctx, y = _dit_inputs(c, b, 2, g)
         z = torch.randn(b, m.vae.latent_channels, 2, 2, 2, generator=g)
         with torch.no_grad():
             torch.testing.assert_close(m.transformer(x, t, ctx, y), eager.transformer(x, t, ctx, y),
