@@ -17,14 +17,14 @@ from vividhead.inference.cli import ModelOptions, register
 from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
 
 
-def _dit_inputs(c, b: int, size: int, g):
+def _dit_inputs(c, b: int, size: int, g, frames: int = 3):
     """DiT call arguments for a batch of ``b`` (transformer config ``c``): latents and the motion
-    latents ``[b, C, 3, size, size]``, one timestep ``[1]`` (as ``sample_chunk`` passes it) and audio
-    context ``[b, 1 + 2 * stride, 5, layers, channels]``."""
+    latents ``[b, C, frames, size, size]``, one timestep ``[1]`` (as ``sample_chunk`` passes it) and
+    audio context ``[b, 1 + (frames - 1) * stride, 5, layers, channels]``."""
     import torch
 
-    x, y = (torch.randn(b, c.out_dim, 3, size, size, generator=g) for _ in range(2))
-    ctx = torch.randn(b, 1 + 2 * c.vae_stride[0], 5, c.audio_layers, c.audio_channels, generator=g)
+    x, y = (torch.randn(b, c.out_dim, frames, size, size, generator=g) for _ in range(2))
+    ctx = torch.randn(b, 1 + (frames - 1) * c.vae_stride[0], 5, c.audio_layers, c.audio_channels, generator=g)
     return x, torch.full((1,), 500.0), ctx, y
 
 def test_fast_path_is_the_default_and_one_flag_turns_it_off():
@@ -53,12 +53,15 @@ def test_fp8_without_the_gpu_fast_path_is_refused(tiny_pro, monkeypatch):
     assert not models.cuda_graphs and "forward" not in vars(models.transformer)
 
 
+@pytest.mark.parametrize("frames", [3, 2])
 @pytest.mark.parametrize("variant", ["tiny_lite", "tiny_pro"])
-def test_batch_dynamic_dit_compiles_one_graph_for_every_batch_size(variant, request):
+def test_batch_dynamic_dit_compiles_one_graph_for_every_batch_size(variant, frames, request):
     """The tiny DiT compiled static, wrapped by ``batch_dynamic`` as ``optimize(dynamic_batch=True)``
     does: batches of 1, 2 and 3 (a timestep of one value, as ``sample_chunk`` passes it) run through
     the graphs built for the first (a static compile makes new ones per size; without the scoped
-    size-oblivious setting batch 1 gets its own), and every output equals the eager forward's."""
+    size-oblivious setting batch 1 gets its own), and every output equals the eager forward's. Two
+    latent frames is the cold-start chunk of ``fast_start``: one later latent frame, whose audio
+    windows a reshape would regroup by asking whether batch 1 is contiguous."""
     import torch
     from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -73,7 +76,7 @@ def test_batch_dynamic_dit_compiles_one_graph_for_every_batch_size(variant, requ
     g = torch.Generator().manual_seed(0)
     graphs = []
     for b in (1, 2, 3):
-        x, t, ctx, y = _dit_inputs(c, b, 4, g)
+        x, t, ctx, y = _dit_inputs(c, b, 4, g, frames)
         with torch.no_grad():
             torch.testing.assert_close(compiled(x, t, ctx, y), eager(x, t, ctx, y), rtol=1e-5, atol=1e-6)
         graphs.append(backend.frame_count)

@@ -56,11 +56,10 @@ def select_latent_audio_windows(
     head = later[:, :, :1, : mid + 1]  # [B, n, 1, mid+1, L, D]
     middle = later[:, :, 1:-1, mid : mid + 1]  # [B, n, vae_scale-2, 1, L, D]
     tail = later[:, :, -1:, mid:]  # [B, n, 1, mid+1, L, D]
-    n = later.shape[1]
-    later = torch.cat(
-        [head.reshape(b, n, -1, layers, d), middle.reshape(b, n, -1, layers, d), tail.reshape(b, n, -1, layers, d)],
-        dim=2,
-    )  # [B, n, W + vae_scale - 1, L, D]
+    # drop the size-1 dims by squeeze (views, as the reshapes they replace were): with one later
+    # latent frame (n = 1, a cold-start chunk) a reshape asks whether the slice is contiguous, which
+    # a symbolic batch size answers only by branching on B == 1 (batch_dynamic: batch 1 apart)
+    later = torch.cat([head.squeeze(2), middle.squeeze(3), tail.squeeze(2)], dim=2)  # [B, n, W + vae_scale - 1, L, D]
     return first, later
 
 
