@@ -61,10 +61,10 @@ lite_exact)  # Lite, compiled once for any batch (--dynamic-batch), FP8 DiT GEMM
              # before serving). CPU replay with the H100's round costs (docs/benchmarks.md): 16 streams
              # 11-14 real time, p95 0.47-0.63 s, against 8 with rounds padded to 16
   run lite_exact $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --dynamic-batch --fp8 \
-    --vae-batch 8 --warm-up $(seq 1 16) --profile-round 16 --streams ${LITE_STREAMS:-12 16 17} ${LITE_EXTRA:-};;
+    --vae-batch 8 --warm-up $(seq 16 -1 1) --profile-round 16 --streams ${LITE_STREAMS:-12 16 17} ${LITE_EXTRA:-};;
 lite_exact_admit)  # lite_exact with admission as serve has it by default: the sessions past the estimate are
                    # refused with the reason, the admitted ones should stay real time (after lite_exact in the
                    # same call, the compile cache is warm)
   run lite_exact_admit $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --dynamic-batch --fp8 \
-    --vae-batch 8 --warm-up $(seq 1 16) --admission --streams ${ADMIT_STREAMS:-20} ${LITE_EXTRA:-};;
+    --vae-batch 8 --warm-up $(seq 16 -1 1) --admission --streams ${ADMIT_STREAMS:-20} ${LITE_EXTRA:-};;
 esac; done

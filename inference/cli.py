@@ -510,7 +510,7 @@ def serves_exact_sizes(model: ModelOptions, batching: BatchingConfig) -> bool:
 
 def default_warm_up(batching: BatchingConfig, device_type: str, dynamic_batch: bool) -> tuple[int, ...]:
     """Batch sizes ``serve`` warms up when ``--warm-up-batches`` is not given: none on the CPU; on a
-    GPU the buckets, or with ``--dynamic-batch`` and exact sizes every size from 1 to ``max_batch``
+    GPU the buckets, or with ``--dynamic-batch`` and exact sizes every size from ``max_batch`` down to 1
     (one compile serves them all, but each size still records its CUDA graphs and is measured for
     admission: better before the first session than during it), else 1.
 
@@ -523,7 +523,11 @@ def default_warm_up(batching: BatchingConfig, device_type: str, dynamic_batch: b
         return ()
     if batching.batch_buckets is not None:
         return batching.batch_buckets
-    return tuple(range(1, batching.max_batch + 1)) if dynamic_batch else (1,)
+    # largest first: the first compile then sees a batch other than 1. Inductor in torch 2.11 (the
+    # GPU image's) guards on batch == 1 when it indexes a view merging the batch into another dim
+    # and the example batch is 1 (2.13 does not), so a first compile at batch 1 is redone at 2 (70 s
+    # of Lite's DiT on an H100); the graph built at 2 served 3 and 16
+    return tuple(range(batching.max_batch, 0, -1)) if dynamic_batch else (1,)
 
 
 def _persistent_compile_cache() -> None:

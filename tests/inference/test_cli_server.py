@@ -76,7 +76,7 @@ def test_serve_refuses_negative_encode_workers_before_loading(tmp_path):
 def test_serve_default_warm_up_sizes():
     """The sizes ``serve`` warms up unasked: with a dynamic-batch compile and exact sizes, every
     size a round can take (each records its CUDA graphs before the first session, not during it)."""
-    assert default_warm_up(BatchingConfig(max_batch=4), "cuda", dynamic_batch=True) == (1, 2, 3, 4)
+    assert default_warm_up(BatchingConfig(max_batch=4), "cuda", dynamic_batch=True) == (4, 3, 2, 1)  # 1 last
     assert default_warm_up(BatchingConfig(max_batch=4), "cuda", dynamic_batch=False) == (1,)
     assert default_warm_up(BatchingConfig(batch_buckets=(4, 16)), "cuda", dynamic_batch=True) == (1, 4, 16)
     assert default_warm_up(BatchingConfig(max_batch=4), "cpu", dynamic_batch=True) == ()

@@ -44,7 +44,9 @@ def batch_dynamic(compiled):
     e.g. a reshape (which checks contiguity) of a slice along a later dimension, contiguous only at
     batch 1: ``FlashHeadTransformer.forward`` and the LTX coders have none (Inductor on the CPU
     only: its oneDNN convolution choice looks at the batch size, so there a real-size LTX VAE still
-    compiles twice).
+    compiles twice). Inductor in torch 2.11 also guards on batch == 1 when it indexes a view that
+    merges the batch into another dimension and the example batch is 1 (2.13 does not): compile at
+    a larger batch first (``serve``'s warm-up runs its sizes largest first).
     """
 
     def call(*args, **kwargs):
