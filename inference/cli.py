@@ -17,7 +17,7 @@ import typer
 
 from vividhead.devices import default_dtype_name, parse_dtype, resolve_device
 from vividhead.errors import UserError
-from vividhead.models.configs import VARIANTS, get_variant
+from vividhead.models.configs import VARIANTS, VAEKind, get_variant
 from vividhead.streaming.fidelity import FIDELITY_HELP, FidelityOptions
 
 if TYPE_CHECKING:
@@ -333,7 +333,7 @@ MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
                                       "rounding: see docs/inference.md)."),
     "dynamic_batch": typer.Option("--dynamic-batch", help="Fast path: one compiled graph for every batch size, 1 "
                                                          "included, instead of one per size (serve: on by default "
-                                                         "without --batch-buckets, so rounds run exactly the "
+                                                         "for Lite without --batch-buckets, so rounds run exactly the "
                                                          "chunks waiting; its DiT is about 5% slower than a "
                                                          "static graph at 16)."),
     "fast_start": typer.Option("--fast-start", help="Short first chunk (lower first-frame latency)."),
@@ -494,18 +494,26 @@ def serve(
 
 def serves_exact_sizes(model: ModelOptions, batching: BatchingConfig) -> bool:
     """Whether ``serve`` runs every round at exactly the number of chunks waiting, which needs the
-    DiT and LTX coders compiled for any batch size (``--dynamic-batch``, then on by default): on the
-    GPU fast path with more than one session per round and no ``--batch-buckets``. Measured on one
-    H100 (docs/benchmarks.md, "Concurrent streams, part 5"): 12 Lite streams all real time (p95
-    latency 0.39 s) against none with rounds padded to 16; without either, every new number of
-    concurrent sessions would compile the DiT while serving.
+    DiT and LTX coders compiled for any batch size (``--dynamic-batch``, then on by default): a
+    model with the LTX VAE (Lite) on the GPU fast path, more than one session per round and no
+    ``--batch-buckets``. Measured on one H100 (docs/benchmarks.md, "Concurrent streams, part 5"): 12
+    Lite streams all real time (p95 latency 0.39 s) against none with rounds padded to 16. The Wan
+    VAE (Pro) compiles one static graph per batch size, so Pro keeps its default (and its warm-up).
 
     Args:
         model: resolved model options (:meth:`ModelOptions.prepare`: a concrete device).
         batching: the server's batch limits.
     """
-    return (model.fast_path and model.device.startswith("cuda") and batching.batch_buckets is None
-            and batching.max_batch > 1)
+    if not (model.fast_path and model.device.startswith("cuda") and batching.batch_buckets is None
+            and batching.max_batch > 1):
+        return False
+    if model.checkpoint is None:
+        return get_variant(model.variant).vae is VAEKind.LTX
+    if Path(model.checkpoint).is_dir():  # an export folder: its metadata names the variant
+        from vividhead.export_format import read_export
+
+        return read_export(model.checkpoint).variant.vae is VAEKind.LTX
+    return False  # a Hub export: not known before it loads
 
 
 def default_warm_up(batching: BatchingConfig, device_type: str, dynamic_batch: bool) -> tuple[int, ...]:

@@ -4,6 +4,7 @@ the WebSocket server with a real loopback client (tiny random-weight models)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -82,16 +83,20 @@ def test_serve_default_warm_up_sizes():
     assert default_warm_up(BatchingConfig(max_batch=4), "cpu", dynamic_batch=True) == ()
 
 
-def test_serve_runs_exact_sizes_by_default_on_the_gpu_fast_path():
-    """``serve`` turns ``--dynamic-batch`` on (rounds of exactly the chunks waiting) on the GPU fast
-    path unless buckets are given, a round holds one session, or the model runs eager or on the CPU."""
-    gpu, cpu = ModelOptions(device="cuda"), ModelOptions(device="cpu")
+def test_serve_runs_exact_sizes_by_default_on_the_gpu_fast_path(tmp_path):
+    """``serve`` turns ``--dynamic-batch`` on (rounds of exactly the chunks waiting) for Lite (the LTX
+    VAE) on the GPU fast path unless buckets are given, a round holds one session, or the model runs
+    eager or on the CPU; Pro (the Wan VAE, one static graph per batch size) keeps its default."""
+    gpu, cpu = ModelOptions(variant="lite", device="cuda"), ModelOptions(variant="lite", device="cpu")
     assert serves_exact_sizes(gpu, BatchingConfig(max_batch=16))
     assert not serves_exact_sizes(gpu, BatchingConfig(batch_buckets=(1, 16)))
     assert not serves_exact_sizes(gpu, BatchingConfig(max_batch=1))
-    assert not serves_exact_sizes(ModelOptions(device="cuda:0", fast_path=False), BatchingConfig(max_batch=16))
+    assert not serves_exact_sizes(dataclasses.replace(gpu, fast_path=False), BatchingConfig(max_batch=16))
     assert not serves_exact_sizes(cpu, BatchingConfig(max_batch=16))
-    assert serves_exact_sizes(ModelOptions(device="cuda:1"), BatchingConfig(max_batch=16))
+    assert serves_exact_sizes(dataclasses.replace(gpu, device="cuda:1"), BatchingConfig(max_batch=16))
+    assert not serves_exact_sizes(ModelOptions(variant="pro", device="cuda"), BatchingConfig(max_batch=16))
+    export = str(write_tiny_export(tmp_path / "lite", TINY_LITE))  # an export's metadata names its VAE
+    assert serves_exact_sizes(ModelOptions(checkpoint=export, device="cuda"), BatchingConfig(max_batch=16))
 
 
 def test_websocket_server_loopback(tiny_pro_fast_vae, ref_image, speech):
