@@ -482,6 +482,10 @@ def serve(
     models = model.load()
     cfg = model.streaming(models)
     warm = sizes(warm_up_batches) or default_warm_up(batching, models.device.type, model.dynamic_batch)
+    if models.cuda_graphs and batching.batch_buckets is None and batching.max_batch > 1 and not model.dynamic_batch:
+        typer.echo("warning: no --batch-buckets: each new number of concurrent sessions compiles the DiT while "
+                   "serving (tens of seconds; every session stalls); pass e.g. --batch-buckets 1,2 (Pro), "
+                   "warmed up before serving, or --dynamic-batch (one compile for every size)", err=True)
     if encode_workers is None:
         from vividhead.inference.chunk_encoder import default_encode_workers
 
