@@ -2,8 +2,9 @@
 streaming step at each size in turn (``FlashHeadModels.warm_up``, random weights at the released
 shapes) after ``optimize(dynamic_batch=True)`` and prints, per size, one JSON line: seconds that size
 took and the graphs Dynamo had compiled so far (``unique_graphs``). A second full compile shows as a
-jump in both at the size that caused it (on one H100 before the batch-1 fix: 179.6 s for batch 1,
-then 201.6 s more for batch 2).
+jump in both at the size that caused it: on one H100 (torch 2.11), Lite's DiT alone took 75.7 s at
+batch 1 and 70.2 s more at batch 2 (graphs 2 -> 3), then 2.1 s at 3 and 4.8 s at 16
+(docs/benchmarks.md, "Concurrent streams, part 5").
 
     python benchmarks/dynamic_batch_graphs.py --variant lite --device cuda --sizes 1 2 3 --no-fast-vae
     python benchmarks/dynamic_batch_graphs.py --variant tiny-lite --device cpu --sizes 1 2 3   # dry run

@@ -27,6 +27,7 @@ def _dit_inputs(c, b: int, size: int, g, frames: int = 3):
     ctx = torch.randn(b, 1 + (frames - 1) * c.vae_stride[0], 5, c.audio_layers, c.audio_channels, generator=g)
     return x, torch.full((1,), 500.0), ctx, y
 
+
 def test_fast_path_is_the_default_and_one_flag_turns_it_off():
     assert ModelOptions().fast_path is True and ModelOptions().fp8 is False
     app = typer.Typer()
