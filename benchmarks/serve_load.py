@@ -280,13 +280,15 @@ def summarise(n: int, results: list[ClientResult], fps: float, server=None, wall
         "refusal": next((r.refused for r in results if r.refused), None), "wall_s": wall_s,
     }
     if server is not None:
+        from vividhead.inference.admission import DEFAULT_REALTIME_MARGIN
+
         point["server"] = {"rounds": server.scheduler.rounds,
                            "round_s_by_batch": {str(k): round(v, 4) for k, v in server.scheduler.cost.medians().items()},
                            "chunk_s": server.chunk_seconds,
                            # model thread busy serving rounds over this point's wall time (0-1)
                            "busy_share": server.scheduler.load.busy_fraction(wall_s, require_history=False) if wall_s > 0 else None,
                            "admits_this_many": server.round_seconds(n) is not None
-                           and server.round_seconds(n) <= 0.85 * server.chunk_seconds}
+                           and server.round_seconds(n) <= (server.admission.realtime_margin or DEFAULT_REALTIME_MARGIN) * server.chunk_seconds}
     return point
 
 
@@ -403,9 +405,10 @@ def build_server(args):
     import torch
     from _common import find_variant
 
+    from vividhead.inference.admission import DEFAULT_REALTIME_MARGIN, AdmissionConfig
     from vividhead.inference.batching import BatchingConfig
     from vividhead.inference.pipeline import FlashHeadModels, default_dtype_for
-    from vividhead.inference.server import AdmissionConfig, FlashHeadServer
+    from vividhead.inference.server import FlashHeadServer
     from vividhead.media import read_image
 
     variant, toy = find_variant(args.variant)
@@ -418,7 +421,7 @@ def build_server(args):
     batching = BatchingConfig(max_batch=args.max_batch, vae_batch=args.vae_batch, gather_s=args.gather_s,
                               batch_buckets=tuple(args.batch_buckets) if args.batch_buckets else None)
     admission = AdmissionConfig(max_sessions=args.max_sessions,
-                                realtime_margin=0.85 if args.admission else None)
+                                realtime_margin=DEFAULT_REALTIME_MARGIN if args.admission else None)
     server = FlashHeadServer(models, image, batching=batching, admission=admission, encode_workers=args.encode_workers)
     if args.round_s:
         _simulate_round_time(args.round_s, args.replay_frame_px, args.image, args.replay_content,

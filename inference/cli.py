@@ -17,6 +17,7 @@ import typer
 
 from vividhead.devices import default_dtype_name, parse_dtype, resolve_device
 from vividhead.errors import UserError
+from vividhead.inference.admission import DEFAULT_LOAD_WINDOW_S, DEFAULT_REALTIME_MARGIN, AdmissionConfig
 from vividhead.models.configs import VARIANTS, VAEKind, get_variant
 from vividhead.streaming.fidelity import FIDELITY_HELP, FidelityOptions
 
@@ -435,10 +436,10 @@ def serve(
         help="Refuse sessions beyond this many (default: only the measured real-time estimate).")] = None,
     realtime_margin: Annotated[float, typer.Option(
         help="Admit a session only if a round with it is estimated at <= this fraction of a chunk's "
-             "duration (1 or more: off).")] = 0.85,
+             "duration (1 or more: off; Pro's second stream on an H100 needs 0.98).")] = DEFAULT_REALTIME_MARGIN,
     load_window_s: Annotated[float, typer.Option(
         help="With sessions open, also refuse when the model's measured busy share over this many "
-             "trailing seconds, scaled to one more session, exceeds --realtime-margin (0: off).")] = 5.0,
+             "trailing seconds, scaled to one more session, exceeds --realtime-margin (0: off).")] = DEFAULT_LOAD_WINDOW_S,
     max_batch: Annotated[int, typer.Option(help="Most concurrent sessions in one DiT batch.")] = 16,
     batch_buckets: Annotated[str, typer.Option(
         help="Comma-separated DiT batch sizes to pad to (few shapes for compiled/CUDA-graph DiTs), e.g. 1,2,4,8,16.")] = "",
@@ -459,7 +460,7 @@ def serve(
     import asyncio
 
     from vividhead.inference.batching import BatchingConfig
-    from vividhead.inference.server import AdmissionConfig, serve_forever
+    from vividhead.inference.server import serve_forever
 
     def sizes(text: str) -> tuple[int, ...]:
         try:

@@ -46,12 +46,12 @@ import io
 import json
 import logging
 import mimetypes
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from vividhead.inference.admission import AdmissionConfig
 from vividhead.inference.batching import BatchingConfig, BatchScheduler
 from vividhead.inference.chunk_encoder import ChunkEncoder
 from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
@@ -66,34 +66,6 @@ STATIC_DIR = Path(__file__).parent / "static"
 MAX_IMAGE_BYTES = 8 * 2**20
 #: Close code of a refused connection (RFC 6455 1013: try again later).
 CLOSE_TRY_AGAIN_LATER = 1013
-
-
-@dataclass(frozen=True)
-class AdmissionConfig:
-    """When a new session is refused.
-
-    Attributes:
-        max_sessions: most open sessions (``None``: no fixed cap, only the measured estimate).
-        realtime_margin: a session is admitted only if the estimated round time with it is at most
-            this fraction of one chunk's duration (1.12 s for Pro, 0.96 s for Lite); the rest is
-            slack for MP4 encoding, the network and jitter. ``None`` turns the estimate off.
-        load_window_s: with sessions open, also refuse when the measured busy share of the model
-            thread over this many trailing seconds, scaled by ``(n + 1) / n``, exceeds
-            ``realtime_margin``: out-of-phase sessions run in more rounds than one per chunk, which
-            the round-time estimate does not see. ``None`` turns this check off.
-    """
-
-    max_sessions: int | None = None
-    realtime_margin: float | None = 0.85
-    load_window_s: float | None = 5.0
-
-    def __post_init__(self) -> None:
-        if self.max_sessions is not None and self.max_sessions < 1:
-            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
-        if self.realtime_margin is not None and not 0 < self.realtime_margin <= 1:
-            raise ValueError(f"realtime_margin must be in (0, 1], got {self.realtime_margin}")
-        if self.load_window_s is not None and not self.load_window_s > 0:
-            raise ValueError(f"load_window_s must be > 0, got {self.load_window_s}")
 
 
 def decode_image(data: bytes) -> np.ndarray:
