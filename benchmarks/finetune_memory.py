@@ -35,6 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import find_variant, median_seconds  # noqa: E402
 
+from vividhead.training.trainers.distributed import use_expandable_segments  # noqa: E402
+
 CASES = [(method, ac) for method in ("lora", "full") for ac in (False, True)]
 
 
@@ -162,7 +164,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device (use --device cpu --tiny for the dry run)")
     if args.device == "cuda":
-        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        use_expandable_segments()
     variants = args.variants or (["tiny-lite", "tiny-pro"] if args.tiny else ["lite", "pro"])
     if args.tiny:
         args.steps, args.warmup = min(args.steps, 2), min(args.warmup, 1)

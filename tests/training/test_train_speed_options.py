@@ -5,6 +5,7 @@ option must leave the numbers as they are."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 
 import pytest
@@ -27,6 +28,7 @@ from vividhead.training.trainers.distributed import (
     DistEnv,
     apply_activation_checkpointing,
     set_attention_backend,
+    use_expandable_segments,
     wrap_model,
 )
 from vividhead.training.trainers.runtime import EMA, make_optimizer
@@ -458,3 +460,12 @@ def test_on_cuda_the_frozen_vae_compiles_with_the_configured_mode(monkeypatch):
     assert "decode" not in vars(ltx) and calls == []
     assert speed_up_vae(ltx, cuda, ParallelConfig()) == "ltx-compiled"
     assert "decode" in vars(ltx) and "encode_moments" in vars(ltx) and len(calls) == 2
+
+
+def test_expandable_segments_are_asked_for_unless_the_user_set_the_allocator(monkeypatch):
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    use_expandable_segments()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    use_expandable_segments()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
