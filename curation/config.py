@@ -71,6 +71,8 @@ class _CurateConfigMethods:
                   f"expected {stage.config_class.__name__}, got {type(section).__name__}")
             validate_section(section, stage.name)
             check(section.enabled or not stage.required, f"{stage.name}.enabled", "this stage cannot be disabled")
+            check(section.workers is None or section.min_workers is None, f"{stage.name}.min_workers",
+                  "cannot be set with workers (a fixed pool of that size): keep one of them")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-serialisable) of every section."""

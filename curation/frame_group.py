@@ -33,22 +33,25 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GroupConfig(StageConfig):
-    """Resources of a group: the largest CPU and GPU share and pool size of its stages, and the
-    largest memory request (the stages share one decoded clip)."""
+    """Resources of a group: the largest CPU and GPU share, pool size and pool start
+    (``min_workers``) of its stages, and the largest memory request (the stages share one decoded
+    clip)."""
 
 
 class _Composite(Stage):
-    """Stages run as one: the largest CPU and GPU share, pool size and memory request of its
-    members, every member's device check, set-up and teardown."""
+    """Stages run as one: the largest CPU and GPU share, pool size, pool start and memory request
+    of its members, every member's device check, set-up and teardown."""
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         cfgs = [s.cfg for s in stages]
         pools = [c.workers for c in cfgs if c.workers]
+        starts = [c.min_workers for c in cfgs if c.min_workers]
         super().__init__(GroupConfig(
             enabled=True,
             num_cpus=max(c.num_cpus for c in cfgs),
             num_gpus=max(c.num_gpus for c in cfgs),
             workers=max(pools) if pools else None,
+            min_workers=max(starts) if starts else None,
             memory_gib=max(c.memory_gib for c in cfgs),
         ))
         self.stages = list(stages)

@@ -3,7 +3,7 @@
 A :class:`~vividhead.curation.stage.Stage` becomes a ``Dataset.flat_map``: stages with a ``setup`` (models)
 run in an actor pool (``ActorPoolStrategy``) so the model loads once per actor, and ``teardown``
 runs when the actor shuts down; others run as tasks. Resources come from the stage's config
-(``num_cpus``, ``num_gpus``, ``workers``). Rejected rows pass through untouched; a
+(``num_cpus``, ``num_gpus``, ``workers``, ``min_workers``). Rejected rows pass through untouched; a
 :class:`~vividhead.errors.MediaError` becomes a rejection (:func:`run_stage`); any other exception is a bug and
 fails the dataset.
 """
@@ -120,14 +120,14 @@ def needs_actor(stage: Stage) -> bool:
 def actor_cpu_scale(stages: Sequence[Stage], cluster_cpus: float) -> float:
     """Factor (<= 1) for the logical CPUs that model stages' actors reserve.
 
-    Every actor pool keeps at least one actor alive, and Ray Data starts a pool only when its CPUs
-    are free. With more model stages than CPUs (5 on a 2-core machine) the later pools would wait
+    Every actor pool keeps its minimum actors alive (``workers``, else ``min_workers``, else one),
+    and Ray Data starts a pool only when its CPUs are free. With more model stages than CPUs (5 on a 2-core machine) the later pools would wait
     forever, and so would the task stages squeezed out by them. The reservations of the minimum
     actors are therefore scaled to fit in the cluster's CPUs less the largest task stage's; the
     processes still share the real cores. On a large cluster the factor is 1.
     """
     enabled = [s for s in stages if s.cfg.enabled]
-    need = sum(s.cfg.num_cpus * (s.cfg.workers or 1) for s in enabled if needs_actor(s))
+    need = sum(s.cfg.num_cpus * (s.cfg.workers or s.cfg.min_workers or 1) for s in enabled if needs_actor(s))
     task_cpus = max((s.cfg.num_cpus for s in enabled if not needs_actor(s)), default=0.0)
     room = cluster_cpus - task_cpus if cluster_cpus > task_cpus else cluster_cpus / 2
     return 1.0 if need <= room or need == 0 else room / need
@@ -171,7 +171,8 @@ def apply_stage(ds: ray.data.Dataset, stage: Stage, cpu_scale: float = 1.0) -> r
             compute = ray.data.ActorPoolStrategy(size=cfg.workers)
         else:
             cpus = max(1, int(ray.cluster_resources().get("CPU", 1) // max(cfg.num_cpus, 1)))
-            compute = ray.data.ActorPoolStrategy(min_size=1, max_size=cpus)
+            start = cfg.min_workers or 1  # started at once, before the first row
+            compute = ray.data.ActorPoolStrategy(min_size=start, max_size=max(cpus, start))
         with _retry_args_allowed():
             return ds.flat_map(StageActor, fn_constructor_args=(stage,), compute=compute, **remote, **retry_options(True))
     with _retry_args_allowed():

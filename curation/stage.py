@@ -49,6 +49,10 @@ class StageConfig:
         num_cpus: CPUs reserved per worker (Ray resource request).
         num_gpus: GPUs reserved per worker; > 0 needs CUDA (the run stops at start-up otherwise).
         workers: size of the actor pool, or ``None`` to let Ray scale from 1 to the CPU count.
+        min_workers: actors started before any row arrives (Ray Data's
+            ``ActorPoolStrategy(min_size=...)``); the pool still autoscales up to the CPU count.
+            Use it to start a GPU stage's actors at once, so CPU stages cannot take their cores
+            first. ``None``: one. Not with ``workers`` (a fixed pool): setting both fails at load.
         memory_gib: memory one worker of this stage uses at most (models, decoded frames of a
             50 s clip), in GiB: Ray's ``memory`` request, so a node never runs more workers than
             its memory holds. Stages with models set their own default.
@@ -58,6 +62,7 @@ class StageConfig:
     num_cpus: float = bounded(1.0, "> 0")
     num_gpus: float = bounded(0.0, ">= 0")
     workers: Optional[int] = bounded(None, ">= 1 or null")
+    min_workers: Optional[int] = bounded(None, ">= 1 or null")
     memory_gib: float = bounded(0.5, "> 0")
 
 

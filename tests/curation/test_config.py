@@ -48,6 +48,18 @@ def test_bad_values_fail_at_load_naming_the_key(raw, key):
     assert message.startswith(key + ":") and "\n" not in message
 
 
+@pytest.mark.parametrize("raw, message", [
+    ({"asd": {"min_workers": 0}}, "asd.min_workers: must be >= 1 or null"),
+    ({"face": {"workers": 2, "min_workers": 4}}, "face.min_workers: cannot be set with workers"),
+])
+def test_min_workers_is_one_or_more_and_not_with_a_fixed_pool(raw, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    cfg = config_from_dict({"asd": {"min_workers": 8}, "face": {"workers": 2}})
+    assert (cfg.asd.min_workers, cfg.asd.workers, cfg.face.min_workers) == (8, None, None)
+
+
 def test_bad_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("face: [unclosed\n")

@@ -87,3 +87,11 @@ def test_chain_gives_the_rows_of_stage_by_stage():
     assert strip == [(r["clip_index"], r["status"], r["stage"], r["reason"], r["detail"]) for r in by_stage]
     assert strip == [(0, "kept", None, None, "marked"), (1, "rejected", "reject_second", "second", "the second clip")]
     assert set(json.loads(chained[0]["timings"])) >= {"split", "cpu:split", "reject_second", "mark"}
+
+
+def test_a_chain_starts_the_largest_min_workers_of_its_stages():
+    stages = [_Mark(StageConfig(min_workers=2)), _RejectSecond(StageConfig(min_workers=8)), _Mark(StageConfig())]
+    (chain,) = chain_stages(stages)
+    assert (chain.cfg.min_workers, chain.cfg.workers) == (8, None)
+    (plain,) = chain_stages([_Mark(StageConfig()), _RejectSecond(StageConfig())])
+    assert plain.cfg.min_workers is None

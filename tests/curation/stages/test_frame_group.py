@@ -50,6 +50,7 @@ def test_the_gpu_example_puts_every_frame_stage_in_one_group():
     (group,) = [s for s in group_frame_stages(stages) if isinstance(s, FrameGroup)]
     assert group.name == "face_visibility+transition+occlusion+syncnet+asd+face_mask"
     assert (group.cfg.num_gpus, group.cfg.num_cpus) == (0.125, 1)
+    assert (group.cfg.min_workers, group.cfg.workers) == (8, None)  # one GPU's worth started at once
 
 
 @pytest.fixture(scope="module")
