@@ -468,10 +468,13 @@ def serve(
         except ValueError:
             raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
-    batching = BatchingConfig(max_batch=max_batch, batch_buckets=sizes(batch_buckets) or None, gather_s=gather_s)
-    admission = AdmissionConfig(max_sessions=max_sessions,
-                                realtime_margin=realtime_margin if realtime_margin < 1 else None,
-                                load_window_s=load_window_s if load_window_s > 0 else None)
+    try:
+        batching = BatchingConfig(max_batch=max_batch, batch_buckets=sizes(batch_buckets) or None, gather_s=gather_s)
+        admission = AdmissionConfig(max_sessions=max_sessions,
+                                    realtime_margin=realtime_margin if realtime_margin < 1 else None,
+                                    load_window_s=load_window_s if load_window_s > 0 else None)
+    except ValueError as exc:  # the configs' own checks, e.g. a margin of 0 or --max-batch 0
+        _fail(str(exc))
     if encode_workers is not None and encode_workers < 0:
         raise typer.BadParameter(f"must be >= 0, got {encode_workers}", param_hint="--encode-workers")
     picture = read_image_option(image)  # checked before any model loads

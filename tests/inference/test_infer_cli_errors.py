@@ -95,6 +95,24 @@ def test_serve_bad_input_is_one_line_before_any_model_loads(row, files, no_model
     assert all(word in lines[0] for word in words), lines[0]
 
 
+SERVE_ROWS = [
+    ("margin_zero", ["--realtime-margin", "0"], ["realtime_margin", "(0, 1]"]),
+    ("max_batch_zero", ["--max-batch", "0"], ["max_batch (0)", ">= 1"]),
+    ("max_sessions_zero", ["--max-sessions", "0"], ["max_sessions must be >= 1"]),
+    ("bucket_zero", ["--batch-buckets", "0,4"], ["batch_buckets must be positive"]),
+    ("gather_negative", ["--gather-s", "-1"], ["gather_s must be >= 0"]),
+]
+
+
+@pytest.mark.parametrize("row", SERVE_ROWS, ids=[r[0] for r in SERVE_ROWS])
+def test_serve_bad_limits_are_one_line_before_any_model_loads(row, files, no_model_load, capsys):
+    _, extra, words = row
+    code, _, err = run_cli(_argv("serve", ["--random-weights", *extra], files), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert all(word in lines[0] for word in words), lines[0]
+
+
 def test_out_folder_is_refused(files, no_model_load, capsys):
     code, _, err = run_cli(["infer", "--image", str(IMAGE), "--audio", str(AUDIO), "--out", str(files["tmp"]),
                             "--random-weights"], capsys)
