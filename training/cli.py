@@ -36,7 +36,7 @@ def _run(spec: TrainSpec, config: Path, resume: Optional[str]) -> None:
     from vividhead.training.trainers.checkpoint import CheckpointError
     from vividhead.training.trainers.config import load_train_config
     from vividhead.training.trainers.distributed import shutdown_distributed
-    from vividhead.training.trainers.runtime import TrainingDiverged
+    from vividhead.training.trainers.runtime import TrainingDiverged, TrainingOutOfMemory
 
     try:
         cfg = load_train_config(config, spec.config_class())
@@ -45,7 +45,7 @@ def _run(spec: TrainSpec, config: Path, resume: Optional[str]) -> None:
     trainer = spec.trainer_class()(cfg, resume=resume)
     try:
         result = trainer.run()
-    except (TrainingDiverged, CheckpointError) as exc:
+    except (TrainingDiverged, TrainingOutOfMemory, CheckpointError) as exc:
         _fail(exc)
     finally:
         shutdown_distributed()

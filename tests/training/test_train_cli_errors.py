@@ -206,3 +206,32 @@ def test_truncated_shard_is_skipped_and_counted(shards, tmp_path, capsys, caplog
     assert skipped and all("00001.tar" in m for m in skipped), skipped
     assert len(skipped) == len(set(skipped))  # once each, though the shard is read every epoch
     assert "ReadError" not in err and "warn" not in err.lower(), err  # no raw webdataset warnings
+
+
+def test_out_of_memory_is_one_line_naming_the_step_and_checkpoint_and_the_run_resumes(shards, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """A device out of memory in step 3 (checkpoints every 2 steps): one line with the step, the last
+    checkpoint and the memory options, exit 2; ``--resume auto`` then finishes the run from step 2."""
+    import torch
+
+    from vividhead.training.trainers.sft import SFTTrainer
+
+    raw = yaml.safe_load(sft_yaml(tmp_path / "a.yaml", shards, tmp_path / "run", max_steps=4).read_text())
+    raw["checkpoint"]["every_steps"] = 2
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(raw))
+    real = SFTTrainer.train_step
+
+    def step_or_oom(self, batch):
+        if self.step == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.64 GiB.")
+        return real(self, batch)
+
+    monkeypatch.setattr(SFTTrainer, "train_step", step_or_oom)
+    code, err = vividhead(["train", "sft", "--config", str(tmp_path / "a.yaml")], capsys)
+    assert code == 2
+    one_error_line(err, "out of memory in step 3", "step_00000002", "--resume auto",
+                   "parallel.activation_checkpointing", "data.batch_size")
+    monkeypatch.setattr(SFTTrainer, "train_step", real)
+    code, _ = vividhead(["train", "sft", "--config", str(tmp_path / "a.yaml"), "--resume", "auto"], capsys)
+    assert code == 0
+    assert (tmp_path / "run" / "checkpoints" / "step_00000004").is_dir()

@@ -66,6 +66,12 @@ class TrainingDiverged(RuntimeError):
     good checkpoint."""
 
 
+class TrainingOutOfMemory(RuntimeError):
+    """The device ran out of memory in a step: the run stops; the message names the step, the
+    memory, the last checkpoint (a run resumes from it with ``--resume auto``) and the options that
+    lower memory."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Optimiser, schedule, EMA
 # ----------------------------------------------------------------------------------------------
@@ -301,6 +307,22 @@ class Trainer:
                 f"{last if last is not None else 'none (no checkpoint written yet)'}"
             )
 
+    def _out_of_memory(self) -> TrainingOutOfMemory:
+        """The one-line report of an out-of-memory step (peak and capacity of this rank's device)."""
+        dev = self.env.device
+        where = str(dev)
+        if dev.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(dev) / 2**30
+            total = torch.cuda.get_device_properties(dev).total_memory / 2**30
+            where = f"{dev}: peak {peak:.1f} of {total:.1f} GiB"
+        last = latest_checkpoint(self.out)
+        return TrainingOutOfMemory(
+            f"out of memory in step {self.step + 1} ({where}); the step's update may be incomplete, so resume "
+            f"from the last checkpoint ({last if last is not None else 'none written yet'}) with --resume auto "
+            f"after lowering memory: parallel.activation_checkpointing (now "
+            f"{self.cfg.parallel.activation_checkpointing}; 'all' saves the most), data.batch_size (now "
+            f"{self.cfg.data.batch_size}), or more GPUs (FSDP shards the weights and optimiser states)")
+
     def _sync_stop(self) -> bool:
         # One rank decides alone; several ranks agree at log steps (one collective there), so all
         # of them stop after the same step.
@@ -382,6 +404,7 @@ class Trainer:
 
         Raises:
             TrainingDiverged: a non-finite loss.
+            TrainingOutOfMemory: the device ran out of memory in a step.
             CheckpointError: ``--resume`` without a usable checkpoint.
         """
         from tqdm import tqdm
@@ -414,7 +437,10 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = next(stream)
                 self.metrics.data_wait(time.perf_counter() - t0)
-                scalars = self.train_step(batch)
+                try:
+                    scalars = self.train_step(batch)
+                except torch.OutOfMemoryError as exc:
+                    raise self._out_of_memory() from exc
                 self.step += 1
                 for ema in self.emas.values():
                     ema.update()
