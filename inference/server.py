@@ -27,6 +27,9 @@ splits the PCM into chunks, a generate loop submits each to the scheduler as soo
 complete (the scheduler runs at most one chunk of a session per round, in order), and a send loop
 awaits them in order, encodes the MP4s (threads, or worker processes off this process's GIL:
 :class:`~vividhead.inference.chunk_encoder.ChunkEncoder`; parallel across sessions) and sends them.
+A failed round, encode or model-thread call is an ``error`` message to its client, which streams on.
+When a connection closes, its chunks still waiting for a round are dropped and it leaves admission
+at once (a round already running finishes).
 
 Admission control (:class:`AdmissionConfig`): a new connection is refused when ``max_sessions`` are
 open, or when the measured cost of one round of ``n + 1`` sessions (:class:`ChunkCostModel`, filled
@@ -39,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import functools
 import http
@@ -81,7 +85,7 @@ def decode_image(data: bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a decodable image: {exc}") from None
 
 
@@ -220,9 +224,13 @@ class FlashHeadServer:
             await ws.send(json.dumps({"type": "error", "reason": "server_full", "message": reason}))
             await ws.close(CLOSE_TRY_AGAIN_LATER, "server full")
             return
+        from websockets.exceptions import ConnectionClosed
+
         self.active_sessions += 1
         try:
             await self._serve(ws)
+        except ConnectionClosed:  # the client went away without a clean close: nothing to answer
+            pass
         finally:
             self.active_sessions -= 1
 
@@ -240,7 +248,8 @@ class FlashHeadServer:
         }))
         work: asyncio.Queue = asyncio.Queue()  # ("chunk", samples, index) | ("call", fn, after, done)
         out: asyncio.Queue = asyncio.Queue()  # ("video", frames) | ("json", dict) | ("restart",)
-        tasks = [asyncio.create_task(self._generate_loop(state, work, out)),
+        queued: list[concurrent.futures.Future] = []  # this session's chunks handed to the scheduler
+        tasks = [asyncio.create_task(self._generate_loop(state, work, out, queued)),
                  asyncio.create_task(self._send_loop(ws, out))]
 
         async def barrier(fn, after) -> None:
@@ -276,18 +285,23 @@ class FlashHeadServer:
                                           "type": "reference", "width": int(im.shape[1]), "height": int(im.shape[0])})])
                     else:
                         raise ValueError(f"unknown message type {kind!r}")
-                except (ValueError, json.JSONDecodeError) as exc:
+                except RecursionError:  # JSON nested deeper than the parser's stack
+                    out.put_nowait(("json", {"type": "error", "message": "JSON nested too deep"}))
+                except ValueError as exc:  # JSONDecodeError included
                     out.put_nowait(("json", {"type": "error", "message": str(exc)}))
-            work.put_nowait(None)
-            out.put_nowait(None)
-            await asyncio.gather(*tasks)
         finally:
+            # The connection is closed: nothing more can be sent, so nothing more is generated or
+            # encoded for it. Its chunks still waiting for a round are dropped (a round already
+            # running finishes), and the session leaves admission now, not after its backlog.
             for t in tasks:
                 t.cancel()
+            for fut in queued:
+                fut.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.gather(*tasks)
 
-    async def _generate_loop(self, state: dict, work: asyncio.Queue, out: asyncio.Queue) -> None:
+    async def _generate_loop(self, state: dict, work: asyncio.Queue, out: asyncio.Queue,
+                             queued: list[concurrent.futures.Future]) -> None:
         # Chunks go to the scheduler as soon as their audio is complete, without waiting for the
         # previous chunk's frames: a backlogged session then has its next chunk queued when a round
         # ends, so it joins the very next round. (Waiting for each result first cost a round trip
@@ -300,24 +314,31 @@ class FlashHeadServer:
         while (item := await work.get()) is not None:
             if item[0] in ("chunk", "flush"):
                 session = state["session"]
-                fut = asyncio.wrap_future(self.scheduler.submit_chunk(session, *item[1:3], tail=item[0] == "flush"))
+                cfut = self.scheduler.submit_chunk(session, *item[1:3], tail=item[0] == "flush")
+                queued[:] = [f for f in queued if not f.done()] + [cfut]
+                fut = asyncio.wrap_future(cfut)
                 if item[0] == "flush":  # keep the frames the stream's samples cover
                     fut = asyncio.ensure_future(trimmed(fut, session, item[3]))
                 pending = [f for f in pending if not f.done()] + [fut]
                 out.put_nowait(("video", fut))
                 continue
             _, fn, after, done = item
-            await asyncio.gather(*pending, return_exceptions=True)  # a call runs after the queued chunks
-            pending = []
-            session = state["session"]
             try:
-                result = await asyncio.wrap_future(self.scheduler.call(functools.partial(fn, session)))
-            except ValueError as exc:
-                out.put_nowait(("json", {"type": "error", "message": str(exc)}))
-            else:
-                for x in after(result, state["session"]):
-                    out.put_nowait(x)
-            done.set_result(None)
+                await asyncio.gather(*pending, return_exceptions=True)  # a call runs after the queued chunks
+                pending = []
+                session = state["session"]
+                try:
+                    result = await asyncio.wrap_future(self.scheduler.call(functools.partial(fn, session)))
+                except Exception as exc:  # e.g. out of memory building a session: this client's error
+                    if not isinstance(exc, ValueError):
+                        logger.exception("a session's call on the model thread failed")
+                    out.put_nowait(("json", {"type": "error", "message": str(exc)}))
+                else:
+                    for x in after(result, state["session"]):
+                        out.put_nowait(x)
+            finally:  # the receive loop waits for it
+                if not done.done():
+                    done.set_result(None)
 
     async def _send_loop(self, ws, out: asyncio.Queue) -> None:
         fps = self.streaming.fps
@@ -329,7 +350,14 @@ class FlashHeadServer:
                 except Exception as exc:  # the round failed (logged by the scheduler); say so, go on
                     await ws.send(json.dumps({"type": "error", "message": f"chunk {index} failed: {exc}"}))
                     continue
-                data = await self.encoder.encode(frames, fps)
+                try:
+                    data = await self.encoder.encode(frames, fps)
+                except Exception as exc:  # e.g. the encoding pool broke twice: this chunk is lost
+                    logger.exception("MP4 encoding of a chunk failed")
+                    await ws.send(json.dumps({"type": "error", "message": f"chunk {index} could not be encoded: {exc}"}))
+                    index += 1
+                    cursor += int(frames.shape[0])
+                    continue
                 await ws.send(json.dumps({"type": "video", "index": index, "first_frame": cursor,
                                           "frames": int(frames.shape[0])}))
                 await ws.send(data)
