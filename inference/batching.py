@@ -90,8 +90,9 @@ class ChunkCostModel:
 
     Keeps the last ``window`` measurements per batch size; :meth:`estimate` is the median where the
     size was measured, else a least-squares line ``a + b * size`` through the per-size medians
-    (two sizes or more), else the one measured size scaled in proportion (pessimistic: ignores the
-    fixed part of a round).
+    (two sizes or more; below the smallest measured size ``k``, kept between ``k``'s time scaled in
+    proportion and ``k``'s time), else the one measured size scaled in proportion (pessimistic:
+    ignores the fixed part of a round).
 
     Args:
         window: measurements kept per batch size.
@@ -125,7 +126,11 @@ class ChunkCostModel:
             return max(t * batch / k, floor) if batch > k else t
         xs, ys = np.array(list(med), dtype=float), np.array(list(med.values()))
         slope, intercept = np.polyfit(xs, ys, 1)
-        return float(max(intercept + max(slope, 0.0) * batch, floor))
+        line = intercept + max(slope, 0.0) * batch
+        k0 = min(med)
+        if batch < k0:  # below every measured size the line can reach 0 or less (a round is never free)
+            return float(min(max(line, med[k0] * batch / k0), med[k0]))
+        return float(max(line, floor))
 
 
 class LoadMeter:

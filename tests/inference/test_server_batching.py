@@ -217,6 +217,29 @@ def test_cost_model_estimates():
     assert m.estimate(8) == pytest.approx(0.2 + 0.15 * 8)  # line through (2, 0.5), (4, 0.8)
 
 
+def test_cost_model_below_every_measured_size():
+    """Fewer rows than any measured size cost at most that size's time and at least that time
+    scaled in proportion (a round has no negative fixed part), whatever the line through the
+    medians says: measured at 2 and 4 only (a session left before 1 was served), a round of one is
+    not free; it is what admission adds for the last, partial round above ``max_batch``."""
+    m = ChunkCostModel()
+    m.observe(2, 0.1)
+    m.observe(4, 1.0)
+    assert m.estimate(1) == pytest.approx(0.05)  # the line says -0.35
+    m = ChunkCostModel()
+    m.observe(8, 0.4)
+    m.observe(16, 0.84)
+    assert m.estimate(1) == pytest.approx(0.05) and m.estimate(4) == pytest.approx(0.2)  # line: 0.015, 0.18
+    m = ChunkCostModel()
+    m.observe(2, 0.1)
+    m.observe(4, 0.05)
+    assert m.estimate(1) == pytest.approx(0.1)  # flat line at 0.15 (its slope clamped at 0)
+    m = ChunkCostModel()
+    m.observe(4, 0.3)
+    m.observe(8, 0.4)
+    assert m.estimate(2) == pytest.approx(0.25)  # the line, within both bounds
+
+
 def test_load_meter_busy_fraction():
     m = LoadMeter(horizon_s=20.0)
     assert m.busy_fraction(5.0, now=100.0) is None  # nothing recorded
