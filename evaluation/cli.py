@@ -60,9 +60,42 @@ def _weights(items: Optional[list[str]]) -> dict[str, str]:
     return out
 
 
-def _fail(exc: BaseException) -> NoReturn:
+def _fail(exc: BaseException | str) -> NoReturn:
     """An expected failure: ``vividhead`` prints ``error: <message>`` as one line, exit code 2."""
     raise UserError(str(exc)) from None
+
+
+#: ``--asd-weights`` choices (registry names of the Light-ASD checkpoints).
+ASD_WEIGHT_NAMES = ("lightasd_ava", "lightasd_talkset")
+
+
+def _check_asd_weights(name: str) -> None:
+    if name not in ASD_WEIGHT_NAMES:
+        _fail(f"--asd-weights {name!r}: use one of {', '.join(ASD_WEIGHT_NAMES)}")
+
+
+def _check_out_folder(out: Path, flag: str = "--out") -> None:
+    """A report folder option must not name an existing file (checked before any work)."""
+    if out.exists() and not out.is_dir():
+        _fail(f"{flag} {out}: is a file; give a folder to write into")
+
+
+def _check_input_file(flag: str, path: Optional[Path]) -> None:
+    """A local input file option must name a file (checked before any model loads)."""
+    if path is not None and not path.is_file():
+        _fail(f"{flag} {path}: {'is a folder' if path.is_dir() else 'no such file'}")
+
+
+def _check_image(flag: str, path: Path) -> None:
+    """``path`` is a readable image (decoded once before any model loads)."""
+    from vividhead.media import read_image
+
+    _check_input_file(flag, path)
+    try:
+        read_image(path)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError is an OSError
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        _fail(f"{flag} {path}: not a readable image ({reason})")
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -100,6 +133,9 @@ class ScoreOptions:
         from vividhead.evaluation.score import ScoreConfig
 
         set_verbose(self.verbose)
+        if self.max_frames is not None and self.max_frames < 1:
+            _fail(f"--max-frames {self.max_frames}: must be >= 1 (leave it out for every frame)")
+        _check_asd_weights(self.asd_weights)
         try:
             cfg = ScoreConfig(device="cpu", skip=_csv(self.skip), require=_csv(self.require),
                               random_weights=_csv(self.random_weights), fid_every=self.fid_every,
@@ -151,6 +187,7 @@ def score(
     """
     from vividhead.evaluation.frames import list_videos, pair_names
 
+    _check_out_folder(out)
     try:  # the inputs first: no model loads for a missing folder
         gen, ref = list_videos(generated), list_videos(real)
     except (FileNotFoundError, ValueError) as exc:
@@ -206,15 +243,26 @@ def run(
         _fail(f"--checkpoint {checkpoint}: no such folder; give the folder `vividhead train export --out` wrote")
     if split is not None and not split.is_file():
         _fail(f"--split {split}: no such file; make one with `vividhead eval split`")
+    if split is None and num_clips < 1:
+        _fail(f"--num-clips {num_clips}: must be >= 1")
+    if reference_frame < 0:
+        _fail(f"--reference-frame {reference_frame}: must be >= 0")
+    _check_out_folder(out)
+    from vividhead.evaluation.split import TestSplit
+
+    test_split = None
+    if split is not None:
+        try:
+            test_split = TestSplit.from_json(split)
+        except (ValueError, KeyError, TypeError) as exc:
+            _fail(f"--split {split}: not a split.json of `vividhead eval split` ({type(exc).__name__}: {exc})")
     cfg = opts.config()
     dtype = dtype or default_dtype_name(cfg.device)
     parse_dtype(dtype)
     opts.announce(cfg)
     try:
         from vividhead.evaluation.run import run_eval
-        from vividhead.evaluation.split import TestSplit
 
-        test_split = TestSplit.from_json(split) if split else None
         report = run_eval(checkpoint, shards, out, cfg, split=test_split, num_clips=num_clips, split_seed=split_seed,
                           reference_frame=reference_frame, gen_seed=seed, device=cfg.device, dtype=dtype,
                           fast_start=fast_start, log=typer.echo)
@@ -244,6 +292,21 @@ def drift(
     weights: WeightsOpt = None,
 ) -> None:
     """Per-window drift of a long generation (colour, sharpness, Light-ASD, Sync-C/D, latent norm) as a plot."""
+    from vividhead.devices import resolve_device
+
+    # every option is checked before any model loads
+    if window_s <= 0:
+        _fail(f"--window-s {window_s}: must be > 0")
+    _check_asd_weights(asd_weights)
+    _check_out_folder(out)
+    for flag, path in (("VIDEO", video), ("--audio", audio), ("--latent-norms", latent_norms),
+                       ("--fid-reference", fid_reference)):
+        _check_input_file(flag, path)
+    if reference.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".avi"):
+        _check_input_file("--reference", reference)
+    else:
+        _check_image("--reference", reference)
+    device = resolve_device(device)
     detector = None
     try:
         import numpy as np
@@ -308,6 +371,12 @@ def split(
     group_column: Annotated[str, typer.Option(help="Manifest column whose groups are held out whole.")] = "source_id",
 ) -> None:
     """A fixed test split by source id; train with ClipFilter(exclude_keys=split's train_exclude_keys)."""
+    if num_clips < 1:
+        _fail(f"--num-clips {num_clips}: must be >= 1")
+    if out.is_dir():
+        _fail(f"--out {out}: is a folder; give the split.json file to write")
+    if Path(manifest).is_dir():
+        _fail(f"MANIFEST {manifest}: is a folder; give its manifest.parquet")
     try:
         from vividhead.evaluation.split import split_from_manifest
 
@@ -339,6 +408,12 @@ def rollout(
     from vividhead.devices import default_dtype_name, parse_dtype, resolve_device
     from vividhead.evaluation.long_rollout import long_rollout
 
+    # every option is checked before the generator loads
+    if chunks is not None and chunks < 1:
+        _fail(f"--chunks {chunks}: must be >= 1 (leave it out for the whole audio)")
+    _check_out_folder(out)
+    _check_image("--image", image)
+    _check_input_file("--audio", audio)
     resolved = resolve_device(device)
     dtype = dtype or default_dtype_name(resolved)
     torch_dtype = parse_dtype(dtype)

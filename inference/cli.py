@@ -101,9 +101,13 @@ class ModelOptions:
         needs the face detector weights.
 
         Raises:
-            UserError: a missing folder or file, no weights source at all, or no detector weights.
+            UserError: an unknown ``--variant``, a missing folder or file, no weights source at all,
+                or no detector weights.
         """
         from vividhead.inference.checkpoints import HubId
+
+        if self.variant not in VARIANTS:
+            raise UserError(f"--variant {self.variant!r}: use one of {', '.join(sorted(VARIANTS))}")
 
         def local(option: str, source: Optional[str], what: str) -> Optional[Path]:
             """The local path of ``source``; None for a Hub id (or no source)."""
@@ -462,14 +466,23 @@ def serve(
     from vividhead.inference.batching import BatchingConfig
     from vividhead.inference.server import serve_forever
 
-    def sizes(text: str) -> tuple[int, ...]:
+    def sizes(flag: str, text: str) -> tuple[int, ...]:
         try:
             return tuple(int(x) for x in text.split(",") if x.strip())
         except ValueError:
-            raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+            _fail(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,4")
 
+    # every option is checked before any model loads
+    if not 0 <= port <= 65535:
+        _fail(f"--port {port}: must be in 0..65535")
+    if load_window_s < 0:
+        _fail(f"--load-window-s {load_window_s}: must be >= 0 (0: off)")
+    warm_up_sizes = sizes("--warm-up-batches", warm_up_batches)
+    if any(size < 1 for size in warm_up_sizes):
+        _fail(f"--warm-up-batches {warm_up_batches!r}: batch sizes must be >= 1")
     try:
-        batching = BatchingConfig(max_batch=max_batch, batch_buckets=sizes(batch_buckets) or None, gather_s=gather_s)
+        batching = BatchingConfig(max_batch=max_batch, batch_buckets=sizes("--batch-buckets", batch_buckets) or None,
+                                  gather_s=gather_s)
         admission = AdmissionConfig(max_sessions=max_sessions,
                                     realtime_margin=realtime_margin if realtime_margin < 1 else None,
                                     load_window_s=load_window_s if load_window_s > 0 else None)
@@ -485,7 +498,7 @@ def serve(
                    "graphs recorded at warm-up); --batch-buckets pads rounds to fixed sizes instead", err=True)
     models = model.load()
     cfg = model.streaming(models)
-    warm = sizes(warm_up_batches) or default_warm_up(batching, models.device.type, model.dynamic_batch)
+    warm = warm_up_sizes or default_warm_up(batching, models.device.type, model.dynamic_batch)
     if models.cuda_graphs and batching.batch_buckets is None and batching.max_batch > 1 and not model.dynamic_batch:
         typer.echo("warning: no --batch-buckets: each new number of concurrent sessions compiles the DiT while "
                    "serving (tens of seconds; every session stalls); pass e.g. --batch-buckets 1,2 (Pro), "

@@ -112,3 +112,33 @@ def test_every_command_summary_is_one_sentence_on_one_line():
         if getattr(cmd, "commands", None) is None and ("\n" in first or not first.endswith(".")):
             bad.append(f"{' '.join(path)}: {first!r}")
     assert not bad, "\n".join(bad)
+
+
+CACHE_LATENTS_ROWS = [
+    # (id, extra argv, words the one line must hold)
+    ("windows_per_clip_zero", ["--windows-per-clip", "0"], ["--windows-per-clip 0", ">= 1"]),
+    ("windows_per_clip_negative", ["--windows-per-clip", "-1"], ["--windows-per-clip -1", ">= 1"]),
+    ("samples_per_shard_zero", ["--samples-per-shard", "0"], ["--samples-per-shard 0", ">= 1"]),
+    ("out_is_a_file", ["--out", "{notes}"], ["--out", "notes.txt", "is a file"]),
+]
+
+
+@pytest.mark.parametrize("row", CACHE_LATENTS_ROWS, ids=[r[0] for r in CACHE_LATENTS_ROWS])
+def test_cache_latents_bad_option_is_one_line_before_the_config(row, tmp_path, monkeypatch, capsys):
+    """``train cache-latents`` refuses a bad option value before it reads the config or builds an encoder."""
+    from pathlib import Path
+
+    monkeypatch.delenv("VIVIDHEAD_DEBUG", raising=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder\n")
+    config = Path(__file__).resolve().parents[1] / "examples" / "sft_tiny_cpu.yaml"
+    _, extra, words = row
+    extra = [x.format(notes=notes) for x in extra]
+    argv = ["train", "cache-latents", "--config", str(config), *extra]
+    if "--out" not in extra:
+        argv += ["--out", str(tmp_path / "cache")]
+    assert _exit_code(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(word in lines[0] for word in words), lines[0]
+    assert notes.read_text() == "not a folder\n" and not (tmp_path / "cache").exists()

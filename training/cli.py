@@ -102,6 +102,12 @@ def cache_latents(
     from vividhead.training.trainers.config import SFTConfig, load_train_config
     from vividhead.training.trainers.latent_cache import write_latent_cache
 
+    # every option is checked before the encoders load
+    for flag, value in (("--windows-per-clip", windows_per_clip), ("--samples-per-shard", samples_per_shard)):
+        if value < 1:
+            _fail(ValueError(f"{flag} {value}: must be >= 1"))
+    if out.exists() and not out.is_dir():
+        _fail(ValueError(f"--out {out}: is a file; give the latent cache folder"))
     try:
         raw = read_yaml(config)
         cls = TRAIN_SPECS["finetune"].config_class() if isinstance(raw, dict) and "finetune" in raw else SFTConfig

@@ -28,7 +28,8 @@ def resolve_device(device: str = "auto") -> str:
     """``auto`` -> ``cuda`` when torch sees a CUDA device, else ``cpu``; other names are checked.
 
     Raises:
-        UserError: ``cuda`` (or ``cuda:N``) asked for where torch has no CUDA device.
+        UserError: ``cuda`` (or ``cuda:N``) asked for where torch has no CUDA device (or no device
+            N), or a name torch does not know as a device (``gpu``, an empty string).
     """
     import torch
 
@@ -36,6 +37,14 @@ def resolve_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: this machine has no CUDA device; use --device cpu (or auto)")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UserError(f"--device {device}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
+                        f"(cuda:0 to cuda:{n - 1})")
     return device
 
 

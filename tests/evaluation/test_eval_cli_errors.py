@@ -184,3 +184,86 @@ def test_face_detector_load_and_close_print_no_litert_lines(capfd):
     m.close()
     err = capfd.readouterr().err
     assert "INFO: [" not in err and "LiteRT" not in err, err
+
+
+IMAGE_FILE = "face_frontal_happy_256.png"
+
+# (id, argv with {gen} {real} {tmp} {notes} {image} {video} placeholders, words the one line must hold)
+BAD_OPTION_ROWS = [
+    ("score_max_frames_zero", ["eval", "score", "{gen}", "{real}", "--out", "{tmp}/rep", "--max-frames", "0"],
+     ["--max-frames 0", ">= 1"]),
+    ("score_max_frames_negative", ["eval", "score", "{gen}", "{real}", "--out", "{tmp}/rep", "--max-frames", "-1"],
+     ["--max-frames -1", ">= 1"]),
+    ("score_unknown_asd_weights", ["eval", "score", "{gen}", "{real}", "--out", "{tmp}/rep", "--asd-weights", "nope"],
+     ["--asd-weights 'nope'", "lightasd_ava"]),
+    ("score_device_not_a_device", ["eval", "score", "{gen}", "{real}", "--out", "{tmp}/rep", "--device", "gpu"],
+     ["--device 'gpu'", "not a device"]),
+    ("score_out_is_a_file", ["eval", "score", "{gen}", "{real}", "--out", "{notes}"], ["--out", "notes.txt", "is a file"]),
+    ("run_num_clips_zero", ["eval", "run", "--checkpoint", "{tmp}", "--shards", "{tmp}", "--num-clips", "0"],
+     ["--num-clips 0", ">= 1"]),
+    ("run_reference_frame_negative", ["eval", "run", "--checkpoint", "{tmp}", "--shards", "{tmp}",
+                                      "--reference-frame", "-1"], ["--reference-frame -1", ">= 0"]),
+    ("run_split_not_json", ["eval", "run", "--checkpoint", "{tmp}", "--shards", "{tmp}", "--split", "{notes}"],
+     ["--split", "notes.txt", "not a split.json"]),
+    ("run_device_not_a_device", ["eval", "run", "--checkpoint", "{tmp}", "--shards", "{tmp}", "--device", "gpu"],
+     ["--device 'gpu'", "not a device"]),
+    ("drift_window_zero", ["eval", "drift", "{video}", "--reference", "{image}", "--out", "{tmp}/d", "--window-s", "0"],
+     ["--window-s 0.0", "> 0"]),
+    ("drift_window_negative", ["eval", "drift", "{video}", "--reference", "{image}", "--out", "{tmp}/d",
+                               "--window-s", "-1"], ["--window-s -1.0", "> 0"]),
+    ("drift_unknown_asd_weights", ["eval", "drift", "{video}", "--reference", "{image}", "--out", "{tmp}/d",
+                                   "--asd-weights", "nope"], ["--asd-weights 'nope'", "lightasd_ava"]),
+    ("drift_device_not_a_device", ["eval", "drift", "{video}", "--reference", "{image}", "--out", "{tmp}/d",
+                                   "--skip", "asd,sync", "--device", "gpu"], ["--device 'gpu'", "not a device"]),
+    ("drift_reference_not_an_image", ["eval", "drift", "{video}", "--reference", "{notes}", "--out", "{tmp}/d",
+                                      "--skip", "asd,sync"], ["--reference", "notes.txt", "not a readable image"]),
+    ("drift_reference_missing", ["eval", "drift", "{video}", "--reference", "{tmp}/missing.png", "--out", "{tmp}/d"],
+     ["--reference", "missing.png", "no such file"]),
+    ("drift_out_is_a_file", ["eval", "drift", "{video}", "--reference", "{image}", "--out", "{notes}"],
+     ["--out", "notes.txt", "is a file"]),
+    ("split_out_is_a_folder", ["eval", "split", "{tmp}/manifest.parquet", "--out", "{tmp}"], ["--out", "is a folder"]),
+    ("split_manifest_is_a_folder", ["eval", "split", "{tmp}"], ["MANIFEST", "is a folder"]),
+    ("rollout_chunks_zero", ["eval", "rollout", "--checkpoint", "{tmp}", "--image", "{image}", "--audio", "{video}",
+                             "--out", "{tmp}/r", "--chunks", "0"], ["--chunks 0", ">= 1"]),
+    ("rollout_image_not_an_image", ["eval", "rollout", "--checkpoint", "{tmp}", "--image", "{notes}", "--audio",
+                                    "{video}", "--out", "{tmp}/r"], ["--image", "notes.txt", "not a readable image"]),
+    ("rollout_audio_missing", ["eval", "rollout", "--checkpoint", "{tmp}", "--image", "{image}", "--audio",
+                               "{tmp}/missing.wav", "--out", "{tmp}/r"], ["--audio", "missing.wav", "no such file"]),
+    ("rollout_out_is_a_file", ["eval", "rollout", "--checkpoint", "{tmp}", "--image", "{image}", "--audio", "{video}",
+                               "--out", "{notes}"], ["--out", "notes.txt", "is a file"]),
+    ("rollout_device_not_a_device", ["eval", "rollout", "--checkpoint", "{tmp}", "--image", "{image}", "--audio",
+                                     "{video}", "--out", "{tmp}/r", "--device", "gpu"], ["--device 'gpu'", "not a device"]),
+]
+
+
+@pytest.fixture
+def no_generator(monkeypatch):
+    """Fail the test if a generator loads (``eval run`` / ``rollout``)."""
+    from vividhead.inference.pipeline import FlashHeadModels
+
+    def refuse(*a, **k):
+        raise AssertionError("a generator was loaded")
+
+    monkeypatch.setattr(FlashHeadModels, "from_export", refuse)
+
+
+@pytest.mark.parametrize("row", BAD_OPTION_ROWS, ids=[r[0] for r in BAD_OPTION_ROWS])
+def test_bad_option_value_is_one_line_before_any_model(row, folders, tmp_path, no_models, no_generator, capsys):
+    from conftest import FIXTURES
+
+    _, argv, words = row
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image, not a split\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"key": ["k1", "k2"], "status": ["kept", "kept"], "source_id": ["s1", "s2"]}),
+                   tmp_path / "manifest.parquet")
+    values = {"gen": folders / "gen", "real": folders / "real", "tmp": tmp_path, "notes": notes,
+              "video": folders / "real" / "a.mp4", "image": FIXTURES / "media" / "image" / IMAGE_FILE}
+    code, _, err = run_cli([a.format(**values) for a in argv], capsys)
+    line = _one_error_line(err)
+    assert code == 2, err
+    for word in words:
+        assert word in line, (word, line)
+    assert notes.read_text() == "not an image, not a split\n"

@@ -61,6 +61,11 @@ ROWS = [
     ("fp8_on_cpu", ["--random-weights", "--device", "cpu", "--fp8"], ["--fp8 needs the fast path on a GPU"]),
     ("dynamic_batch_on_cpu", ["--random-weights", "--device", "cpu", "--dynamic-batch"],
      ["--dynamic-batch needs the fast path on a GPU"]),
+    ("unknown_variant", ["--random-weights", "--variant", "ultra"], ["--variant 'ultra'", "lite, pro"]),
+    ("unknown_variant_with_checkpoint_dir", ["--checkpoint-dir", "{checkpoint_dir}", "--wav2vec-dir", "{tmp}",
+                                             "--variant", "ultra"], ["--variant 'ultra'", "lite, pro"]),
+    ("device_not_a_device", ["--random-weights", "--device", "gpu"], ["--device 'gpu'", "not a device"]),
+    ("device_empty", ["--random-weights", "--device", ""], ["--device ''", "not a device"]),
 ]
 
 
@@ -101,6 +106,15 @@ SERVE_ROWS = [
     ("max_sessions_zero", ["--max-sessions", "0"], ["max_sessions must be >= 1"]),
     ("bucket_zero", ["--batch-buckets", "0,4"], ["batch_buckets must be positive"]),
     ("gather_negative", ["--gather-s", "-1"], ["gather_s must be >= 0"]),
+    ("port_negative", ["--port", "-1"], ["--port -1", "0..65535"]),
+    ("port_too_large", ["--port", "70000"], ["--port 70000", "0..65535"]),
+    ("load_window_negative", ["--load-window-s", "-5"], ["--load-window-s -5.0", ">= 0"]),
+    ("warm_up_zero", ["--warm-up-batches", "0"], ["--warm-up-batches '0'", ">= 1"]),
+    ("warm_up_negative", ["--warm-up-batches", "4,-1"], ["--warm-up-batches '4,-1'", ">= 1"]),
+    ("warm_up_not_integers", ["--warm-up-batches", "a"], ["--warm-up-batches 'a'", "comma-separated integers"]),
+    ("buckets_not_integers", ["--batch-buckets", "1,x"], ["--batch-buckets '1,x'", "comma-separated integers"]),
+    ("unknown_variant", ["--variant", "ultra"], ["--variant 'ultra'"]),
+    ("device_not_a_device", ["--device", "gpu"], ["--device 'gpu'", "not a device"]),
 ]
 
 
