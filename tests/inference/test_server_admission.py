@@ -13,23 +13,13 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
+from server_scenario import run_scenario
 from tiny_models import TINY_PRO
 
 from vividhead.inference.batching import BatchingConfig
 from vividhead.inference.server import CLOSE_TRY_AGAIN_LATER, AdmissionConfig, FlashHeadServer
 
 SPC = TINY_PRO.streaming.samples_per_chunk
-
-
-def _run(server: FlashHeadServer, scenario, timeout: float = 300):
-    async def main():
-        async with server.listen("127.0.0.1", 0) as srv:
-            return await scenario(srv.sockets[0].getsockname()[1])
-
-    try:
-        return asyncio.run(asyncio.wait_for(main(), timeout))
-    finally:
-        server.close()
 
 
 async def _video(ws) -> tuple[dict, bytes]:
@@ -55,7 +45,7 @@ def _second_refused_until(server: FlashHeadServer, message_parts: list[str], rel
             async with connect(f"ws://127.0.0.1:{port}") as third:
                 assert json.loads(await third.recv())["type"] == "ready"
 
-    _run(server, scenario)
+    run_scenario(server, scenario)
 
 
 def test_refuses_over_max_sessions(tiny_pro_fast_vae, ref_image):
@@ -79,7 +69,7 @@ def test_refuses_over_max_sessions(tiny_pro_fast_vae, ref_image):
             assert json.loads(await third.recv())["type"] == "ready"
         assert server.refused_sessions == 1
 
-    _run(server, scenario)
+    run_scenario(server, scenario)
 
 
 def test_refuses_when_measured_rounds_exceed_real_time(tiny_pro_fast_vae, ref_image):
@@ -192,7 +182,7 @@ def test_concurrent_clients_are_batched(tiny_pro_fast_vae, ref_image, speech):
     async def scenario(port):
         return await asyncio.gather(*(client(port, 1000 * i) for i in range(3)))
 
-    results = _run(server, scenario)
+    results = run_scenario(server, scenario)
     assert results == [[(0, 0, 28), (1, 28, 28)]] * 3
     assert server.scheduler.rounds < 6
 
@@ -226,7 +216,7 @@ def test_backlogged_sessions_join_every_round(tiny_pro_fast_vae, ref_image, spee
             metas = [[(await _video(ws))[0]["index"] for _ in range(3)] for ws in (a, b)]
             return queued, server.scheduler.rounds - rounds0, metas
 
-    queued, rounds, metas = _run(server, scenario)
+    queued, rounds, metas = run_scenario(server, scenario)
     assert queued == 6
     assert rounds == 3
     assert metas == [[0, 1, 2]] * 2
@@ -256,7 +246,7 @@ def test_reference_upload_and_errors(tiny_pro_fast_vae, ref_image, speech):
                 err = json.loads(await ws.recv())
                 assert err["type"] == "error" and needle in err["message"], err
 
-    _run(server, scenario)
+    run_scenario(server, scenario)
 
 
 def test_demo_page_is_served(tiny_pro_fast_vae, ref_image):
@@ -275,7 +265,7 @@ def test_demo_page_is_served(tiny_pro_fast_vae, ref_image):
         missing = await asyncio.to_thread(get, port, "/../server.py")
         return page, js, missing
 
-    page, js, missing = _run(server, scenario)
+    page, js, missing = run_scenario(server, scenario)
     assert page[0] == 200 and page[1].startswith("text/html") and "<video" in page[2] and "app.js" in page[2]
     assert js[0] == 200 and "javascript" in js[1] and "new WebSocket" in js[2]
     assert missing[0] == 404

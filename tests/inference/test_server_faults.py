@@ -14,22 +14,12 @@ import zlib
 
 import numpy as np
 from PIL import Image
+from server_scenario import run_scenario
 from tiny_models import TINY_PRO
 
 from vividhead.inference.server import AdmissionConfig, FlashHeadServer
 
 SPC = TINY_PRO.streaming.samples_per_chunk
-
-
-def _run(server: FlashHeadServer, scenario, timeout: float = 60):
-    async def main():
-        async with server.listen("127.0.0.1", 0) as srv:
-            return await scenario(srv.sockets[0].getsockname()[1])
-
-    try:
-        return asyncio.run(asyncio.wait_for(main(), timeout))
-    finally:
-        server.close()
 
 
 async def _recv_json(ws, timeout: float = 20) -> dict:
@@ -88,7 +78,7 @@ def test_client_leaving_with_chunks_queued_frees_its_slot_and_its_chunks(tiny_pr
             await asyncio.wrap_future(server.scheduler.call(lambda: None))
         return freed, admitted, server.scheduler.rounds
 
-    freed, admitted, rounds = _run(server, scenario)
+    freed, admitted, rounds = run_scenario(server, scenario, timeout=60)
     assert freed and admitted == "ready"
     assert rounds == 0
 
@@ -118,7 +108,7 @@ def test_failing_model_thread_call_is_an_error_not_a_hung_session(tiny_pro_fast_
             await ws.recv()
             return err, meta
 
-    err, meta = _run(server, scenario)
+    err, meta = run_scenario(server, scenario, timeout=60)
     assert err["type"] == "error" and "out of memory" in err["message"], err
     assert (meta["type"], meta["index"], meta["frames"]) == ("video", 0, 28)
     assert server.active_sessions == 0
@@ -149,7 +139,7 @@ def test_failing_encode_is_an_error_for_that_chunk(tiny_pro_fast_vae, ref_image,
             data = await ws.recv()
             return err, meta, data
 
-    err, meta, data = _run(server, scenario)
+    err, meta, data = run_scenario(server, scenario, timeout=60)
     assert err["type"] == "error" and "chunk 0" in err["message"] and "encoder broke" in err["message"], err
     assert (meta["type"], meta["index"], meta["first_frame"], meta["frames"]) == ("video", 1, 28, 28)
     assert isinstance(data, bytes) and len(data) > 0
@@ -174,7 +164,7 @@ def test_hostile_messages_answer_an_error_and_keep_the_session(tiny_pro_fast_vae
             answers.append(await _recv_json(ws))
             return answers
 
-    nested, bomb_err, reset = _run(server, scenario)
+    nested, bomb_err, reset = run_scenario(server, scenario, timeout=60)
     assert nested["type"] == "error" and "nested" in nested["message"], nested
     assert bomb_err["type"] == "error" and "pixels" in bomb_err["message"], bomb_err
     assert reset == {"type": "reset", "frames_total": 0}
@@ -198,5 +188,5 @@ def test_client_dropping_the_connection_is_not_a_server_error(tiny_pro_fast_vae,
         return await _until(lambda: server.active_sessions == 0, 20)
 
     with caplog.at_level(logging.INFO):
-        assert _run(server, scenario)
+        assert run_scenario(server, scenario, timeout=60)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
