@@ -68,6 +68,9 @@ MAX_MESSAGE_BYTES = 2**24  # largest WebSocket message either side accepts (a re
 STATIC_DIR = Path(__file__).parent / "static"
 #: Largest uploaded reference image (bytes after base64 decoding).
 MAX_IMAGE_BYTES = 8 * 2**20
+#: Largest uploaded reference image in pixels (a 24 MP photo fits; 8 MiB of PNG can declare ~180 MP,
+#: 0.5 GB of RGB, which PIL would decode).
+MAX_IMAGE_PIXELS = 24_000_000
 #: Close code of a refused connection (RFC 6455 1013: try again later).
 CLOSE_TRY_AGAIN_LATER = 1013
 
@@ -76,7 +79,7 @@ def decode_image(data: bytes) -> np.ndarray:
     """Decode PNG/JPEG/... bytes to uint8 RGB ``[H, W, 3]``.
 
     Raises:
-        ValueError: empty, too large or not an image.
+        ValueError: empty, more than :data:`MAX_IMAGE_BYTES` or :data:`MAX_IMAGE_PIXELS`, or not an image.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -84,6 +87,9 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ValueError(f"image must be 1..{MAX_IMAGE_BYTES} bytes, got {len(data)}")
     try:
         with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size  # from the header, before any pixel is decoded
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"image of {width}x{height} pixels: at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a decodable image: {exc}") from None
@@ -279,7 +285,8 @@ class FlashHeadServer:
                         await barrier(lambda s: s.reset(), lambda _, s: [
                             ("restart",), ("json", {"type": "reset", "frames_total": 0})])
                     elif kind == "reference":
-                        image = decode_image(_b64(msg.get("image")))
+                        # off the event loop: a large photo takes a while to decode, other sessions stream on
+                        image = await asyncio.to_thread(decode_image, _b64(msg.get("image")))
                         await barrier(lambda s, im=image: state.update(session=self._new_session(im)),
                                       lambda _, s, im=image: [("restart",), ("json", {
                                           "type": "reference", "width": int(im.shape[1]), "height": int(im.shape[0])})])

@@ -13,6 +13,7 @@ import threading
 import zlib
 
 import numpy as np
+import pytest
 from PIL import Image
 from server_scenario import run_scenario
 from tiny_models import TINY_PRO
@@ -190,3 +191,12 @@ def test_client_dropping_the_connection_is_not_a_server_error(tiny_pro_fast_vae,
     with caplog.at_level(logging.INFO):
         assert run_scenario(server, scenario, timeout=60)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_reference_image_over_the_pixel_limit_is_refused_from_its_header():
+    """A 30 MP PNG (under PIL's own bomb limits) is refused before any pixel is decoded."""
+    from vividhead.inference.server import MAX_IMAGE_PIXELS, decode_image
+
+    assert 6000 * 5000 > MAX_IMAGE_PIXELS
+    with pytest.raises(ValueError, match=r"6000x5000 pixels: at most 24 megapixels"):
+        decode_image(_png_header_only(6000, 5000))
