@@ -248,9 +248,8 @@ def no_generator(monkeypatch):
 
 
 @pytest.mark.parametrize("row", BAD_OPTION_ROWS, ids=[r[0] for r in BAD_OPTION_ROWS])
-def test_bad_option_value_is_one_line_before_any_model(row, folders, tmp_path, no_models, no_generator, capsys):
-    from conftest import FIXTURES
-
+def test_bad_option_value_is_one_line_before_any_model(row, folders, tmp_path, no_models, no_generator, image_dir,
+                                                        capsys):
     _, argv, words = row
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image, not a split\n")
@@ -260,7 +259,7 @@ def test_bad_option_value_is_one_line_before_any_model(row, folders, tmp_path, n
     pq.write_table(pa.table({"key": ["k1", "k2"], "status": ["kept", "kept"], "source_id": ["s1", "s2"]}),
                    tmp_path / "manifest.parquet")
     values = {"gen": folders / "gen", "real": folders / "real", "tmp": tmp_path, "notes": notes,
-              "video": folders / "real" / "a.mp4", "image": FIXTURES / "media" / "image" / IMAGE_FILE}
+              "video": folders / "real" / "a.mp4", "image": image_dir / IMAGE_FILE}
     code, _, err = run_cli([a.format(**values) for a in argv], capsys)
     line = _one_error_line(err)
     assert code == 2, err
