@@ -73,6 +73,8 @@ MAX_IMAGE_BYTES = 8 * 2**20
 MAX_IMAGE_PIXELS = 24_000_000
 #: Close code of a refused connection (RFC 6455 1013: try again later).
 CLOSE_TRY_AGAIN_LATER = 1013
+#: Close code of a connection whose session could not be started (RFC 6455 1011: server error).
+CLOSE_SERVER_ERROR = 1011
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -245,8 +247,15 @@ class FlashHeadServer:
 
     async def _serve(self, ws) -> None:
         cfg = self.streaming
-        state = {"session": await asyncio.wrap_future(self.scheduler.call(
-            lambda: self._new_session(self.reference_image)))}
+        try:
+            state = {"session": await asyncio.wrap_future(self.scheduler.call(
+                lambda: self._new_session(self.reference_image)))}
+        except Exception as exc:  # e.g. out of device memory: say why, then close (1011: server error)
+            logger.exception("could not start a session")
+            await ws.send(json.dumps({"type": "error", "reason": "session_failed",
+                                      "message": f"could not start a session: {exc}"}))
+            await ws.close(CLOSE_SERVER_ERROR, "could not start a session")
+            return
         await ws.send(json.dumps({
             "type": "ready", "sample_rate": cfg.sample_rate_hz, "fps": cfg.fps, "format": "s16le",
             "samples_per_chunk": cfg.samples_per_chunk, "width": cfg.width_px, "height": cfg.height_px,

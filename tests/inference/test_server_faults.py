@@ -200,3 +200,29 @@ def test_reference_image_over_the_pixel_limit_is_refused_from_its_header():
     assert 6000 * 5000 > MAX_IMAGE_PIXELS
     with pytest.raises(ValueError, match=r"6000x5000 pixels: at most 24 megapixels"):
         decode_image(_png_header_only(6000, 5000))
+
+
+def test_session_that_cannot_start_is_an_error_message_then_a_close(tiny_pro_fast_vae, ref_image, monkeypatch):
+    """Building a connection's first session fails on the model thread (e.g. out of device memory):
+    the client gets the reason as an ``error`` message, then a 1011 close; the slot is free again."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image)
+
+    def new_session(image):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(server, "_new_session", new_session)
+
+    async def scenario(port):
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            err = await _recv_json(ws)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 20)
+            return err, ws.close_code, await _until(lambda: server.active_sessions == 0, 5)
+
+    err, code, freed = run_scenario(server, scenario, timeout=60)
+    assert err["type"] == "error" and err["reason"] == "session_failed", err
+    assert "CUDA out of memory" in err["message"]
+    assert code == 1011 and freed
