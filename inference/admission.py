@@ -31,7 +31,8 @@ class AdmissionConfig:
             Pro's two sessions on an H100 took rounds of 1.09 s (0.97 of its chunk) and were real
             time with 6 s clients: the default refuses the second; ``0.98`` admits it.
         load_window_s: with sessions open, also refuse when the measured busy share of the model
-            thread over this many trailing seconds, scaled by ``(n + 1) / n``, exceeds
+            thread over this many trailing seconds, scaled by ``n + 1`` over the mean number of
+            sessions open in that window, exceeds
             ``realtime_margin``: out-of-phase sessions run in more rounds than one per chunk, which
             the round-time estimate does not see. ``None`` turns this check off.
 

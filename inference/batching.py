@@ -172,6 +172,46 @@ class LoadMeter:
         return min(1.0, busy / window_s)
 
 
+class OpenSessions:
+    """The number of open sessions over time, so the load check can tell what the measured busy share
+    was made of: after many sessions leave, the busy share of the trailing window still holds their
+    rounds, and dividing it by the sessions open *now* refused newcomers for a whole window.
+
+    Args:
+        horizon_s: how long changes are kept (seconds; at least the load check's window).
+    """
+
+    def __init__(self, horizon_s: float = 60.0) -> None:
+        self.horizon_s = horizon_s
+        self.count = 0
+        self._changes: deque[tuple[float, int]] = deque([(float("-inf"), 0)])  # (time, count from then on)
+        self._lock = threading.Lock()
+
+    def change(self, delta: int, now: float | None = None) -> int:
+        """Add ``delta`` (+1 opened, -1 closed) at ``now`` (``time.monotonic()`` seconds); returns the count."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.count += delta
+            self._changes.append((now, self.count))
+            while len(self._changes) > 1 and self._changes[1][0] <= now - self.horizon_s:
+                self._changes.popleft()
+            return self.count
+
+    def mean(self, window_s: float, now: float | None = None) -> float:
+        """Time-weighted mean count over ``[now - window_s, now]`` (0 before the first record)."""
+        now = time.monotonic() if now is None else now
+        lo = now - window_s
+        with self._lock:
+            changes = list(self._changes)
+        total, t, level = 0.0, lo, 0
+        for when, count in changes:
+            if when > lo:
+                total += level * (when - t)
+                t = when
+            level = count
+        return (total + level * (now - t)) / window_s
+
+
 class BatchScheduler:
     """One worker thread that owns the models: batches waiting chunks of all sessions per round.
 

@@ -56,7 +56,7 @@ from typing import Callable
 import numpy as np
 
 from vividhead.inference.admission import AdmissionConfig
-from vividhead.inference.batching import BatchingConfig, BatchScheduler
+from vividhead.inference.batching import BatchingConfig, BatchScheduler, OpenSessions
 from vividhead.inference.chunk_encoder import ChunkEncoder
 from vividhead.inference.pipeline import FlashHeadModels, StreamingSession
 from vividhead.models.configs import StreamingConfig
@@ -127,6 +127,7 @@ class FlashHeadServer:
                                         open_sessions=lambda: self.active_sessions)
         self.encoder = ChunkEncoder(encode_workers)
         self.active_sessions = 0
+        self.sessions = OpenSessions()  # when sessions opened and closed, for the load check
         self.refused_sessions = 0
 
     # -- admission ------------------------------------------------------------------------------
@@ -158,10 +159,13 @@ class FlashHeadServer:
                 return (f"server full: {n + 1} sessions would need an estimated {est:.3f} s per "
                         f"{self.chunk_seconds:.2f} s chunk (real time allows {budget:.3f} s)")
             load = self.scheduler.load.busy_fraction(adm.load_window_s) if adm.load_window_s and n else None
-            if load is not None and load * (n + 1) / n > adm.realtime_margin:
+            # the busy share is per session that was open over the window, not per session open now
+            # (after many leave, the window still holds their rounds)
+            served = self.sessions.mean(adm.load_window_s) if adm.load_window_s and self.sessions.count else 0.0
+            need = None if load is None else load * (n + 1) / (served if served > 0 else n)
+            if need is not None and need > adm.realtime_margin:
                 return (f"server full: {n} sessions keep the model busy {load:.0%} of the time; "
-                        f"{n + 1} would need about {load * (n + 1) / n:.0%} (real time allows "
-                        f"{adm.realtime_margin:.0%})")
+                        f"{n + 1} would need about {need:.0%} (real time allows {adm.realtime_margin:.0%})")
         return None
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,), rounds: int = 2) -> dict[int, float]:
@@ -235,12 +239,14 @@ class FlashHeadServer:
         from websockets.exceptions import ConnectionClosed
 
         self.active_sessions += 1
+        self.sessions.change(+1)
         try:
             await self._serve(ws)
         except ConnectionClosed:  # the client went away without a clean close: nothing to answer
             pass
         finally:
             self.active_sessions -= 1
+            self.sessions.change(-1)
 
     def _new_session(self, image: np.ndarray) -> StreamingSession:
         return StreamingSession(self.models, image, seed=self.seed, streaming=self.streaming)

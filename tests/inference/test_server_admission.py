@@ -269,3 +269,38 @@ def test_demo_page_is_served(tiny_pro_fast_vae, ref_image):
     assert page[0] == 200 and page[1].startswith("text/html") and "<video" in page[2] and "app.js" in page[2]
     assert js[0] == 200 and "javascript" in js[1] and "new WebSocket" in js[2]
     assert missing[0] == 404
+
+
+def test_open_sessions_mean_over_the_window():
+    from vividhead.inference.batching import OpenSessions
+
+    s = OpenSessions()
+    t0 = 1000.0
+    for _ in range(4):
+        s.change(+1, now=t0)
+    s.change(-1, now=t0 + 8.0)
+    assert s.count == 3
+    assert s.mean(5.0, now=t0 + 10.0) == pytest.approx((4 * 3.0 + 3 * 2.0) / 5.0)
+    assert s.mean(5.0, now=t0 + 20.0) == pytest.approx(3.0)
+
+
+def test_load_check_after_many_sessions_left_admits_a_newcomer(tiny_pro_fast_vae, ref_image):
+    """16 sessions kept the model 94% busy over the last 5 s, and 15 of them left 0.5 s ago: the
+    trailing busy share is theirs, so the one session left does not make a newcomer look like 188%
+    (it was refused for a whole window); with the 16 still open the 17th is refused as before."""
+    import time
+
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image, admission=AdmissionConfig(load_window_s=5.0))
+    try:
+        now = time.monotonic()
+        server.scheduler.load.record(now - 6.0, now - 0.3)
+        for _ in range(16):
+            server.sessions.change(+1, now=now - 30.0)
+        server.active_sessions = 16
+        assert "16 sessions keep the model busy" in server.refusal()
+        for _ in range(15):
+            server.sessions.change(-1, now=now - 0.5)
+        server.active_sessions = 1
+        assert server.refusal() is None
+    finally:
+        server.close()
