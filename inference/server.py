@@ -126,11 +126,15 @@ class FlashHeadServer:
         self.scheduler = BatchScheduler(self.batching, frame_num=self.streaming.frame_num,
                                         open_sessions=lambda: self.active_sessions)
         self.encoder = ChunkEncoder(encode_workers)
-        self.active_sessions = 0
-        self.sessions = OpenSessions()  # when sessions opened and closed, for the load check
+        self.sessions = OpenSessions()  # the open sessions, and when they opened and closed (load check)
         self.refused_sessions = 0
 
     # -- admission ------------------------------------------------------------------------------
+    @property
+    def active_sessions(self) -> int:
+        """Sessions open now."""
+        return self.sessions.count
+
     @property
     def chunk_seconds(self) -> float:
         """Duration of the audio (and video) of one standard chunk: ``new_frames / fps``."""
@@ -161,8 +165,8 @@ class FlashHeadServer:
             load = self.scheduler.load.busy_fraction(adm.load_window_s) if adm.load_window_s and n else None
             # the busy share is per session that was open over the window, not per session open now
             # (after many leave, the window still holds their rounds)
-            served = self.sessions.mean(adm.load_window_s) if adm.load_window_s and self.sessions.count else 0.0
-            need = None if load is None else load * (n + 1) / (served if served > 0 else n)
+            served = self.sessions.mean(adm.load_window_s) if load is not None else 0.0
+            need = None if load is None else load * (n + 1) / (served if served > 0 else n)  # 0: opened just now
             if need is not None and need > adm.realtime_margin:
                 return (f"server full: {n} sessions keep the model busy {load:.0%} of the time; "
                         f"{n + 1} would need about {need:.0%} (real time allows {adm.realtime_margin:.0%})")
@@ -238,14 +242,12 @@ class FlashHeadServer:
             return
         from websockets.exceptions import ConnectionClosed
 
-        self.active_sessions += 1
         self.sessions.change(+1)
         try:
             await self._serve(ws)
         except ConnectionClosed:  # the client went away without a clean close: nothing to answer
             pass
         finally:
-            self.active_sessions -= 1
             self.sessions.change(-1)
 
     def _new_session(self, image: np.ndarray) -> StreamingSession:

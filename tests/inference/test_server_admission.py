@@ -100,10 +100,10 @@ def test_default_margin_admits_the_measured_real_time_set(tiny_pro_fast_vae, ref
             now = time.monotonic()
             server.scheduler.load.record(now - 5.0, now - 5.0 + share * 5.0)
 
-        server.active_sessions = 15
+        server.sessions.change(+15, now=time.monotonic() - 30.0)
         busy(0.877)
         assert server.refusal() is None
-        server.active_sessions = 16
+        server.sessions.change(+1, now=time.monotonic() - 30.0)
         busy(0.5)
         assert "17 sessions would need an estimated" in server.refusal()
         server.scheduler.cost = type(server.scheduler.cost)()  # the estimate unknown: the load check alone
@@ -294,13 +294,9 @@ def test_load_check_after_many_sessions_left_admits_a_newcomer(tiny_pro_fast_vae
     try:
         now = time.monotonic()
         server.scheduler.load.record(now - 6.0, now - 0.3)
-        for _ in range(16):
-            server.sessions.change(+1, now=now - 30.0)
-        server.active_sessions = 16
+        server.sessions.change(+16, now=now - 30.0)
         assert "16 sessions keep the model busy" in server.refusal()
-        for _ in range(15):
-            server.sessions.change(-1, now=now - 0.5)
-        server.active_sessions = 1
+        server.sessions.change(-15, now=now - 0.5)
         assert server.refusal() is None
     finally:
         server.close()
