@@ -65,13 +65,17 @@ def _fail(exc: BaseException | str) -> NoReturn:
     raise UserError(str(exc)) from None
 
 
-#: ``--asd-weights`` choices (registry names of the Light-ASD checkpoints).
-ASD_WEIGHT_NAMES = ("lightasd_ava", "lightasd_talkset")
-
-
 def _check_asd_weights(name: str) -> None:
-    if name not in ASD_WEIGHT_NAMES:
-        _fail(f"--asd-weights {name!r}: use one of {', '.join(ASD_WEIGHT_NAMES)}")
+    """``--asd-weights`` names a Light-ASD checkpoint of the weights registry (``lightasd_*``)."""
+    from vividhead import weights
+
+    names = sorted(n for n in weights.REGISTRY if n.startswith("lightasd_"))
+    if name not in names:
+        _fail(f"--asd-weights {name!r}: use one of {', '.join(names)}")
+
+
+#: Reference files read as a video (their first frame) rather than as an image.
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 
 def _check_out_folder(out: Path, flag: str = "--out") -> None:
@@ -302,7 +306,7 @@ def drift(
     for flag, path in (("VIDEO", video), ("--audio", audio), ("--latent-norms", latent_norms),
                        ("--fid-reference", fid_reference)):
         _check_input_file(flag, path)
-    if reference.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".avi"):
+    if reference.suffix.lower() in VIDEO_SUFFIXES:
         _check_input_file("--reference", reference)
     else:
         _check_image("--reference", reference)
@@ -334,7 +338,7 @@ def drift(
             features = InceptionFeatures(rec.path, device)
             records[rec.name] = rec.to_dict()
         v = read_video(video, audio)
-        if reference.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".avi"):
+        if reference.suffix.lower() in VIDEO_SUFFIXES:
             ref = read_video(reference, max_frames=1).frames[0]
         else:
             from vividhead.media import read_image
