@@ -67,4 +67,18 @@ lite_exact_admit)  # lite_exact with admission as serve has it by default: the s
                    # same call, the compile cache is warm)
   run lite_exact_admit $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --dynamic-batch --fp8 \
     --vae-batch 8 --warm-up $(seq 16 -1 1) --admission --streams ${ADMIT_STREAMS:-20} ${LITE_EXTRA:-};;
+lite_admit_artifacts)  # lite_exact_admit twice, each in a fresh process with its own empty Inductor and Triton
+                       # cache folders (what a fresh machine has): the first compiles cold and writes the
+                       # compile artifacts (PyTorch Mega-Cache, as `serve --compile-artifacts`), the second
+                       # loads them first: serve's warm-up on a fresh machine with and without them, and the
+                       # admission check under load twice
+  for pass in write load; do
+    export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_serve_$pass TRITON_CACHE_DIR=/tmp/triton_serve_$pass
+    rm -rf "$TORCHINDUCTOR_CACHE_DIR" "$TRITON_CACHE_DIR"
+    run lite_admit_$pass $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --dynamic-batch --fp8 \
+      --vae-batch 8 --warm-up $(seq 16 -1 1) --admission --streams ${ADMIT_STREAMS:-20} \
+      --compile-artifacts /tmp/lite_serve.compile_artifacts ${LITE_EXTRA:-}
+    ls -la /tmp/lite_serve.compile_artifacts
+  done
+  unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR;;
 esac; done

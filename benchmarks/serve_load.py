@@ -413,6 +413,12 @@ def build_server(args):
 
     variant, toy = find_variant(args.variant)
     dtype = default_dtype_for(args.device)
+    artifacts = {}
+    if args.compile_artifacts is not None:  # as `vividhead serve --compile-artifacts`: loaded before compiling
+        from vividhead.inference.compile_cache import load_compile_artifacts
+
+        t = time.perf_counter()
+        artifacts = {"loaded": load_compile_artifacts(args.compile_artifacts), "load_s": time.perf_counter() - t}
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     models = FlashHeadModels.random(variant, device=args.device, dtype=dtype, tiny_encoders=toy)
@@ -436,6 +442,11 @@ def build_server(args):
             server.scheduler.cost.observe(b, args.round_s + args.round_s_per_row * b)
     setup = {"optimize": applied, "warm_up_s": time.perf_counter() - t0,
              "warm_up_round_s": {str(k): round(v, 4) for k, v in warm.items()}}
+    if args.compile_artifacts is not None:
+        from vividhead.inference.compile_cache import save_compile_artifacts
+
+        artifacts["bytes_written"] = save_compile_artifacts(args.compile_artifacts)
+        setup["compile_artifacts"] = artifacts
     if args.profile_round:
         setup["profile_round"] = server.scheduler.call(
             lambda: profile_round(models, args.profile_round, batching)).result()
@@ -540,6 +551,8 @@ def parse_args(argv=None):
     p.add_argument("--chunk-s", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--compression", choices=["none", "deflate"], default="none",
                    help="per-message deflate on the in-process server (the server's default: none)")
+    p.add_argument("--compile-artifacts", type=Path, default=None, metavar="FILE",
+                   help="loaded before the warm-up if it exists, written after it (as serve's option)")
     p.add_argument("--admission", action="store_true", help="refuse sessions as the server would by default")
     p.add_argument("--max-sessions", type=int, default=None)
     p.add_argument("--image", type=Path,
