@@ -65,6 +65,8 @@ left() { echo $(( T_START + BUDGET - $(date +%s) )); }
 
 facts() {
   echo "date: $(date -u +%FT%TZ)  host cores: $(nproc)  memory: $(free -g | awk '/Mem:/{print $2" GiB"}')"
+  # whether the cores are hyperthread siblings: a stage's CPU-s per input-second rose 1.5x when the node was busy
+  lscpu 2>/dev/null | grep -E "^(Model name|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|CPU MHz|L3)" || true
   echo "python: $(command -v "$PY") $("$PY" --version 2>&1)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: none"
   for t in ffmpeg ffprobe xz; do echo "$t: $(command -v $t || echo none)"; done
