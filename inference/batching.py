@@ -256,15 +256,28 @@ class BatchScheduler:
         """
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._open():
-            if not self._chunks:
+            if not self._live():
                 self._oldest = time.monotonic()
             self._chunks.append((ChunkJob(session, samples, index, tail), fut))
         return fut
 
     def waiting(self) -> int:
-        """Chunks queued for a round that has not started yet (all sessions)."""
+        """Chunks queued for a round that has not started yet (all sessions), not counting those
+        whose futures were cancelled (their connection closed: no round will run them)."""
         with self._cv:
-            return len(self._chunks)
+            return len(self._live())
+
+    def _live(self) -> list[tuple[ChunkJob, concurrent.futures.Future]]:
+        """The waiting chunks, after dropping those whose futures were cancelled (lock held).
+
+        The server cancels a closed connection's waiting chunks from the event loop, without this
+        lock. Counted, they would make :meth:`waiting` and the gather (``gather_s``) see sessions
+        that left: a round would start short of the open sessions' chunks, which then run in more,
+        smaller rounds (more busy time for admission's load check).
+        """
+        if any(fut.cancelled() for _, fut in self._chunks):
+            self._chunks = [item for item in self._chunks if not item[1].cancelled()]
+        return self._chunks
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run ``fn()`` on the worker thread between rounds; the future holds its result or error.
@@ -326,7 +339,7 @@ class BatchScheduler:
         if gather <= 0:
             return
         deadline = self._oldest + gather
-        while self._chunks and not (self._calls or self._closed):
+        while self._live() and not (self._calls or self._closed):
             waiting = len({id(job.session) for job, _ in self._chunks})
             if self.open_sessions is not None and waiting >= self.open_sessions():
                 return
@@ -359,7 +372,8 @@ class BatchScheduler:
                     results = _run_group(jobs, self.batching)
                 except BaseException as exc:  # every caller of the batch gets the error
                     logger.exception("batched chunk failed")
-                    for _, fut in part:
+                    for job, fut in part:
+                        job.session.skip_chunk(job.index)  # lost: the session's next chunk runs as the next index
                         fut.set_exception(exc)
                     continue
                 seconds = time.perf_counter() - t0

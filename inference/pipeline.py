@@ -463,6 +463,17 @@ class StreamingSession:
         self.frames_emitted -= frames.shape[0] - keep
         return frames[:keep]
 
+    def skip_chunk(self, index: int) -> None:
+        """Count chunk ``index`` (as :meth:`split` numbered it) as done without its frames: its step
+        raised and the caller reports the loss. The next chunk then runs as chunk ``index + 1``, at
+        that chunk's length, as :meth:`split` cut its samples. (Left one chunk behind, a
+        ``fast_start`` stream whose short first chunk was lost ran its next chunk at the short
+        length, and a step batching it with other sessions' standard chunks raised ``ValueError``
+        for all of them.) The audio cache, motion latents and RNG stay as the failed step left
+        them; :attr:`frames_emitted` counts generated frames only.
+        """
+        self.state.chunk_index = index + 1
+
     def generate(self, samples: np.ndarray) -> np.ndarray:
         """Generate the next chunk from its samples (a batch of one through :func:`advance`).
 

@@ -27,7 +27,9 @@ splits the PCM into chunks, a generate loop submits each to the scheduler as soo
 complete (the scheduler runs at most one chunk of a session per round, in order), and a send loop
 awaits them in order, encodes the MP4s (threads, or worker processes off this process's GIL:
 :class:`~vividhead.inference.chunk_encoder.ChunkEncoder`; parallel across sessions) and sends them.
-A failed round, encode or model-thread call is an ``error`` message to its client, which streams on.
+A failed round, encode or model-thread call is an ``error`` message to its client, which streams on;
+a chunk lost to a failed round or encode keeps its place on the stream's timeline (the next chunk's
+``index`` and ``first_frame`` follow it, and ``frames_total`` counts its frames).
 When a connection closes, its chunks still waiting for a round are dropped and it leaves admission
 at once (a round already running finishes).
 
@@ -269,8 +271,10 @@ class FlashHeadServer:
             "samples_per_chunk": cfg.samples_per_chunk, "width": cfg.width_px, "height": cfg.height_px,
             "codec": "h264/mp4",
         }))
-        work: asyncio.Queue = asyncio.Queue()  # ("chunk", samples, index) | ("call", fn, after, done)
-        out: asyncio.Queue = asyncio.Queue()  # ("video", frames) | ("json", dict) | ("restart",)
+        # ("chunk", samples, index) | ("flush", samples, index, keep) | ("call", fn, after, done)
+        work: asyncio.Queue = asyncio.Queue()
+        # ("video", frames future, frames on the timeline) | ("json", dict) | ("restart",) | ("flushed",)
+        out: asyncio.Queue = asyncio.Queue()
         queued: list[concurrent.futures.Future] = []  # this session's chunks handed to the scheduler
         tasks = [asyncio.create_task(self._generate_loop(state, work, out, queued)),
                  asyncio.create_task(self._send_loop(ws, out))]
@@ -296,8 +300,7 @@ class FlashHeadServer:
                         tail = state["session"].split_flush()
                         if tail is not None:
                             work.put_nowait(("flush", *tail))
-                        await barrier(lambda s: None, lambda _, s: [
-                            ("json", {"type": "flushed", "frames_total": s.frames_emitted})])
+                        await barrier(lambda s: None, lambda _, s: [("flushed",)])
                     elif kind == "reset":
                         await barrier(lambda s: s.reset(), lambda _, s: [
                             ("restart",), ("json", {"type": "reset", "frames_total": 0})])
@@ -344,7 +347,8 @@ class FlashHeadServer:
                 if item[0] == "flush":  # keep the frames the stream's samples cover
                     fut = asyncio.ensure_future(trimmed(fut, session, item[3]))
                 pending = [f for f in pending if not f.done()] + [fut]
-                out.put_nowait(("video", fut))
+                frames = item[3] if item[0] == "flush" else item[1].shape[0] // self.streaming.samples_per_frame
+                out.put_nowait(("video", fut, frames))
                 continue
             _, fn, after, done = item
             try:
@@ -365,6 +369,9 @@ class FlashHeadServer:
                     done.set_result(None)
 
     async def _send_loop(self, ws, out: asyncio.Queue) -> None:
+        # index, cursor: the next chunk's index and first frame on the stream's timeline. A lost
+        # chunk keeps its place (its index and frames), so the next chunk's first_frame stays on its
+        # audio (the demo page plays the PCM of [first_frame, first_frame + frames) with it).
         fps = self.streaming.fps
         index = cursor = 0
         while (item := await out.get()) is not None:
@@ -373,6 +380,8 @@ class FlashHeadServer:
                     frames = await item[1] if isinstance(item[1], asyncio.Future) else item[1]
                 except Exception as exc:  # the round failed (logged by the scheduler); say so, go on
                     await ws.send(json.dumps({"type": "error", "message": f"chunk {index} failed: {exc}"}))
+                    index += 1
+                    cursor += item[2]
                     continue
                 try:
                     data = await self.encoder.encode(frames, fps)
@@ -389,6 +398,8 @@ class FlashHeadServer:
                 cursor += int(frames.shape[0])
             elif item[0] == "restart":
                 index = cursor = 0
+            elif item[0] == "flushed":  # every chunk before the flush is sent: the timeline's length
+                await ws.send(json.dumps({"type": "flushed", "frames_total": cursor}))
             else:
                 await ws.send(json.dumps(item[1]))
 

@@ -206,6 +206,90 @@ def test_scheduler_gathers_chunks_of_open_sessions(tiny_pro_fast_vae, speech):
             sched.close()
 
 
+def test_scheduler_failed_chunk_is_consumed(tiny_pro_fast_vae, speech, monkeypatch):
+    """A chunk whose round raises is consumed: with ``fast_start``, session ``a``'s short first chunk
+    fails, and its next chunk runs as chunk 1 (standard length) in one round with session ``b``'s
+    chunk 1; both are served (the failure costs neither that round nor ``b`` anything)."""
+    import threading
+
+    from vividhead.inference import batching
+
+    streaming = dataclasses.replace(TINY_PRO.streaming, fast_start=True)
+    real = batching._run_group
+    rounds = []
+
+    def failing_group(jobs, cfg):
+        rounds.append([(j.session, j.index) for j in jobs])
+        if any(j.session is a and j.index == 0 for j in jobs):
+            raise RuntimeError("CUDA out of memory")
+        return real(jobs, cfg)
+
+    monkeypatch.setattr(batching, "_run_group", failing_group)
+    sched = BatchScheduler(BatchingConfig(max_batch=8), frame_num=streaming.frame_num)
+    started, gate = threading.Event(), threading.Event()
+    try:
+        a, b = sched.call(lambda: [StreamingSession(tiny_pro_fast_vae, r, streaming=streaming)
+                                   for r in _refs(2)]).result()
+        n = (streaming.motion_frames - 1 + streaming.new_frames) * 640
+        (a0, a1), (b0, b1) = a.split(speech[:n]), b.split(speech[3000 : 3000 + n])
+        assert (a0[1], a1[1]) == (0, 1)
+        assert sched.submit_chunk(b, *b0).result(timeout=120).shape[0] == streaming.motion_frames - 1
+        with pytest.raises(RuntimeError, match="out of memory"):
+            sched.submit_chunk(a, *a0).result(timeout=120)
+        blocker = sched.call(lambda: (started.set(), gate.wait()))  # both chunk 1s join one round
+        assert started.wait(30)
+        fa, fb = sched.submit_chunk(a, *a1), sched.submit_chunk(b, *b1)
+        gate.set()
+        blocker.result(timeout=30)
+        assert fa.result(timeout=120).shape == fb.result(timeout=120).shape == (streaming.new_frames, 32, 32, 3)
+        assert rounds[-1] == [(a, 1), (b, 1)]
+        assert a.state.chunk_index == b.state.chunk_index == 2
+    finally:
+        gate.set()
+        sched.close()
+
+
+def test_scheduler_counts_only_live_chunks(tiny_pro_fast_vae, monkeypatch):
+    """Chunks of a session that left (their futures cancelled, as the server does when a connection
+    closes) are not waiting: :meth:`BatchScheduler.waiting` counts live chunks only, and a round
+    gathering for the open sessions waits for their chunks, not the departed session's."""
+    import threading
+    import time
+
+    from vividhead.inference import batching
+
+    order = []
+
+    def fake_group(jobs, cfg):
+        order.append([j.session for j in jobs])
+        return [np.zeros((1, 2, 2, 3), np.uint8) for _ in jobs]
+
+    monkeypatch.setattr(batching, "_run_group", fake_group)
+    sched = BatchScheduler(BatchingConfig(max_batch=8, gather_s=30.0), open_sessions=lambda: 2)
+    started, gate = threading.Event(), threading.Event()
+    try:
+        a, b, gone = sched.call(lambda: [StreamingSession(tiny_pro_fast_vae, r) for r in _refs(3)]).result()
+        blocker = sched.call(lambda: (started.set(), gate.wait()))
+        assert started.wait(30)
+        spc = TINY_PRO.streaming.samples_per_chunk
+        dropped = [sched.submit_chunk(gone, np.zeros(spc, np.float32), i) for i in (3, 4)]
+        fa = sched.submit_chunk(a, np.zeros(spc, np.float32), 3)
+        assert sched.waiting() == 3
+        for f in dropped:
+            assert f.cancel()
+        assert sched.waiting() == 1
+        gate.set()
+        blocker.result(timeout=30)
+        time.sleep(0.3)  # a round would start now if the departed session's chunk counted as waiting
+        fb = sched.submit_chunk(b, np.zeros(spc, np.float32), 3)
+        fa.result(timeout=20), fb.result(timeout=20)  # well before the 30 s deadline
+        assert order == [[a, b]]
+        assert sched.waiting() == 0
+    finally:
+        gate.set()
+        sched.close()
+
+
 def test_cost_model_estimates():
     m = ChunkCostModel()
     assert m.estimate(1) is None

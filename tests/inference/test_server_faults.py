@@ -146,6 +146,46 @@ def test_failing_encode_is_an_error_for_that_chunk(tiny_pro_fast_vae, ref_image,
     assert isinstance(data, bytes) and len(data) > 0
 
 
+def test_failed_round_consumes_its_chunk_index(tiny_pro_fast_vae, ref_image, speech, monkeypatch):
+    """A round that raises for a chunk (e.g. out of device memory) answers an error naming that
+    chunk; the stream goes on past it: the next chunk arrives with the next index and its first
+    frame on the stream's timeline (its audio's frames), and the flush counts the lost chunk's
+    frames in ``frames_total``."""
+    from websockets.asyncio.client import connect
+
+    from vividhead.inference import batching
+
+    server = FlashHeadServer(tiny_pro_fast_vae, ref_image)
+    real, calls = batching._run_group, []
+
+    def run_group(jobs, cfg):
+        calls.append([j.index for j in jobs])
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory")
+        return real(jobs, cfg)
+
+    monkeypatch.setattr(batching, "_run_group", run_group)
+
+    async def scenario(port):
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            assert (await _recv_json(ws))["type"] == "ready"
+            await ws.send(speech[: 2 * SPC + 2 * 640].astype("<i2").tobytes())  # two chunks and 2 frames
+            err = await _recv_json(ws, 60)
+            meta = await _recv_json(ws, 60)
+            await ws.recv()
+            await ws.send(json.dumps({"type": "flush"}))
+            tail = await _recv_json(ws, 60)
+            await ws.recv()
+            return err, meta, tail, await _recv_json(ws, 60)
+
+    err, meta, tail, flushed = run_scenario(server, scenario, timeout=60)
+    assert err["type"] == "error" and "chunk 0 failed" in err["message"] and "out of memory" in err["message"], err
+    assert (meta["type"], meta["index"], meta["first_frame"], meta["frames"]) == ("video", 1, 28, 28)
+    assert (tail["type"], tail["index"], tail["first_frame"], tail["frames"]) == ("video", 2, 56, 2)
+    assert flushed == {"type": "flushed", "frames_total": 58}
+    assert calls == [[0], [1], [2]]
+
+
 def test_hostile_messages_answer_an_error_and_keep_the_session(tiny_pro_fast_vae, ref_image):
     """JSON nested too deep to parse and a PNG that declares 200 megapixels (a decompression bomb)
     each answer an error; the session stays open and serves the next request."""
