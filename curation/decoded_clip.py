@@ -17,7 +17,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
 
-import cv2
 import numpy as np
 
 from vividhead.curation.face_track import FaceTrack, crop_frames, track_from_detections
@@ -67,6 +66,8 @@ class DecodedClip:
     def gray(self, size_px: int) -> np.ndarray:
         """Grayscale frames scaled to ``size_px`` square (area interpolation), uint8 [T, size_px, size_px]."""
         if size_px not in self._gray:
+            import cv2
+
             self._gray[size_px] = np.stack([
                 cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (size_px, size_px), interpolation=cv2.INTER_AREA)
                 for f in self.frames
@@ -129,6 +130,8 @@ class DecodedClip:
     def gray_face_crops(self, detector: FaceDetector, crop_scale: float = 0.4, size: int = 224,
                         min_detected_share: float = 0.5) -> np.ndarray:
         """:meth:`face_crops` in grayscale, uint8 [T, size, size]."""
+        import cv2
+
         crops = self.face_crops(detector, crop_scale, size, min_detected_share)
         return np.stack([cv2.cvtColor(c, cv2.COLOR_BGR2GRAY) for c in crops])
 

@@ -1,13 +1,17 @@
 """What the two face-track scorers (``asd``: Light-ASD, ``syncnet``: SyncNet) share: the config of
 their model and face track (:class:`FaceScorerConfig`) and the model-plus-detector set-up of their
 stages (:class:`FaceScorerStage`). The face track and its crops are :mod:`vividhead.curation.face_track`.
+
+Both scorers' modules import torch (0.9 CPU-s) only when a function that needs it runs
+(:func:`no_grad` for the decorated ones), so the stage list imports them without torch.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import numpy as np
 
@@ -38,6 +42,23 @@ class FaceScorerConfig(StageConfig):
     min_confidence: float = bounded(0.5, "in (0, 1)")
     min_face_share: float = bounded(0.5, "in [0, 1]")
     crop_scale: float = bounded(0.4, ">= 0")
+
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def no_grad(fn: _Fn) -> _Fn:
+    """``@torch.no_grad()`` with torch imported at the first call instead of at the decorated
+    function's definition (the module stays importable without loading torch)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def clip_and_pcm(clip: DecodedClip | bytes, audio: Optional[bytes]) -> tuple[DecodedClip, np.ndarray]:

@@ -7,6 +7,9 @@ frame as ``[y - s, y + s(1 + 2c)] x [x - s(1 + c), x + s(1 + c)]`` (``s`` = half
 side, ``c`` = crop scale 0.4) from the frame padded with grey level 110, resized to 224 x 224.
 They use S3FD; here the detector is MediaPipe BlazeFace (:class:`vividhead.models.face_detector.FaceDetector`),
 whose boxes are somewhat tighter, so crops are a little closer than the references'.
+
+OpenCV and ``scipy.signal`` (0.7 CPU-s to import) are imported by the functions that use them, so
+importing this module (the stage list does, on the driver) costs neither.
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
-from scipy import signal
 
 from vividhead.curation.media import iter_frames
 from vividhead.errors import MediaError
@@ -72,6 +73,8 @@ def smooth_track(boxes: np.ndarray, detected: np.ndarray) -> FaceTrack:
     y = (filled[:, 1] + filled[:, 3]) / 2
     k = min(SMOOTH_FRAMES, len(t) if len(t) % 2 else len(t) - 1)
     if k >= 3:
+        from scipy import signal
+
         s, x, y = (signal.medfilt(v, kernel_size=k) for v in (s, x, y))
     return FaceTrack(s, x, y, float(detected.mean()))
 
@@ -144,6 +147,8 @@ def crop_face(frame: np.ndarray, s: float, x: float, y: float, crop_scale: float
     Returns:
         uint8 [size, size, C] (or [size, size]) resized with bilinear interpolation.
     """
+    import cv2
+
     bsi = int(s * (1 + 2 * crop_scale))
     value = (PAD_VALUE,) * (frame.shape[2] if frame.ndim == 3 else 1)
     padded = cv2.copyMakeBorder(frame, bsi, bsi, bsi, bsi, cv2.BORDER_CONSTANT, value=value)
@@ -183,6 +188,8 @@ def crop_frames(frames: Iterable[np.ndarray], track: FaceTrack, crop_scale: floa
     Raises:
         MediaError: ``decode_failed`` when there is no frame.
     """
+    import cv2
+
     out = []
     for i, frame in enumerate(frames):
         if i >= len(track):

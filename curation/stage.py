@@ -13,6 +13,10 @@ dataclass (a frozen :class:`StageConfig` subclass) and a small stage class that 
 
 ``__init__`` runs on the driver and must stay cheap and picklable (no model, no open file); models
 load in :meth:`Stage.setup`, once per worker, and are released in :meth:`BaseStage.teardown`.
+A stage's module imports its heavy libraries (torch, SciPy, OpenCV, MediaPipe, ...) inside the
+functions that use them, not at module level: the stage list imports every stage module on the
+driver and a worker imports the modules of all the stages it is sent, so a module-level import costs
+each of them up to a CPU-second (``tests/curation/test_import_cost.py`` checks).
 One device policy holds for every stage: ``num_gpus > 0`` needs CUDA (:func:`check_devices` at
 start-up on the driver, :func:`cuda_or_cpu` in the worker), otherwise the run stops with a one-line
 message instead of running silently on CPU.

@@ -20,20 +20,23 @@ a lip-sync signal. Reason: ``not_speaking`` below ``min_asd_score``. Column: ``a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import numpy as np
-import torch
 
 from vividhead.curation.audio_io import mfcc_100hz
 from vividhead.curation.decoded_clip import DecodedClip
-from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage, clip_and_pcm
-from vividhead.curation.models.lightasd import LightASD, load_lightasd
+from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage, clip_and_pcm, no_grad
 from vividhead.curation.records import Row
 from vividhead.curation.stage import FrameStage, check
 from vividhead.errors import MediaError
 from vividhead.models.face_detector import FaceDetector
 from vividhead.shard_format import FPS, SAMPLE_RATE_HZ
+
+if TYPE_CHECKING:  # torch and the model load in the functions that run them (importing this module is cheap)
+    import torch
+
+    from vividhead.curation.models.lightasd import LightASD
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ def _chunks(n: int, d: int) -> list[tuple[int, int]]:
 
 def _run_chunks(n: int, d: int, fn) -> torch.Tensor:
     """Apply ``fn(start, stop, count)`` to equal-length chunks as one batch and to the remainder."""
+    import torch
+
     chunks = _chunks(n, d)
     full = [c for c in chunks if c[1] - c[0] == d * FPS]
     out = []
@@ -123,7 +128,7 @@ def _run_chunks(n: int, d: int, fn) -> torch.Tensor:
 VISUAL_REACH = 6
 
 
-@torch.no_grad()
+@no_grad
 def visual_embeddings(gray_faces: np.ndarray, model: LightASD, device: str = "cpu",
                       durations_s: Sequence[int] = DURATIONS_S, exact_chunks: bool = False,
                       segment_frames: int = 150, batch_windows: int = 32) -> dict[int, torch.Tensor]:
@@ -149,6 +154,8 @@ def visual_embeddings(gray_faces: np.ndarray, model: LightASD, device: str = "cp
         ``{d: float32 [T, 128]}`` per-frame visual embeddings as the chunked evaluation sees them,
         on ``device``.
     """
+    import torch
+
     video = torch.from_numpy(np.ascontiguousarray(gray_faces, dtype=np.float32))
     n = len(video)
 
@@ -190,7 +197,7 @@ def visual_embeddings(gray_faces: np.ndarray, model: LightASD, device: str = "cp
     return out
 
 
-@torch.no_grad()
+@no_grad
 def asd_scores(visual: dict[int, torch.Tensor], mfcc: np.ndarray, model: LightASD, device: str = "cpu") -> ASDScore:
     """Per-frame and clip speaking scores (steps 2-4 of the module docstring).
 
@@ -205,6 +212,8 @@ def asd_scores(visual: dict[int, torch.Tensor], mfcc: np.ndarray, model: LightAS
     Raises:
         MediaError: ``too_short`` when no full video frame has audio.
     """
+    import torch
+
     t = len(next(iter(visual.values())))
     n = min(len(mfcc) // 4, t)
     if n < 1:
@@ -235,6 +244,8 @@ def use_bf16(precision: str, device: str) -> bool:
         return precision == "bf16"
     if device.startswith("cuda"):
         return False
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -253,6 +264,8 @@ def score_asd(clip: DecodedClip | bytes, audio: Optional[bytes], model: LightASD
     Raises:
         MediaError: ``decode_failed``, ``bad_audio``, ``no_face_track``, ``too_short``.
     """
+    import torch
+
     clip, pcm = clip_and_pcm(clip, audio)
     faces = centre_112(clip.gray_face_crops(detector, cfg.crop_scale, 224, cfg.min_face_share))
     with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device)):
@@ -270,6 +283,8 @@ class ASDStage(FaceScorerStage, FrameStage):
         return self.cfg.weights
 
     def load_model(self, path, device: str) -> LightASD:
+        from vividhead.curation.models.lightasd import load_lightasd
+
         return load_lightasd(path, device)
 
     def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:

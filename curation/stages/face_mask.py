@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 
 from vividhead import weights
@@ -106,6 +105,8 @@ def polygon_mask(landmarks: np.ndarray, indices: list[int], size: tuple[int, int
     Returns:
         bool [H, W].
     """
+    import cv2
+
     h, w = size
     pts = np.round(landmarks[indices, :2] * (w, h)).astype(np.int32)
     mask = np.zeros((h, w), np.uint8)

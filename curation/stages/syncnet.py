@@ -22,22 +22,24 @@ Columns: ``lse_c``, ``lse_d``, ``av_offset_frames``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from vividhead.config import bounded
 from vividhead.curation.audio_io import mfcc_100hz
 from vividhead.curation.decoded_clip import DecodedClip
-from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage, clip_and_pcm
-from vividhead.curation.models.syncnet import SyncNet, load_syncnet
+from vividhead.curation.face_scorer import FaceScorerConfig, FaceScorerStage, clip_and_pcm, no_grad
 from vividhead.curation.records import Row
 from vividhead.curation.stage import FrameStage
 from vividhead.errors import MediaError
 from vividhead.models.face_detector import FaceDetector
 from vividhead.shard_format import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
+
+if TYPE_CHECKING:  # torch and the model load in the functions that run them (importing this module is cheap)
+    import torch
+
+    from vividhead.curation.models.syncnet import SyncNet
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ def offset_distances(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: i
         float [W, 2 * vshift + 1]: ``out[i, j] = ||video_emb[i] - audio_emb[i + j - vshift] + 1e-6||_2``,
         with zero vectors for audio indices outside ``[0, W)`` (``F.pairwise_distance``, as the reference).
     """
+    import torch
+    import torch.nn.functional as F
+
     w = video_emb.shape[0]
     padded = F.pad(audio_emb, (0, 0, vshift, vshift))  # [W + 2v, D]
     idx = torch.arange(w).unsqueeze(1) + torch.arange(2 * vshift + 1).unsqueeze(0)  # [W, 2v+1]
@@ -119,6 +124,8 @@ def sync_scores(dists: torch.Tensor | np.ndarray, vshift: int) -> LipSyncScore:
         :class:`LipSyncScore`. The median is ``torch.median`` (the lower middle value for an even
         count; ``2 * vshift + 1`` is odd, so it is the exact median).
     """
+    import torch
+
     d = torch.as_tensor(dists, dtype=torch.float32)
     mdist = d.mean(dim=0)
     minval, minidx = torch.min(mdist, 0)
@@ -132,7 +139,7 @@ def sync_scores(dists: torch.Tensor | np.ndarray, vshift: int) -> LipSyncScore:
     )
 
 
-@torch.no_grad()
+@no_grad
 def embed_windows(
     crops: np.ndarray, mfcc: np.ndarray, num_windows: int, model: SyncNet, batch_size: int = 20, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,6 +154,8 @@ def embed_windows(
     Returns:
         (lip embeddings float32 [W, D], audio embeddings float32 [W, D]) on the CPU.
     """
+    import torch
+
     cc = torch.from_numpy(np.ascontiguousarray(mfcc.T, dtype=np.float32))  # [13, M]
     video_out, audio_out = [], []
     for start in range(0, num_windows, batch_size):
@@ -241,6 +250,8 @@ class SyncNetStage(FaceScorerStage, FrameStage):
         return "syncnet_v2"
 
     def load_model(self, path, device: str) -> SyncNet:
+        from vividhead.curation.models.syncnet import load_syncnet
+
         return load_syncnet(path, device)
 
     def process_clip(self, row: Row, clip: DecodedClip) -> list[Row]:

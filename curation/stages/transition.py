@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from vividhead.config import bounded
@@ -78,6 +77,8 @@ def flow_residuals(frames: list[np.ndarray]) -> np.ndarray:
         float32 [T-1]: mean absolute difference between frame t and frame t+1 warped by the
         Farneback flow from t to t+1, in grey levels.
     """
+    import cv2
+
     if len(frames) < 2:
         return np.zeros(0, np.float32)
     h, w = frames[0].shape
