@@ -60,7 +60,7 @@ class ModelOptions:
     dynamic_batch: bool = False
     fast_start: bool = False
     crop_face: bool = False
-    compile_artifacts: Optional[Path] = None
+    compile_artifacts: Optional[str] = None  # a local path or an fsspec URL (s3://...)
     fidelity: FidelityOptions = FidelityOptions()
 
     def prepare(self) -> ModelOptions:
@@ -345,7 +345,8 @@ MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
     "crop_face": typer.Option("--crop-face", help="Crop the reference around its largest face (released recipe; "
                                                  "detector weights from the registry)."),
     "compile_artifacts": typer.Option(
-        "--compile-artifacts", help="Fast path: a torch.compile artifact file (PyTorch Mega-Cache), loaded before "
+        "--compile-artifacts", help="Fast path: a torch.compile artifact file (PyTorch Mega-Cache; a path or an fsspec "
+                                    "URL such as s3://bucket/lite.compile), loaded before "
                                     "compiling when it exists and written once the shapes have compiled "
                                     "(after serve's warm-up, after infer's video): ship it so that a fresh "
                                     "machine skips the cold compile."),

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,55 @@ def test_cli_writes_artifacts_only_on_the_gpu_fast_path(tmp_path, monkeypatch, c
     monkeypatch.setattr(cc, "save_compile_artifacts", fail)
     ModelOptions(compile_artifacts=path).save_compile_artifacts(cuda)  # a warning, not an error
     assert "--compile-artifacts not written" in capsys.readouterr().err
+
+
+def _s3_env(endpoint: str) -> dict[str, str]:
+    """The standard AWS chain's variables for a local S3 endpoint (fake credentials)."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="Inductor on the CPU needs a C compiler")
+def test_artifacts_shared_through_s3_between_fresh_processes(tmp_path, monkeypatch):
+    """One machine compiles and uploads; another, with empty compile caches, loads from the URL."""
+    import fsspec
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "curation"))
+    from netutil import moto_server
+
+    with moto_server() as endpoint:
+        for name, value in _s3_env(endpoint).items():
+            monkeypatch.setenv(name, value)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("vh-cache")
+        url = "s3://vh-cache/deploy/flashhead.compile"
+        written = int(_run(COMPILE_AND_SAVE, url, env_dir=tmp_path / "cache_a"))
+        assert written > 0 and fs.size("vh-cache/deploy/flashhead.compile") == written
+        assert _run(LOAD, url, env_dir=tmp_path / "cache_b") == "True"
+        assert _run(LOAD, "s3://vh-cache/deploy/absent.compile", env_dir=tmp_path / "cache_c") == "False"
+
+
+def test_unreachable_artifact_storage_loads_nothing_and_refuses_the_write(tmp_path, monkeypatch, caplog):
+    """Storage that cannot be reached: the load is a one-line warning (compilation starts cold);
+    the write raises OSError naming the URL (the CLI turns it into a warning)."""
+    import s3fs
+    import torch
+
+    import vividhead.inference.compile_cache as cc
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "curation"))
+    from netutil import free_port
+
+    for name, value in _s3_env(f"http://127.0.0.1:{free_port()}").items():  # nothing listens there
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    url = "s3://vh-cache/flashhead.compile"
+    with caplog.at_level(logging.WARNING, logger="vividhead.inference.compile_cache"):
+        assert cc.load_compile_artifacts(url) is False
+    (record,) = [r for r in caplog.records if url in r.getMessage()]
+    assert "not read" in record.getMessage() and "\n" not in record.getMessage()
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"compiled", None))
+    with pytest.raises(OSError, match="s3://vh-cache/flashhead.compile"):
+        cc.save_compile_artifacts(url)
+    s3fs.S3FileSystem.clear_instance_cache()
