@@ -345,8 +345,8 @@ MODEL_OPTIONS: dict[str, typer.models.OptionInfo] = {
     "crop_face": typer.Option("--crop-face", help="Crop the reference around its largest face (released recipe; "
                                                  "detector weights from the registry)."),
     "compile_artifacts": typer.Option(
-        "--compile-artifacts", help="Fast path: a torch.compile artifact file (PyTorch Mega-Cache; a path or an fsspec "
-                                    "URL such as s3://bucket/lite.compile), loaded before "
+        "--compile-artifacts", help="Fast path: a torch.compile artifact file (PyTorch Mega-Cache; a path, or an "
+                                    "fsspec URL such as an s3 one), loaded before "
                                     "compiling when it exists and written once the shapes have compiled "
                                     "(after serve's warm-up, after infer's video): ship it so that a fresh "
                                     "machine skips the cold compile."),

@@ -35,6 +35,26 @@ if not VIDEO_DIR.is_dir():  # pragma: no cover - CI always has ../shared
     pytest.exit(f"test fixtures not found at {FIXTURES} (clone with ../shared beside the repo)", returncode=2)
 
 
+@pytest.fixture
+def cli_with_commands(monkeypatch) -> Callable[..., None]:
+    """``add(name=function, ...)``: ``vividhead.cli.main`` then builds the real app plus these
+    commands (each a function without parameters), for tests of how the entry point ends them."""
+    import vividhead.cli as cli
+
+    def add(**commands: Callable[[], None]) -> None:
+        real_build = cli.build_app
+
+        def build():
+            app = real_build()
+            for name, fn in commands.items():
+                app.command(name.replace("_", "-"))(fn)
+            return app
+
+        monkeypatch.setattr(cli, "build_app", build)
+
+    return add
+
+
 @pytest.fixture(scope="session")
 def video_dir() -> Path:
     return VIDEO_DIR

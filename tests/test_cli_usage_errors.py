@@ -104,33 +104,26 @@ def test_bare_group_still_prints_its_help(argv, names, capsys):
     assert "Usage: vividhead" in out and all(name in out for name in names), out
 
 
+def _exit3() -> None:
+    raise typer.Exit(3)
+
+
+def _abort() -> None:
+    raise typer.Abort()
+
+
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def _ok() -> None:
+    typer.echo("done")
+
+
 @pytest.fixture
-def app_with_exits(monkeypatch):
-    """The real app plus commands that end by typer.Exit, click.Abort, Ctrl-C, EOF, or return normally."""
-    real_build = cli.build_app
-
-    def build() -> typer.Typer:
-        app = real_build()
-
-        @app.command("exit3")
-        def _exit3() -> None:
-            raise typer.Exit(3)
-
-        @app.command("abort")
-        def _abort() -> None:
-            raise typer.Abort()
-
-        @app.command("ctrl-c")
-        def _ctrl_c() -> None:
-            raise KeyboardInterrupt
-
-        @app.command("ok")
-        def _ok() -> None:
-            typer.echo("done")
-
-        return app
-
-    monkeypatch.setattr(cli, "build_app", build)
+def app_with_exits(cli_with_commands):
+    """The real app plus commands that end by typer.Exit, click.Abort, Ctrl-C, or return normally."""
+    cli_with_commands(exit3=_exit3, abort=_abort, ctrl_c=_ctrl_c, ok=_ok)
 
 
 def test_exit_abort_and_success_keep_their_codes(app_with_exits, capsys):

@@ -7,31 +7,23 @@ import sys
 from importlib.metadata import version
 
 import pytest
-import typer
 
 import vividhead.cli as cli
 from vividhead.errors import UserError
 
 
+def _user_error() -> None:
+    raise UserError("data/shards: no shards here\nrun `vividhead curate` first")
+
+
+def _bug() -> None:
+    raise RuntimeError("an unexpected bug")
+
+
 @pytest.fixture
-def app_with_failures(monkeypatch):
+def app_with_failures(cli_with_commands, monkeypatch):
     """The real app plus ``user-error`` (raises a two-line UserError) and ``bug`` (a RuntimeError)."""
-    real_build = cli.build_app
-
-    def build() -> typer.Typer:
-        app = real_build()
-
-        @app.command("user-error")
-        def _user_error() -> None:
-            raise UserError("data/shards: no shards here\nrun `vividhead curate` first")
-
-        @app.command("bug")
-        def _bug() -> None:
-            raise RuntimeError("an unexpected bug")
-
-        return app
-
-    monkeypatch.setattr(cli, "build_app", build)
+    cli_with_commands(user_error=_user_error, bug=_bug)
     monkeypatch.delenv("VIVIDHEAD_DEBUG", raising=False)
 
 
