@@ -98,7 +98,16 @@ def register(app: typer.Typer) -> None:
     app.command("curate")(curate)
 
 
-def curate_main() -> None:
-    """Entry point of ``python -m vividhead.curation``: the ``curate`` command alone."""
+def curate_main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m vividhead.curation`` (what ``ray job submit`` runs): the ``curate``
+    command alone, its errors and usage errors one line each as ``vividhead``'s (``run_app``).
+
+    Raises:
+        SystemExit: always; code 2 after an error's one line.
+    """
+    from vividhead.cli import run_app
+
     logging.basicConfig(level=logging.WARNING)
-    typer.run(curate)
+    app = typer.Typer(add_completion=False)
+    app.command()(curate)
+    run_app(app, argv, "python -m vividhead.curation")

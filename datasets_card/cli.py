@@ -66,8 +66,15 @@ def register(app: typer.Typer) -> None:
     app.command("publish")(publish)
 
 
-def main() -> None:
-    """Standalone entry point: ``python -m vividhead.datasets_card {card,publish} ...``."""
-    app = typer.Typer(help="vividhead dataset card and Hub publishing", no_args_is_help=True)
+def main(argv: list[str] | None = None) -> None:
+    """Standalone entry point: ``python -m vividhead.datasets_card {card,publish} ...``, its errors
+    and usage errors one line each as ``vividhead``'s (``run_app``).
+
+    Raises:
+        SystemExit: always; code 2 after an error's one line.
+    """
+    from vividhead.cli import run_app
+
+    app = typer.Typer(help="vividhead dataset card and Hub publishing", no_args_is_help=True, add_completion=False)
     register(app)
-    app()
+    run_app(app, argv, "python -m vividhead.datasets_card")

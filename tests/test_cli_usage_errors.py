@@ -76,6 +76,37 @@ def test_usage_error_through_the_real_script(argv, words):
     _assert_one_line(proc.stderr, words)  # one line even at 40 columns: no wrapping
 
 
+@pytest.mark.parametrize("module, argv, words", [
+    ("vividhead.curation", ["in/", "--output", "out/", "--workers", "abc"],  # what `ray job submit` runs
+     ["python -m vividhead.curation:", "--workers", "'python -m vividhead.curation --help'"]),
+    ("vividhead.curation", ["--output", "out/"], ["python -m vividhead.curation:", "Missing argument"]),
+    ("vividhead.datasets_card", ["--bogus"], ["python -m vividhead.datasets_card:", "--bogus"]),
+], ids=["curation_unknown_option", "curation_without_inputs", "datasets_card_unknown_option"])
+def test_module_entry_points_give_the_same_one_line(module, argv, words, capsys, monkeypatch):
+    """``python -m vividhead.curation`` (the Ray job's entry) and ``python -m vividhead.datasets_card``
+    end usage errors as ``vividhead`` does, not with Typer's boxed panel."""
+    import importlib
+
+    monkeypatch.delenv("VIVIDHEAD_DEBUG", raising=False)
+    entry = {"vividhead.curation": ("vividhead.curation.cli", "curate_main"),
+             "vividhead.datasets_card": ("vividhead.datasets_card.cli", "main")}[module]
+    with pytest.raises(SystemExit) as info:
+        getattr(importlib.import_module(entry[0]), entry[1])(argv)
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and captured.out == "", captured
+    _assert_one_line(captured.err, words)
+
+
+def test_curation_module_entry_keeps_its_config_errors_one_line(tmp_path, video_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("asd: {precision: fp7}\n")
+    proc = subprocess.run([sys.executable, "-m", "vividhead.curation", str(video_dir), "--output", str(tmp_path / "o"),
+                           "--config", str(bad)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "VIVIDHEAD_DEBUG": "0"})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: asd.precision: must be one of ['auto', 'fp32', 'bf16'], got 'fp7'"], proc.stderr
+
+
 def test_debug_keeps_clicks_full_usage_output(capsys, monkeypatch):
     code, _, err = _run(["--debug", "serve", "--port", "abc"], capsys)
     assert code == 2 and "Usage: vividhead serve" in err and "--port" in err and len(err.splitlines()) > 1, err

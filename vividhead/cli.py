@@ -111,7 +111,7 @@ def _click_class(name: str) -> type[BaseException]:
     return next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == name)
 
 
-def usage_error_line(exc: BaseException, app: typer.Typer, argv: list[str]) -> str:
+def usage_error_line(exc: BaseException, app: typer.Typer, argv: list[str], prog_name: str = "vividhead") -> str:
     """A click usage error as one line: ``<command path>: <click's message> (see '<path> --help')``.
 
     The command path is the error's context's; an error raised without one (click's parser raises
@@ -123,7 +123,7 @@ def usage_error_line(exc: BaseException, app: typer.Typer, argv: list[str]) -> s
         path = ctx.command_path
         help_option = ctx.help_option_names[0] if ctx.command.get_help_option(ctx) is not None else None
     else:
-        path, help_option = " ".join(["vividhead", *_subcommand_names(app, argv)]), "--help"
+        path, help_option = " ".join([prog_name, *_subcommand_names(app, argv)]), "--help"
     return f"{path}: {message}" + (f" (see '{path} {help_option}')" if help_option else "")
 
 
@@ -157,10 +157,24 @@ def _print_error(line: str) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point of the ``vividhead`` script (``argv`` defaults to ``sys.argv[1:]``).
+    """Entry point of the ``vividhead`` script (``argv`` defaults to ``sys.argv[1:]``): every
+    part's commands (:func:`build_app`) run by :func:`run_app`.
+
+    Raises:
+        SystemExit: always; code 2 after an expected error's or a usage error's one line.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_app(build_app(), argv, "vividhead")
+
+
+def run_app(app: typer.Typer, argv: Optional[list[str]] = None, prog_name: str = "vividhead") -> None:
+    """Run ``app`` as the entry points do (``vividhead``, ``python -m vividhead.curation`` under
+    ``ray job submit``, ``python -m vividhead.datasets_card``), ``argv`` defaulting to ``sys.argv[1:]``.
 
     The app runs with click's ``standalone_mode=False``, so its errors come here rather than to
-    Typer's boxed error panel: a usage error is one line (:func:`usage_error_line`), exit code 2.
+    Typer's boxed error panel: an expected error (:class:`UserError`) and a usage error
+    (:func:`usage_error_line`) are one line each, exit code 2; ``VIVIDHEAD_DEBUG=1`` (or the root
+    command's ``--debug``) shows the traceback or click's usage text instead.
     A bare group (``vividhead``, ``vividhead train``) still prints its help and exits with code 2,
     ``typer.Exit(n)`` (``--help``, ``--version``, a command's own exit) still exits with ``n``, Ctrl-C
     with 130 and an abort with 1, as in standalone mode. Commands return None: an int returned by
@@ -170,12 +184,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         SystemExit: always; code 2 after an expected error's or a usage error's one line.
     """
     global _debug
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _debug = _env_debug()
     click_exception, usage_error = _click_class("ClickException"), _click_class("UsageError")
-    app = build_app()
     try:
-        rv = app(args=argv, prog_name="vividhead", standalone_mode=False)
+        rv = app(args=argv, prog_name=prog_name, standalone_mode=False)
     except UserError as exc:
         if _debug:
             raise
@@ -188,7 +200,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         elif _debug_requested(exc):
             exc.show()  # type: ignore[attr-defined]  # click's usage, hint and message
         else:
-            _print_error(usage_error_line(exc, app, sys.argv[1:] if argv is None else argv))
+            _print_error(usage_error_line(exc, app, sys.argv[1:] if argv is None else argv, prog_name))
         raise SystemExit(exc.exit_code) from None  # type: ignore[attr-defined]
     except click_exception as exc:  # not a usage error (e.g. a file that cannot be opened): its message
         _print_error(_join_lines(exc.format_message()) or type(exc).__name__)  # type: ignore[attr-defined]
