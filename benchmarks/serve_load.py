@@ -551,8 +551,9 @@ def parse_args(argv=None):
     p.add_argument("--chunk-s", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--compression", choices=["none", "deflate"], default="none",
                    help="per-message deflate on the in-process server (the server's default: none)")
-    p.add_argument("--compile-artifacts", type=Path, default=None, metavar="FILE",
-                   help="loaded before the warm-up if it exists, written after it (as serve's option)")
+    p.add_argument("--compile-artifacts", default=None, metavar="FILE",
+                   help="a path or an fsspec URL: loaded before the warm-up if it exists, written after it "
+                        "(as serve's option)")
     p.add_argument("--admission", action="store_true", help="refuse sessions as the server would by default")
     p.add_argument("--max-sessions", type=int, default=None)
     p.add_argument("--image", type=Path,
