@@ -425,7 +425,8 @@ def build_server(args):
     applied = models.optimize(cuda_graphs=args.cuda_graphs, dynamic_batch=args.dynamic_batch, fp8=args.fp8) if args.optimize else {}
     image = read_image(args.image)
     batching = BatchingConfig(max_batch=args.max_batch, vae_batch=args.vae_batch, gather_s=args.gather_s,
-                              batch_buckets=tuple(args.batch_buckets) if args.batch_buckets else None)
+                              batch_buckets=tuple(args.batch_buckets) if args.batch_buckets else None,
+                              vae_buckets=tuple(args.vae_buckets) if args.vae_buckets else None)
     admission = AdmissionConfig(max_sessions=args.max_sessions,
                                 realtime_margin=DEFAULT_REALTIME_MARGIN if args.admission else None)
     server = FlashHeadServer(models, image, batching=batching, admission=admission, encode_workers=args.encode_workers)
@@ -527,6 +528,8 @@ def parse_args(argv=None):
     p.add_argument("--fp8", action="store_true", help="with --optimize: FP8 GEMMs in the DiT blocks (opt-in in serve)")
     p.add_argument("--dynamic-batch", action="store_true", help="with --optimize: one graph for every batch size")
     p.add_argument("--batch-buckets", type=int, nargs="*", default=None)
+    p.add_argument("--vae-buckets", type=int, nargs="*", default=None,
+                   help="BatchingConfig.vae_buckets: VAE part sizes to pad to (at most --vae-batch)")
     p.add_argument("--gather-s", type=float, default=0.0, help="BatchingConfig.gather_s")
     p.add_argument("--warm-up", type=int, nargs="*", default=[1], help="batch sizes measured before the sweep")
     p.add_argument("--profile-round", type=int, default=None, metavar="B",
@@ -563,6 +566,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.profile_round is not None and not 1 <= args.profile_round <= args.max_batch:
         p.error(f"--profile-round must be between 1 and --max-batch ({args.max_batch}), got {args.profile_round}")
+    if args.vae_buckets and not 1 <= min(args.vae_buckets) <= max(args.vae_buckets) <= args.vae_batch:
+        p.error(f"--vae-buckets must be sizes between 1 and --vae-batch ({args.vae_batch}), got {args.vae_buckets}")
     return args
 
 

@@ -448,6 +448,9 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Most concurrent sessions in one DiT batch.")] = 16,
     batch_buckets: Annotated[str, typer.Option(
         help="Comma-separated DiT batch sizes to pad to (few shapes for compiled/CUDA-graph DiTs), e.g. 1,2,4,8,16.")] = "",
+    vae_buckets: Annotated[str, typer.Option(
+        help="Comma-separated VAE part sizes to pad to, up to the VAE's 4 streams a call (few "
+             "shapes for compiled VAEs; a part of 1 compiles slowly), e.g. 2,4.")] = "",
     gather_s: Annotated[float, typer.Option(
         help="A round waits up to this long for the chunks of the other open sessions (fewer, larger "
              "batches; adds up to this much latency).")] = 0.0,
@@ -483,7 +486,7 @@ def serve(
         _fail(f"--warm-up-batches {warm_up_batches!r}: batch sizes must be >= 1")
     try:
         batching = BatchingConfig(max_batch=max_batch, batch_buckets=sizes("--batch-buckets", batch_buckets) or None,
-                                  gather_s=gather_s)
+                                  vae_buckets=sizes("--vae-buckets", vae_buckets) or None, gather_s=gather_s)
         admission = AdmissionConfig(max_sessions=max_sessions,
                                     realtime_margin=realtime_margin if realtime_margin < 1 else None,
                                     load_window_s=load_window_s if load_window_s > 0 else None)

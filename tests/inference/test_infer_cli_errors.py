@@ -113,6 +113,9 @@ SERVE_ROWS = [
     ("warm_up_negative", ["--warm-up-batches", "4,-1"], ["--warm-up-batches '4,-1'", ">= 1"]),
     ("warm_up_not_integers", ["--warm-up-batches", "a"], ["--warm-up-batches 'a'", "comma-separated integers"]),
     ("buckets_not_integers", ["--batch-buckets", "1,x"], ["--batch-buckets '1,x'", "comma-separated integers"]),
+    ("vae_buckets_not_integers", ["--vae-buckets", "2,x"], ["--vae-buckets '2,x'", "comma-separated integers"]),
+    ("vae_bucket_zero", ["--vae-buckets", "0,2"], ["vae_buckets must be positive"]),
+    ("vae_bucket_above_vae_batch", ["--vae-buckets", "2,4,8"], ["vae_buckets (2, 4, 8)", "above vae_batch (4)"]),
     ("unknown_variant", ["--variant", "ultra"], ["--variant 'ultra'"]),
     ("device_not_a_device", ["--device", "gpu"], ["--device 'gpu'", "not a device"]),
 ]
@@ -125,6 +128,33 @@ def test_serve_bad_limits_are_one_line_before_any_model_loads(row, files, no_mod
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert all(word in lines[0] for word in words), lines[0]
+
+
+def test_serve_batching_options_reach_the_batching_config(files, monkeypatch):
+    """``--batch-buckets`` and ``--vae-buckets`` arrive in the server's BatchingConfig (normalised);
+    the command is stopped where the model would load."""
+    import vividhead.inference.cli as inference_cli
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def spy(model, batching):
+        seen.append(batching)
+        return False
+
+    def stop(self):
+        raise Stop
+
+    monkeypatch.setattr(inference_cli, "serves_exact_sizes", spy)
+    monkeypatch.setattr(ModelOptions, "load", stop)
+    with pytest.raises(Stop):
+        cli.main(_argv("serve", ["--random-weights", "--device", "cpu", "--batch-buckets", "4,8",
+                                 "--vae-buckets", "2,1", "--gather-s", "0.25"], files))
+    (batching,) = seen
+    assert (batching.batch_buckets, batching.vae_buckets, batching.gather_s) == ((1, 4, 8), (1, 2, 4), 0.25)
+    assert (batching.padded_vae(1), batching.padded_vae(3)) == (1, 4)
 
 
 def test_out_folder_is_refused(files, no_model_load, capsys):

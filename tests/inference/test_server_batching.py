@@ -50,15 +50,27 @@ def _assert_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
         assert np.abs(g.astype(int) - w.astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("buckets", [None, (4,)])
-def test_batched_sessions_equal_alone_pro(tiny_pro, speech, buckets):
+@pytest.mark.parametrize("batching", [
+    {"vae_batch": 2},
+    {"vae_batch": 2, "batch_buckets": (4,)},
+    {"vae_batch": 4, "vae_buckets": (2,)},  # VAE parts of 1 and 3 run padded to 2 and 4
+], ids=["exact", "batch_buckets", "vae_buckets"])
+def test_batched_sessions_equal_alone_pro(tiny_pro, speech, batching):
     """Three Pro sessions (own reference, seed, audio), the third one chunk behind, batched in
-    rounds of 2-3 (padded to 4 with ``buckets``) == each served alone."""
+    rounds of 2, 3, 3 and 1 (the DiT padded to 4 with ``batch_buckets``, each VAE part to a
+    bucket with ``vae_buckets``) == each served alone."""
     refs, seeds = _refs(3), [1, 2, 3]
     spc = TINY_PRO.streaming.samples_per_chunk
     pcms = [speech[i * 3000 : i * 3000 + 3 * spc] for i in range(3)]
-    cfg = BatchingConfig(max_batch=4, vae_batch=2, batch_buckets=buckets)
-    got = _serve_batched(tiny_pro, refs, seeds, pcms, starts=[0, 0, 1], cfg=cfg)
+    cfg = BatchingConfig(max_batch=4, **batching)
+    decoded, decode = [], tiny_pro.vae.decode
+    tiny_pro.vae.decode = lambda latents: decoded.append(latents.shape[0]) or decode(latents)
+    try:
+        got = _serve_batched(tiny_pro, refs, seeds, pcms, starts=[0, 0, 1], cfg=cfg)
+    finally:
+        del tiny_pro.vae.decode
+    if cfg.vae_buckets:  # rounds of 2, 3, 3, 1 decode as parts of 2, 4, 4, 2
+        assert decoded == [2, 4, 4, 2]
     for i in range(3):
         want = _alone(tiny_pro, refs[i], seeds[i], pcms[i])
         assert len(want) == 3
@@ -79,10 +91,11 @@ def test_batched_sessions_equal_alone_lite_fast_start(tiny_lite, speech):
         _assert_close(got[i], want)
 
 
-def test_batched_lite_motion_encode_samples_each_sessions_posterior(tiny_lite, speech):
+@pytest.mark.parametrize("buckets", [{"batch_buckets": (4,)}, {"vae_buckets": (2,)}], ids=["batch", "vae"])
+def test_batched_lite_motion_encode_samples_each_sessions_posterior(tiny_lite, speech, buckets):
     """Lite samples its LTX posterior (the released default) with each session's own generator: the
-    motion encode of three sessions runs as one padded VAE call (vae_batch 4, bucket 4) and every
-    session still equals its lone run."""
+    motion encode of three sessions runs as one padded VAE call (vae_batch 4; bucket 4 of the DiT's
+    buckets or of the VAE's own) and every session still equals its lone run."""
     from vividhead.models.vae import LTXVAE
 
     assert isinstance(tiny_lite.vae, LTXVAE)
@@ -99,7 +112,7 @@ def test_batched_lite_motion_encode_samples_each_sessions_posterior(tiny_lite, s
     tiny_lite.vae.encode = spy
     try:
         got = _serve_batched(tiny_lite, refs, seeds, pcms, starts=[0, 0, 0],
-                             cfg=BatchingConfig(max_batch=4, vae_batch=4, batch_buckets=(4,)))
+                             cfg=BatchingConfig(max_batch=4, vae_batch=4, **buckets))
     finally:
         del tiny_lite.vae.encode
     assert tiny_lite.vae.sample_posterior
@@ -357,3 +370,23 @@ def test_batching_config_buckets():
     assert (cfg.padded_vae(1), cfg.padded_vae(2)) == (1, 2)
     with pytest.raises(ValueError):
         BatchingConfig(max_batch=0)
+
+
+def test_batching_config_vae_buckets():
+    """``vae_buckets`` pads each VAE part to the smallest bucket, ``vae_batch`` the top one; without
+    it the VAE parts follow ``batch_buckets`` (or run exact) as before."""
+    cfg = BatchingConfig(vae_batch=8, vae_buckets=(4, 2, 4))
+    assert cfg.vae_buckets == (2, 4, 8)
+    assert [cfg.padded_vae(n) for n in (1, 2, 3, 4, 5, 7, 8)] == [2, 2, 4, 4, 8, 8, 8]
+    assert BatchingConfig(vae_batch=8, vae_buckets=(2, 4)).vae_buckets == (2, 4, 8)  # vae_batch added
+    assert BatchingConfig(vae_batch=3, vae_buckets=()).padded_vae(1) == 3
+    # the DiT's buckets do not reach the VAE parts when vae_buckets is set, and the DiT ignores vae_buckets
+    both = BatchingConfig(max_batch=16, vae_batch=8, batch_buckets=(1, 16), vae_buckets=(2,))
+    assert (both.padded(3), both.padded_vae(1), both.padded_vae(3)) == (16, 2, 8)
+    assert BatchingConfig(vae_batch=8, vae_buckets=(2, 4)).padded(3) == 3
+    assert [BatchingConfig(vae_batch=8).padded_vae(n) for n in (1, 5)] == [1, 5]
+    assert [BatchingConfig(vae_batch=8, batch_buckets=(4, 16)).padded_vae(n) for n in (1, 3, 5)] == [1, 4, 8]
+    with pytest.raises(ValueError, match="vae_buckets must be positive sizes"):
+        BatchingConfig(vae_batch=8, vae_buckets=(0, 4))
+    with pytest.raises(ValueError, match=r"above vae_batch \(4\)"):
+        BatchingConfig(vae_batch=4, vae_buckets=(2, 4, 8))

@@ -7,6 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
 
 
@@ -44,12 +46,14 @@ def test_serve_load_two_clients(audio_dir, image_dir, tmp_path):
 def test_serve_load_remote_clients_and_encoding_workers(audio_dir, image_dir):
     """The clients in a child process (``--client-process``) and the MP4s encoded by a worker process
     (``--encode-workers 1``): every frame still arrives, and the point carries the event loop's lag
-    and the chunk size."""
+    and the chunk size. ``--vae-buckets 2`` reaches the server (its lone session's VAE parts run
+    padded to 2)."""
     result = _load().main([
         "--variant", "tiny-pro", "--device", "cpu", "--streams", "1", "--seconds", "2",
         "--audio", str(audio_dir / "speech_en_60s_16k.wav"), "--image", str(image_dir / "face_frontal_happy_256.png"),
-        "--timeout-s", "120", "--client-process", "--encode-workers", "1",
+        "--timeout-s", "120", "--client-process", "--encode-workers", "1", "--vae-buckets", "2",
     ])
+    assert result["batching"]["vae_buckets"] == (2, 4)
     (point,) = result["curve"]
     assert (point["served"], point["errors"]) == (1, [])
     assert point["frames"] == 50
@@ -70,3 +74,10 @@ def test_serve_load_encodes_face_like_frames_in_place_of_noise(audio_dir, image_
     assert result["encode_content"] == "image"
     assert (face["served"], face["errors"], face["frames"]) == (1, [], 50)
     assert face["mp4_kib_per_chunk"] * 2 < noise["mp4_kib_per_chunk"]  # 3.4 against 10.5 KiB at the toy size
+
+
+def test_serve_load_refuses_vae_buckets_above_vae_batch(capsys):
+    with pytest.raises(SystemExit):
+        _load().parse_args(["--vae-batch", "4", "--vae-buckets", "2", "8"])
+    assert "--vae-buckets must be sizes between 1 and --vae-batch (4)" in capsys.readouterr().err
+    assert _load().parse_args(["--vae-batch", "8", "--vae-buckets", "2", "4"]).vae_buckets == [2, 4]
