@@ -446,11 +446,14 @@ def serve(
         help="With sessions open, also refuse when the model's measured busy share over this many "
              "trailing seconds, scaled to one more session, exceeds --realtime-margin (0: off).")] = DEFAULT_LOAD_WINDOW_S,
     max_batch: Annotated[int, typer.Option(help="Most concurrent sessions in one DiT batch.")] = 16,
+    vae_batch: Annotated[int, typer.Option(
+        help="Most sessions in one VAE decode / motion-encode call (bounds the VAE's "
+             "activation memory; 16 Lite streams were measured with 8).")] = 4,
     batch_buckets: Annotated[str, typer.Option(
         help="Comma-separated DiT batch sizes to pad to (few shapes for compiled/CUDA-graph DiTs), e.g. 1,2,4,8,16.")] = "",
     vae_buckets: Annotated[str, typer.Option(
-        help="Comma-separated VAE part sizes to pad to, up to the VAE's 4 streams a call (few "
-             "shapes for compiled VAEs; a part of 1 compiles slowly), e.g. 2,4.")] = "",
+        help="Comma-separated VAE part sizes to pad to, up to --vae-batch (few shapes for "
+             "compiled VAEs; a part of 1 compiles slowly), e.g. 2,4.")] = "",
     gather_s: Annotated[float, typer.Option(
         help="A round waits up to this long for the chunks of the other open sessions (fewer, larger "
              "batches; adds up to this much latency).")] = 0.0,
@@ -485,12 +488,13 @@ def serve(
     if any(size < 1 for size in warm_up_sizes):
         _fail(f"--warm-up-batches {warm_up_batches!r}: batch sizes must be >= 1")
     try:
-        batching = BatchingConfig(max_batch=max_batch, batch_buckets=sizes("--batch-buckets", batch_buckets) or None,
+        batching = BatchingConfig(max_batch=max_batch, vae_batch=vae_batch,
+                                  batch_buckets=sizes("--batch-buckets", batch_buckets) or None,
                                   vae_buckets=sizes("--vae-buckets", vae_buckets) or None, gather_s=gather_s)
         admission = AdmissionConfig(max_sessions=max_sessions,
                                     realtime_margin=realtime_margin if realtime_margin < 1 else None,
                                     load_window_s=load_window_s if load_window_s > 0 else None)
-    except ValueError as exc:  # the configs' own checks, e.g. a margin of 0 or --max-batch 0
+    except ValueError as exc:  # the configs' own checks, e.g. a margin of 0, --max-batch 0 or --vae-batch 0
         _fail(str(exc))
     if encode_workers is not None and encode_workers < 0:
         raise typer.BadParameter(f"must be >= 0, got {encode_workers}", param_hint="--encode-workers")

@@ -116,6 +116,11 @@ SERVE_ROWS = [
     ("vae_buckets_not_integers", ["--vae-buckets", "2,x"], ["--vae-buckets '2,x'", "comma-separated integers"]),
     ("vae_bucket_zero", ["--vae-buckets", "0,2"], ["vae_buckets must be positive"]),
     ("vae_bucket_above_vae_batch", ["--vae-buckets", "2,4,8"], ["vae_buckets (2, 4, 8)", "above vae_batch (4)"]),
+    ("vae_bucket_above_given_vae_batch", ["--vae-batch", "2", "--vae-buckets", "1,4"],
+     ["vae_buckets (1, 4)", "above vae_batch (2)"]),
+    ("vae_batch_zero", ["--vae-batch", "0"], ["vae_batch (0)", ">= 1"]),
+    ("vae_batch_negative", ["--vae-batch", "-2"], ["vae_batch (-2)", ">= 1"]),
+    ("vae_batch_not_an_integer", ["--vae-batch", "2.5"], ["--vae-batch", "valid integer"]),
     ("unknown_variant", ["--variant", "ultra"], ["--variant 'ultra'"]),
     ("device_not_a_device", ["--device", "gpu"], ["--device 'gpu'", "not a device"]),
 ]
@@ -131,9 +136,11 @@ def test_serve_bad_limits_are_one_line_before_any_model_loads(row, files, no_mod
 
 
 def test_serve_batching_options_reach_the_batching_config(files, monkeypatch):
-    """``--batch-buckets`` and ``--vae-buckets`` arrive in the server's BatchingConfig (normalised);
+    """``--vae-batch``, ``--batch-buckets``, ``--vae-buckets`` and ``--gather-s`` arrive in the
+    server's BatchingConfig (normalised), and without them serve's defaults are BatchingConfig's;
     the command is stopped where the model would load."""
     import vividhead.inference.cli as inference_cli
+    from vividhead.inference.batching import BatchingConfig
 
     class Stop(Exception):
         pass
@@ -152,9 +159,17 @@ def test_serve_batching_options_reach_the_batching_config(files, monkeypatch):
     with pytest.raises(Stop):
         cli.main(_argv("serve", ["--random-weights", "--device", "cpu", "--batch-buckets", "4,8",
                                  "--vae-buckets", "2,1", "--gather-s", "0.25"], files))
-    (batching,) = seen
+    with pytest.raises(Stop):
+        cli.main(_argv("serve", ["--random-weights", "--device", "cpu", "--vae-batch", "8",
+                                 "--vae-buckets", "2,4"], files))
+    with pytest.raises(Stop):
+        cli.main(_argv("serve", ["--random-weights", "--device", "cpu"], files))
+    batching, eight, default = seen
     assert (batching.batch_buckets, batching.vae_buckets, batching.gather_s) == ((1, 4, 8), (1, 2, 4), 0.25)
     assert (batching.padded_vae(1), batching.padded_vae(3)) == (1, 4)
+    assert (eight.vae_batch, eight.vae_buckets) == (8, (2, 4, 8))
+    assert (eight.padded_vae(1), eight.padded_vae(5)) == (2, 8)
+    assert default == BatchingConfig()
 
 
 def test_out_folder_is_refused(files, no_model_load, capsys):
