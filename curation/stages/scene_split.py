@@ -8,7 +8,6 @@ shortened to 4k+1 frames at the output frame rate, the Wan VAE's temporal chunki
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from vividhead.curation.stage import Stage, StageConfig, check
 from vividhead.errors import MediaError
 from vividhead.shard_format import FPS, floor_frame_count
 
-log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SceneSplitConfig(StageConfig):
@@ -35,10 +33,6 @@ class SceneSplitConfig(StageConfig):
         min_clip_s / max_clip_s: clip length bounds in seconds; longer shots are split into
             equal windows, shorter ones rejected as ``too_short``.
         frames_4k_plus_1: shorten each clip to 4k+1 frames at 25 fps (the Wan VAE's chunking).
-        nvdec: decode the source on the GPU's NVDEC engines (PyAV's CUDA hwaccel,
-            :mod:`vividhead.curation.nvdec`) instead of the CPU. Needs no Ray GPU share (the engines
-            are not the GPU's compute); a worker that cannot open a CUDA device logs one warning
-            and decodes on its CPU.
     """
 
     detector: Literal["adaptive", "content", "none"] = "adaptive"
@@ -48,7 +42,6 @@ class SceneSplitConfig(StageConfig):
     min_clip_s: float = bounded(5.0, "> 0")
     max_clip_s: float = bounded(50.0, ">= min_clip_s")
     frames_4k_plus_1: bool = True
-    nvdec: bool = False
     timeout_s: float = 600.0
 
     def validate(self, section: str) -> None:
@@ -68,31 +61,21 @@ class ClipPlan:
     too_short: bool = False
 
 
-def detect_shots(path: str | Path, cfg: SceneSplitConfig, nvdec: bool = False) -> list[tuple[float, float]]:
+def detect_shots(path: str | Path, cfg: SceneSplitConfig) -> list[tuple[float, float]]:
     """Shot boundaries of a video with PySceneDetect.
-
-    Args:
-        path: a local video file.
-        nvdec: decode on NVDEC (:class:`vividhead.curation.nvdec.NvdecVideoStream`) instead of the CPU.
 
     Returns:
         ``[(start_s, end_s), ...]`` in seconds, covering the whole video; one shot when no cut.
 
     Raises:
         MediaError: ``decode_failed`` when PySceneDetect cannot open or decode the video.
-        vividhead.curation.nvdec.NvdecUnavailable: ``nvdec`` and this process cannot open a CUDA device.
     """
     from scenedetect import AdaptiveDetector, ContentDetector, SceneManager, open_video
-
-    from vividhead.curation.nvdec import NvdecUnavailable, NvdecVideoStream
 
     # One CPU: one decoder thread (PyAV's default starts slice threads on every core of the node).
     threads = {"threading_mode": "NONE"} if cfg.num_cpus < 2 else {}
     try:
-        if nvdec:
-            video = NvdecVideoStream(path, **threads)
-        else:
-            video = open_video(str(path), backend="pyav", **threads)
+        video = open_video(str(path), backend="pyav", **threads)
         manager = SceneManager()
         if cfg.detector == "adaptive":
             manager.add_detector(AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=cfg.min_scene_len_frames))
@@ -101,7 +84,7 @@ def detect_shots(path: str | Path, cfg: SceneSplitConfig, nvdec: bool = False) -
         manager.detect_scenes(video)
         scenes = manager.get_scene_list(start_in_scene=True)
         duration = video.duration.get_seconds() if video.duration else 0.0
-    except (MediaError, NvdecUnavailable):  # NvdecUnavailable is the machine's, not the file's: the caller decides
+    except MediaError:
         raise
     except Exception as exc:  # PySceneDetect wraps PyAV/OpenCV errors in several types
         raise MediaError("decode_failed", f"scene detection: {type(exc).__name__}: {exc}"[:300]) from exc
@@ -148,20 +131,6 @@ class SceneSplitStage(Stage):
     writes_columns = ("clip_id", "clip_index", "start_s", "end_s", "duration_s", "num_frames")
     required = True
     funnel_units = ("input", "clip")  # one input row in, one row per planned clip out
-    resources = {"_nvdec": None}  # None: not tried yet in this worker; False: unavailable here
-
-    def _detect(self, path: str) -> list[tuple[float, float]]:
-        if self.cfg.nvdec and self._nvdec is not False:
-            from vividhead.curation.nvdec import NvdecUnavailable
-
-            try:
-                shots = detect_shots(path, self.cfg, nvdec=True)
-                self._nvdec = True
-                return shots
-            except NvdecUnavailable as exc:
-                self._nvdec = False
-                log.warning("scene_split.nvdec: no CUDA device for NVDEC in this worker (%s); decoding on the CPU", exc)
-        return detect_shots(path, self.cfg)
 
     def process(self, row: Row) -> list[Row]:
         duration = row["source_duration_s"]
@@ -174,7 +143,7 @@ class SceneSplitStage(Stage):
         elif self.cfg.detector == "none":
             shots = [(0.0, duration)]
         else:
-            shots = self._detect(row["local_path"])
+            shots = detect_shots(row["local_path"], self.cfg)
         plans = plan_clips(shots, self.cfg, FPS)
         out = []
         for i, plan in enumerate(plans):

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 
-from vividhead.curation.stages.scene_split import SceneSplitConfig, SceneSplitStage, detect_shots, plan_clips
-from vividhead.errors import MediaError
+from vividhead.curation.stages.scene_split import SceneSplitConfig, detect_shots, plan_clips
 
 
 def test_plan_windows_short_shots_and_4k_plus_1():
@@ -48,37 +46,3 @@ def test_adaptive_detector_matches_pyscenedetect_golden(video_dir):
 def test_no_cut_on_single_shot_talk(video_dir):
     shots = detect_shots(video_dir / "talk_hdtf_aoc_512.mp4", SceneSplitConfig())
     assert len(shots) == 1 and shots[0][1] == pytest.approx(8.0, abs=0.1)
-
-
-@pytest.fixture
-def no_nvdec(video_dir):
-    from vividhead.curation.nvdec import NvdecUnavailable, NvdecVideoStream
-
-    try:
-        NvdecVideoStream(video_dir / "talk_retalking_face5.mp4")
-    except NvdecUnavailable:
-        return
-    pytest.skip("this machine decodes on NVDEC: the fallback is not reachable here")
-
-
-def test_nvdec_unavailable_is_the_machine_not_the_file(video_dir, tmp_path, no_nvdec):
-    from vividhead.curation.nvdec import NvdecUnavailable, NvdecVideoStream
-
-    with pytest.raises(NvdecUnavailable):
-        NvdecVideoStream(video_dir / "talk_retalking_face5.mp4")
-    corrupt = tmp_path / "corrupt.mp4"
-    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 4000)
-    with pytest.raises(MediaError, match="decode_failed"):  # the file's fault: a rejection, as without nvdec
-        detect_shots(corrupt, SceneSplitConfig(), nvdec=True)
-
-
-def test_nvdec_falls_back_to_the_cpu_once_per_worker_with_the_same_shots(video_dir, caplog, no_nvdec):
-    path = str(video_dir / "cut_talk_derived_face2_face3.mp4")
-    stage = SceneSplitStage(SceneSplitConfig(nvdec=True))
-    with caplog.at_level(logging.WARNING, logger="vividhead.curation.stages.scene_split"):
-        first, second = stage._detect(path), stage._detect(path)
-    assert first == second == detect_shots(path, SceneSplitConfig()) == [(0.0, 5.0), (5.0, 10.0)]
-    warnings = [r for r in caplog.records if "nvdec" in r.getMessage()]
-    assert len(warnings) == 1 and "decoding on the CPU" in warnings[0].getMessage()
-    stage.teardown()
-    assert stage._nvdec is None  # a worker set up again tries NVDEC again
