@@ -69,14 +69,16 @@ lite_exact_admit)  # lite_exact with admission as serve has it by default: the s
     --vae-batch 8 --warm-up $(seq 16 -1 1) --admission --streams ${ADMIT_STREAMS:-20} ${LITE_EXTRA:-};;
 lite_admit_artifacts)  # lite_exact_admit twice, each in a fresh process with its own empty Inductor and Triton
                        # cache folders (what a fresh machine has): the first compiles cold and writes the
-                       # compile artifacts (PyTorch Mega-Cache, as `serve --compile-artifacts`), the second
-                       # loads them first: serve's warm-up on a fresh machine with and without them, and the
-                       # admission check under load twice
+                       # compile artifacts (PyTorch Mega-Cache, as `serve --compile-artifacts`) and runs no
+                       # clients (WRITE_LIMIT s, default 380: the cold warm-up of 16 sizes took about 300-354 s
+                       # on an H100), the second loads them first and runs the admission check under load
+                       # (LITE_LIMIT s): serve's warm-up on a fresh machine with and without them
   for pass in write load; do
     export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_serve_$pass TRITON_CACHE_DIR=/tmp/triton_serve_$pass
     rm -rf "$TORCHINDUCTOR_CACHE_DIR" "$TRITON_CACHE_DIR"
-    run lite_admit_$pass $(left ${LITE_LIMIT:-240}) --variant lite --optimize --cuda-graphs --dynamic-batch --fp8 \
-      --vae-batch 8 --warm-up $(seq 16 -1 1) --admission --streams ${ADMIT_STREAMS:-20} \
+    if [ $pass = write ]; then limit=${WRITE_LIMIT:-380}; streams=""; else limit=${LITE_LIMIT:-240}; streams=${ADMIT_STREAMS:-20}; fi
+    run lite_admit_$pass $(left $limit) --variant lite --optimize --cuda-graphs --dynamic-batch --fp8 \
+      --vae-batch 8 --warm-up $(seq 16 -1 1) --admission --streams $streams \
       --compile-artifacts /tmp/lite_serve.compile_artifacts ${LITE_EXTRA:-}
     ls -la /tmp/lite_serve.compile_artifacts
   done

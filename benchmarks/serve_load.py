@@ -516,7 +516,9 @@ def parse_args(argv=None):
     p.add_argument("--optimize", action="store_true", help="FlashHeadModels.optimize() (compiled DiT, fast VAE)")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=False,
                    help="with --optimize: replay the compiled DiT as CUDA graphs")
-    p.add_argument("--streams", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--streams", type=int, nargs="*", default=[1, 2],
+                   help="concurrent clients per point of the curve; none (a bare --streams): warm up only, "
+                        "e.g. to write --compile-artifacts")
     p.add_argument("--seconds", type=float, default=4.0, help="audio each client streams")
     p.add_argument("--max-streams", type=int, default=64)
     p.add_argument("--timeout-s", type=float, default=60.0, help="per run, beyond --seconds")

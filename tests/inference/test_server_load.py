@@ -81,3 +81,15 @@ def test_serve_load_refuses_vae_buckets_above_vae_batch(capsys):
         _load().parse_args(["--vae-batch", "4", "--vae-buckets", "2", "8"])
     assert "--vae-buckets must be sizes between 1 and --vae-batch (4)" in capsys.readouterr().err
     assert _load().parse_args(["--vae-batch", "8", "--vae-buckets", "2", "4"]).vae_buckets == [2, 4]
+
+
+def test_serve_load_without_streams_only_warms_up(audio_dir, image_dir, tmp_path):
+    # a bare --streams: the warm-up (and --compile-artifacts) only, as the write pass of the GPU script runs it
+    out = tmp_path / "points.jsonl"
+    result = _load().main([
+        "--variant", "tiny-pro", "--device", "cpu", "--streams", "--warm-up", "1", "2",
+        "--audio", str(audio_dir / "speech_en_60s_16k.wav"), "--image", str(image_dir / "face_frontal_happy_256.png"),
+        "--out", str(out),
+    ])
+    assert result["curve"] == [] and not out.exists()
+    assert set(result["warm_up_round_s"]) == {"1", "2"} and result["warm_up_s"] > 0
