@@ -76,10 +76,13 @@ lite_admit_artifacts)  # lite_exact_admit twice, each in a fresh process with it
   for pass in write load; do
     export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_serve_$pass TRITON_CACHE_DIR=/tmp/triton_serve_$pass
     rm -rf "$TORCHINDUCTOR_CACHE_DIR" "$TRITON_CACHE_DIR"
-    if [ $pass = write ]; then limit=${WRITE_LIMIT:-380}; streams=""; else limit=${LITE_LIMIT:-240}; streams=${ADMIT_STREAMS:-20}; fi
+    # LOAD_EXTRA: arguments of the load pass only (e.g. --warm-up-in-background: the port opens after
+    # sizes 16 and 1, the clients arrive at once, the other sizes record when first served)
+    if [ $pass = write ]; then limit=${WRITE_LIMIT:-380}; streams=""; extra="";
+    else limit=${LITE_LIMIT:-240}; streams=${ADMIT_STREAMS:-20}; extra=${LOAD_EXTRA:-}; fi
     run lite_admit_$pass $(left $limit) --variant lite --optimize --cuda-graphs --dynamic-batch --fp8 \
       --vae-batch 8 --warm-up $(seq 16 -1 1) --admission --streams $streams \
-      --compile-artifacts /tmp/lite_serve.compile_artifacts ${LITE_EXTRA:-}
+      --compile-artifacts /tmp/lite_serve.compile_artifacts ${LITE_EXTRA:-} $extra
     ls -la /tmp/lite_serve.compile_artifacts
   done
   unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR;;

@@ -399,6 +399,13 @@ def _simulate_round_time(seconds: float, frame_px: int | None = None, image: Pat
     batching._run_group = timed
 
 
+def save_artifacts(path) -> int:
+    """``--compile-artifacts``: write the compile caches as ``serve`` does after its warm-up (bytes)."""
+    from vividhead.inference.compile_cache import save_compile_artifacts
+
+    return save_compile_artifacts(path)
+
+
 def build_server(args):
     """Models at random weights (``--variant``, toy variants included) and a :class:`FlashHeadServer`."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -408,7 +415,7 @@ def build_server(args):
     from vividhead.inference.admission import DEFAULT_REALTIME_MARGIN, AdmissionConfig
     from vividhead.inference.batching import BatchingConfig
     from vividhead.inference.pipeline import FlashHeadModels, default_dtype_for
-    from vividhead.inference.server import FlashHeadServer
+    from vividhead.inference.server import FlashHeadServer, split_warm_up
     from vividhead.media import read_image
 
     variant, toy = find_variant(args.variant)
@@ -434,7 +441,8 @@ def build_server(args):
         _simulate_round_time(args.round_s, args.replay_frame_px, args.image, args.replay_content,
                              args.round_s_per_row)
     t0 = time.perf_counter()
-    warm = server.warm_up(tuple(args.warm_up), rounds=1) if args.warm_up else {}
+    before, later = split_warm_up(tuple(args.warm_up)) if args.warm_up_in_background else (tuple(args.warm_up), ())
+    warm = server.warm_up(before, rounds=1) if before else {}
     if args.round_s:  # admission and the reported medians see the replayed round costs, not the toy model's
         from vividhead.inference.batching import ChunkCostModel
 
@@ -443,11 +451,12 @@ def build_server(args):
             server.scheduler.cost.observe(b, args.round_s + args.round_s_per_row * b)
     setup = {"optimize": applied, "warm_up_s": time.perf_counter() - t0,
              "warm_up_round_s": {str(k): round(v, 4) for k, v in warm.items()}}
+    if later:  # as `serve --warm-up-in-background`: the port opens now, these warm while no session is open
+        setup["warm_up_later"] = list(later)
     if args.compile_artifacts is not None:
-        from vividhead.inference.compile_cache import save_compile_artifacts
-
-        artifacts["bytes_written"] = save_compile_artifacts(args.compile_artifacts)
         setup["compile_artifacts"] = artifacts
+        if not later:  # else after the background warm-up (main)
+            artifacts["bytes_written"] = save_artifacts(args.compile_artifacts)
     if args.profile_round:
         setup["profile_round"] = server.scheduler.call(
             lambda: profile_round(models, args.profile_round, batching)).result()
@@ -495,10 +504,25 @@ async def main_async(args) -> dict:
         import torch
 
         info["gpu"] = torch.cuda.get_device_name()
+    background = None
+    if setup.get("warm_up_later"):
+        from vividhead.inference.server import warm_up_when_idle
+
+        artifacts = setup.get("compile_artifacts")
+        t_open = time.perf_counter()
+
+        def after() -> None:
+            info["warm_up_later_done_s"] = round(time.perf_counter() - t_open, 3)  # after the port opened
+            if artifacts is not None:
+                artifacts["bytes_written"] = save_artifacts(args.compile_artifacts)
+
+        background = asyncio.create_task(warm_up_when_idle(server, tuple(setup["warm_up_later"]), after))
     try:
         async with server.listen("127.0.0.1", 0, compression=None if args.compression == "none" else "deflate") as srv:
             url = f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
             curve = await run_sweep(args, url, server, times)
+            if background is not None:  # the sweep's clients have left: let the background warm-up finish
+                await background
         if args.device == "cuda":
             import torch
 
@@ -556,6 +580,9 @@ def parse_args(argv=None):
     p.add_argument("--chunk-s", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--compression", choices=["none", "deflate"], default="none",
                    help="per-message deflate on the in-process server (the server's default: none)")
+    p.add_argument("--warm-up-in-background", action="store_true",
+                   help="as serve's: warm the first and the smallest --warm-up size, open the port, warm the "
+                        "others while no client is connected (warm_up_later_done_s: when they were done)")
     p.add_argument("--compile-artifacts", default=None, metavar="FILE",
                    help="a path or an fsspec URL: loaded before the warm-up if it exists, written after it "
                         "(as serve's option)")

@@ -463,6 +463,9 @@ def serve(
     encode_workers: Annotated[Optional[int], typer.Option(
         help="Processes that encode the MP4 chunks, off the serving process's GIL (0: its threads; "
              "default: half the cores, at most 8, on a GPU host of 8 cores or more, else 0).")] = None,
+    warm_up_in_background: Annotated[bool, typer.Option(
+        "--warm-up-in-background", help="Open the port once the first and the smallest warm-up sizes are ready and warm the "
+             "others while no session is open (needs --dynamic-batch).")] = False,
     model: ModelOptions = ModelOptions(),
 ) -> None:
     """Serve live sessions over WebSocket: 16 kHz PCM in, H.264 MP4 chunks out, sessions batched.
@@ -504,6 +507,9 @@ def serve(
         model = dataclasses.replace(model, dynamic_batch=True)
         typer.echo("serving exact batch sizes: --dynamic-batch on (one compile for every size, each size's CUDA "
                    "graphs recorded at warm-up); --batch-buckets pads rounds to fixed sizes instead", err=True)
+    if warm_up_in_background and model.device.startswith("cuda") and not model.dynamic_batch:
+        _fail("--warm-up-in-background needs a model compiled for any batch size (--dynamic-batch): "
+              "a size compiled per batch size and not yet warm would compile while sessions wait")
     models = model.load()
     cfg = model.streaming(models)
     warm = warm_up_sizes or default_warm_up(batching, models.device.type, model.dynamic_batch)
@@ -518,7 +524,7 @@ def serve(
     asyncio.run(serve_forever(models, model.reference(picture, cfg, image), host, port, streaming=cfg, seed=model.seed,
                               batching=batching, admission=admission, warm_up=warm,
                               after_warm_up=lambda: model.save_compile_artifacts(models),
-                              encode_workers=encode_workers))
+                              encode_workers=encode_workers, warm_up_in_background=warm_up_in_background))
 
 
 def serves_exact_sizes(model: ModelOptions, batching: BatchingConfig) -> bool:

@@ -415,29 +415,78 @@ def _b64(value) -> bytes:
         raise ValueError("reference 'image' is not valid base64") from None
 
 
+def split_warm_up(sizes: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The batch sizes to warm before the port opens and those to warm once it is open
+    (``serve --warm-up-in-background``): the first size given (the largest by default, where the
+    compile happens) and the smallest (a session alone, the common case while sessions trickle in)
+    first; the others after.
+
+    Returns:
+        ``(before, after)``, each in the given order.
+    """
+    if len(sizes) <= 2:
+        return sizes, ()
+    before = (sizes[0], min(sizes[1:]))
+    rest = list(sizes[1:])
+    rest.remove(before[1])
+    return before, tuple(rest)
+
+
+async def warm_up_when_idle(server: FlashHeadServer, sizes: tuple[int, ...], after: Callable[[], None] | None,
+                             poll_s: float = 0.25) -> None:
+    """Warm ``sizes`` one at a time on the model thread, each only while no session is open (a
+    session that connects meanwhile waits for at most the size being warmed), then call ``after``."""
+    for size in sizes:
+        while server.active_sessions:
+            await asyncio.sleep(poll_s)
+        try:
+            await asyncio.to_thread(server.warm_up, (size,))
+        except Exception as exc:  # the server goes on: that size will record (or compile) when first served
+            logger.warning("warm-up in the background stopped at batch %d: %s: %s", size, type(exc).__name__, exc)
+            return
+        logger.info("warm-up in the background: batch %d ready", size)
+    logger.info("warm-up: seconds per round %s (chunk %.2f s)", server.scheduler.cost.medians(), server.chunk_seconds)
+    if after is not None:
+        await asyncio.to_thread(after)
+
+
 async def serve_forever(
     models: FlashHeadModels, reference_image: np.ndarray, host: str, port: int,
     streaming: StreamingConfig | None = None, seed: int = 42, batching: BatchingConfig | None = None,
     admission: AdmissionConfig | None = None, warm_up: tuple[int, ...] = (),
     after_warm_up: Callable[[], None] | None = None, encode_workers: int = 0,
+    warm_up_in_background: bool = False,
 ) -> None:
     """Run the server until cancelled (``streaming``, ``seed``, ``batching``, ``admission``,
     ``encode_workers``: see
     :class:`FlashHeadServer`; ``warm_up``: batch sizes measured before the port opens, see
     :meth:`FlashHeadServer.warm_up`; ``after_warm_up``: called once after it, before the port opens,
-    e.g. to save the compile artifacts)."""
+    e.g. to save the compile artifacts).
+
+    With ``warm_up_in_background``, only the sizes :func:`split_warm_up` puts first are warmed
+    before the port opens; the rest warm while no session is open, and ``after_warm_up`` runs after
+    them. Meant for models compiled for any batch size (``--dynamic-batch``), where a size not yet
+    warm costs its CUDA-graph recording when first served, not a compile."""
     server = FlashHeadServer(models, reference_image, seed=seed, streaming=streaming, batching=batching,
                              admission=admission, encode_workers=encode_workers)
+    before, later = split_warm_up(warm_up) if warm_up_in_background else (warm_up, ())
+    background: asyncio.Task | None = None
     try:
-        if warm_up:
-            logger.info("warm-up at batch sizes %s", warm_up)
-            medians = await asyncio.to_thread(server.warm_up, warm_up)
+        if before:
+            logger.info("warm-up at batch sizes %s%s", before, f" (then {later} while idle)" if later else "")
+            medians = await asyncio.to_thread(server.warm_up, before)
             logger.info("warm-up: seconds per round %s (chunk %.2f s)", medians, server.chunk_seconds)
-        if after_warm_up is not None:
+        if later:
+            background = asyncio.create_task(warm_up_when_idle(server, later, after_warm_up))
+        elif after_warm_up is not None:
             await asyncio.to_thread(after_warm_up)
         await server.encoder.start()
         async with server.listen(host, port) as ws_server:
             logger.info("serving on ws://%s:%d (demo page: http://%s:%d/)", host, port, host, port)
             await ws_server.serve_forever()
     finally:
+        if background is not None:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await background
         server.close()

@@ -154,3 +154,58 @@ def test_websocket_server_loopback(tiny_pro_fast_vae, ref_image, speech):
                 assert json.loads(await ws.recv())["type"] == "reset"
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=300))
+
+
+def test_split_warm_up_puts_the_first_and_the_smallest_size_first():
+    from vividhead.inference.server import split_warm_up
+
+    assert split_warm_up(tuple(range(16, 0, -1))) == ((16, 1), tuple(range(15, 1, -1)))
+    assert split_warm_up((4, 1, 2)) == ((4, 1), (2,))
+    assert split_warm_up((2, 1)) == ((2, 1), ())
+    assert split_warm_up((1,)) == ((1,), ())
+    assert split_warm_up(()) == ((), ())
+
+
+def test_serve_warms_the_other_sizes_in_the_background_while_idle(tiny_pro_fast_vae, ref_image, monkeypatch):
+    """``serve --warm-up-in-background``: the port opens after the first and the smallest sizes;
+    the others warm (real rounds, measured into the cost model) only while no session is open,
+    and the compile artifacts are saved after them."""
+    from vividhead.inference import server as server_mod
+
+    events: list = []
+    servers: list = []
+    real_warm_up, real_listen = FlashHeadServer.warm_up, FlashHeadServer.listen
+
+    def warm_up(self, sizes, rounds=2):
+        servers.append(self)
+        events.append(("warm", tuple(sizes), self.active_sessions))
+        return real_warm_up(self, sizes, rounds)
+
+    def listen(self, host, port, compression=None):
+        events.append("listen")
+        self.sessions.change(+1)  # a session opens as the port does: the background warm-up must wait
+        return real_listen(self, host, port, compression)
+
+    monkeypatch.setattr(FlashHeadServer, "warm_up", warm_up)
+    monkeypatch.setattr(FlashHeadServer, "listen", listen)
+
+    async def scenario():
+        task = asyncio.create_task(server_mod.serve_forever(
+            tiny_pro_fast_vae, ref_image, "127.0.0.1", 0, warm_up=(3, 2, 1),
+            after_warm_up=lambda: events.append("after"), warm_up_in_background=True))
+        while "listen" not in events:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)  # a session is open: nothing more warms up
+        assert events == [("warm", (3, 1), 0), "listen"]
+        servers[0].sessions.change(-1)  # it leaves: size 2 warms, then the artifacts are saved
+        for _ in range(600):
+            if "after" in events:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert events == [("warm", (3, 1), 0), "listen", ("warm", (2,), 0), "after"]
+    assert set(servers[0].scheduler.cost.medians()) == {1, 2, 3}

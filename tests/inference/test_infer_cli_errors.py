@@ -221,3 +221,24 @@ def test_infer_without_device_runs_on_the_cpu(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert err.count("device: cpu, fp32 (auto: no CUDA device)") == 1
     assert out.stat().st_size > 0 and "wrote" in stdout
+
+
+def test_warm_up_in_background_needs_one_compile_for_every_size(files, monkeypatch, capsys):
+    """On a GPU a model compiled per batch size would compile a size not yet warm while its sessions
+    wait: ``--warm-up-in-background`` without ``--dynamic-batch`` stops before any model loads."""
+    import dataclasses
+
+    real_prepare = ModelOptions.prepare
+
+    def on_a_gpu(self):  # Pro on a GPU: no exact sizes, so --dynamic-batch stays off
+        return dataclasses.replace(real_prepare(self), device="cuda:0")
+
+    def no_load(self):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(ModelOptions, "prepare", on_a_gpu)
+    monkeypatch.setattr(ModelOptions, "load", no_load)
+    code, _, err = run_cli(_argv("serve", ["--random-weights", "--variant", "pro", "--warm-up-in-background"], files),
+                           capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: ") and "--dynamic-batch" in last, err

@@ -93,3 +93,16 @@ def test_serve_load_without_streams_only_warms_up(audio_dir, image_dir, tmp_path
     ])
     assert result["curve"] == [] and not out.exists()
     assert set(result["warm_up_round_s"]) == {"1", "2"} and result["warm_up_s"] > 0
+
+
+def test_serve_load_warms_up_in_the_background_after_its_clients(audio_dir, image_dir):
+    # --warm-up-in-background: sizes 3 and 1 before the port opens, 2 once the sweep's clients have left
+    result = _load().main([
+        "--variant", "tiny-pro", "--device", "cpu", "--streams", "2", "--seconds", "2",
+        "--warm-up", "3", "2", "1", "--warm-up-in-background", "--timeout-s", "120",
+        "--audio", str(audio_dir / "speech_en_60s_16k.wav"), "--image", str(image_dir / "face_frontal_happy_256.png"),
+    ])
+    assert set(result["warm_up_round_s"]) == {"3", "1"} and result["warm_up_later"] == [2]
+    (point,) = result["curve"]
+    assert (point["served"], point["errors"]) == (2, [])
+    assert result["warm_up_later_done_s"] > 0
