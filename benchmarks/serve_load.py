@@ -406,6 +406,19 @@ def save_artifacts(path) -> int:
     return save_compile_artifacts(path)
 
 
+def batching_config(args):
+    """The server's :class:`BatchingConfig` from the command line.
+
+    Raises:
+        ValueError: BatchingConfig's checks (sizes below 1, VAE buckets above ``--vae-batch``).
+    """
+    from vividhead.inference.batching import BatchingConfig
+
+    return BatchingConfig(max_batch=args.max_batch, vae_batch=args.vae_batch, gather_s=args.gather_s,
+                          batch_buckets=tuple(args.batch_buckets) if args.batch_buckets else None,
+                          vae_buckets=tuple(args.vae_buckets) if args.vae_buckets else None)
+
+
 def build_server(args):
     """Models at random weights (``--variant``, toy variants included) and a :class:`FlashHeadServer`."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -413,7 +426,6 @@ def build_server(args):
     from _common import find_variant
 
     from vividhead.inference.admission import DEFAULT_REALTIME_MARGIN, AdmissionConfig
-    from vividhead.inference.batching import BatchingConfig
     from vividhead.inference.pipeline import FlashHeadModels, default_dtype_for
     from vividhead.inference.server import FlashHeadServer, split_warm_up
     from vividhead.media import read_image
@@ -431,9 +443,7 @@ def build_server(args):
     models = FlashHeadModels.random(variant, device=args.device, dtype=dtype, tiny_encoders=toy)
     applied = models.optimize(cuda_graphs=args.cuda_graphs, dynamic_batch=args.dynamic_batch, fp8=args.fp8) if args.optimize else {}
     image = read_image(args.image)
-    batching = BatchingConfig(max_batch=args.max_batch, vae_batch=args.vae_batch, gather_s=args.gather_s,
-                              batch_buckets=tuple(args.batch_buckets) if args.batch_buckets else None,
-                              vae_buckets=tuple(args.vae_buckets) if args.vae_buckets else None)
+    batching = batching_config(args)
     admission = AdmissionConfig(max_sessions=args.max_sessions,
                                 realtime_margin=DEFAULT_REALTIME_MARGIN if args.admission else None)
     server = FlashHeadServer(models, image, batching=batching, admission=admission, encode_workers=args.encode_workers)
@@ -595,8 +605,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.profile_round is not None and not 1 <= args.profile_round <= args.max_batch:
         p.error(f"--profile-round must be between 1 and --max-batch ({args.max_batch}), got {args.profile_round}")
-    if args.vae_buckets and not 1 <= min(args.vae_buckets) <= max(args.vae_buckets) <= args.vae_batch:
-        p.error(f"--vae-buckets must be sizes between 1 and --vae-batch ({args.vae_batch}), got {args.vae_buckets}")
+    try:  # BatchingConfig's own checks (sizes, buckets), before any model loads
+        batching_config(args)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 

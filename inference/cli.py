@@ -464,7 +464,8 @@ def serve(
         help="Processes that encode the MP4 chunks, off the serving process's GIL (0: its threads; "
              "default: half the cores, at most 8, on a GPU host of 8 cores or more, else 0).")] = None,
     warm_up_in_background: Annotated[bool, typer.Option(
-        "--warm-up-in-background", help="Open the port once the first and the smallest warm-up sizes are ready and warm the "
+        "--warm-up-in-background",
+        help="Open the port once the first and the smallest warm-up sizes are ready and warm the "
              "others while no session is open (needs --dynamic-batch).")] = False,
     model: ModelOptions = ModelOptions(),
 ) -> None:

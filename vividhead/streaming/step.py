@@ -65,9 +65,10 @@ class BatchingConfig:
             8, so compiled VAE coders see only these batch sizes (on one H100, Lite with
             ``--dynamic-batch``, ``vae_batch`` 8 and loaded compile artifacts, ``(2, 4, 8)`` took the
             warm-up of all 16 batch sizes from 114.2 s to 86.8 s: a round size that made a new part
-            size had cost 4-6 s, 13 s for a part of 1 as Dynamo specialises size 1). Sorted and deduplicated, ``vae_batch`` added as the top bucket;
-            1 is not added (a part of 1 runs padded to the smallest bucket). When set it alone
-            decides the VAE part sizes; ``None``: as ``batch_buckets`` says above.
+            size had cost 4-6 s, 13 s for a part of 1 as Dynamo specialises size 1). Sorted and
+            deduplicated, ``vae_batch`` added as the top bucket; 1 is not added (a part of 1 runs
+            padded to the smallest bucket). When set it alone decides the VAE part sizes; ``None``:
+            as ``batch_buckets`` says above.
         gather_s: a serving round waits up to this long after its oldest chunk arrived for the
             chunks of the other open sessions (:class:`vividhead.inference.batching.BatchScheduler`).
 
