@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -111,9 +113,58 @@ def init_distributed(device: str = "auto", backend: str = "auto", strategy: str 
 
 
 def shutdown_distributed() -> None:
-    """Destroy the process group if this process made one."""
+    """Destroy the process group if this process made one, then wait (at most 5 s) until gloo's
+    worker threads have finished with the collectives already done (:func:`_wait_for_gloo_workers`)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+        _wait_for_gloo_workers()
+
+
+#: The name PyTorch gives gloo's worker threads (``ProcessGroupGloo::runLoop``).
+_GLOO_WORKER_THREAD = "pt_gloo_runloop"
+
+
+def _gloo_worker_states() -> list[str]:
+    """The scheduler state (``R``, ``S``, ...) of each gloo worker thread of this process; empty
+    without ``/proc`` (not Linux)."""
+    states = []
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return states
+    for task in tasks:
+        try:
+            if (task / "comm").read_text().strip() == _GLOO_WORKER_THREAD:
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except OSError:  # the thread has ended
+            pass
+    return states
+
+
+def _wait_for_gloo_workers(timeout_s: float = 5.0) -> None:
+    """Sleep, without the GIL, until every gloo worker thread is parked (``S``) three polls in a row.
+
+    A gloo worker drops its reference to a finished collective's tensors only after the caller's
+    ``wait()`` has returned, and dropping a tensor that has a Python object takes the GIL.
+    ``destroy_process_group`` does not stop the workers (the group lives on in the ``DeviceMesh``,
+    FSDP's state and DTensor's caches), so a rank that exits right after its last collective can
+    have a worker ask for the GIL while the interpreter finalizes; CPython then ends that thread
+    inside a ``noexcept`` C++ frame and the rank dies with "terminate called without an active
+    exception" (SIGABRT, no traceback). A barrier before destroying only narrows that window: the
+    drop is this process's own and can come after any barrier.
+
+    A worker waiting for the GIL shows ``S`` too, but it gets the GIL during these sleeps, so it
+    is not seen parked three times; one stuck in a collective with a dead peer counts as parked,
+    so a failing rank does not wait here.
+    """
+    deadline = time.monotonic() + timeout_s
+    parked = 0
+    while parked < 3 and time.monotonic() < deadline:
+        states = _gloo_worker_states()
+        if not states:
+            return
+        parked = parked + 1 if all(s == "S" for s in states) else 0
+        time.sleep(0.002)
 
 
 def barrier(env: DistEnv) -> None:
