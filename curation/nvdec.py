@@ -33,15 +33,16 @@ from scenedetect.scene_manager import compute_downscale_factor
 if TYPE_CHECKING:
     import torch
 
-#: swscale's YUV-to-RGB coefficients (``ff_yuv2rgb_coeffs``: crv, cbu, cgu, cgv in 16.16 fixed point) by
-#: FFmpeg ``AVColorSpace`` value; swscale takes them from the frame's colorspace (PyAV's default
-#: ``src_colorspace``), BT.601 for anything not listed, unspecified included.
+#: swscale's YUV-to-RGB coefficients (``ff_yuv2rgb_coeffs``: crv, cbu, cgu, cgv in 16.16 fixed point),
+#: indexed like that table by the frame's FFmpeg ``AVColorSpace`` (what swscale reads from the frame);
+#: BT.601 for the rest, unspecified included. Only BT.601 and BT.709 occur in the fixtures.
 _SWS_COEFFS = {
+    0: (117489, 138438, 13975, 34925),  # "no sequence_display_extension": BT.709's
     1: (117489, 138438, 13975, 34925),  # BT.709
-    4: (117579, 136230, 16907, 35559),  # FCC
-    7: (117504, 138453, 13954, 34903),  # SMPTE 240M
+    4: (104448, 132798, 24759, 53109),  # FCC
+    7: (117579, 136230, 16907, 35559),  # SMPTE 240M
     9: (110013, 140363, 12277, 42626),  # BT.2020 non-constant luminance
-    10: (110013, 140363, 12277, 42626),  # BT.2020 constant luminance (swscale uses the same)
+    10: (110013, 140363, 12277, 42626),  # BT.2020 constant luminance
 }
 _BT601 = (104597, 132201, 25675, 53279)
 _FULL_RANGE = 2  # AVCOL_RANGE_JPEG
