@@ -81,12 +81,19 @@ def _frame_diff(path: Path) -> dict:
     return {"frames": n, "frames_differing": differing, "max_abs_diff": worst, "ended_together": ended_together}
 
 
+def _one_opencv_thread() -> None:
+    """OpenCV at one thread, as ``ray_adapter.size_threads`` sizes it in a one-CPU actor (importing that
+    module needs Ray, which the device call does not carry)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def _worker(args: tuple[list[str], bool]) -> float:
-    from vividhead.curation.ray_adapter import size_threads
     from vividhead.curation.stages.scene_split import SceneSplitConfig, detect_shots
 
     paths, nvdec = args
-    size_threads(1)
+    _one_opencv_thread()
     c0 = time.process_time()
     cfg = SceneSplitConfig(num_cpus=1)
     for p in paths:
@@ -103,10 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-frames", action="store_true", help="skip the per-frame comparison")
     a = ap.parse_args(argv)
 
-    from vividhead.curation.ray_adapter import size_threads
     from vividhead.curation.stages.scene_split import SceneSplitConfig, detect_shots
 
-    size_threads(1)
+    _one_opencv_thread()
     videos = sorted(a.videos.glob("*.mp4"))
     if not videos:
         print(f"no *.mp4 in {a.videos}", file=sys.stderr)
