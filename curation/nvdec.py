@@ -135,23 +135,31 @@ def bgr_thumbnail(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, size: tuple
 
     Args:
         y: uint8 ``[H, W]`` luma (any device, any strides).
-        u, v: uint8 ``[ceil(H/2), ceil(W/2)]`` chroma (or ``H // 2`` rows: NV12 of an odd height).
+        u, v: uint8 ``[ceil(H/2), ceil(W/2)]`` chroma (or ``H // 2`` x ``W // 2``: NV12 of odd sizes through
+            PyAV's DLPack export).
         size: ``(width, height)`` of the result in pixels (:func:`thumbnail_size`).
         colorspace: the frame's FFmpeg ``AVColorSpace`` (``frame.colorspace``).
         color_range: the frame's ``AVColorRange``: 2 is full range, anything else limited (16-235).
 
     Returns:
         uint8 ``[height, width, 3]`` BGR on ``y``'s device.
+
+    Raises:
+        ValueError: ``u`` / ``v`` are not 4:2:0 chroma of ``y`` (e.g. a 4:4:4 or 4:2:2 source).
     """
     import torch
 
     h, w = y.shape
+    if u.shape != v.shape or u.shape[0] not in (h // 2, (h + 1) // 2) or u.shape[1] not in (w // 2, (w + 1) // 2):
+        raise ValueError(f"4:2:0 chroma expected for luma {h}x{w}, got {tuple(u.shape)} and {tuple(v.shape)}")
     cy, vr, ub, vg, ug, y_off = _sws_coefficients(colorspace, color_range)
 
     def up(c: torch.Tensor) -> torch.Tensor:  # nearest 2x chroma, cut or edge-padded to the luma's size
         c = c.repeat_interleave(2, 0).repeat_interleave(2, 1)
         if c.shape[0] < h:
             c = torch.cat([c, c[-1:].expand(h - c.shape[0], -1)])
+        if c.shape[1] < w:
+            c = torch.cat([c, c[:, -1:].expand(-1, w - c.shape[1])], dim=1)
         return c[:h, :w]
 
     luma = (((y.to(torch.int32) << 3) - y_off) * cy) >> 16
@@ -236,8 +244,8 @@ class NvdecVideoStream(VideoStreamAv):
             planes = [torch.from_dlpack(p) for p in frame.planes]
             if len(planes) == 2:  # NV12 (P010 / P016: the high byte of each 16-bit sample)
                 y, uv = planes
-                if y.dtype != torch.uint8:
-                    y, uv = (y >> 8).to(torch.uint8), (uv >> 8).to(torch.uint8)
+                if y.dtype != torch.uint8:  # torch has no shifts on uint16
+                    y, uv = ((t.to(torch.int32) >> 8).to(torch.uint8) for t in (y, uv))
                 u, v = uv[..., 0], uv[..., 1]
             else:
                 y, u, v = planes

@@ -39,9 +39,8 @@ class SceneSplitConfig(StageConfig):
             there (:mod:`vividhead.curation.nvdec`; PyAV >= 18 and a CUDA torch), for GPU nodes whose
             CPUs bound the run. Needs no Ray GPU share: workers without one still see the node's GPUs,
             and the work is a decode and a few small kernels per frame (each worker holds one CUDA
-            context, about 0.5 GiB). A worker that cannot open a CUDA device logs one warning and
-            decodes on its CPU. Same shots as the CPU decode on the fixtures; the detectors' frames
-            differ by at most 4 uint8 levels.
+            context). A worker that cannot open a CUDA device logs one warning and decodes on its
+            CPU. The detectors' frames equal the CPU path's on the fixtures, so the shots do too.
     """
 
     detector: Literal["adaptive", "content", "none"] = "adaptive"

@@ -51,19 +51,21 @@ def test_thumbnails_equal_pyscenedetects_frames_bit_for_bit(video_dir, name, eve
     assert checked >= 4
 
 
-def test_nv12_planes_give_the_same_thumbnail(video_dir):
-    """NVDEC hands out NV12 (interleaved chroma); the stream splits it into the same u and v."""
-    from vividhead.curation.nvdec import bgr_thumbnail, thumbnail_size
+def test_stream_splits_nv12_into_the_same_thumbnail(video_dir):
+    """NVDEC hands out NV12 (interleaved chroma); the stream's own split of it gives the frame's
+    thumbnail. A 4:4:4 frame is refused with a clear error rather than converted wrongly."""
+    from vividhead.curation.nvdec import NvdecVideoStream, bgr_thumbnail
 
-    frame = next(_frames(video_dir / "talk_retalking_face3.mp4", 1))  # 590 x 590: an odd chroma width
-    size = thumbnail_size(frame.width, frame.height)
+    path = video_dir / "talk_retalking_face3.mp4"  # 590 x 590: an odd chroma width (295)
+    frame = next(_frames(path, 1))
+    stream = NvdecVideoStream(path, device="cpu")
     y, u, v = (torch.from_dlpack(p) for p in frame.planes)
+    want = bgr_thumbnail(y, u, v, stream.frame_size, frame.colorspace, frame.color_range).numpy()
     nv12 = frame.reformat(format="nv12")
-    ny, uv = (torch.from_dlpack(p) for p in nv12.planes)
-    assert uv.shape[-1] == 2
-    a = bgr_thumbnail(y, u, v, size, frame.colorspace, frame.color_range)
-    b = bgr_thumbnail(ny, uv[..., 0], uv[..., 1], size, frame.colorspace, frame.color_range)
-    assert torch.equal(a, b)
+    assert len(nv12.planes) == 2
+    np.testing.assert_array_equal(stream._thumbnail(nv12), want)
+    with pytest.raises(ValueError, match="4:2:0 chroma expected"):
+        bgr_thumbnail(y, y, y, stream.frame_size)
 
 
 def test_odd_thumbnail_rows_stay_within_one_level_of_opencv():
